@@ -171,3 +171,22 @@ class Registry:
 
 
 EMPTY: Final = Registry(immutables.Map(), None, 0)
+
+
+class DonatedRegistry:
+    """Stands in for the registries of a context that was donated (handed over).
+
+    Any use of it raises :class:`~torchlean.errors.DonatedContextError`. Swapping a
+    donated context's registries for this object costs nothing on the hot paths of
+    contexts that were never donated.
+    """
+
+    __slots__ = ("_why",)
+
+    def __init__(self, why: str) -> None:
+        self._why = why
+
+    def __getattr__(self, attribute: str) -> Any:
+        from torchlean.errors import DonatedContextError
+
+        raise DonatedContextError(self._why)
