@@ -420,6 +420,7 @@ class RuntimeContext(Generic[ArrayT]):
     @property
     def next_id(self) -> int:
         """The fresh-id counter: the number of :meth:`register_variable` calls so far."""
+        self._v.size  # noqa: B018 - raises DonatedContextError for a donated context
         return self._next_id
 
     @property
