@@ -247,12 +247,14 @@ def _to_array(
     if type(value) is Flat:
         if dtype.kind in "iub":
             raise _NeedExact  # integers must be read exactly, not through float64
-        return value.values.astype(dtype).reshape(value.dims)
+        return _narrow(value.values, dtype, name, where).reshape(value.dims)
     if numbers_only and dtype.kind == "f" and type(value) is list:
         try:
-            return np.array(value, dtype=dtype)
+            wide = np.array(value, dtype=np.float64)
         except (ValueError, TypeError, OverflowError):
             pass  # the checks below say exactly what is wrong
+        else:
+            return _narrow(wide.reshape(-1), dtype, name, where).reshape(wide.shape)
     if type(value) in _LEAF_TYPES:
         leaves: list[Any] = [value]
         dims: list[int] = []
@@ -305,12 +307,30 @@ def _to_array(
                         f"{where}: tensor `{name}` holds values out of range for {dtype.name}"
                     )
         else:
-            out = np.array(leaves, dtype=np.float64).astype(dtype)
+            out = _narrow(np.array(leaves, dtype=np.float64), dtype, name, where)
     except OverflowError:
         raise FormatError(
             f"{where}: tensor `{name}` holds a number too large for {dtype.name}"
         ) from None
     return out.reshape(dims)
+
+
+def _narrow(
+    wide: np.ndarray[Any, Any], dtype: np.dtype[Any], name: str, where: str
+) -> np.ndarray[Any, Any]:
+    """Flat float64 values rounded to ``dtype`` (as numpy rounds); a finite number that
+    overflows ``dtype`` raises FormatError naming the tensor and the flat index."""
+    if dtype == np.float64:
+        return wide
+    with np.errstate(over="ignore"):
+        out = wide.astype(dtype)
+    if dtype.kind != "c" and not np.isfinite(out).all():
+        i = int(np.flatnonzero(~np.isfinite(out))[0])
+        raise FormatError(
+            f"{where}: tensor `{name}` holds {wide[i]!r} at flat index {i}, which is out of"
+            f" range for {dtype.name}"
+        )
+    return out
 
 
 def _meta_dtype(value: Any, where: str, what: str) -> np.dtype[Any]:
