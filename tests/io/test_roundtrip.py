@@ -198,3 +198,26 @@ def tio_error() -> type[Exception]:
     from torchlean.errors import FormatError
 
     return FormatError
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz", "json", "pt"])
+def test_loaded_numpy_arrays_cannot_be_written(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"c.{fmt}"
+    tio.save(empty_context().register_variable("w", np.ones((2, 2), np.float32)), path)
+    w = tio.load(path)["w"]
+    with pytest.raises(ValueError, match="read-only"):
+        w[0, 0] = 5.0
+    with pytest.raises(ValueError, match="cannot set WRITEABLE flag"):
+        w.setflags(write=True)
+
+
+def test_torch_tensors_from_safetensors_are_watched(tmp_path: Path) -> None:
+    from torchlean.errors import InPlaceModificationError
+
+    path = tmp_path / "c.safetensors"
+    tio.save(empty_context().register_variable("w", np.ones(3, np.float32)), path)
+    ctx = tio.load(path, backend="torch")
+    ctx["w"].add_(1.0)
+    with pytest.raises(InPlaceModificationError):
+        ctx.variable("w")
+    assert tio.load(path)["w"].tolist() == [1.0, 1.0, 1.0]  # the file never changes
