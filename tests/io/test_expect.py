@@ -122,3 +122,12 @@ def test_importing_torchlean_io_imports_neither_torch_nor_jax() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_strip_prefix_refuses_to_merge_two_names(tmp_path: Path) -> None:
+    ctx = empty_context().register_variable("module.w", np.ones(1, np.float32))
+    ctx = ctx.register_variable("w", np.ones(2, np.float32))
+    path = tmp_path / "c.safetensors"
+    tio.save(ctx, path)
+    with pytest.raises(ValueError, match=r"would give variables `w` and `module\.w` the same"):
+        tio.load(path, strip_prefix="module.")

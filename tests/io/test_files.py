@@ -314,6 +314,11 @@ def test_inspect_a_multi_gigabyte_file_reads_the_header_only(tmp_path: Path) -> 
         f.truncate(8 + len(header) + size)
     summary = tio.inspect(path)
     (info,) = summary.entries
-    assert (info.name, info.shape, info.dtype, info.nbytes) == ("big", tuple(shape), "float32", size)
+    assert (info.name, info.shape, info.dtype, info.nbytes) == (
+        "big",
+        tuple(shape),
+        "float32",
+        size,
+    )
     assert summary.head("big", 5).tolist() == [0.0] * 5
     assert "3.0 GB" in str(summary)

@@ -210,9 +210,8 @@ def _explain(name: str, value: Any, where: str) -> FormatError:
                 )
             if len(x) != expected[depth]:
                 return FormatError(
-                    f"{where}: tensor `{name}` has ragged nesting: {_index(at) or 'the top'}"
-                    f" has {len(x)} elements but {_index(at[:-1]) + '[0]' if at else ''}"
-                    f" has {expected[depth]}".replace("  ", " ")
+                    f"{where}: tensor `{name}` has ragged nesting: {_index(at)} has"
+                    f" {len(x)} elements but {_index(at[:-1])}[0] has {expected[depth]}"
                 )
             for i, y in enumerate(x):
                 e = walk(y, (*at, i))
