@@ -68,9 +68,7 @@ class Registry:
 
     __slots__ = ("map", "order", "size")
 
-    def __init__(
-        self, mapping: immutables.Map[str, Name], order: Order, size: int
-    ) -> None:
+    def __init__(self, mapping: immutables.Map[str, Name], order: Order, size: int) -> None:
         self.map = mapping
         self.order = order
         self.size = size

@@ -203,8 +203,7 @@ class RuntimeContext(Generic[ArrayT]):
         if node is None:
             if type(name) is not str:
                 _check_name(name, "variable")
-            if type(shape) is not tuple:
-                as_dims(shape)
+            as_dims(shape)
             return None
         at = node.head
         if at._dims != (shape if type(shape) is tuple else as_dims(shape)):
@@ -236,10 +235,12 @@ class RuntimeContext(Generic[ArrayT]):
         Cost: O(log n).
         """
         try:
-            return name in self._v.map
+            found = name in self._v.map
         except TypeError:
+            found = False
+        if not found and type(name) is not str:
             _check_name(name, "variable")
-            raise  # pragma: no cover - _check_name always raises here
+        return found
 
     def variable_names(self) -> list[str]:
         """Every variable's name, most recent first, shadowed entries included.
@@ -280,8 +281,7 @@ class RuntimeContext(Generic[ArrayT]):
         if node is None:
             if type(name) is not str:
                 _check_name(name, "gradient")
-            if type(shape) is not tuple:
-                as_dims(shape)
+            as_dims(shape)
             return None
         at = node.head
         if at._dims != (shape if type(shape) is tuple else as_dims(shape)):
@@ -323,10 +323,12 @@ class RuntimeContext(Generic[ArrayT]):
     def has_gradient(self, name: str) -> bool:
         """True iff a gradient named ``name`` exists. Cost: O(log n)."""
         try:
-            return name in self._g.map
+            found = name in self._g.map
         except TypeError:
+            found = False
+        if not found and type(name) is not str:
             _check_name(name, "gradient")
-            raise  # pragma: no cover
+        return found
 
     def accumulate_gradient(self, name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
         """Add ``grad`` into the most recent gradient named ``name``, or register it.
@@ -381,9 +383,7 @@ class RuntimeContext(Generic[ArrayT]):
         """The most recent gradient named ``name``; raises like :meth:`variable`."""
         return self._strict(self._g, "gradient", name, shape)
 
-    def _strict(
-        self, registry: Registry, kind: Kind, name: str, shape: ShapeLike | None
-    ) -> ArrayT:
+    def _strict(self, registry: Registry, kind: Kind, name: str, shape: ShapeLike | None) -> ArrayT:
         _check_name(name, kind)
         dims = None if shape is None else as_dims(shape)
         at = registry.head(name)
@@ -487,8 +487,7 @@ class RuntimeContext(Generic[ArrayT]):
 
     def __iter__(self) -> Iterator[str]:
         raise TypeError(
-            "a RuntimeContext is not iterable; use variable_names(), var_registry"
-            " or state_dict()"
+            "a RuntimeContext is not iterable; use variable_names(), var_registry or state_dict()"
         )
 
     def __bool__(self) -> bool:
@@ -535,7 +534,8 @@ def donate(ctx: RuntimeContext[Any], *, to: str) -> None:
 
 def is_donated(ctx: RuntimeContext[Any]) -> bool:
     """True when ``ctx`` was donated and can no longer be used."""
-    return type(ctx._v) is DonatedRegistry
+    registry: object = ctx._v
+    return isinstance(registry, DonatedRegistry)
 
 
 def _rebuild(
