@@ -46,7 +46,7 @@ from torchlean.errors import (
     UnknownNameError,
 )
 from torchlean.runtime._backends import _BY_TYPE, backend_of, dtype_name
-from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry
+from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry, fresh_entry
 from torchlean.runtime.any_tensor import AnyTensor, ArrayT
 from torchlean.spec.shape import ShapeLike, as_dims
 
@@ -153,7 +153,7 @@ class RuntimeContext(Generic[ArrayT]):
                     f"{kind} `{name}` is a {backend.name} array but this context holds"
                     f" {pin[1]} {pin[0]} arrays only"
                 )
-        return AnyTensor._make(backend.dims(stored), stored, backend), pin
+        return fresh_entry(backend.dims(stored), stored, backend), pin
 
     # ------------------------------------------------------------------ variables
 
@@ -205,13 +205,12 @@ class RuntimeContext(Generic[ArrayT]):
                 _check_name(name, "variable")
             as_dims(shape)
             return None
-        at = node.head
-        if at._dims != (shape if type(shape) is tuple else as_dims(shape)):
+        if node._dims != (shape if type(shape) is tuple else as_dims(shape)):
             as_dims(shape)
             return None
-        if at._version is not None:
-            at._backend.check_intact(at._t, at._version, f"variable `{name}`")
-        return at._t  # type: ignore[no-any-return]
+        if node._version is not None:
+            node._backend.check_intact(node._t, node._version, f"variable `{name}`")
+        return node._t  # type: ignore[no-any-return]
 
     def set_variable(self, name: str, value: ArrayT) -> RuntimeContext[ArrayT]:
         """Give every variable named ``name`` the value ``value`` (shadowed ones too).
@@ -283,13 +282,12 @@ class RuntimeContext(Generic[ArrayT]):
                 _check_name(name, "gradient")
             as_dims(shape)
             return None
-        at = node.head
-        if at._dims != (shape if type(shape) is tuple else as_dims(shape)):
+        if node._dims != (shape if type(shape) is tuple else as_dims(shape)):
             as_dims(shape)
             return None
-        if at._version is not None:
-            at._backend.check_intact(at._t, at._version, f"gradient `{name}`")
-        return at._t  # type: ignore[no-any-return]
+        if node._version is not None:
+            node._backend.check_intact(node._t, node._version, f"gradient `{name}`")
+        return node._t  # type: ignore[no-any-return]
 
     def set_gradient(self, name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
         """Give every gradient named ``name`` the value ``grad``. Mirrors
@@ -347,7 +345,7 @@ class RuntimeContext(Generic[ArrayT]):
             new = self._derive(self._v, self._g.push(name, at), self._next_id)
             new._pin = pin
             return new
-        old = node.head
+        old = node
         if old._dims != at._dims:
             raise ShapeMismatchError(
                 f"cannot accumulate into gradient `{name}`: it has shape {old._dims}"
@@ -365,7 +363,7 @@ class RuntimeContext(Generic[ArrayT]):
             )
         backend = at._backend
         total = backend.adopt(backend.add(old.t, at.t))
-        summed = AnyTensor._make(old._dims, total, backend)
+        summed = fresh_entry(old._dims, total, backend)
         return self._derive(self._v, self._g.replace_head(name, summed), self._next_id)
 
     # ------------------------------------------------------------------ strict lookups
