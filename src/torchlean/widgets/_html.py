@@ -134,7 +134,7 @@ def _row(r: Row) -> str:
         f'<span class="tl-pill tl-size" title="elements, bytes">{_size(r)}</span>',
         f'<span class="tl-pill tl-dtype" title="dtype">{escape(r.dtype)}</span>',
     ]
-    if r.registry == "variable":
+    if r.registry == "variable" and not r.shadowed:
         if r.has_gradient:
             norm = ""
             if r.gradient_norm is not None:

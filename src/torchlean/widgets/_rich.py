@@ -140,7 +140,9 @@ def _cells(r: Row, *, variables: bool) -> list[RenderableType]:
         size += f"\n{format_bytes(r.nbytes)}"
     cells: list[RenderableType] = [name, r.shape_text, r.dtype, r.device, size, preview]
     if variables:
-        if not r.has_gradient:
+        if r.shadowed:
+            cells.append(Text("—", style="dim"))
+        elif not r.has_gradient:
             cells.append(Text("no", style="dim"))
         elif r.gradient_norm is None:
             cells.append("yes")

@@ -115,7 +115,8 @@ class Row:
     grid_more_rows: bool
     grid_more_cols: bool
     stats: Stats | None
-    #: For a variable: whether a gradient of that name exists.
+    #: For a visible variable: whether a gradient of that name exists (always False on a
+    #: shadowed entry: the gradient belongs to the visible one).
     has_gradient: bool = False
     #: For a variable: the L2 norm of that gradient (estimated when ``norm_sampled``).
     gradient_norm: float | None = None
@@ -378,7 +379,8 @@ def _build(
         for index, (name, src) in enumerate(entries):
             row = _row(registry, index, name, src, name in seen, sample_limit)
             seen.add(name)
-            if registry == "variable":
+            if registry == "variable" and not row.shadowed:
+                # the gradient of a name belongs to its visible (first) entry
                 g = grad_head.get(name)
                 if g is not None:
                     if name not in norms:
