@@ -82,7 +82,7 @@ def test_statistics_of_a_huge_tensor_come_from_a_bounded_sample() -> None:
     assert row.gradient_norm == pytest.approx(exact, rel=1e-2)
     assert row.first == ("0", "1", "2", "3", "4", "5")
     text = to_text(ctx)
-    assert "~min 0" in text and "sample" in text
+    assert "~min=0" in text and "sample" in text
     assert str(n - 1) not in text  # never printed in full
 
 

@@ -163,9 +163,7 @@ def _size(r: Row) -> str:
 
 def _preview(r: Row) -> str:
     out = ['<div class="tl-preview">']
-    out.append(
-        f'<div class="tl-meta">{escape(r.registry)} #{r.index} · device {escape(r.device)}</div>'
-    )
+    out.append(f'<div class="tl-meta">{escape(r.registry)} · device {escape(r.device)}</div>')
     if r.grid:
         out.append('<table class="tl-grid">')
         for line in r.grid:

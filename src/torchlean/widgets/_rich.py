@@ -105,7 +105,7 @@ def _table(title: str, rows: tuple[Row, ...], *, variables: bool) -> RenderableT
     table.add_column("dtype")
     table.add_column("device")
     table.add_column("elements", justify="right")
-    table.add_column("preview", overflow="fold", min_width=24, max_width=44)
+    table.add_column("preview", overflow="fold", min_width=24, max_width=48)
     if variables:
         table.add_column("grad (norm)", overflow="fold")
     for r in rows:
@@ -128,13 +128,14 @@ def _cells(r: Row, *, variables: bool) -> list[RenderableType]:
     if s is not None:
         tilde = "~" if s.sampled else ""
         if s.min is not None:
+            # name=value pairs: a narrow column wraps between pairs, never inside one
             preview.append(
-                f"\n{tilde}min {format_number(s.min)}  max {format_number(s.max)}"
-                f"  mean {format_number(s.mean)}",
+                f"\n{tilde}min={format_number(s.min)}  max={format_number(s.max)}"
+                f"  mean={format_number(s.mean)}",
                 style="dim",
             )
         if s.nan or s.inf:
-            preview.append(f"\n{tilde}NaN {s.nan}  inf {s.inf}", style="bold red")
+            preview.append(f"\n{tilde}NaN={s.nan}  inf={s.inf}", style="bold red")
     size = f"{r.numel:,}"
     if r.numel >= 1024:
         size += f"\n{format_bytes(r.nbytes)}"

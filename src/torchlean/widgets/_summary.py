@@ -278,11 +278,15 @@ def summarize_sources(
     sample_limit: int = SAMPLE_LIMIT,
     next_id: int | None = None,
     notes: Iterable[str] = (),
+    oldest_first: bool = False,
 ) -> Summary:
     """The :class:`Summary` of entries read through :class:`TensorSource` objects
     (registries most recent first), with the problems found from what was read:
     orphan gradients, shape and dtype mismatches, and non-finite values seen in the
     (possibly sampled) data.
+
+    ``oldest_first`` lists the rows in the order the entries were registered (a file's
+    order) instead of most recent first; shadowing is the same either way.
 
     Cost: O(sample_limit) elements read per tensor.
     """
@@ -355,7 +359,17 @@ def summarize_sources(
             )
     order = {"variable": 0, "gradient": 1, "context": 2}
     problems.sort(key=lambda p: (order[p.registry], p.index))
-    return _attach(summary, tuple(problems))
+    summary = _attach(summary, tuple(problems))
+    if oldest_first:
+        summary = Summary(
+            title=summary.title,
+            variables=summary.variables[::-1],
+            gradients=summary.gradients[::-1],
+            problems=summary.problems,
+            next_id=summary.next_id,
+            notes=summary.notes,
+        )
+    return summary
 
 
 def _build(
