@@ -86,6 +86,8 @@ def convert(args: argparse.Namespace) -> int:
         raise _files.UsageError(f"{dst} exists already; pass --force to replace it")
     if src.resolve() == dst.resolve():
         raise _files.UsageError(f"IN and OUT are the same file: {src}")
+    from_format = _files.check_format(src, args.from_format)
+    to_format = _files.check_format(dst, args.to_format)
     size = src.stat().st_size
     show_bar = args.progress == "always" or (
         args.progress == "auto" and size >= PROGRESS_BYTES and sys.stderr.isatty()
@@ -93,9 +95,8 @@ def convert(args: argparse.Namespace) -> int:
     tmp = dst.with_name(f".{dst.stem}.converting{''.join(dst.suffixes) or '.tmp'}")
     with _Progress(show_bar, total=4) as bar:
         bar.step(f"reading {src.name}")
-        ctx = _files.load(src, fmt=args.from_format)
+        ctx = _files.load(src, fmt=from_format)
         bar.step(f"writing {dst.name}")
-        to_format = args.to_format
         try:
             _files.save(ctx, tmp, fmt=to_format)
             bar.step(f"reading back {dst.name}")
