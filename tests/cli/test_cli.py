@@ -359,3 +359,32 @@ def test_demo_dispatches_the_rest_of_the_command_line(
     monkeypatch.setitem(sys.modules, "torchlean.demo", fake)
     code, out, _ = run(capsys, "demo", "--steps", "2", "--help")
     assert (code, out, seen) == (3, "demo ran\n", [["--steps", "2", "--help"]])
+
+
+def test_a_closed_pipe_is_exit_code_1_without_an_error_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchlean.cli import _commands
+
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(_commands, "show", broken)
+    code, _, err = run(capsys, "show", MLP)
+    assert (code, err) == (1, "")
+
+
+def test_a_closed_pipe_in_a_real_pipeline(tmp_path: Path) -> None:
+    src = Path(__file__).resolve().parents[2] / "src"
+    many = _write_st(
+        tmp_path / "many.safetensors", {f"t{i}": np.ones(2, np.float32) for i in range(600)}
+    )
+    done = subprocess.run(  # the JSON (> 64 KiB) overflows the pipe after head leaves
+        f"{sys.executable} -m torchlean show {many} --json | head -c 10 >/dev/null",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.stderr == ""
