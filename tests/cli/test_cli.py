@@ -388,3 +388,19 @@ def test_a_closed_pipe_in_a_real_pipeline(tmp_path: Path) -> None:
         check=False,
     )
     assert done.stderr == ""
+
+
+def test_show_text_snapshot_of_the_mlp_fixture(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    for var in ("FORCE_COLOR", "COLUMNS", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(var, raising=False)
+    code, out, _ = run(capsys, "show", MLP, "--width", "120")
+    assert code == 0
+    out = "\n".join(line.rstrip() for line in out.splitlines()) + "\n"
+    snapshot = Path(__file__).resolve().parents[1] / "snapshots" / "show_mlp.txt"
+    if os.environ.get("TORCHLEAN_UPDATE_SNAPSHOTS") == "1":
+        snapshot.write_text(out, encoding="utf-8")
+    assert out == snapshot.read_text(encoding="utf-8")

@@ -270,3 +270,15 @@ def test_names_and_values_are_escaped() -> None:
     p = _parse(fragment)
     assert [t for t, _ in p.tags if t in ("script", "img")] == []
     assert EVIL in "".join(p.text)  # shown as text
+
+
+def test_jax_arrays_are_summarized() -> None:
+    import jax.numpy as jnp
+
+    ctx = tl.empty_context().register_variable("w", jnp.arange(6.0).reshape(2, 3))
+    row = summarize(ctx).variables[0]
+    assert (row.dims, row.numel) == ((2, 3), 6)
+    assert row.first == ("0", "1", "2", "3", "4", "5")
+    assert row.grid == (("0", "1", "2"), ("3", "4", "5"))
+    assert row.stats is not None and row.stats.max == 5.0
+    assert "cpu" in row.device.lower()
