@@ -282,3 +282,13 @@ def test_jax_arrays_are_summarized() -> None:
     assert row.grid == (("0", "1", "2"), ("3", "4", "5"))
     assert row.stats is not None and row.stats.max == 5.0
     assert "cpu" in row.device.lower()
+
+
+def test_a_donated_context_is_shown_as_donated() -> None:
+    from torchlean.runtime.context import donate
+
+    ctx = sample_context()
+    donate(ctx, to="sgd_step")
+    text = to_text(ctx)
+    assert text.startswith("RuntimeContext: this context was donated to sgd_step")
+    assert "donated to sgd_step" in to_html(ctx)

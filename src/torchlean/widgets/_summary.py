@@ -254,7 +254,12 @@ def summarize(
     Cost: O(total elements) for ``check`` (exact NaN/inf counts), plus O(sample_limit)
     per tensor for the statistics.
     """
-    report = ctx.check()
+    from torchlean.errors import DonatedContextError
+
+    try:
+        report = ctx.check()
+    except DonatedContextError as e:  # nothing left to show; say why
+        return Summary(title=f"RuntimeContext: {e}", variables=(), gradients=(), problems=())
     variables = [(name, source_of(at)) for name, at in ctx._v.entries()]
     gradients = [(name, source_of(at)) for name, at in ctx._g.entries()]
     n_v, n_g = len(variables), len(gradients)
