@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import torchlean as tl
 from torchlean import io
 from torchlean.cli import _files
+from torchlean.widgets._summary import block_index
 
 
 def _no_full_load(*args: object, **kwargs: object) -> None:
@@ -77,7 +78,7 @@ def test_block_index_is_a_bounded_contiguous_block_at_the_start(
 ) -> None:
     numel = math.prod(shape)
     start = data.draw(st.integers(0, numel - 1))
-    index = _files._block_index(shape, start, budget)
+    index = block_index(shape, start, budget)
     flat = np.arange(numel).reshape(shape)
     block = flat[index].reshape(-1)
     assert 1 <= block.size <= budget

@@ -2,8 +2,8 @@
 
 ``show`` and ``check`` never load a safetensors file whole: they read its header with
 :func:`torchlean.io.inspect`, the first elements a preview needs, and for statistics a
-bounded sample made of evenly spaced blocks of the tensor (about :data:`SAMPLE_BLOCKS`
-reads of ``sample_limit / SAMPLE_BLOCKS`` elements each). Other formats are read whole
+bounded sample made of evenly spaced contiguous blocks of the tensor
+(:func:`torchlean.widgets._summary.sample_blocks`). Other formats are read whole
 by ``inspect`` and sampled in memory.
 
 Reading map:
@@ -28,11 +28,11 @@ from torchlean.widgets._summary import (
     SAMPLE_LIMIT,
     Summary,
     format_bytes,
+    sample_blocks,
     summarize_sources,
 )
 
 __all__ = [
-    "SAMPLE_BLOCKS",
     "UsageError",
     "check_format",
     "load",
@@ -40,9 +40,6 @@ __all__ = [
     "shapes",
     "summary",
 ]
-
-#: A lazy sample of a big tensor is this many evenly spaced contiguous blocks.
-SAMPLE_BLOCKS = 64
 
 
 class UsageError(TorchLeanError, ValueError):
@@ -168,38 +165,17 @@ class _FileSource:
 def _sample_safetensors(
     path: str, key: str, shape: tuple[int, ...], limit: int
 ) -> np.ndarray[Any, Any]:
-    """About ``limit`` elements of a big tensor, as :data:`SAMPLE_BLOCKS` contiguous
-    blocks at evenly spaced flat positions, each read lazily. Cost: O(limit) bytes read.
-    """
+    """About ``limit`` elements of a big tensor, as evenly spaced contiguous blocks read
+    lazily from the file. Cost: O(limit) bytes read."""
     from torchlean.io.safetensors import _open
 
-    budget = max(1, limit // SAMPLE_BLOCKS)
-    numel = math.prod(shape)
-    parts: list[np.ndarray[Any, Any]] = []
     with _open(path) as f:
         view = f.get_slice(key)
-        for k in range(SAMPLE_BLOCKS):
-            start = k * numel // SAMPLE_BLOCKS
-            index = _block_index(shape, start, budget)
+
+        def read(index: tuple[slice, ...]) -> Any:
             try:
-                parts.append(np.asarray(view[index]).reshape(-1))
+                return view[index]
             except Exception as e:  # a corrupt file found while reading
                 raise FormatError(f"{path}: cannot read tensor `{key}`: {e}") from None
-    return np.concatenate(parts)
 
-
-def _block_index(shape: tuple[int, ...], start: int, budget: int) -> tuple[slice, ...]:
-    """An index of a contiguous block of at most ``budget`` elements (at least one)
-    that begins at the flat position ``start`` rounded down to a whole block row."""
-    index: list[slice] = []
-    rest = start
-    for axis, size in enumerate(shape):
-        inner = math.prod(shape[axis + 1 :])
-        at = rest // inner if inner else 0
-        rest -= at * inner
-        if inner <= budget:
-            stop = min(size, at + max(1, budget // max(inner, 1)))
-            index.append(slice(at, stop))
-            return tuple(index)
-        index.append(slice(at, at + 1))
-    return tuple(index)  # pragma: no cover - the last axis always has inner == 1
+        return sample_blocks(read, shape, limit)
