@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
+
+# The helpers beside this file (pytest runs with --import-mode=importlib).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_helpers import CNN, MLP, TRANSFORMER, run
 
 MLP_SHAPES = {

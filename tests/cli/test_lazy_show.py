@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import safetensors.numpy
-from cli_helpers import run
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,6 +17,10 @@ import torchlean as tl
 from torchlean import io
 from torchlean.cli import _files
 from torchlean.widgets._summary import block_index
+
+# The helpers beside this file (pytest runs with --import-mode=importlib).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_helpers import run
 
 
 def _no_full_load(*args: object, **kwargs: object) -> None:

@@ -7,6 +7,7 @@ import io
 import math
 import os
 import re
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 import rich.console
-from views_helpers import EVIL, EVIL_IMG, evil_context, sample_context
 
 import torchlean as tl
 from torchlean.widgets import rich_renderable, summarize, to_html, to_html_page, to_text
 from torchlean.widgets._summary import SAMPLE_LIMIT, format_number
+
+# The helpers beside this file (pytest runs with --import-mode=importlib).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from views_helpers import EVIL, EVIL_IMG, evil_context, sample_context
 
 SNAPSHOTS = Path(__file__).resolve().parents[1] / "snapshots"
 
