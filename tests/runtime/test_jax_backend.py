@@ -159,3 +159,37 @@ def test_the_backend_of_jax_types_is_cached_without_importing_jax_again():
     x = jnp.ones(1)
     assert backend_of(x) is backend_of(jnp.zeros(2))
     assert backend_of(x).name == "jax"
+
+
+# ---------------------------------------------------------------- device names
+
+
+class _Device:
+    def __init__(self, platform: str, id: int, local_hardware_id: int | None) -> None:
+        self.platform = platform
+        self.id = id
+        self.local_hardware_id = local_hardware_id
+
+
+@pytest.mark.parametrize(
+    ("platform", "id", "local", "name"),
+    [
+        ("cpu", 0, 0, "cpu"),
+        ("cpu", 5, None, "cpu"),
+        ("gpu", 0, 0, "cuda:0"),
+        ("gpu", 9, 1, "cuda:1"),  # the local CUDA ordinal, as torch numbers it
+        ("cuda", 2, None, "cuda:2"),
+        ("rocm", 0, 0, "cuda:0"),
+        ("tpu", 3, 3, "tpu:3"),
+    ],
+)
+def test_jax_device_names_are_canonical(platform, id, local, name):
+    from torchlean.runtime._backends import _jax_device_name
+
+    assert _jax_device_name(_Device(platform, id, local)) == name
+
+
+def test_the_jax_cpu_device_is_plain_cpu():
+    assert str(jax.devices("cpu")[0]) != "cpu"  # jax says "cpu:0" or "TFRT_CPU_0"...
+    x = jax.device_put(jnp.ones(2), jax.devices("cpu")[0])
+    assert empty_context().register_variable("x", x).var_registry[0][1].device == "cpu"

@@ -414,3 +414,22 @@ def test_an_unpinned_context_mixes_libraries():
     assert ctx.context_to_string() == (
         "Context(vars: [j: [1, 1], t: [1.0, 1.0], n: [1.0, 1.0]], grads: [])"
     )
+
+
+class _OnDevice:
+    def __init__(self, device: str) -> None:
+        self.device = torch.device(device)
+
+
+@pytest.mark.parametrize(
+    ("device", "name"),
+    [
+        ("cpu", "cpu"),
+        ("cuda:0", "cuda:0"),
+        ("cuda:3", "cuda:3"),
+        ("meta", "meta"),
+        ("mps:0", "mps:0"),
+    ],
+)
+def test_torch_device_names_are_canonical(device, name):
+    assert backend_of(torch.ones(1)).device(_OnDevice(device)) == name
