@@ -138,3 +138,19 @@ def test_explicit_registration_imports_what_it_registers():
         """
     )
     assert out.strip() == "('jax',) ('jax',) False"
+
+
+def test_the_first_array_seen_registers_its_library_when_the_import_was_missed():
+    out = run(
+        """
+        import sys
+        import torchlean
+        from torchlean.runtime import pytree
+        pytree._WATCHER.uninstall()  # as if another import hook had hidden the import
+        import jax, jax.numpy as jnp
+        assert pytree.registered() == ()
+        ctx = torchlean.empty_context().register_variable("w", jnp.ones(2))
+        print(pytree.registered(), jax.tree_util.tree_structure(ctx).num_leaves)
+        """
+    )
+    assert out.strip() == "('jax',) 1"
