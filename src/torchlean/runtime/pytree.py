@@ -169,8 +169,14 @@ def _wrap(leaf: Any, dims: tuple[int, ...]) -> AnyTensor[Any]:
             backend = OPAQUE
     if backend is NUMPY:
         leaf = _keep_numpy(leaf)
-    with contextlib.suppress(Exception):  # no shape, or a symbolic one: keep the entry's
-        dims = tuple(int(d) for d in leaf.shape)
+    shape = getattr(leaf, "shape", None)
+    if type(shape) is tuple:  # numpy, jax, ShapeDtypeStruct: a tuple already
+        dims = shape
+    elif isinstance(shape, tuple):  # torch.Size
+        dims = tuple(shape)
+    elif shape is not None:
+        with contextlib.suppress(TypeError, ValueError):  # not ints: keep the entry's
+            dims = tuple(int(d) for d in shape)
     return AnyTensor._make(dims, leaf, backend)
 
 
