@@ -83,6 +83,8 @@ def build(ops: list[tuple[str, str, tuple[int, ...], str]], kind: str) -> Runtim
         value: Any = array.astype(dtype)
         if kind == "torch":
             value = torch.from_numpy(value.copy())
+        elif kind == "jax":
+            value = jnp.asarray(value)
         if op == "variable":
             ctx = ctx.register_variable(name, value)
         elif op == "gradient":
@@ -106,8 +108,8 @@ ROUND_TRIPS = {"jax": jax_round_trip, "torch": torch_round_trip}
 
 
 @pytest.mark.parametrize("library", ["jax", "torch"])
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
-@settings(max_examples=40, deadline=None)
+@pytest.mark.parametrize("kind", ["numpy", "torch", "jax"])
+@settings(max_examples=30, deadline=None)
 @given(ops=OPS)
 def test_flatten_then_unflatten_gives_the_same_context(library, kind, ops):
     ctx = build(ops, kind)
@@ -341,6 +343,14 @@ def test_torch_key_paths():
         ".variables['w']#1",
         ".gradients['w']",
     ]
+
+
+def test_a_torch_treespec_survives_json_serialization():
+    ctx = torch_sample()
+    leaves, spec = torch_pytree.tree_flatten(ctx)
+    again = torch_pytree.treespec_loads(torch_pytree.treespec_dumps(spec))
+    assert again == spec
+    assert layout(torch_pytree.tree_unflatten(leaves, again)) == layout(ctx)
 
 
 def test_torch_func_grad_through_a_context():
