@@ -41,12 +41,20 @@ from typing import TYPE_CHECKING, Any, Generic, Literal
 import numpy as np
 
 from torchlean.errors import (
+    BackendError,
     DTypeMismatchError,
     ShapeMismatchError,
     UnknownNameError,
 )
-from torchlean.runtime._backends import _BY_TYPE, backend_of, dtype_name
-from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry
+from torchlean.runtime._backends import (
+    _BY_TYPE,
+    UNKNOWN_DEVICES,
+    backend_of,
+    dtype_name,
+    read_checked,
+    render_array,
+)
+from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry, fresh_entry
 from torchlean.runtime.any_tensor import AnyTensor, ArrayT
 from torchlean.spec.shape import ShapeLike, as_dims
 
@@ -166,7 +174,7 @@ class RuntimeContext(Generic[ArrayT]):
                     f"{kind} `{name}` is a {backend.name} array but this context holds"
                     f" {pin[1]} {pin[0]} arrays only"
                 )
-        return AnyTensor._make(backend.dims(stored), stored, backend), pin
+        return fresh_entry(backend.dims(stored), stored, backend), pin
 
     # ------------------------------------------------------------------ variables
 
@@ -216,16 +224,14 @@ class RuntimeContext(Generic[ArrayT]):
         if node is None:
             if type(name) is not str:
                 _check_name(name, "variable")
-            if type(shape) is not tuple:
-                as_dims(shape)
-            return None
-        at = node.head
-        if at._dims != (shape if type(shape) is tuple else as_dims(shape)):
             as_dims(shape)
             return None
-        if at._version is not None:
-            at._backend.check_intact(at._t, at._version, f"variable `{name}`")
-        return at._t  # type: ignore[no-any-return]
+        if node._dims != (shape if type(shape) is tuple else as_dims(shape)):
+            as_dims(shape)
+            return None
+        if node._version is not None:
+            node._backend.check_intact(node._t, node._version, f"variable `{name}`")
+        return node._t  # type: ignore[no-any-return]
 
     def set_variable(self, name: str, value: ArrayT) -> RuntimeContext[ArrayT]:
         """Give every variable named ``name`` the value ``value`` (shadowed ones too).
@@ -249,10 +255,12 @@ class RuntimeContext(Generic[ArrayT]):
         Cost: O(log n).
         """
         try:
-            return name in self._v.map
+            found = name in self._v.map
         except TypeError:
+            found = False
+        if not found and type(name) is not str:
             _check_name(name, "variable")
-            raise  # pragma: no cover - _check_name always raises here
+        return found
 
     def variable_names(self) -> list[str]:
         """Every variable's name, most recent first, shadowed entries included.
@@ -293,16 +301,14 @@ class RuntimeContext(Generic[ArrayT]):
         if node is None:
             if type(name) is not str:
                 _check_name(name, "gradient")
-            if type(shape) is not tuple:
-                as_dims(shape)
-            return None
-        at = node.head
-        if at._dims != (shape if type(shape) is tuple else as_dims(shape)):
             as_dims(shape)
             return None
-        if at._version is not None:
-            at._backend.check_intact(at._t, at._version, f"gradient `{name}`")
-        return at._t  # type: ignore[no-any-return]
+        if node._dims != (shape if type(shape) is tuple else as_dims(shape)):
+            as_dims(shape)
+            return None
+        if node._version is not None:
+            node._backend.check_intact(node._t, node._version, f"gradient `{name}`")
+        return node._t  # type: ignore[no-any-return]
 
     def set_gradient(self, name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
         """Give every gradient named ``name`` the value ``grad``. Mirrors
@@ -336,10 +342,12 @@ class RuntimeContext(Generic[ArrayT]):
     def has_gradient(self, name: str) -> bool:
         """True iff a gradient named ``name`` exists. Cost: O(log n)."""
         try:
-            return name in self._g.map
+            found = name in self._g.map
         except TypeError:
+            found = False
+        if not found and type(name) is not str:
             _check_name(name, "gradient")
-            raise  # pragma: no cover
+        return found
 
     def accumulate_gradient(self, name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
         """Add ``grad`` into the most recent gradient named ``name``, or register it.
@@ -358,7 +366,7 @@ class RuntimeContext(Generic[ArrayT]):
             new = self._derive(self._v, self._g.push(name, at), self._next_id)
             new._pin = pin
             return new
-        old = node.head
+        old = node
         if old._dims != at._dims:
             raise ShapeMismatchError(
                 f"cannot accumulate into gradient `{name}`: it has shape {old._dims}"
@@ -374,9 +382,15 @@ class RuntimeContext(Generic[ArrayT]):
                 f"cannot accumulate into gradient `{name}`: it has dtype {old.dtype}"
                 f" but the added gradient has dtype {at.dtype}"
             )
+        devices = {old.device, at.device}
+        if len(devices) > 1 and not devices & UNKNOWN_DEVICES:
+            raise BackendError(
+                f"cannot accumulate into gradient `{name}`: it is on {old.device}"
+                f" but the added gradient is on {at.device}"
+            )
         backend = at._backend
-        total = backend.adopt(backend.add(old.t, at.t))
-        summed = AnyTensor._make(old._dims, total, backend)
+        total = backend.adopt(backend.add(read_checked(old, f"gradient `{name}`"), at.t))
+        summed = fresh_entry(old._dims, total, backend)
         return self._derive(self._v, self._g.replace_head(name, summed), self._next_id)
 
     # ------------------------------------------------------------------ strict lookups
@@ -394,9 +408,7 @@ class RuntimeContext(Generic[ArrayT]):
         """The most recent gradient named ``name``; raises like :meth:`variable`."""
         return self._strict(self._g, "gradient", name, shape)
 
-    def _strict(
-        self, registry: Registry, kind: Kind, name: str, shape: ShapeLike | None
-    ) -> ArrayT:
+    def _strict(self, registry: Registry, kind: Kind, name: str, shape: ShapeLike | None) -> ArrayT:
         _check_name(name, kind)
         dims = None if shape is None else as_dims(shape)
         at = registry.head(name)
@@ -447,9 +459,10 @@ class RuntimeContext(Generic[ArrayT]):
         ``gradients=True`` gives the gradients instead of the variables. Cost: O(n).
         """
         registry = self._g if gradients else self._v
+        kind = "gradient" if gradients else "variable"
         out: dict[str, ArrayT] = {}
         for name, at in registry.visible():
-            out[name] = at.t
+            out[name] = read_checked(at, f"{kind} `{name}`")
         return out
 
     def is_valid_context(self) -> bool:
@@ -477,8 +490,8 @@ class RuntimeContext(Generic[ArrayT]):
         Mirrors ``Runtime.contextToString`` (for debugging: it prints whole tensors).
         Cost: O(total elements).
         """
-        vars_text = ", ".join(f"{n}: {_pretty(at)}" for n, at in self._v.entries())
-        grads_text = ", ".join(f"{n}: {_pretty(at)}" for n, at in self._g.entries())
+        vars_text = ", ".join(f"{n}: {_pretty(at, 'variable', n)}" for n, at in self._v.entries())
+        grads_text = ", ".join(f"{n}: {_pretty(at, 'gradient', n)}" for n, at in self._g.entries())
         return f"Context(vars: [{vars_text}], grads: [{grads_text}])"
 
     def __repr__(self) -> str:
@@ -500,8 +513,7 @@ class RuntimeContext(Generic[ArrayT]):
 
     def __iter__(self) -> Iterator[str]:
         raise TypeError(
-            "a RuntimeContext is not iterable; use variable_names(), var_registry"
-            " or state_dict()"
+            "a RuntimeContext is not iterable; use variable_names(), var_registry or state_dict()"
         )
 
     def __bool__(self) -> bool:
@@ -548,7 +560,8 @@ def donate(ctx: RuntimeContext[Any], *, to: str) -> None:
 
 def is_donated(ctx: RuntimeContext[Any]) -> bool:
     """True when ``ctx`` was donated and can no longer be used."""
-    return type(ctx._v) is DonatedRegistry
+    registry: object = ctx._v
+    return isinstance(registry, DonatedRegistry)
 
 
 def _rebuild(
@@ -604,8 +617,12 @@ def _unknown_message(registry: Registry, kind: str, name: str) -> str:
     return f"no {kind} `{name}` (the context has {_count(len(names), kind + ' name')})"
 
 
-def _pretty(at: AnyTensor[Any]) -> str:
-    array = at._backend.to_numpy(at.t)
+def _pretty(at: AnyTensor[Any], kind: str, name: str) -> str:
+    t = read_checked(at, f"{kind} `{name}`")
+    array = at._backend.data(t)
+    if array is None:  # a meta tensor, a tracer, an opaque pytree leaf
+        return at._backend.stand_in(t)
+    array = render_array(array)
 
     def go(a: np.ndarray[Any, Any]) -> str:
         if a.ndim == 0:
