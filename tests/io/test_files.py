@@ -321,4 +321,4 @@ def test_inspect_a_multi_gigabyte_file_reads_the_header_only(tmp_path: Path) -> 
         size,
     )
     assert summary.head("big", 5).tolist() == [0.0] * 5
-    assert "3.0 GB" in str(summary)
+    assert "3.0 GiB" in str(summary)
