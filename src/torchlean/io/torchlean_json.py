@@ -60,7 +60,8 @@ def _json_ready(name: str, a: np.ndarray[Any, Any], path: str) -> Any:
             return a.tolist()
         a = a.astype(np.int64)
     elif kind == "f" or a.dtype.name in ("bfloat16",) or kind == "V":
-        a = a.astype(np.float64)
+        with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast
+            a = a.astype(np.float64)
         if not np.isfinite(a).all():
             i = _first_nonfinite(a)
             index = np.unravel_index(i, a.shape) if a.ndim else ()
