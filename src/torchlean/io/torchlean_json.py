@@ -97,7 +97,7 @@ def save_json(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
         meta[name] = {"shape": list(a.shape), "dtype": f"torch.{a.dtype.name}"}
     data = orjson.dumps(
         {"params": params, "meta": meta},
-        option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2,
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )
     atomic_write_bytes(path, data)
 
