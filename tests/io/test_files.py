@@ -329,3 +329,18 @@ def test_json_refuses_a_signalling_nan(tmp_path: Path) -> None:
     a.view(np.uint32)[1] = 0x7FA00000  # a signalling NaN: casting it raises FE_INVALID
     with pytest.raises(FormatError, match=r"tensor `w` has nan at flat index 1"):
         tio.save(empty_context().register_variable("w", a), tmp_path / "w.json")
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """An atomic save does not leave the temporary file's private 0o600 mode behind."""
+    ctx = empty_context().register_variable("w", np.zeros(2, np.float32))
+    fresh = tmp_path / "fresh.safetensors"
+    tio.save(ctx, fresh)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~mask
+    kept = tmp_path / "kept.npz"
+    kept.write_bytes(b"")
+    kept.chmod(0o640)
+    tio.save(ctx, kept)
+    assert kept.stat().st_mode & 0o777 == 0o640
