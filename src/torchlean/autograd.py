@@ -56,7 +56,8 @@ def differentiable_names(ctx: RuntimeContext[Any], frozen: str | Sequence[str] =
     if unused:
         listed = ", ".join(f"`{p}`" for p in unused)
         raise UnknownNameError(
-            f"value_and_grad: frozen pattern {listed} matches no variable"
+            f"value_and_grad: frozen pattern{'s' if len(unused) > 1 else ''} {listed}"
+            f" match{'' if len(unused) > 1 else 'es'} no variable"
             f" (the context has {ctx._v.size} variable entries)"
         )
     return names

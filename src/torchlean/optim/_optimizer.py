@@ -452,6 +452,11 @@ def _torch_update(
                 amsgrad=h.amsgrad,
                 maximize=False,
             )
+    # The fused kernels write through data pointers without bumping version counters;
+    # bump them so every other context that shares a buffer sees the write.
+    torch._C._increment_version(params)
+    for values in slots.values():
+        torch._C._increment_version(values)
     return params, slots, steps, count
 
 
