@@ -78,7 +78,7 @@ class _NumpyBackend(Backend):
     name = "numpy"
 
     def freeze(self, x: Any) -> Any:
-        copy = np.array(x, copy=True)
+        copy = x.copy() if type(x) is np.ndarray else np.array(x, copy=True)
         copy.setflags(write=False)
         # A view of a read-only base cannot be made writeable again.
         return copy.view()

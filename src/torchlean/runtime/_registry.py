@@ -6,61 +6,101 @@ name in place in the list. Walking a list costs O(n) per operation; this module 
 the same observable list in a form where every operation the runtime needs costs
 O(log n), and where a new registry shares almost all of its structure with the old one.
 
-Representation (all of it immutable):
-- ``order``: the names of all entries, most recent first, as a cons list
-  ``(name, rest)`` ending in ``None``. Prepending is O(1) and shares the tail.
-- ``map``: an :class:`immutables.Map` (a C hash array mapped trie) from each name to a
-  :class:`_Name`: the values of that name's entries, most recent first, run-length
-  encoded as ``head`` repeated ``count`` times followed by ``rest`` runs. A lookup reads
-  ``head``; "set every entry of a name" collapses the runs into one, so it is O(log n)
+Representation (all of it immutable once published):
+- ``order``: the names of all entries, most recent first, as a cons list of chunks
+  ``(names, older)`` ending in ``None``, where ``names`` is a tuple of at most
+  :data:`CHUNK` names. Prepending copies at most one chunk and shares the rest; a chunk
+  holds only strings, so Python's cycle collector stops tracking it, which keeps
+  collections cheap in registries of millions of entries.
+- ``map``: an :class:`immutables.Map` (a C hash array mapped trie) from each name to an
+  :class:`Entry`: the first entry's tensor (an ``AnyTensor``) that also carries the values
+  of the name's older entries, run-length encoded: the entry's own value repeated
+  ``count`` times, then ``rest`` runs ``(value, count, older)``. A lookup reads the entry
+  itself; "set every entry of a name" collapses the runs into one, so it is O(log n)
   whatever the number k of entries of that name.
 - ``size``: the number of entries.
 
-The i-th entry of the Lean list is the i-th name of ``order`` paired with the next
-unused value in that name's runs; :meth:`Registry.entries` walks both in O(n).
+The i-th entry of the Lean list is the i-th name of ``order`` paired with the next unused
+value in that name's runs; :meth:`Registry.entries` walks both in O(n).
 
 Reading map:
-- :class:`Registry` -- ``push``, ``head``, ``set_all``, ``replace_head``, ``entries``,
-  ``names``, ``size``, ``EMPTY``.
+- :class:`Entry` -- the ``AnyTensor`` stored for a name, with its runs.
+- :class:`Registry` -- ``push``, ``push_many``, ``head``, ``set_all``, ``replace_head``,
+  ``entries``, ``names``, ``visible``, ``size``; :data:`EMPTY`.
+- :class:`DonatedRegistry` -- stands in for the registries of a donated context.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 import immutables
 
 from torchlean.runtime.any_tensor import AnyTensor
 
-__all__ = ["EMPTY", "Name", "Registry", "Runs"]
+__all__ = ["CHUNK", "EMPTY", "DonatedRegistry", "Entry", "Registry", "Runs", "fresh_entry"]
 
 #: Older runs of a name's values: ``(value, count, older)`` or ``None``.
 Runs = tuple[AnyTensor[Any], int, "Runs"] | None
-#: The names of all entries, most recent first: ``(name, older)`` or ``None``.
-Order = tuple[str, "Order"] | None
+#: The names of all entries, most recent first, in chunks: ``(names, older)`` or ``None``.
+Order = tuple[tuple[str, ...], "Order"] | None
+
+#: The most names one chunk of ``order`` holds.
+CHUNK: Final = 32
+
+_new = object.__new__
 
 
-class Name:
-    """The values of every entry of one name, most recent first, run-length encoded."""
+class Entry(AnyTensor[Any]):
+    """The first entry of a name: its tensor, plus the values of the older entries.
 
-    __slots__ = ("count", "head", "rest", "total")
+    ``count`` entries (this one first) have this entry's value; older ones follow in
+    ``rest``; ``total`` is the number of entries of the name.
+    """
 
-    def __init__(self, head: AnyTensor[Any], count: int, rest: Runs, total: int) -> None:
-        self.head = head
-        self.count = count
-        self.rest = rest
-        self.total = total
+    __slots__ = ("count", "rest", "total")
+    count: int
+    rest: Runs
+    total: int
 
-    def values(self) -> Iterator[AnyTensor[Any]]:
-        """Every entry's value, most recent first. Cost: O(k)."""
-        for _ in range(self.count):
-            yield self.head
-        runs = self.rest
-        while runs is not None:
-            value, count, runs = runs
-            for _ in range(count):
-                yield value
+
+def fresh_entry(dims: tuple[int, ...], stored: Any, backend: Any) -> Entry:
+    """An entry for a value just taken into a context, not yet in any registry.
+
+    Registries adopt a fresh entry as it is instead of copying it (``count == 0`` marks
+    it fresh); callers must publish it in one registry only.
+    """
+    e: Entry = _new(Entry)
+    e._dims = dims
+    e._s = None
+    e._t = stored
+    e._backend = backend
+    e._version = backend.version(stored) if backend.versioned else None
+    e.count = 0
+    return e
+
+
+def _entry(value: AnyTensor[Any], count: int, rest: Runs, total: int) -> Entry:
+    if type(value) is Entry and value.count == 0:
+        e = value
+    else:
+        e = _new(Entry)
+        e._dims = value._dims
+        e._s = value._s
+        e._t = value._t
+        e._backend = value._backend
+        e._version = value._version
+    e.count = count
+    e.rest = rest
+    e.total = total
+    return e
+
+
+def _prepend(order: Order, name: str) -> Order:
+    if order is not None and len(order[0]) < CHUNK:
+        return ((name, *order[0]), order[1])
+    return ((name,), order)
 
 
 class Registry:
@@ -68,9 +108,7 @@ class Registry:
 
     __slots__ = ("map", "order", "size")
 
-    def __init__(
-        self, mapping: immutables.Map[str, Name], order: Order, size: int
-    ) -> None:
+    def __init__(self, mapping: immutables.Map[str, Entry], order: Order, size: int) -> None:
         self.map = mapping
         self.order = order
         self.size = size
@@ -79,31 +117,30 @@ class Registry:
         """Prepend an entry (Lean's ``(name, value) :: registry``). Cost: O(log n)."""
         node = self.map.get(name)
         if node is None:
-            new = Name(value, 1, None, 1)
+            new = _entry(value, 1, None, 1)
         else:
-            new = Name(value, 1, (node.head, node.count, node.rest), node.total + 1)
-        return Registry(self.map.set(name, new), (name, self.order), self.size + 1)
+            new = _entry(value, 1, (node, node.count, node.rest), node.total + 1)
+        return Registry(self.map.set(name, new), _prepend(self.order, name), self.size + 1)
 
-    def push_many(self, items: list[tuple[str, AnyTensor[Any]]]) -> Registry:
+    def push_many(self, items: Iterable[tuple[str, AnyTensor[Any]]]) -> Registry:
         """Prepend entries in order (the last item ends up in front). Cost: O(m log n)."""
         order = self.order
+        size = self.size
         with self.map.mutate() as mutation:
             for name, value in items:
                 node = mutation.get(name)
                 if node is None:
-                    mutation[name] = Name(value, 1, None, 1)
+                    mutation[name] = _entry(value, 1, None, 1)
                 else:
-                    mutation[name] = Name(
-                        value, 1, (node.head, node.count, node.rest), node.total + 1
-                    )
-                order = (name, order)
+                    mutation[name] = _entry(value, 1, (node, node.count, node.rest), node.total + 1)
+                order = _prepend(order, name)
+                size += 1
             mapping = mutation.finish()
-        return Registry(mapping, order, self.size + len(items))
+        return Registry(mapping, order, size)
 
-    def head(self, name: str) -> AnyTensor[Any] | None:
-        """The value of the first entry named ``name``, or ``None``. Cost: O(log n)."""
-        node = self.map.get(name)
-        return None if node is None else node.head
+    def head(self, name: str) -> Entry | None:
+        """The first entry named ``name``, or ``None``. Cost: O(log n)."""
+        return self.map.get(name)
 
     def set_all(self, name: str, value: AnyTensor[Any]) -> Registry:
         """Give every entry named ``name`` the value ``value``, keeping the order.
@@ -114,7 +151,7 @@ class Registry:
         node = self.map.get(name)
         if node is None:
             return self
-        new = Name(value, node.total, None, node.total)
+        new = _entry(value, node.total, None, node.total)
         return Registry(self.map.set(name, new), self.order, self.size)
 
     def replace_head(self, name: str, value: AnyTensor[Any]) -> Registry:
@@ -123,39 +160,36 @@ class Registry:
         if node is None:
             return self.push(name, value)
         if node.count == 1:
-            new = Name(value, 1, node.rest, node.total)
+            new = _entry(value, 1, node.rest, node.total)
         else:
-            new = Name(value, 1, (node.head, node.count - 1, node.rest), node.total)
+            new = _entry(value, 1, (node, node.count - 1, node.rest), node.total)
         return Registry(self.map.set(name, new), self.order, self.size)
 
     def names(self) -> Iterator[str]:
         """Every entry's name, most recent first (duplicates included). Cost: O(n)."""
         order = self.order
         while order is not None:
-            name, order = order
-            yield name
+            chunk, order = order
+            yield from chunk
 
     def entries(self) -> Iterator[tuple[str, AnyTensor[Any]]]:
         """Every entry as ``(name, value)``, most recent first. Cost: O(n)."""
         cursors: dict[str, list[Any]] = {}
         mapping = self.map
-        order = self.order
-        while order is not None:
-            name, order = order
+        for name in self.names():
             cursor = cursors.get(name)
             if cursor is None:
                 node = mapping[name]
                 if node.total == 1:
-                    yield name, node.head
+                    yield name, node
                     continue
-                cursor = cursors[name] = [node.head, node.count, node.rest]
-            value = cursor[0]
-            yield name, value
+                cursor = cursors[name] = [node, node.count, node.rest]
+            yield name, cursor[0]
             cursor[1] -= 1
             if cursor[1] == 0 and cursor[2] is not None:
                 cursor[0], cursor[1], cursor[2] = cursor[2]
 
-    def visible(self) -> Iterator[tuple[str, AnyTensor[Any]]]:
+    def visible(self) -> Iterator[tuple[str, Entry]]:
         """The first entry of each name, names in the order they first appeared.
 
         Cost: O(n).
@@ -164,7 +198,7 @@ class Registry:
         names.reverse()
         mapping = self.map
         for name in dict.fromkeys(names):
-            yield name, mapping[name].head
+            yield name, mapping[name]
 
     def __len__(self) -> int:
         return self.size

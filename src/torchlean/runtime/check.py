@@ -118,25 +118,34 @@ def check_context(ctx: RuntimeContext[Any]) -> CheckReport:
                 if var is None:
                     problems.append(
                         Problem(
-                            "orphan-gradient", registry, name,
-                            f"gradient `{name}` has no variable of that name", index,
+                            "orphan-gradient",
+                            registry,
+                            name,
+                            f"gradient `{name}` has no variable of that name",
+                            index,
                         )
                     )
                 else:
                     if var._dims != at._dims:
                         problems.append(
                             Problem(
-                                "shape-mismatch", registry, name,
+                                "shape-mismatch",
+                                registry,
+                                name,
                                 f"gradient `{name}` has shape {at._dims} but its variable"
-                                f" has shape {var._dims}", index,
+                                f" has shape {var._dims}",
+                                index,
                             )
                         )
                     if var.dtype != at.dtype:
                         problems.append(
                             Problem(
-                                "dtype-mismatch", registry, name,
+                                "dtype-mismatch",
+                                registry,
+                                name,
                                 f"gradient `{name}` has dtype {at.dtype} but its variable"
-                                f" has dtype {var.dtype}", index,
+                                f" has dtype {var.dtype}",
+                                index,
                             )
                         )
             nan, inf = nonfinite_counts(at)
@@ -146,9 +155,12 @@ def check_context(ctx: RuntimeContext[Any]) -> CheckReport:
                     parts.append(f"{inf} infinite")
                 problems.append(
                     Problem(
-                        "non-finite", registry, name,
+                        "non-finite",
+                        registry,
+                        name,
                         f"{registry} `{name}` has {' and '.join(parts)} value"
-                        f"{'s' if nan + inf != 1 else ''}", index,
+                        f"{'s' if nan + inf != 1 else ''}",
+                        index,
                     )
                 )
     if len(devices) > 1:

@@ -46,7 +46,7 @@ from torchlean.errors import (
     UnknownNameError,
 )
 from torchlean.runtime._backends import _BY_TYPE, backend_of, dtype_name
-from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry
+from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry, fresh_entry
 from torchlean.runtime.any_tensor import AnyTensor, ArrayT
 from torchlean.spec.shape import ShapeLike, as_dims
 
@@ -153,7 +153,7 @@ class RuntimeContext(Generic[ArrayT]):
                     f"{kind} `{name}` is a {backend.name} array but this context holds"
                     f" {pin[1]} {pin[0]} arrays only"
                 )
-        return AnyTensor._make(backend.dims(stored), stored, backend), pin
+        return fresh_entry(backend.dims(stored), stored, backend), pin
 
     # ------------------------------------------------------------------ variables
 
@@ -203,16 +203,14 @@ class RuntimeContext(Generic[ArrayT]):
         if node is None:
             if type(name) is not str:
                 _check_name(name, "variable")
-            if type(shape) is not tuple:
-                as_dims(shape)
-            return None
-        at = node.head
-        if at._dims != (shape if type(shape) is tuple else as_dims(shape)):
             as_dims(shape)
             return None
-        if at._version is not None:
-            at._backend.check_intact(at._t, at._version, f"variable `{name}`")
-        return at._t  # type: ignore[no-any-return]
+        if node._dims != (shape if type(shape) is tuple else as_dims(shape)):
+            as_dims(shape)
+            return None
+        if node._version is not None:
+            node._backend.check_intact(node._t, node._version, f"variable `{name}`")
+        return node._t  # type: ignore[no-any-return]
 
     def set_variable(self, name: str, value: ArrayT) -> RuntimeContext[ArrayT]:
         """Give every variable named ``name`` the value ``value`` (shadowed ones too).
@@ -236,10 +234,12 @@ class RuntimeContext(Generic[ArrayT]):
         Cost: O(log n).
         """
         try:
-            return name in self._v.map
+            found = name in self._v.map
         except TypeError:
+            found = False
+        if not found and type(name) is not str:
             _check_name(name, "variable")
-            raise  # pragma: no cover - _check_name always raises here
+        return found
 
     def variable_names(self) -> list[str]:
         """Every variable's name, most recent first, shadowed entries included.
@@ -280,16 +280,14 @@ class RuntimeContext(Generic[ArrayT]):
         if node is None:
             if type(name) is not str:
                 _check_name(name, "gradient")
-            if type(shape) is not tuple:
-                as_dims(shape)
-            return None
-        at = node.head
-        if at._dims != (shape if type(shape) is tuple else as_dims(shape)):
             as_dims(shape)
             return None
-        if at._version is not None:
-            at._backend.check_intact(at._t, at._version, f"gradient `{name}`")
-        return at._t  # type: ignore[no-any-return]
+        if node._dims != (shape if type(shape) is tuple else as_dims(shape)):
+            as_dims(shape)
+            return None
+        if node._version is not None:
+            node._backend.check_intact(node._t, node._version, f"gradient `{name}`")
+        return node._t  # type: ignore[no-any-return]
 
     def set_gradient(self, name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
         """Give every gradient named ``name`` the value ``grad``. Mirrors
@@ -323,10 +321,12 @@ class RuntimeContext(Generic[ArrayT]):
     def has_gradient(self, name: str) -> bool:
         """True iff a gradient named ``name`` exists. Cost: O(log n)."""
         try:
-            return name in self._g.map
+            found = name in self._g.map
         except TypeError:
+            found = False
+        if not found and type(name) is not str:
             _check_name(name, "gradient")
-            raise  # pragma: no cover
+        return found
 
     def accumulate_gradient(self, name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
         """Add ``grad`` into the most recent gradient named ``name``, or register it.
@@ -345,7 +345,7 @@ class RuntimeContext(Generic[ArrayT]):
             new = self._derive(self._v, self._g.push(name, at), self._next_id)
             new._pin = pin
             return new
-        old = node.head
+        old = node
         if old._dims != at._dims:
             raise ShapeMismatchError(
                 f"cannot accumulate into gradient `{name}`: it has shape {old._dims}"
@@ -363,7 +363,7 @@ class RuntimeContext(Generic[ArrayT]):
             )
         backend = at._backend
         total = backend.adopt(backend.add(old.t, at.t))
-        summed = AnyTensor._make(old._dims, total, backend)
+        summed = fresh_entry(old._dims, total, backend)
         return self._derive(self._v, self._g.replace_head(name, summed), self._next_id)
 
     # ------------------------------------------------------------------ strict lookups
@@ -381,9 +381,7 @@ class RuntimeContext(Generic[ArrayT]):
         """The most recent gradient named ``name``; raises like :meth:`variable`."""
         return self._strict(self._g, "gradient", name, shape)
 
-    def _strict(
-        self, registry: Registry, kind: Kind, name: str, shape: ShapeLike | None
-    ) -> ArrayT:
+    def _strict(self, registry: Registry, kind: Kind, name: str, shape: ShapeLike | None) -> ArrayT:
         _check_name(name, kind)
         dims = None if shape is None else as_dims(shape)
         at = registry.head(name)
@@ -487,8 +485,7 @@ class RuntimeContext(Generic[ArrayT]):
 
     def __iter__(self) -> Iterator[str]:
         raise TypeError(
-            "a RuntimeContext is not iterable; use variable_names(), var_registry"
-            " or state_dict()"
+            "a RuntimeContext is not iterable; use variable_names(), var_registry or state_dict()"
         )
 
     def __bool__(self) -> bool:
@@ -535,7 +532,8 @@ def donate(ctx: RuntimeContext[Any], *, to: str) -> None:
 
 def is_donated(ctx: RuntimeContext[Any]) -> bool:
     """True when ``ctx`` was donated and can no longer be used."""
-    return type(ctx._v) is DonatedRegistry
+    registry: object = ctx._v
+    return isinstance(registry, DonatedRegistry)
 
 
 def _rebuild(

@@ -9,8 +9,8 @@ Reading map:
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
-from typing import Final, TypeAlias, Union
+from collections.abc import Iterator, Sequence
+from typing import Final, TypeAlias
 
 from torchlean.errors import InvalidShapeError
 
@@ -81,7 +81,7 @@ class Shape:
     def __hash__(self) -> int:
         return hash(("Shape", self._dims))
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[int]:
         return iter(self._dims)
 
     def __len__(self) -> int:
@@ -100,7 +100,7 @@ class Shape:
         return (Shape, (self._dims,))
 
 
-ShapeLike: TypeAlias = Union[Shape, Sequence[int]]
+ShapeLike: TypeAlias = Shape | Sequence[int]
 
 
 def _check_dim(d: object, index: int, where: str) -> int:
@@ -133,14 +133,15 @@ def as_dims(shape: ShapeLike) -> tuple[int, ...]:
         return shape._dims
     if isinstance(shape, Shape):
         return shape.dims
-    if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence):
-        if hasattr(shape, "__len__") and hasattr(shape, "__getitem__"):
-            pass  # array-like sequences, e.g. torch.Size or numpy arrays of ints
-        else:
-            raise TypeError(
-                f"expected a shape (a Shape or a sequence of ints), got {type(shape).__name__}"
-                f" {shape!r}"
-            )
+    if isinstance(shape, (str, bytes)) or not (
+        isinstance(shape, Sequence)
+        # array-like sequences, e.g. numpy arrays of ints
+        or (hasattr(shape, "__len__") and hasattr(shape, "__getitem__"))
+    ):
+        raise TypeError(
+            f"expected a shape (a Shape or a sequence of ints), got {type(shape).__name__}"
+            f" {shape!r}"
+        )
     if type(shape) is tuple and all(type(d) is int and d >= 0 for d in shape):
         return shape
     dims = tuple(shape)
