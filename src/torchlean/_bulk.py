@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from torchlean.runtime._registry import Name, Registry
+from torchlean.runtime._registry import Registry, _entry, _prepend, fresh_entry
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.context import RuntimeContext
 
@@ -27,7 +27,7 @@ __all__ = ["replace_heads", "visible_heads", "with_gradients", "with_variables",
 def wrap(value: Any, like: AnyTensor[Any]) -> AnyTensor[Any]:
     """Wrap a fresh ``value`` of ``like``'s backend, recording its current version."""
     backend = like._backend
-    return AnyTensor._make(backend.dims(value), value, backend)
+    return fresh_entry(backend.dims(value), value, backend)
 
 
 def visible_heads(registry: Registry) -> list[tuple[str, AnyTensor[Any]]]:
@@ -46,13 +46,13 @@ def replace_heads(registry: Registry, values: Iterable[tuple[str, AnyTensor[Any]
         for name, at in values:
             node = mutation.get(name)
             if node is None:
-                mutation[name] = Name(at, 1, None, 1)
-                order = (name, order)
+                mutation[name] = _entry(at, 1, None, 1)
+                order = _prepend(order, name)
                 added += 1
             elif node.count == 1:
-                mutation[name] = Name(at, 1, node.rest, node.total)
+                mutation[name] = _entry(at, 1, node.rest, node.total)
             else:
-                mutation[name] = Name(at, 1, (node.head, node.count - 1, node.rest), node.total)
+                mutation[name] = _entry(at, 1, (node, node.count - 1, node.rest), node.total)
         mapping = mutation.finish()
     return Registry(mapping, order, registry.size + added)
 

@@ -166,7 +166,7 @@ def _torch_value_and_grad(
     import torch
     from torch.utils import _pytree
 
-    heads = [(name, ctx._v.map[name].head) for name in names]
+    heads = [(name, ctx._v.map[name]) for name in names]
     leaves = [at.t.detach().requires_grad_(True) for _, at in heads]
     inner = with_variables(
         ctx, [(name, wrap(leaf, at)) for (name, at), leaf in zip(heads, leaves, strict=True)]
@@ -196,7 +196,7 @@ def _jax_value_and_grad(
 ) -> tuple[Any, list[tuple[str, AnyTensor[Any]]]]:
     import jax
 
-    heads = {name: ctx._v.map[name].head for name in names}
+    heads = {name: ctx._v.map[name] for name in names}
     params = {name: at.t for name, at in heads.items()}
 
     def inner(params: dict[str, Any]) -> Any:

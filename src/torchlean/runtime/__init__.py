@@ -5,8 +5,11 @@ Reading map:
 - :class:`RuntimeContext`, :func:`empty_context` and the seed's operations as functions
   (:mod:`torchlean.runtime.context`).
 - :class:`CheckReport`, :class:`Problem` -- what ``RuntimeContext.check`` returns.
+- :mod:`torchlean.runtime.pytree` -- a context is a JAX and a PyTorch pytree
+  (registered when jax or torch is imported; :func:`~torchlean.runtime.pytree.register`).
 """
 
+from torchlean.runtime import pytree as pytree
 from torchlean.runtime.any_tensor import AnyTensor as AnyTensor
 from torchlean.runtime.any_tensor import ArrayLike as ArrayLike
 from torchlean.runtime.check import CheckReport as CheckReport

@@ -8,21 +8,33 @@ theirs is seen.
 Reading map:
 - :class:`Backend` -- the interface: ``freeze`` (take a value into a context),
   ``adopt`` (take a fresh value the caller gives up), ``check_intact`` (refuse a value
-  written in place), ``dtype_name``, ``device``, ``to_numpy``, ``add``.
+  written in place), ``dtype_name``, ``device``, ``data`` / ``to_numpy`` (values as
+  numpy, never moving the tensor), ``stand_in`` (text for a value without data),
+  ``nonfinite``, ``add``.
+- :data:`NUMPY`, :data:`OPAQUE` -- the numpy backend, and the backend of the leaves a
+  pytree transformation puts in a context that are not arrays (``None``, tracers' stand
+  ins, ``jax.ShapeDtypeStruct``...).
 - :func:`backend_of` -- the backend for a value, or ``TypeError`` naming what was given.
 - :func:`dtype_name` -- a canonical dtype name (``"float32"``) from any library's dtype.
+- :data:`UNKNOWN_DEVICES` -- device names that say "no device" (tracers, opaque leaves).
 
 The immutability promise per backend:
-- numpy: the stored array is a private, read-only copy (a view of a read-only buffer the
-  library owns), so neither the caller's array nor a looked-up array can be written.
-- torch: the stored tensor is the caller's tensor, detached, with its version counter
-  recorded. Writing it in place (through any view) bumps the counter, and every later
-  read through a context raises :class:`~torchlean.errors.InPlaceModificationError`.
+- numpy: the stored array is a private, read-only copy (a read-only view of a read-only
+  buffer the library owns), so neither the caller's array nor a looked-up array can be
+  written.
+- torch: the stored tensor is the caller's tensor, detached (no copy), with its version
+  counter recorded. Writing it in place (through any view) bumps the counter, and every
+  later read through a context raises :class:`~torchlean.errors.InPlaceModificationError`.
+  An inference tensor has no version counter, so it is stored as a clone.
 - jax: arrays are immutable; they are stored as they are.
+
+Device names are canonical across libraries: ``"cpu"`` for any CPU array, ``"cuda:N"``
+for a GPU (torch's index, jax's local hardware id), torch's ``"meta"`` stays ``"meta"``.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -32,7 +44,36 @@ from torchlean.errors import BackendError, InPlaceModificationError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Backend", "NUMPY", "backend_of", "dtype_name", "is_array"]
+__all__ = [
+    "NUMPY",
+    "OPAQUE",
+    "UNKNOWN_DEVICES",
+    "Backend",
+    "backend_of",
+    "dtype_name",
+    "is_array",
+]
+
+#: The device of a traced value (under ``jax.jit`` / ``jax.grad``): not known.
+TRACED: Final = "traced"
+#: The device of an opaque pytree leaf (``None``, a ``ShapeDtypeStruct``...).
+NO_DEVICE: Final = "none"
+#: Device names that stand for "no device"; ``check()`` leaves them out.
+UNKNOWN_DEVICES: Final = frozenset({TRACED, NO_DEVICE})
+
+# Element types numpy has no native type for; their values are shown through float32.
+_EXTENDED_FLOATS: Final = frozenset(
+    {
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e4m3b11fnuz",
+        "float8_e8m0fnu",
+        "float4_e2m1fn",
+    }
+)
 
 
 class Backend:
@@ -64,14 +105,49 @@ class Backend:
         return dtype_name(x.dtype)
 
     def device(self, x: Any) -> str:
+        """The canonical device name: ``"cpu"``, ``"cuda:0"``, ``"meta"``..."""
         return "cpu"
 
+    def data(self, x: Any) -> np.ndarray[Any, Any] | None:
+        """The values of ``x`` as numpy, or ``None`` when ``x`` has none to read.
+
+        A tensor on another device is copied to the host; ``x`` itself never moves.
+        Cost: O(size) for a copy.
+        """
+        return self.to_numpy(x)
+
     def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
-        """A numpy copy or view of ``x`` for rendering and saving (never moves ``x``)."""
+        """A numpy copy or view of ``x`` for rendering and saving (never moves ``x``).
+
+        Raises :class:`~torchlean.errors.BackendError` for a value without data (a
+        meta tensor, a tracer).
+        """
         raise NotImplementedError
+
+    def stand_in(self, x: Any) -> str:
+        """A short text standing for ``x`` where its values cannot be shown."""
+        return f"<{self.name} {self.dtype_name(x)} {self.dims(x)} on {self.device(x)}>"
+
+    def nonfinite(self, x: Any) -> tuple[int, int]:
+        """The number of NaN and of infinite elements of ``x`` ((0, 0) without data).
+
+        Cost: O(size).
+        """
+        array = self.data(x)
+        if array is None:
+            return (0, 0)
+        return _numpy_nonfinite(array)
 
     def add(self, a: Any, b: Any) -> Any:
         return a + b
+
+
+def _numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
+    if array.dtype.kind not in "fc" and array.dtype.name not in _EXTENDED_FLOATS:
+        return (0, 0)
+    nan = int(np.count_nonzero(np.isnan(array)))
+    inf = int(np.count_nonzero(np.isinf(array)))
+    return (nan, inf)
 
 
 class _NumpyBackend(Backend):
@@ -102,6 +178,44 @@ class _NumpyBackend(Backend):
 NUMPY: Final = _NumpyBackend()
 
 
+class _OpaqueBackend(Backend):
+    """Leaves a pytree transformation put in a context that are not arrays.
+
+    ``jax.tree_util.tree_map(lambda x: None, ctx)``, ``jax.eval_shape`` and jax's own
+    internals rebuild a context around any object; such a value is stored as it is,
+    with the shape it has (or the one its entry had), and shown by its ``repr``.
+    """
+
+    name = "opaque"
+
+    def freeze(self, x: Any) -> Any:
+        return x
+
+    def dtype_name(self, x: Any) -> str:
+        try:
+            return dtype_name(x.dtype)
+        except (AttributeError, TypeError):
+            return type(x).__name__
+
+    def device(self, x: Any) -> str:
+        return NO_DEVICE
+
+    def data(self, x: Any) -> np.ndarray[Any, Any] | None:
+        return None
+
+    def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
+        raise BackendError(f"{type(x).__name__} {_short_repr(x)} is not an array")
+
+    def stand_in(self, x: Any) -> str:
+        return f"<{_short_repr(x)}>"
+
+    def add(self, a: Any, b: Any) -> Any:
+        raise BackendError(f"cannot add {type(a).__name__} and {type(b).__name__}")
+
+
+OPAQUE: Final = _OpaqueBackend()
+
+
 class _TorchBackend(Backend):
     name = "torch"
     versioned = True
@@ -112,46 +226,107 @@ class _TorchBackend(Backend):
         self._torch = torch
 
     def freeze(self, x: Any) -> Any:
+        if x.is_inference():
+            # An inference tensor has no version counter: keep a normal clone instead.
+            with self._torch.inference_mode(False):
+                return x.detach().clone()
         # detach() shares storage and the version counter with x, so a write through
         # the caller's tensor, or any view of it, is seen by check_intact.
         return x.detach()
 
     def adopt(self, x: Any) -> Any:
-        return x.detach()
+        return self.freeze(x)
 
     def dims(self, x: Any) -> tuple[int, ...]:
         return tuple(x.shape)
 
     def version(self, x: Any) -> int | None:
-        return int(x._version)
+        try:
+            return int(x._version)
+        except RuntimeError:  # an inference tensor handed in by a pytree transform
+            return None
 
     def check_intact(self, x: Any, version: int | None, what: str) -> None:
         if x._version != version:
             raise InPlaceModificationError(
-                f"{what} was modified in place after it was stored in a context; "
-                "contexts never change, so the value can no longer be trusted. "
-                "Register a copy (tensor.clone()) if you need to keep writing to it"
+                f"{what} was modified in place after it was stored in a context"
+                f" (its version counter went from {version} to {x._version}); contexts"
+                " never change, so the value can no longer be trusted. Register a copy"
+                " (tensor.clone()) if you need to keep writing to it"
             )
 
     def dtype_name(self, x: Any) -> str:
         return str(x.dtype).removeprefix("torch.")
 
     def device(self, x: Any) -> str:
-        return str(x.device)
+        device = x.device
+        return "cpu" if device.type == "cpu" else str(device)
+
+    def _has_data(self, x: Any) -> bool:
+        if x.device.type == "meta":
+            return False
+        name = type(x).__name__
+        if name in ("FakeTensor", "FunctionalTensor"):
+            return False
+        return not self._torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+    def data(self, x: Any) -> np.ndarray[Any, Any] | None:
+        if not self._has_data(x):
+            return None
+        return self.to_numpy(x)
 
     def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
+        torch = self._torch
+        if not self._has_data(x):
+            raise BackendError(f"{self.stand_in(x)} has no data to read")
         t = x.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
         if t.device.type != "cpu":
-            t = t.to("cpu")
-        if t.dtype == self._torch.bfloat16:
+            t = t.to("cpu")  # a copy: the stored tensor stays where it is
+        t = t.resolve_conj().resolve_neg()
+        try:
+            return t.numpy()  # type: ignore[no-any-return]
+        except TypeError:
+            pass  # a dtype numpy lacks: bfloat16, float8, complex32...
+        name = self.dtype_name(t)
+        try:
             import ml_dtypes
 
-            return t.view(self._torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return t.numpy()
+            target = np.dtype(getattr(ml_dtypes, name))
+        except (ImportError, AttributeError, TypeError):
+            target = None
+        if target is not None:
+            bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[target.itemsize]
+            return t.view(bits).numpy().view(target)  # type: ignore[no-any-return]
+        wide = torch.complex64 if t.is_complex() else torch.float32
+        return t.to(wide).numpy()  # type: ignore[no-any-return]
+
+    def stand_in(self, x: Any) -> str:
+        kind = "meta tensor" if x.device.type == "meta" else f"{type(x).__name__}"
+        return f"<{kind} {self.dtype_name(x)} {self.dims(x)}>"
+
+    def nonfinite(self, x: Any) -> tuple[int, int]:
+        if not self._has_data(x):
+            return (0, 0)
+        t = x.detach()
+        if not (t.is_floating_point() or t.is_complex()):
+            return (0, 0)
+        if t.layout != self._torch.strided:
+            t = t.to_dense()
+        # Counted where the tensor lives: a GPU tensor is not copied to the host.
+        nan = int(self._torch.isnan(t).sum().item())
+        inf = int(self._torch.isinf(t).sum().item())
+        return (nan, inf)
 
 
 class _JaxBackend(Backend):
     name = "jax"
+
+    def __init__(self) -> None:
+        import jax
+
+        self._tracer = jax.core.Tracer
 
     def freeze(self, x: Any) -> Any:
         return x
@@ -160,37 +335,92 @@ class _JaxBackend(Backend):
         return dtype_name(x.dtype)
 
     def device(self, x: Any) -> str:
+        if isinstance(x, self._tracer):
+            return TRACED
         try:
             devices = x.devices()
-        except Exception:  # a tracer has no devices
-            return "traced"
-        return ",".join(sorted(str(d) for d in devices))
+        except Exception:  # pragma: no cover - any other abstract value
+            return TRACED
+        return ",".join(sorted({_jax_device_name(d) for d in devices}))
+
+    def data(self, x: Any) -> np.ndarray[Any, Any] | None:
+        if isinstance(x, self._tracer) or x.is_deleted():
+            return None
+        return np.asarray(x)
 
     def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
-        return np.asarray(x)
+        array = self.data(x)
+        if array is None:
+            raise BackendError(f"{self.stand_in(x)} has no data to read")
+        return array
+
+    def stand_in(self, x: Any) -> str:
+        if isinstance(x, self._tracer):
+            kind = "traced"
+        elif x.is_deleted():
+            kind = "deleted jax array"
+        else:  # pragma: no cover - only values without data get here
+            kind = "jax array"
+        return f"<{kind} {self.dtype_name(x)} {self.dims(x)}>"
+
+    def nonfinite(self, x: Any) -> tuple[int, int]:
+        if isinstance(x, self._tracer) or x.is_deleted():
+            return (0, 0)
+        if self.device(x) == "cpu":
+            return _numpy_nonfinite(np.asarray(x))  # a view: no copy on the host
+        import jax.numpy as jnp
+
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return (0, 0)
+        # Counted where the array lives: a GPU array is not copied to the host.
+        return (int(jnp.isnan(x).sum()), int(jnp.isinf(x).sum()))
+
+
+def _jax_device_name(device: Any) -> str:
+    platform = device.platform
+    if platform == "cpu":
+        return "cpu"
+    index = getattr(device, "local_hardware_id", None)
+    if index is None:
+        index = device.id
+    if platform in ("gpu", "cuda", "rocm"):
+        platform = "cuda"  # torch calls NVIDIA and AMD GPUs alike "cuda"
+    return f"{platform}:{index}"
 
 
 _BY_TYPE: Final[dict[type, Backend]] = {np.ndarray: NUMPY}
 _LOADERS: Final[dict[str, Callable[[], Backend]]] = {
     "torch": _TorchBackend,
     "jax": _JaxBackend,
-    "jaxlib": _JaxBackend,
 }
 _LOADED: Final[dict[str, Backend]] = {}
 
 
-def _load(root: str) -> Backend:
-    backend = _LOADED.get(root)
+def _load(library: str) -> Backend:
+    backend = _LOADED.get(library)
     if backend is None:
-        factory = _LOADERS[root]
         try:
-            backend = factory()
+            backend = _LOADERS[library]()
         except ImportError as e:  # pragma: no cover - a value of theirs implies installed
-            raise BackendError(f"the {root} backend needs {root} installed: {e}") from e
-        for key in _LOADERS:
-            if _LOADERS[key] is factory:
-                _LOADED[key] = backend
+            raise BackendError(f"the {library} backend needs {library} installed: {e}") from e
+        _LOADED[library] = backend
+        from torchlean.runtime import pytree
+
+        pytree._on_backend_loaded(library)
     return backend
+
+
+def _library_of(x: object) -> str | None:
+    """``"torch"`` or ``"jax"`` when ``x`` is one of their arrays (imports neither)."""
+    torch = sys.modules.get("torch")
+    tensor = getattr(torch, "Tensor", None)
+    if tensor is not None and isinstance(x, tensor):
+        return "torch"
+    jax = sys.modules.get("jax")
+    array = getattr(jax, "Array", None)
+    if array is not None and isinstance(x, array):
+        return "jax"  # jax arrays and tracers alike
+    return None
 
 
 def backend_of(x: object) -> Backend:
@@ -198,19 +428,17 @@ def backend_of(x: object) -> Backend:
 
     Cost: one dict lookup for a type already seen.
     """
-    backend = _BY_TYPE.get(type(x))
+    tp = type(x)
+    backend = _BY_TYPE.get(tp)
     if backend is not None:
         return backend
-    tp = type(x)
-    root = tp.__module__.partition(".")[0]
     if isinstance(x, (np.ndarray, np.generic)):
         backend = NUMPY
-    elif root in _LOADERS and hasattr(x, "shape") and hasattr(x, "dtype"):
-        backend = _load(root)
-        if root == "torch" and not isinstance(x, backend._torch.Tensor):  # type: ignore[attr-defined]
-            raise _not_an_array(x)
     else:
-        raise _not_an_array(x)
+        library = _library_of(x)
+        if library is None:
+            raise _not_an_array(x)
+        backend = _load(library)
     _BY_TYPE[tp] = backend
     return backend
 
@@ -224,14 +452,27 @@ def is_array(x: object) -> bool:
     return True
 
 
-def _not_an_array(x: object) -> TypeError:
+def _short_repr(x: object) -> str:
     text = repr(x)
-    if len(text) > 60:
-        text = text[:57] + "..."
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _not_an_array(x: object) -> TypeError:
     return TypeError(
         f"expected an array (numpy.ndarray, torch.Tensor or jax.Array), "
-        f"got {type(x).__module__}.{type(x).__qualname__} {text}"
+        f"got {type(x).__module__}.{type(x).__qualname__} {_short_repr(x)}"
     )
+
+
+def render_array(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``array`` ready to print: extended floats (bfloat16, float8) shown as float32.
+
+    The values are exact (each of those types is a subset of float32), and print as
+    ``1.0`` rather than ``1``. Cost: O(size) for an extended float, else O(1).
+    """
+    if array.dtype.name in _EXTENDED_FLOATS:
+        return array.astype(np.float32)
+    return array
 
 
 def dtype_name(dtype: object) -> str:
@@ -249,7 +490,7 @@ def dtype_name(dtype: object) -> str:
         try:
             import ml_dtypes
 
-            return np.dtype(getattr(ml_dtypes, dtype)).name
+            return str(np.dtype(getattr(ml_dtypes, dtype)).name)
         except (ImportError, AttributeError, TypeError):
             pass
     raise TypeError(f"not a dtype: {dtype!r}")

@@ -18,9 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from torchlean.errors import TorchLeanError
+from torchlean.runtime._backends import UNKNOWN_DEVICES
 
 if TYPE_CHECKING:
     from torchlean.runtime.any_tensor import AnyTensor
@@ -92,18 +91,7 @@ class CheckReport:
 
 def nonfinite_counts(at: AnyTensor[Any]) -> tuple[int, int]:
     """The number of NaN and of infinite elements of a stored tensor (0, 0 for ints)."""
-    try:
-        array = at._backend.to_numpy(at.t)
-    except Exception:  # a traced or abstract value has no data to look at
-        return (0, 0)
-    if array.dtype.kind not in "fc" and array.dtype.name not in _FLOAT_EXTRA:
-        return (0, 0)
-    nan = int(np.count_nonzero(np.isnan(array)))
-    inf = int(np.count_nonzero(np.isinf(array)))
-    return (nan, inf)
-
-
-_FLOAT_EXTRA = {"bfloat16", "float8_e4m3fn", "float8_e5m2", "float16"}
+    return at._backend.nonfinite(at.t)
 
 
 def check_context(ctx: RuntimeContext[Any]) -> CheckReport:
@@ -112,7 +100,9 @@ def check_context(ctx: RuntimeContext[Any]) -> CheckReport:
     devices: dict[str, str] = {}
     for registry, entries in (("variable", ctx._v.entries()), ("gradient", ctx._g.entries())):
         for index, (name, at) in enumerate(entries):
-            devices.setdefault(at.device, f"{registry} `{name}`")
+            device = at.device
+            if device not in UNKNOWN_DEVICES:  # a tracer's device is not known
+                devices.setdefault(device, f"{registry} `{name}`")
             if registry == "gradient":
                 var = ctx._v.head(name)
                 if var is None:

@@ -41,11 +41,18 @@ from typing import TYPE_CHECKING, Any, Generic, Literal
 import numpy as np
 
 from torchlean.errors import (
+    BackendError,
     DTypeMismatchError,
     ShapeMismatchError,
     UnknownNameError,
 )
-from torchlean.runtime._backends import _BY_TYPE, backend_of, dtype_name
+from torchlean.runtime._backends import (
+    _BY_TYPE,
+    UNKNOWN_DEVICES,
+    backend_of,
+    dtype_name,
+    render_array,
+)
 from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry, fresh_entry
 from torchlean.runtime.any_tensor import AnyTensor, ArrayT
 from torchlean.spec.shape import ShapeLike, as_dims
@@ -361,6 +368,12 @@ class RuntimeContext(Generic[ArrayT]):
                 f"cannot accumulate into gradient `{name}`: it has dtype {old.dtype}"
                 f" but the added gradient has dtype {at.dtype}"
             )
+        devices = {old.device, at.device}
+        if len(devices) > 1 and not devices & UNKNOWN_DEVICES:
+            raise BackendError(
+                f"cannot accumulate into gradient `{name}`: it is on {old.device}"
+                f" but the added gradient is on {at.device}"
+            )
         backend = at._backend
         total = backend.adopt(backend.add(old.t, at.t))
         summed = fresh_entry(old._dims, total, backend)
@@ -590,7 +603,11 @@ def _unknown_message(registry: Registry, kind: str, name: str) -> str:
 
 
 def _pretty(at: AnyTensor[Any]) -> str:
-    array = at._backend.to_numpy(at.t)
+    t = at.t
+    array = at._backend.data(t)
+    if array is None:  # a meta tensor, a tracer, an opaque pytree leaf
+        return at._backend.stand_in(t)
+    array = render_array(array)
 
     def go(a: np.ndarray[Any, Any]) -> str:
         if a.ndim == 0:

@@ -1,0 +1,401 @@
+"""A :class:`RuntimeContext` is a pytree for JAX and for PyTorch.
+
+``jax.jit``, ``jax.grad``, ``jax.vmap``, ``jax.tree_util.tree_map``, optax,
+``torch.utils._pytree.tree_map`` and ``torch.func`` take a context and give one back
+with the same names, order, shadowing (several entries of one name), ``next_id`` and
+dtype pin. The leaves are the tensors of every variable entry, most recent first, then
+of every gradient entry, most recent first (the order of ``var_registry`` and
+``gradients``); everything else is the static layout (:class:`Layout`).
+
+Unflattening accepts any leaves without checking them, because the libraries pass
+tracers, ``None``, ``object()`` sentinels or ``jax.ShapeDtypeStruct`` through it. A leaf
+is stored as it is (a torch tensor keeps ``requires_grad``, so autograd and
+``torch.func`` see through a context; its version counter is recorded), except a
+writeable numpy array, which is copied into a read-only buffer as
+``register_variable`` does. An entry's shape is its leaf's shape, or the shape the
+entry had when the leaf has none.
+
+Registration never imports jax or torch: it happens at once for a library already
+imported, and otherwise right after it is imported (a ``sys.meta_path`` finder watches
+for ``jax`` and ``torch``), or on :func:`register`.
+
+Reading map:
+- :func:`register` -- register with jax and/or torch now (idempotent).
+- :func:`registered` -- the libraries registered so far.
+- :class:`EntryKey` -- one entry in a key path: ``.variables['fc1.weight']``.
+- :class:`Layout` -- the aux data: names, shapes, ``next_id``, pin.
+- ``_flatten`` / ``_flatten_with_keys`` / ``_unflatten`` -- the node functions.
+- ``_ImportWatcher`` -- the finder that registers when jax or torch gets imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+
+import numpy as np
+
+from torchlean.errors import BackendError
+from torchlean.runtime._backends import _BY_TYPE, NUMPY, OPAQUE, backend_of
+from torchlean.runtime._registry import EMPTY, Registry
+from torchlean.runtime.any_tensor import AnyTensor
+from torchlean.runtime.context import RuntimeContext
+
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+
+__all__ = ["EntryKey", "Layout", "register", "registered"]
+
+Library = Literal["jax", "torch"]
+LIBRARIES: Final[tuple[Library, ...]] = ("jax", "torch")
+
+
+class Layout(NamedTuple):
+    """The static part of a flattened context (the pytree aux data).
+
+    Hashable and compared by value, so ``jax.jit`` caches a compiled function per
+    layout: a context with other names, shapes, ``next_id`` or pin is traced again.
+    """
+
+    variables: tuple[str, ...]
+    variable_dims: tuple[tuple[int, ...], ...]
+    gradients: tuple[str, ...]
+    gradient_dims: tuple[tuple[int, ...], ...]
+    next_id: int
+    pin: tuple[str, str | None] | None
+
+
+@dataclass(frozen=True)
+class EntryKey:
+    """The key of one entry in a pytree key path.
+
+    ``registry`` is ``"variables"`` or ``"gradients"``, ``name`` the entry's name and
+    ``occurrence`` its rank among the entries of that name (0 for the visible one, 1
+    for the entry it shadows...). Prints as ``.variables['w']`` (``.variables['w']#1``
+    for a shadowed entry).
+    """
+
+    registry: Literal["variables", "gradients"]
+    name: str
+    occurrence: int = 0
+
+    def __str__(self) -> str:
+        text = f".{self.registry}[{self.name!r}]"
+        return text if self.occurrence == 0 else f"{text}#{self.occurrence}"
+
+    def get(self, parent: Any) -> Any:
+        """The tensor this key names in the context ``parent``. Cost: O(n)."""
+        entries = parent.var_registry if self.registry == "variables" else parent.gradients
+        seen = 0
+        for name, at in entries:
+            if name == self.name:
+                if seen == self.occurrence:
+                    return at.t
+                seen += 1
+        raise KeyError(str(self))
+
+
+# ---------------------------------------------------------------------- node functions
+
+
+def _leaves(registry: Registry, kind: str) -> tuple[list[Any], list[str], list[Any]]:
+    leaves: list[Any] = []
+    names: list[str] = []
+    dims: list[Any] = []
+    for name, at in registry.entries():
+        t = at._t
+        if at._version is not None:  # a read through the context: refuse a written tensor
+            at._backend.check_intact(t, at._version, f"{kind} `{name}`")
+        leaves.append(t)
+        names.append(name)
+        dims.append(at._dims)
+    return leaves, names, dims
+
+
+def _flatten(ctx: RuntimeContext[Any]) -> tuple[list[Any], Layout]:
+    """The leaves of ``ctx`` (variables, then gradients) and its layout. Cost: O(n)."""
+    vleaves, vnames, vdims = _leaves(ctx._v, "variable")
+    gleaves, gnames, gdims = _leaves(ctx._g, "gradient")
+    layout = Layout(
+        tuple(vnames), tuple(vdims), tuple(gnames), tuple(gdims), ctx._next_id, ctx._pin
+    )
+    vleaves.extend(gleaves)
+    return vleaves, layout
+
+
+def _keys(registry: Literal["variables", "gradients"], names: Sequence[str]) -> list[EntryKey]:
+    seen: dict[str, int] = {}
+    keys = []
+    for name in names:
+        occurrence = seen.get(name, 0)
+        seen[name] = occurrence + 1
+        keys.append(EntryKey(registry, name, occurrence))
+    return keys
+
+
+def _flatten_with_keys(ctx: RuntimeContext[Any]) -> tuple[list[tuple[EntryKey, Any]], Layout]:
+    """Like :func:`_flatten`, each leaf with its :class:`EntryKey`. Cost: O(n)."""
+    leaves, layout = _flatten(ctx)
+    keys = _keys("variables", layout.variables) + _keys("gradients", layout.gradients)
+    return list(zip(keys, leaves, strict=True)), layout
+
+
+def _keep_numpy(x: Any) -> Any:
+    """A numpy leaf as a context may hold it: read-only, over a read-only owned buffer.
+
+    An array that already is one (every array a context hands out is) is kept, so
+    an identity ``tree_map`` copies nothing; any other array is copied.
+    """
+    if type(x) is np.ndarray and not x.flags.writeable:
+        base = x.base
+        if type(base) is np.ndarray and not base.flags.writeable and base.flags.owndata:
+            return x
+    return NUMPY.freeze(x)
+
+
+def _wrap(leaf: Any, dims: tuple[int, ...]) -> AnyTensor[Any]:
+    backend = _BY_TYPE.get(type(leaf))
+    if backend is None:
+        try:
+            backend = backend_of(leaf)
+        except TypeError:
+            backend = OPAQUE
+    if backend is NUMPY:
+        leaf = _keep_numpy(leaf)
+    with contextlib.suppress(Exception):  # no shape, or a symbolic one: keep the entry's
+        dims = tuple(int(d) for d in leaf.shape)
+    return AnyTensor._make(dims, leaf, backend)
+
+
+def _registry(names: Sequence[str], dims: Sequence[Any], leaves: Sequence[Any]) -> Registry:
+    items = [(name, _wrap(leaf, d)) for name, d, leaf in zip(names, dims, leaves, strict=True)]
+    items.reverse()  # push_many puts the last item in front
+    return EMPTY.push_many(items)
+
+
+_BLANK: Final[RuntimeContext[Any]] = RuntimeContext()
+
+
+def _unflatten(layout: Layout, children: Iterable[Any]) -> RuntimeContext[Any]:
+    """A context with ``layout`` and ``children`` as its leaves, taken as they are.
+
+    Cost: O(n log n).
+    """
+    leaves = list(children)
+    nv = len(layout.variables)
+    if len(leaves) != nv + len(layout.gradients):
+        raise ValueError(
+            f"a context with this layout has {nv + len(layout.gradients)} leaves, got {len(leaves)}"
+        )
+    v = _registry(layout.variables, layout.variable_dims, leaves[:nv])
+    g = _registry(layout.gradients, layout.gradient_dims, leaves[nv:])
+    ctx = _BLANK._derive(v, g, layout.next_id)
+    ctx._pin = layout.pin
+    return ctx
+
+
+def _unflatten_torch(children: Iterable[Any], layout: Layout) -> RuntimeContext[Any]:
+    return _unflatten(layout, children)
+
+
+# ---------------------------------------------------------------------- registration
+
+_LOCK: Final = threading.RLock()
+_REGISTERED: Final[set[str]] = set()
+
+
+def _register_jax() -> None:
+    import jax.tree_util
+
+    try:
+        jax.tree_util.register_pytree_with_keys(
+            RuntimeContext, _flatten_with_keys, _unflatten, flatten_func=_flatten
+        )
+    except ValueError as e:  # registered before this module was (re)loaded
+        if "uplicate" not in str(e) and "already" not in str(e):
+            raise
+
+
+def _register_torch() -> None:
+    import torch.utils._pytree as torch_pytree
+
+    try:
+        torch_pytree.register_pytree_node(
+            RuntimeContext,
+            _flatten,
+            _unflatten_torch,
+            serialized_type_name="torchlean.runtime.context.RuntimeContext",
+            flatten_with_keys_fn=_flatten_with_keys,  # type: ignore[arg-type]
+        )
+    except ValueError as e:  # registered before this module was (re)loaded
+        if "already" not in str(e):
+            raise
+
+
+_REGISTRARS: Final[dict[str, Callable[[], None]]] = {
+    "jax": _register_jax,
+    "torch": _register_torch,
+}
+
+
+def _register_one(library: str) -> None:
+    with _LOCK:
+        if library in _REGISTERED:
+            return
+        _REGISTRARS[library]()
+        _REGISTERED.add(library)
+
+
+def register(*libraries: Library) -> tuple[str, ...]:
+    """Register :class:`RuntimeContext` as a pytree node with jax and/or torch now.
+
+    With no argument, with each of jax and torch that is installed (importing it);
+    a library named but not installed raises :class:`~torchlean.errors.BackendError`.
+    Idempotent: registering twice does nothing. Returns the libraries registered so
+    far. Registration also happens by itself when jax or torch is imported, so this is
+    needed only where that could not be seen (see the module docstring).
+    """
+    wanted = libraries or LIBRARIES
+    for library in wanted:
+        if library not in _REGISTRARS:
+            raise ValueError(f"unknown pytree library {library!r}; expected 'jax' or 'torch'")
+        try:
+            _register_one(library)
+        except ImportError as e:
+            if libraries:
+                raise BackendError(
+                    f"cannot register RuntimeContext with {library}: {library} is not"
+                    f" installed ({e})"
+                ) from e
+    return registered()
+
+
+def registered() -> tuple[str, ...]:
+    """The libraries :class:`RuntimeContext` is registered with, in a fixed order."""
+    return tuple(lib for lib in LIBRARIES if lib in _REGISTERED)
+
+
+def _register_quietly(library: str) -> None:
+    """Register after an import; a failure warns instead of breaking that import."""
+    try:
+        _register_one(library)
+    except Exception as e:  # pragma: no cover - a broken or unexpected library version
+        warnings.warn(
+            f"torchlean could not register RuntimeContext as a {library} pytree: {e!r};"
+            " call torchlean.runtime.pytree.register() to see the error",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if all(lib in _REGISTERED for lib in LIBRARIES):
+        _WATCHER.uninstall()
+
+
+class _ImportWatcher(importlib.abc.MetaPathFinder):
+    """A ``sys.meta_path`` finder that registers right after jax or torch is imported.
+
+    It finds nothing itself: for a watched top-level module it asks the finders after
+    it for the real spec, and makes that spec's loader register once the module has
+    executed. Every other import passes through untouched.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> ModuleSpec | None:
+        if fullname not in _REGISTRARS or fullname in _REGISTERED:
+            return None
+        if getattr(self._local, "busy", False):
+            return None
+        self._local.busy = True
+        try:
+            spec = self._find_elsewhere(fullname, path, target)
+        finally:
+            self._local.busy = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return None  # not installed, or an exotic loader: let the import go on as usual
+        if not _watch(spec, fullname):
+            return None
+        return spec
+
+    def _find_elsewhere(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None
+    ) -> ModuleSpec | None:
+        for finder in list(sys.meta_path):
+            if finder is self:
+                continue
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                continue
+            spec: ModuleSpec | None = find(fullname, path, target)
+            if spec is not None:
+                return spec
+        return None
+
+    def install(self) -> None:
+        if self not in sys.meta_path:
+            sys.meta_path.insert(0, self)
+
+    def uninstall(self) -> None:
+        while self in sys.meta_path:
+            sys.meta_path.remove(self)
+
+
+def _watch(spec: ModuleSpec, library: str) -> bool:
+    """Make ``spec``'s loader register ``library`` after the module executed."""
+    loader: Any = spec.loader
+    own = vars(loader) if hasattr(loader, "__dict__") else None
+    if own is None or isinstance(loader, type):
+        return False  # a class-level loader is shared: leave it alone
+    had_own = "exec_module" in own
+    original = loader.exec_module
+
+    def exec_module(module: ModuleType) -> None:
+        try:
+            original(module)
+        finally:
+            if had_own:
+                loader.exec_module = original
+            else:
+                del loader.exec_module
+        if module.__name__ == library:
+            _register_quietly(library)
+
+    try:
+        loader.exec_module = exec_module
+    except (AttributeError, TypeError):  # pragma: no cover - a loader with __slots__
+        return False
+    return True
+
+
+_WATCHER: Final = _ImportWatcher()
+
+
+def _install() -> None:
+    """Register with the libraries already imported and watch for the others."""
+    for library in LIBRARIES:
+        if library in sys.modules:
+            _register_quietly(library)
+    if not all(lib in _REGISTERED for lib in LIBRARIES):
+        _WATCHER.install()
+
+
+def _on_backend_loaded(library: str) -> None:
+    """A safety net: the first array of ``library`` a context sees registers it too
+    (for the rare set-up where another import hook hid the import from the watcher)."""
+    if library in _REGISTRARS and library not in _REGISTERED:
+        _register_quietly(library)
+
+
+_install()
