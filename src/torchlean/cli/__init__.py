@@ -1,8 +1,10 @@
-"""The ``torchlean`` command (filled in by the CLI module)."""
+"""The ``torchlean`` command (``torchlean show|convert|check|diff|demo``).
 
-from __future__ import annotations
+Reading map:
+- :func:`main` -- ``main(argv) -> int`` (:mod:`torchlean.cli._main`).
+- The subcommands: :mod:`torchlean.cli._commands`; file access: :mod:`torchlean.cli._files`.
+"""
 
+from torchlean.cli._main import main as main
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the ``torchlean`` command; returns the exit code."""
-    return 0
+__all__ = ["main"]

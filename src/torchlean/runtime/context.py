@@ -128,6 +128,19 @@ class RuntimeContext(Generic[ArrayT]):
         """
         return cls(dtype=dtype).register_variables(mapping)
 
+    @classmethod
+    def from_module(cls, module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
+        """A context of ``module``'s parameters and buffers (see :mod:`torchlean.io.torch`)."""
+        from torchlean.io.torch import from_module
+
+        return from_module(module, backend=backend)
+
+    def load_into(self, module: Any, *, dtypes: bool = True) -> Any:
+        """Copy the variables into ``module``, checked first (see :mod:`torchlean.io.torch`)."""
+        from torchlean.io.torch import load_into
+
+        return load_into(self, module, dtypes=dtypes)
+
     def _derive(self, v: Registry, g: Registry, next_id: int) -> RuntimeContext[ArrayT]:
         new: RuntimeContext[ArrayT] = object.__new__(RuntimeContext)
         new._v = v

@@ -1,0 +1,373 @@
+"""The subcommands of ``torchlean``: show, convert, check, diff.
+
+Each takes the parsed arguments and returns an exit code; errors a user can fix are
+raised as :class:`~torchlean.errors.TorchLeanError` or :class:`OSError` and turned
+into one line by :func:`torchlean.cli.main`.
+
+Reading map:
+- :func:`show` -- the terminal view, ``--html`` page or ``--json`` summary of a file.
+- :func:`convert` -- read, write, read back and compare; progress bar for big files.
+- :func:`check` -- names and shapes against another file or a JSON object.
+- :func:`diff` -- added, removed, reshaped and changed entries with their largest
+  absolute and relative changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchlean.cli import _files
+from torchlean.errors import FormatError, TorchLeanError
+from torchlean.widgets._summary import format_number
+
+__all__ = ["check", "convert", "diff", "show"]
+
+#: Files at least this big get a progress bar from ``convert`` (on a terminal).
+PROGRESS_BYTES = 64 << 20
+#: ``diff`` compares tensors this many elements at a time (bounded memory).
+DIFF_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------------- show
+
+
+def show(args: argparse.Namespace) -> int:
+    """``torchlean show PATH [--html OUT | --json]``."""
+    summary = _files.summary(args.path, fmt=args.format)
+    if args.json:
+        d = summary.to_dict()
+        d["path"] = str(args.path)
+        print(json.dumps(d, indent=2, allow_nan=False))
+        return 0
+    if args.html:
+        from torchlean.widgets import to_html_page
+
+        page = to_html_page(summary, title=f"torchlean: {Path(args.path).name}")
+        _write_text(Path(args.html), page)
+        print(f"wrote {args.html}")
+        return 0
+    from rich.console import Console
+
+    from torchlean.widgets import rich_renderable
+
+    console = Console(width=args.width, highlight=False, emoji=False)
+    console.print(rich_renderable(summary))
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ---------------------------------------------------------------------- convert
+
+
+def convert(args: argparse.Namespace) -> int:
+    """``torchlean convert IN OUT``: write, read back, compare, then put OUT in place."""
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(src))
+    if dst.exists() and not args.force:
+        raise _files.UsageError(f"{dst} exists already; pass --force to replace it")
+    if src.resolve() == dst.resolve():
+        raise _files.UsageError(f"IN and OUT are the same file: {src}")
+    size = src.stat().st_size
+    show_bar = args.progress == "always" or (
+        args.progress == "auto" and size >= PROGRESS_BYTES and sys.stderr.isatty()
+    )
+    tmp = dst.with_name(f".{dst.stem}.converting{''.join(dst.suffixes) or '.tmp'}")
+    with _Progress(show_bar, total=4) as bar:
+        bar.step(f"reading {src.name}")
+        ctx = _files.load(src, fmt=args.from_format)
+        bar.step(f"writing {dst.name}")
+        to_format = args.to_format
+        try:
+            _files.save(ctx, tmp, fmt=to_format)
+            bar.step(f"reading back {dst.name}")
+            back = _files.load(tmp, fmt=to_format)
+            bar.step("comparing")
+            notes = _compare_roundtrip(ctx, back, dst)
+            os.replace(tmp, dst)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    for note in notes:
+        print(note)
+    n = len(dict(ctx._v.visible()))
+    g = len(dict(ctx._g.visible()))
+    grads = f" and {g} gradient{'s' if g != 1 else ''}" if g else ""
+    print(f"wrote {dst}: {n} variable{'s' if n != 1 else ''}{grads}, checked")
+    return 0
+
+
+def _compare_roundtrip(ctx: Any, back: Any, dst: Path) -> list[str]:
+    """Every name and shape must survive and every value compare equal; a dtype may
+    widen (a format without that dtype), which is reported as a note."""
+    notes: list[str] = []
+    problems: list[str] = []
+    for kind, a_reg, b_reg in (("variable", ctx._v, back._v), ("gradient", ctx._g, back._g)):
+        a = dict(a_reg.visible())
+        b = dict(b_reg.visible())
+        missing = [n for n in a if n not in b]
+        if missing:
+            problems.append(f"{kind}s lost: " + ", ".join(f"`{n}`" for n in missing))
+        for name, at in a.items():
+            bt = b.get(name)
+            if bt is None:
+                continue
+            if bt.dims != at.dims:
+                problems.append(f"{kind} `{name}` came back with shape {bt.dims}, not {at.dims}")
+                continue
+            x = _numeric(at._backend.to_numpy(at.t))
+            y = _numeric(bt._backend.to_numpy(bt.t))
+            if not np.array_equal(x, y, equal_nan=x.dtype.kind in "fc" and y.dtype.kind in "fc"):
+                problems.append(f"{kind} `{name}` came back with different values")
+            elif bt.dtype != at.dtype:
+                notes.append(f"note: {kind} `{name}` is stored as {bt.dtype} (was {at.dtype})")
+    if problems:
+        raise ConversionError(
+            f"the conversion to {dst} does not hold the same data, nothing written: "
+            + "; ".join(problems)
+        )
+    return notes
+
+
+class ConversionError(TorchLeanError, ValueError):
+    """A converted file that does not read back as what was written."""
+
+
+def _numeric(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    if a.dtype.kind == "V" or a.dtype.name.startswith(("bfloat", "float8")):
+        return a.astype(np.float32)
+    return a
+
+
+class _Progress:
+    """A rich progress bar over the steps of a conversion (nothing when disabled)."""
+
+    def __init__(self, enabled: bool, *, total: int) -> None:
+        self._enabled = enabled
+        self._total = total
+        self._bar: Any = None
+        self._task: Any = None
+        self._done = -1
+
+    def __enter__(self) -> _Progress:
+        if self._enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description:<28}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=Console(file=sys.stderr),
+                transient=False,
+            )
+            self._bar.__enter__()
+            self._task = self._bar.add_task("converting", total=self._total)
+        return self
+
+    def step(self, description: str) -> None:
+        self._done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self._done, description=description)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            if exc[0] is None:
+                self._bar.update(self._task, completed=self._total, description="done")
+            self._bar.__exit__(*exc)
+
+
+# ---------------------------------------------------------------------- check
+
+
+def check(args: argparse.Namespace) -> int:
+    """``torchlean check PATH --expect OTHER | --expect-json FILE``."""
+    got = _files.shapes(args.path, fmt=args.format)
+    if args.expect is not None:
+        want = _files.shapes(args.expect, fmt=args.expect_format)
+        source = args.expect
+    else:
+        want = read_expect_json(Path(args.expect_json))
+        source = args.expect_json
+    missing = [n for n in want if n not in got]
+    unexpected = [n for n in got if n not in want]
+    mismatched = [n for n in want if n in got and tuple(got[n]) != tuple(want[n])]
+    for n in missing:
+        print(f"missing:    `{n}` (expected shape {tuple(want[n])})")
+    for n in unexpected:
+        print(f"unexpected: `{n}` with shape {tuple(got[n])}")
+    for n in mismatched:
+        print(f"mismatched: `{n}` has shape {tuple(got[n])} but {tuple(want[n])} is expected")
+    bad = len(missing) + len(unexpected) + len(mismatched)
+    if bad:
+        print(
+            f"{args.path}: {bad} problem{'s' if bad != 1 else ''} against {source}"
+            f" ({len(missing)} missing, {len(unexpected)} unexpected,"
+            f" {len(mismatched)} mismatched)"
+        )
+        return 1
+    print(f"{args.path}: all {len(want)} entries agree with {source}")
+    return 0
+
+
+def read_expect_json(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names to shapes from a JSON object: ``{"w": [3, 4]}`` (or ``{"w": {"shape":
+    [3, 4]}}``, the per-tensor ``meta`` of TorchLean's state_dict export)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise FormatError(
+            f"{path}: expected a JSON object of names to shapes, got a {type(data).__name__}"
+        )
+    out: dict[str, tuple[int, ...]] = {}
+    for name, value in data.items():
+        shape = value.get("shape") if isinstance(value, dict) else value
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise FormatError(
+                f"{path}: the shape of `{name}` must be a list of non-negative integers,"
+                f" got {json.dumps(value)[:60]}"
+            )
+        out[name] = tuple(shape)
+    return out
+
+
+# ---------------------------------------------------------------------- diff
+
+
+def diff(args: argparse.Namespace) -> int:
+    """``torchlean diff A B``: what was added, removed, reshaped and changed."""
+    a_ctx = _files.load(Path(args.a), fmt=args.format_a)
+    b_ctx = _files.load(Path(args.b), fmt=args.format_b)
+    result = diff_contexts(a_ctx, b_ctx)
+    if args.json:
+        print(json.dumps(result, indent=2, allow_nan=False))
+        return 0
+    for name, shape in result["added"]:
+        print(f"added:     `{name}` {tuple(shape)}")
+    for name, shape in result["removed"]:
+        print(f"removed:   `{name}` {tuple(shape)}")
+    for name, sa, sb in result["reshaped"]:
+        print(f"reshaped:  `{name}` {tuple(sa)} -> {tuple(sb)}")
+    for c in result["changed"]:
+        retyped = f" ({c['dtype_a']} -> {c['dtype_b']})" if c["dtype_a"] != c["dtype_b"] else ""
+        print(
+            f"changed:   `{c['name']}` {tuple(c['shape'])}{retyped}:"
+            f" {c['changed']:,} of {c['numel']:,} values, max abs {_num(c['max_abs'])},"
+            f" max rel {_num(c['max_rel'])}"
+        )
+    if args.all:
+        for name in result["unchanged"]:
+            print(f"unchanged: `{name}`")
+    counts = {k: len(result[k]) for k in ("added", "removed", "reshaped", "changed", "unchanged")}
+    print(
+        f"{counts['added']} added, {counts['removed']} removed, {counts['reshaped']} reshaped,"
+        f" {counts['changed']} changed, {counts['unchanged']} unchanged"
+    )
+    return 0
+
+
+def _num(x: float | str) -> str:
+    return x if isinstance(x, str) else format_number(x)
+
+
+def diff_contexts(a_ctx: Any, b_ctx: Any) -> dict[str, Any]:
+    """Compare the visible variables of two contexts. Cost: O(total elements), in
+    chunks of :data:`DIFF_CHUNK` elements."""
+    a = dict(a_ctx._v.visible())
+    b = dict(b_ctx._v.visible())
+    out: dict[str, Any] = {
+        "added": [[n, list(b[n].dims)] for n in b if n not in a],
+        "removed": [[n, list(a[n].dims)] for n in a if n not in b],
+        "reshaped": [],
+        "changed": [],
+        "unchanged": [],
+    }
+    for name, at in a.items():
+        bt = b.get(name)
+        if bt is None:
+            continue
+        if at.dims != bt.dims:
+            out["reshaped"].append([name, list(at.dims), list(bt.dims)])
+            continue
+        changed, max_abs, max_rel = _tensor_change(
+            at._backend.to_numpy(at.t), bt._backend.to_numpy(bt.t)
+        )
+        if changed == 0 and at.dtype == bt.dtype:
+            out["unchanged"].append(name)
+            continue
+        out["changed"].append(
+            {
+                "name": name,
+                "shape": list(at.dims),
+                "dtype_a": at.dtype,
+                "dtype_b": bt.dtype,
+                "numel": math.prod(at.dims),
+                "changed": changed,
+                "max_abs": _json_float(max_abs),
+                "max_rel": _json_float(max_rel),
+            }
+        )
+    return out
+
+
+def _json_float(x: float) -> float | str:
+    return str(x) if math.isnan(x) or math.isinf(x) else x
+
+
+def _tensor_change(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> tuple[int, float, float]:
+    """The number of differing elements, max |y-x| and max |y-x| / max(|x|, |y|).
+
+    NaN against NaN counts as equal; NaN against a number as a change of NaN size.
+    """
+    x = _numeric(np.asarray(x)).reshape(-1)
+    y = _numeric(np.asarray(y)).reshape(-1)
+    changed = 0
+    max_abs = 0.0
+    max_rel = 0.0
+    complex_ = x.dtype.kind == "c" or y.dtype.kind == "c"
+    work = np.complex128 if complex_ else np.float64
+    for start in range(0, x.size, DIFF_CHUNK):
+        xs = x[start : start + DIFF_CHUNK].astype(work)
+        ys = y[start : start + DIFF_CHUNK].astype(work)
+        both_nan = np.isnan(xs) & np.isnan(ys)
+        same = (xs == ys) | both_nan
+        n = int(np.count_nonzero(~same))
+        if n == 0:
+            continue
+        changed += n
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            delta = np.abs(ys[~same] - xs[~same])
+            scale = np.maximum(np.abs(xs[~same]), np.abs(ys[~same]))
+            rel = delta / scale
+        if np.isnan(delta).any():
+            max_abs = math.nan
+        elif not math.isnan(max_abs):
+            max_abs = max(max_abs, float(delta.max()))
+        finite_rel = rel[~np.isnan(rel)]
+        if finite_rel.size:
+            max_rel = max(max_rel, float(finite_rel.max()))
+    return changed, max_abs, max_rel

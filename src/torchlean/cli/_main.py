@@ -1,0 +1,212 @@
+"""The ``torchlean`` command: argument parsing, dispatch and the error policy.
+
+A user's mistake (a missing file, an unknown format, a file that cannot be read, any
+:class:`~torchlean.errors.TorchLeanError` or :class:`OSError`) is one line on stderr
+and exit code 2, never a traceback. ``check`` exits 1 when the files disagree.
+
+Reading map:
+- :func:`main` -- ``main(argv) -> int``; the console script and ``python -m torchlean``.
+- :func:`build_parser` -- the argparse parser (every subcommand has examples).
+- The subcommands live in :mod:`torchlean.cli._commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from torchlean.errors import TorchLeanError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "torchlean"
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``torchlean`` command."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Look at, convert, check and compare TorchLean runtime contexts and"
+        " checkpoints (safetensors, TorchLean JSON, PyTorch, npz).",
+        epilog=_examples(
+            "torchlean show model.safetensors",
+            "torchlean show mlp.json --html mlp.html",
+            "torchlean convert mlp.json mlp.safetensors",
+            "torchlean check model.safetensors --expect reference.pt",
+            "torchlean diff before.safetensors after.safetensors",
+            "torchlean demo --help",
+        ),
+        formatter_class=fmt,
+    )
+    from torchlean import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    show = sub.add_parser(
+        "show",
+        help="show the variables and gradients of a checkpoint",
+        description="Show every entry of a checkpoint: name, shape, dtype, device, size, a"
+        " preview of the values (first values, min/max/mean, NaN/inf counts) and the"
+        " problems check() finds. Statistics of big tensors are computed on a bounded"
+        " sample, and marked ~ when they are.",
+        epilog=_examples(
+            "torchlean show model.safetensors",
+            "torchlean show mlp.json --format torchlean-json",
+            "torchlean show model.safetensors --html model.html   # the notebook view",
+            "torchlean show model.safetensors --json | jq '.variables[].shape'",
+        ),
+        formatter_class=fmt,
+    )
+    show.add_argument("path", metavar="PATH", help="the checkpoint to show")
+    show.add_argument("--format", help="the file's format (default: from its name)")
+    out = show.add_mutually_exclusive_group()
+    out.add_argument("--html", metavar="OUT.html", help="write the notebook view as an HTML page")
+    out.add_argument("--json", action="store_true", help="print a machine-readable summary as JSON")
+    show.add_argument(
+        "--width", type=int, default=None, help="width of the terminal view in columns"
+    )
+
+    convert = sub.add_parser(
+        "convert",
+        help="convert a checkpoint from one format to another",
+        description="Read IN, write OUT in another format, then read OUT back and check"
+        " that every name, shape and value survived. OUT is only put in place when the"
+        " check passes. Big files show a progress bar on a terminal.",
+        epilog=_examples(
+            "torchlean convert mlp.json mlp.safetensors",
+            "torchlean convert model.pt model.safetensors",
+            "torchlean convert weights.bin weights.npz --from torch",
+        ),
+        formatter_class=fmt,
+    )
+    convert.add_argument("input", metavar="IN", help="the checkpoint to read")
+    convert.add_argument("output", metavar="OUT", help="the checkpoint to write")
+    convert.add_argument("--from", dest="from_format", help="IN's format (default: its name)")
+    convert.add_argument("--to", dest="to_format", help="OUT's format (default: its name)")
+    convert.add_argument("--force", action="store_true", help="replace OUT when it exists already")
+    convert.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress bar: auto shows it for big files on a terminal (default: auto)",
+    )
+
+    check = sub.add_parser(
+        "check",
+        help="check that a checkpoint has the names and shapes another one has",
+        description="Compare the names and shapes of PATH's variables with what is"
+        " expected: another checkpoint (--expect, any format) or a JSON object of names to"
+        " shapes (--expect-json). Prints every missing, unexpected and mismatched entry;"
+        " exits 1 when anything is off, 0 when all agree.",
+        epilog=_examples(
+            "torchlean check model.safetensors --expect reference.pt",
+            "torchlean check mlp.json --expect-json shapes.json",
+            '   # shapes.json: {"layers.0.weight": [3, 2], "layers.0.bias": [3]}',
+        ),
+        formatter_class=fmt,
+    )
+    check.add_argument("path", metavar="PATH", help="the checkpoint to check")
+    check.add_argument("--format", help="PATH's format (default: from its name)")
+    expect = check.add_mutually_exclusive_group(required=True)
+    expect.add_argument("--expect", metavar="OTHER", help="a checkpoint to compare with")
+    expect.add_argument("--expect-json", metavar="FILE", help="a JSON object of names to shapes")
+    check.add_argument("--expect-format", help="OTHER's format (default: from its name)")
+
+    diff = sub.add_parser(
+        "diff",
+        help="compare the values of two checkpoints",
+        description="List the entries added in B, removed from A, reshaped, and changed,"
+        " with the largest absolute change max|b-a| and the largest relative change"
+        " max(|b-a| / max(|a|, |b|)) of each changed tensor. Exits 0 whatever differs.",
+        epilog=_examples(
+            "torchlean diff before.safetensors after.safetensors",
+            "torchlean diff mlp.json mlp.safetensors --json",
+        ),
+        formatter_class=fmt,
+    )
+    diff.add_argument("a", metavar="A", help="the first checkpoint")
+    diff.add_argument("b", metavar="B", help="the second checkpoint")
+    diff.add_argument("--format-a", help="A's format (default: from its name)")
+    diff.add_argument("--format-b", help="B's format (default: from its name)")
+    diff.add_argument("--json", action="store_true", help="print the differences as JSON")
+    diff.add_argument("--all", action="store_true", help="list the unchanged entries too")
+
+    sub.add_parser(
+        "demo",
+        help="train a small model and show its context (torchlean demo --help)",
+        add_help=False,
+        description="Runs torchlean.demo; see `torchlean demo --help`.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``torchlean`` command with ``argv`` (default: ``sys.argv[1:]``); returns
+    the exit code: 0 success, 1 ``check`` found a difference, 2 a user's mistake."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "demo":
+        return _demo(args_list[1:])
+    parser = build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as e:  # --help, --version, or a usage error (argparse printed it)
+        return int(e.code) if isinstance(e.code, int) else (0 if e.code is None else 2)
+    from torchlean.cli import _commands
+
+    handler = {
+        "show": _commands.show,
+        "convert": _commands.convert,
+        "check": _commands.check,
+        "diff": _commands.diff,
+    }[args.command]
+    try:
+        return handler(args)
+    except (TorchLeanError, OSError) as e:
+        _fail(args.command, e)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(command: str, e: BaseException) -> None:
+    print(f"{PROG} {command}: error: {error_text(e)}", file=sys.stderr)
+
+
+def error_text(e: BaseException) -> str:
+    """One line saying what went wrong, for a user."""
+    if isinstance(e, OSError) and not isinstance(e, TorchLeanError):
+        what = e.strerror or str(e) or type(e).__name__
+        if e.filename is not None:
+            return f"{e.filename}: {what[0].lower() + what[1:]}"
+        return what
+    text = str(e) or type(e).__name__
+    return " ".join(text.split()) if "\n" in text else text
+
+
+def _demo(rest: list[str]) -> int:
+    import importlib
+
+    try:
+        demo = importlib.import_module("torchlean.demo")
+    except ModuleNotFoundError as e:
+        if e.name not in ("torchlean.demo",):
+            raise
+        print(
+            f"{PROG} demo: error: the demo is not part of this installation"
+            " (torchlean.demo is missing)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return int(demo.cli_main(rest))
+    except (TorchLeanError, OSError) as e:
+        _fail("demo", e)
+        return 2

@@ -1,0 +1,121 @@
+"""What :func:`torchlean.io.inspect` returns: a file's entries without their data.
+
+Reading map:
+- :class:`TensorInfo` -- one entry: name, registry, position, shadowed or not, shape,
+  dtype, byte size, and where it lies in the file.
+- :class:`FileSummary` -- every entry of a file, ``next_id`` and the pinned dtype, plus
+  lazy access to one tensor (:meth:`FileSummary.tensor`) or its first elements
+  (:meth:`FileSummary.head`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from torchlean.errors import UnknownNameError
+
+__all__ = ["FileSummary", "TensorInfo"]
+
+Registry = Literal["variable", "gradient"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One entry of a saved context, read from the file's header only."""
+
+    name: str
+    registry: Registry
+    #: Position in its registry, most recent first (Lean's list index).
+    position: int
+    #: True when a more recent entry of the same name hides this one.
+    shadowed: bool
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    #: The key the data is stored under (safetensors), or the name.
+    key: str
+
+    @property
+    def numel(self) -> int:
+        """The number of elements."""
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    """A saved context described from its header: every entry, without its data."""
+
+    path: str
+    format: str
+    entries: tuple[TensorInfo, ...]
+    next_id: int | None
+    dtype: str | None
+    #: ``None`` when the file has no torchlean layout (a plain state_dict).
+    layout: str | None
+    _read: Callable[[TensorInfo, int | None], np.ndarray[Any, Any]] = field(repr=False)
+
+    @property
+    def variables(self) -> tuple[TensorInfo, ...]:
+        return tuple(e for e in self.entries if e.registry == "variable")
+
+    @property
+    def gradients(self) -> tuple[TensorInfo, ...]:
+        return tuple(e for e in self.entries if e.registry == "gradient")
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of tensor data the entries describe (shared storage counted once)."""
+        seen: dict[str, int] = {}
+        for e in self.entries:
+            seen[e.key] = e.nbytes
+        return sum(seen.values())
+
+    def info(self, name: str, *, registry: Registry = "variable") -> TensorInfo:
+        """The most recent entry named ``name`` in ``registry``."""
+        for e in self.entries:
+            if e.registry == registry and e.name == name:
+                return e
+        names = sorted({e.name for e in self.entries if e.registry == registry})
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = ("; did you mean " + " or ".join(f"`{c}`" for c in close) + "?") if close else ""
+        raise UnknownNameError(f"{self.path}: no {registry} `{name}`{hint}")
+
+    def tensor(self, name: str, *, registry: Registry = "variable") -> np.ndarray[Any, Any]:
+        """The whole tensor of the most recent entry ``name`` (reads only its bytes)."""
+        return self._read(self.info(name, registry=registry), None)
+
+    def head(
+        self, name: str, n: int = 10, *, registry: Registry = "variable"
+    ) -> np.ndarray[Any, Any]:
+        """The first ``n`` elements of ``name`` in flat (C) order, reading few bytes.
+
+        Cost: O(n) for safetensors (plus at most one row of the axis it slices).
+        """
+        return self._read(self.info(name, registry=registry), n)
+
+    def __str__(self) -> str:
+        lines = [f"{os.fspath(self.path)} ({self.format}, {_size(self.nbytes)})"]
+        if self.next_id is not None:
+            pin = "" if self.dtype is None else f", dtype {self.dtype}"
+            lines.append(f"next_id {self.next_id}{pin}")
+        for e in self.entries:
+            mark = " (shadowed)" if e.shadowed else ""
+            shape = str(e.shape)
+            lines.append(f"{e.registry:8} {e.name}{mark}  {shape} {e.dtype}  {_size(e.nbytes)}")
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover

@@ -1,0 +1,181 @@
+"""Check weights against what a model expects, reporting every problem at once.
+
+``load_state_dict(strict=False)`` silently skips keys; here every missing, unexpected
+and mismatched entry is listed in one :class:`~torchlean.errors.ExpectationError`, with
+"did you mean" for near misses (a ``module.`` prefix, a typo), before anything changes.
+
+Reading map:
+- :func:`check_expected` -- compare a context (or a file summary) with an expectation.
+- :class:`ExpectReport` -- what was found: ``missing``, ``unexpected``, ``mismatched``,
+  ``suggestions``; ``ok`` and ``raise_if_bad``.
+- :func:`expected_specs` -- an expectation (mapping, context or ``nn.Module``) as
+  ``{name: (shape, dtype or None)}``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchlean.errors import ExpectationError
+from torchlean.runtime._backends import dtype_name
+from torchlean.spec.shape import Shape, as_dims
+
+__all__ = ["ExpectReport", "Mismatch", "check_expected", "expected_specs"]
+
+Spec = tuple[tuple[int, ...], str | None]
+
+_PREFIX = "module."
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """An entry whose shape or dtype differs from the expected one."""
+
+    name: str
+    what: str  # "shape" or "dtype"
+    expected: Any
+    got: Any
+
+    def __str__(self) -> str:
+        return f"`{self.name}`: expected {self.what} {self.expected}, got {self.got}"
+
+
+@dataclass(frozen=True)
+class ExpectReport:
+    """Every difference between some weights and what a model expects."""
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    mismatched: tuple[Mismatch, ...] = ()
+    #: missing name -> the unexpected name that is probably meant for it.
+    suggestions: dict[str, str] = field(default_factory=dict)
+    source: str = "the weights"
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"{self.source} match what is expected"
+        n = len(self.missing) + len(self.unexpected) + len(self.mismatched)
+        lines = [f"{self.source} do not match what is expected ({n} problem{'s' * (n != 1)}):"]
+        for name in self.missing:
+            hint = self.suggestions.get(name)
+            extra = f" (did you mean `{hint}`?)" if hint else ""
+            lines.append(f"  missing `{name}`{extra}")
+        for name in self.unexpected:
+            lines.append(f"  unexpected `{name}`")
+        for m in self.mismatched:
+            lines.append(f"  mismatched {m}")
+        hints = set(self.suggestions.values())
+        if hints and all(
+            self.suggestions[m] == _PREFIX + m or m == _PREFIX + self.suggestions[m]
+            for m in self.suggestions
+        ):
+            lines.append(
+                "  hint: the names differ by a `module.` prefix (a DataParallel checkpoint);"
+                ' load with strip_prefix="module."'
+            )
+        return "\n".join(lines)
+
+    def raise_if_bad(self) -> None:
+        """Raise :class:`~torchlean.errors.ExpectationError` with every problem."""
+        if not self.ok:
+            raise ExpectationError(str(self))
+
+
+def _spec(value: Any, name: str) -> Spec:
+    if isinstance(value, Shape):
+        return value.dims, None
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return tuple(int(d) for d in value.shape), dtype_name(value.dtype)
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and not isinstance(value[0], int)
+        and not isinstance(value[1], int)
+    ):
+        return as_dims(value[0]), dtype_name(value[1])
+    try:
+        return as_dims(value), None
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"expected entry `{name}` must be a shape, a (shape, dtype) pair or an array,"
+            f" got {value!r}"
+        ) from None
+
+
+def expected_specs(expect: Any) -> dict[str, Spec]:
+    """``expect`` (a mapping, a context, a file summary or an ``nn.Module``) as
+    ``{name: (shape, dtype or None)}``. Cost: O(n)."""
+    from torchlean.io._summary import FileSummary
+    from torchlean.runtime.context import RuntimeContext
+
+    if isinstance(expect, RuntimeContext):
+        return {n: (at.dims, at.dtype) for n, at in expect._v.visible()}
+    if isinstance(expect, FileSummary):
+        return {e.name: (e.shape, e.dtype) for e in expect.variables if not e.shadowed}
+    if isinstance(expect, Mapping):
+        return {str(n): _spec(v, str(n)) for n, v in expect.items()}
+    state_dict = getattr(expect, "state_dict", None)
+    if callable(state_dict) and type(expect).__module__.split(".")[0] != "builtins":
+        return {n: _spec(t, n) for n, t in state_dict().items()}
+    raise TypeError(
+        "expect must be a mapping of name to shape, a RuntimeContext or a torch"
+        f" nn.Module, got {type(expect).__name__}"
+    )
+
+
+def _suggest(name: str, candidates: list[str]) -> str | None:
+    for c in candidates:
+        if c == _PREFIX + name or name == _PREFIX + c:
+            return c
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def check_expected(
+    weights: Any, expect: Any, *, dtypes: bool = False, source: str = "the weights"
+) -> ExpectReport:
+    """Compare ``weights`` (a context, file summary or mapping) with ``expect``.
+
+    Compares the most recent variable of each name; ``dtypes=True`` also compares
+    dtypes where both sides know them. Returns the report; raises
+    :class:`~torchlean.errors.ExpectationError` listing every problem when it is not
+    ``ok``. Cost: O(n) (plus difflib over the unmatched names).
+    """
+    report = compare(weights, expect, dtypes=dtypes, source=source)
+    report.raise_if_bad()
+    return report
+
+
+def compare(
+    weights: Any, expect: Any, *, dtypes: bool = False, source: str = "the weights"
+) -> ExpectReport:
+    """Like :func:`check_expected`, returning the report without raising."""
+    have = expected_specs(weights)
+    want = expected_specs(expect)
+    missing = [n for n in want if n not in have]
+    unexpected = [n for n in have if n not in want]
+    mismatched: list[Mismatch] = []
+    for name, (shape, dtype) in want.items():
+        got = have.get(name)
+        if got is None:
+            continue
+        if got[0] != shape:
+            mismatched.append(Mismatch(name, "shape", shape, got[0]))
+        elif dtypes and dtype is not None and got[1] is not None and got[1] != dtype:
+            mismatched.append(Mismatch(name, "dtype", dtype, got[1]))
+    suggestions: dict[str, str] = {}
+    for name in missing:
+        hint = _suggest(name, [u for u in unexpected if u not in suggestions.values()])
+        if hint is not None:
+            suggestions[name] = hint
+    return ExpectReport(tuple(missing), tuple(unexpected), tuple(mismatched), suggestions, source)

@@ -1,0 +1,309 @@
+"""Whole contexts in safetensors files: the default checkpoint format.
+
+Layout (see docs/io.md): the most recent variable of each name is stored under its own
+name, so any safetensors reader (``safetensors.torch.load_file``) sees a usable
+``state_dict``. Everything else lives under the reserved key prefix ``__torchlean__/``:
+``__torchlean__/v/<i>`` for a shadowed variable entry at list position ``i``,
+``__torchlean__/g/<j>`` for the gradient entry at position ``j``. The header's
+``__metadata__`` holds ``"torchlean"``: a JSON object with ``version``, ``next_id``,
+``dtype`` (the pinned dtype or null) and the registries in Lean's list order, most
+recent first, as ``[name, key]`` pairs. Entries that hold one and the same tensor share
+one key, so a name shadowed after ``set_variable`` costs no extra bytes.
+
+Reading map:
+- :func:`save_safetensors` -- write a context (atomically).
+- :func:`load_safetensors` -- read a context; without a ``torchlean`` entry in the
+  metadata, a plain safetensors file loads as variables in the file's offset order.
+- :func:`inspect_safetensors` -- a header-only :class:`~torchlean.io.FileSummary`.
+- :data:`PREFIX`, :data:`LAYOUT_VERSION`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from typing import Any, Final
+
+import numpy as np
+
+from torchlean.errors import FormatError
+from torchlean.io._atomic import atomic_path
+from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
+from torchlean.io._summary import FileSummary, TensorInfo
+from torchlean.runtime.context import RuntimeContext
+
+__all__ = [
+    "LAYOUT_VERSION",
+    "PREFIX",
+    "inspect_safetensors",
+    "load_safetensors",
+    "save_safetensors",
+]
+
+PREFIX: Final = "__torchlean__/"
+LAYOUT_VERSION: Final = 1
+_META_KEY: Final = "torchlean"
+
+_DTYPES: Final = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "C64": "complex64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+
+
+def _plan(ctx: RuntimeContext[Any]) -> tuple[dict[str, Any], list[list[str]], list[list[str]]]:
+    """Assign a key to each entry; return key -> tensor and both registries' pairs."""
+    keys: dict[int, str] = {}
+    tensors: dict[str, Any] = {}
+    variables: list[list[str]] = []
+    gradients: list[list[str]] = []
+    entries = ctx.var_registry
+    seen: set[str] = set()
+    # First pass: the visible entry of each name gets its own name as key.
+    for name, at in entries:
+        if name in seen:
+            continue
+        seen.add(name)
+        if not name.startswith(PREFIX) and name != "__metadata__" and id(at) not in keys:
+            keys[id(at)] = name
+            tensors[name] = at
+    for i, (name, at) in enumerate(entries):
+        key = keys.get(id(at))
+        if key is None:
+            key = keys[id(at)] = f"{PREFIX}v/{i}"
+            tensors[key] = at
+        variables.append([name, key])
+    for j, (name, at) in enumerate(ctx.gradients):
+        key = keys.get(id(at))
+        if key is None:
+            key = keys[id(at)] = f"{PREFIX}g/{j}"
+            tensors[key] = at
+        gradients.append([name, key])
+    return tensors, variables, gradients
+
+
+def save_safetensors(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
+    """Write the whole context to ``path`` in the layout above, atomically.
+
+    Cost: O(total bytes); torch and jax tensors are copied to host memory once.
+    """
+    from safetensors import TensorSpec, serialize_file
+
+    tensors, variables, gradients = _plan(ctx)
+    layout = {
+        "version": LAYOUT_VERSION,
+        "next_id": ctx.next_id,
+        "dtype": ctx.dtype,
+        "variables": variables,
+        "gradients": gradients,
+    }
+    metadata = {"format": "pt", _META_KEY: json.dumps(layout, separators=(",", ":"))}
+    arrays: dict[str, np.ndarray[Any, Any]] = {}
+    specs = {}
+    for key, at in tensors.items():
+        a = to_numpy(at)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        arrays[key] = a  # keeps the buffer alive while it is written
+        specs[key] = TensorSpec(
+            dtype=a.dtype.name, shape=a.shape, data_ptr=a.ctypes.data, data_len=a.nbytes
+        )
+    with atomic_path(path) as tmp:
+        serialize_file(specs, tmp, metadata=metadata)
+
+
+def _open(path: str | os.PathLike[str]) -> Any:
+    from safetensors import safe_open
+
+    with contextlib.suppress(ImportError):  # registers bfloat16 with numpy for safe_open
+        import ml_dtypes  # noqa: F401
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{os.fspath(path)}: no such file")
+    try:
+        return safe_open(os.fspath(path), framework="numpy")
+    except Exception as e:
+        raise FormatError(f"{os.fspath(path)}: not a valid safetensors file: {e}") from None
+
+
+def _layout(
+    path: str | os.PathLike[str], handle: Any
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int, str | None, bool]:
+    """The registries as ``(name, key)`` pairs, ``next_id``, the pin, and whether the
+    file had a torchlean layout; validates the layout against the file's keys."""
+    where = os.fspath(path)
+    meta = handle.metadata() or {}
+    keys = list(handle.offset_keys())
+    text = meta.get(_META_KEY)
+    if text is None:
+        pairs = [(k, k) for k in reversed(keys)]
+        return pairs, [], len(pairs), None, False
+    try:
+        layout = json.loads(text)
+    except ValueError as e:
+        raise FormatError(f"{where}: the torchlean metadata is not valid JSON: {e}") from None
+    if not isinstance(layout, dict):
+        raise FormatError(f"{where}: the torchlean metadata is not a JSON object")
+    version = layout.get("version")
+    if version != LAYOUT_VERSION:
+        raise FormatError(
+            f"{where}: torchlean layout version {version!r} is not supported"
+            f" (this torchlean reads version {LAYOUT_VERSION})"
+        )
+    next_id = layout.get("next_id")
+    if type(next_id) is not int or next_id < 0:
+        raise FormatError(f"{where}: next_id must be a non-negative int, got {next_id!r}")
+    pin = layout.get("dtype")
+    if pin is not None and not isinstance(pin, str):
+        raise FormatError(f"{where}: the pinned dtype must be a string or null, got {pin!r}")
+    known = set(keys)
+    used: set[str] = set()
+
+    def registry(field: str) -> list[tuple[str, str]]:
+        items = layout.get(field)
+        if not isinstance(items, list):
+            raise FormatError(f"{where}: the torchlean metadata has no `{field}` list")
+        out = []
+        for i, item in enumerate(items):
+            if (
+                not isinstance(item, list)
+                or len(item) != 2
+                or not all(isinstance(s, str) for s in item)
+            ):
+                raise FormatError(
+                    f"{where}: {field}[{i}] must be a [name, key] pair of strings, got {item!r}"
+                )
+            name, key = item
+            if key not in known:
+                raise FormatError(
+                    f"{where}: {field}[{i}] (`{name}`) refers to tensor `{key}`,"
+                    " which is not in the file"
+                )
+            used.add(key)
+            out.append((name, key))
+        return out
+
+    variables = registry("variables")
+    gradients = registry("gradients")
+    stray = [k for k in keys if k not in used]
+    if stray:
+        raise FormatError(
+            f"{where}: the torchlean metadata does not mention tensor"
+            f" {', '.join(f'`{k}`' for k in stray[:5])}"
+        )
+    return variables, gradients, next_id, pin, True
+
+
+def load_safetensors(
+    path: str | os.PathLike[str], *, backend: str = "numpy"
+) -> RuntimeContext[Any]:
+    """Read a context written by :func:`save_safetensors` (or any safetensors file).
+
+    Every tensor is read once, even when several entries share it. Cost: O(total bytes).
+    """
+    check_backend(backend)
+    with _open(path) as f:
+        variables, gradients, next_id, pin, _ = _layout(path, f)
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
+
+        def get(key: str) -> np.ndarray[Any, Any]:
+            a = arrays.get(key)
+            if a is None:
+                try:
+                    a = f.get_tensor(key)
+                    shape = tuple(f.get_slice(key).get_shape())
+                except Exception as e:
+                    raise FormatError(
+                        f"{os.fspath(path)}: cannot read tensor `{key}`: {e}"
+                    ) from None
+                if a.shape != shape:  # safetensors' numpy reader gives (1,) for a scalar
+                    a = a.reshape(shape)
+                arrays[key] = a
+            return a
+
+        v = [(name, get(key)) for name, key in variables]
+        g = [(name, get(key)) for name, key in gradients]
+    return build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
+
+
+def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
+    """A summary of ``path`` from its header only; tensors are read on request.
+
+    Cost: O(header size); the tensor data is not touched.
+    """
+    where = os.fspath(path)
+    entries: list[TensorInfo] = []
+    with _open(path) as f:
+        variables, gradients, next_id, pin, has_layout = _layout(path, f)
+        specs: dict[str, tuple[tuple[int, ...], str]] = {}
+        for key in {k for _, k in variables} | {k for _, k in gradients}:
+            s = f.get_slice(key)
+            code = s.get_dtype()
+            specs[key] = (tuple(int(d) for d in s.get_shape()), _DTYPES.get(code, code))
+    for registry, pairs in (("variable", variables), ("gradient", gradients)):
+        seen: set[str] = set()
+        for i, (name, key) in enumerate(pairs):
+            shape, dtype = specs[key]
+            try:
+                itemsize = numpy_dtype(dtype).itemsize
+            except TypeError:
+                itemsize = 0
+            entries.append(
+                TensorInfo(
+                    name=name,
+                    registry=registry,  # type: ignore[arg-type]
+                    position=i,
+                    shadowed=name in seen,
+                    shape=shape,
+                    dtype=dtype,
+                    nbytes=math.prod(shape) * itemsize,
+                    key=key,
+                )
+            )
+            seen.add(name)
+
+    def read(info: TensorInfo, n: int | None) -> np.ndarray[Any, Any]:
+        with _open(where) as f:
+            if n is None:
+                return np.asarray(f.get_tensor(info.key)).reshape(info.shape)
+            return _head(f.get_slice(info.key), info.shape, n)
+
+    return FileSummary(
+        path=where,
+        format="safetensors",
+        entries=tuple(entries),
+        next_id=next_id if has_layout else None,
+        dtype=pin,
+        layout="torchlean" if has_layout else None,
+        _read=read,
+    )
+
+
+def _head(view: Any, shape: tuple[int, ...], n: int) -> np.ndarray[Any, Any]:
+    """The first ``n`` flat elements of a lazily sliced tensor, reading few bytes."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not shape:
+        return np.asarray(view[...]).reshape(-1)[:n]
+    # Fix the leading axes to 0 while the trailing block still holds n elements.
+    j = 0
+    while j < len(shape) - 1 and math.prod(shape[j + 1 :]) >= n and shape[j] > 0:
+        j += 1
+    inner = math.prod(shape[j + 1 :])
+    rows = shape[j] if inner == 0 else min(shape[j], -(-n // inner))
+    index = (0,) * j + (slice(0, rows),)
+    return np.asarray(view[index]).reshape(-1)[:n]

@@ -1,0 +1,153 @@
+"""PyTorch: ``.pt``/``.pth`` state_dicts and bridges to ``nn.Module``.
+
+Files are always read with ``torch.load(weights_only=True)``: a pickle that needs more
+than tensors and plain containers is refused with a
+:class:`~torchlean.errors.FormatError`, never executed.
+
+Reading map:
+- :func:`load_pt` -- a state_dict file (bare, or wrapped as ``{"state_dict": ...}`` or
+  ``{"model_state_dict": ...}``) as a context; ``strip_prefix`` drops e.g. ``module.``.
+- :func:`save_pt` -- the variables as a state_dict of torch tensors (atomically).
+- :func:`from_module` -- ``RuntimeContext.from_module``: parameters and buffers.
+- :func:`load_into` -- ``RuntimeContext.load_into``: checked, all-or-nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+
+import numpy as np
+
+from torchlean.errors import FormatError
+from torchlean.io._atomic import atomic_path
+from torchlean.io._common import build_context, check_backend
+from torchlean.runtime.context import RuntimeContext
+
+__all__ = ["from_module", "load_into", "load_pt", "save_pt"]
+
+_WRAPPERS: Final = ("state_dict", "model_state_dict")
+
+
+def _tensor_to_numpy(t: Any) -> np.ndarray[Any, Any]:
+    import torch
+
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)  # type: ignore[no-any-return]
+    return t.numpy()  # type: ignore[no-any-return]
+
+
+def load_pt(
+    path: str | os.PathLike[str],
+    *,
+    backend: str = "numpy",
+    strip_prefix: str | None = None,
+) -> RuntimeContext[Any]:
+    """Read a PyTorch state_dict file as a context, with ``weights_only=True``.
+
+    Variables are registered in the state_dict's order. Cost: O(total bytes).
+    """
+    import pickle
+
+    import torch
+
+    check_backend(backend)
+    where = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{where}: no such file")
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        raise FormatError(
+            f"{where}: refused to load: the pickle needs more than weights"
+            " (read with weights_only=True, nothing in it was run): "
+            f"{first[0] if first else e}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise FormatError(f"{where}: not a valid PyTorch file: {e}") from None
+    if isinstance(obj, Mapping):
+        for key in _WRAPPERS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping):
+        raise FormatError(
+            f"{where}: expected a state_dict (a mapping of names to tensors), got"
+            f" {type(obj).__name__}"
+        )
+    pairs: list[tuple[str, Any]] = []
+    for name, value in obj.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise FormatError(
+                f"{where}: entry {name!r} is a {type(value).__name__}, not a tensor;"
+                " a state_dict maps names to tensors"
+            )
+        if strip_prefix and name.startswith(strip_prefix):
+            name = name[len(strip_prefix) :]
+        pairs.append((name, _tensor_to_numpy(value)))
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise FormatError(f"{where}: two entries are named `{dup}` after stripping the prefix")
+    return build_context(pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path)
+
+
+def save_pt(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
+    """Write the variables (most recent entry of each name) as a torch state_dict.
+
+    Cost: O(total bytes).
+    """
+    import torch
+
+    state = {name: _as_torch(at.t) for name, at in ctx._v.visible()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _as_torch(x: Any) -> Any:
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    a = np.asarray(x)
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.array(a, copy=True))
+
+
+def from_module(module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
+    """A context with one variable per entry of ``module.state_dict()`` (parameters and
+    buffers by their state_dict names), in that order. The tensors are copied, so
+    training the module later never changes the context. Cost: O(total bytes)."""
+    check_backend(backend)
+    state = module.state_dict()
+    if backend == "torch":
+        return RuntimeContext.from_state_dict({n: t.detach().clone() for n, t in state.items()})
+    pairs = [(n, _tensor_to_numpy(t).copy()) for n, t in state.items()]
+    return build_context(
+        pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path="<module>"
+    )
+
+
+def load_into(ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = True) -> Any:
+    """Copy the context's variables into ``module`` (parameters and buffers).
+
+    Every name, shape (and, by default, dtype) is checked first; when anything differs
+    an :class:`~torchlean.errors.ExpectationError` lists every problem and the module is
+    left unchanged. Returns ``module``. Cost: O(total bytes).
+    """
+    import torch
+
+    from torchlean.io.expect import check_expected
+
+    check_expected(ctx, module, dtypes=dtypes, source="the context's variables")
+    state = {n: _as_torch(at.t) for n, at in ctx._v.visible()}
+    with torch.no_grad():
+        module.load_state_dict(state, strict=True)
+    return module

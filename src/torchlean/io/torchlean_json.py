@@ -1,0 +1,360 @@
+"""TorchLean's JSON weight format, as read by Lean's ``NN.Runtime.PyTorch.Import.Core``.
+
+A document is ``{"params": {name: nested lists of numbers}, "meta": {...}}``. Three
+layouts are found in the wild, and all load:
+- ``meta`` as a format descriptor: ``{"format": "TorchLean.MLP", "dtype": "float32"}``;
+- ``meta`` per tensor: ``{name: {"shape": [...], "dtype": "torch.float32"}}`` (written
+  by TorchLean's state_dict exporter, and by :func:`save_json`);
+- a bare ``{name: nested lists}`` without the ``params`` wrapper.
+When ``meta`` gives a shape or dtype, the data must agree with it.
+
+Numbers: each float is written as the shortest decimal that reads back, as a float64,
+exactly the float64 of the stored value (``tensor.tolist()`` + ``json.dump`` write the
+same numbers), so Lean's ``Float`` sees the very number PyTorch had. NaN and infinity
+are not JSON and are refused. Loading reads numbers as float64 (as Lean does) and rounds
+them to the tensor's dtype (float32 unless ``meta`` says otherwise).
+
+Reading map:
+- :func:`save_json` -- write the variables (most recent entry of each name).
+- :func:`load_json` -- read any of the three layouts.
+- :func:`parse_document` -- a parsed document to ``(name, array)`` pairs and ``meta``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+from collections.abc import Iterator
+from typing import Any, Final
+
+import numpy as np
+
+from torchlean.errors import FormatError
+from torchlean.io._atomic import atomic_write_bytes
+from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
+from torchlean.runtime._backends import dtype_name
+from torchlean.runtime.context import RuntimeContext
+
+__all__ = ["load_json", "parse_document", "save_json"]
+
+DEFAULT_DTYPE: Final = "float32"
+_LEAF_TYPES: Final = frozenset({int, float})
+
+
+# ---------------------------------------------------------------------------- saving
+
+
+def _first_nonfinite(a: np.ndarray[Any, Any]) -> int:
+    return int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0])
+
+
+def _json_ready(name: str, a: np.ndarray[Any, Any], path: str) -> Any:
+    """``a`` as something orjson writes as nested lists of exact numbers."""
+    kind = a.dtype.kind
+    if kind == "b":
+        a = a.astype(np.int64)
+    elif kind in "iu":
+        if kind == "u" and a.dtype.itemsize == 8:
+            return a.tolist()
+        a = a.astype(np.int64)
+    elif kind == "f" or a.dtype.name in ("bfloat16",) or kind == "V":
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            i = _first_nonfinite(a)
+            index = np.unravel_index(i, a.shape) if a.ndim else ()
+            value = a.reshape(-1)[i]
+            raise FormatError(
+                f"{path}: tensor `{name}` has {value} at flat index {i}"
+                f" (index {tuple(int(x) for x in index)}); TorchLean's JSON holds finite"
+                " numbers only, so nothing was written"
+            )
+    else:
+        raise FormatError(
+            f"{path}: tensor `{name}` has dtype {a.dtype.name}, which TorchLean's JSON cannot hold"
+        )
+    if a.ndim == 0 or a.size == 0:
+        return a.tolist()
+    return np.ascontiguousarray(a)
+
+
+def save_json(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
+    """Write ``params`` and per-tensor ``meta`` for the variables, atomically.
+
+    The most recent entry of each name is written, in first-registered order; gradients,
+    shadowed entries and ``next_id`` are not part of this format. Cost: O(total elements).
+    """
+    import orjson
+
+    where = os.fspath(path)
+    params: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    for name, at in ctx._v.visible():
+        a = to_numpy(at)
+        params[name] = _json_ready(name, a, where)
+        meta[name] = {"shape": list(a.shape), "dtype": f"torch.{a.dtype.name}"}
+    data = orjson.dumps(
+        {"params": params, "meta": meta},
+        option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2,
+    )
+    atomic_write_bytes(path, data)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Duplicate(key)
+        out[key] = value
+    return out
+
+
+def _count_keys(x: Any) -> int:
+    n = 0
+    stack = [x]
+    while stack:
+        y = stack.pop()
+        if type(y) is dict:
+            n += len(y)
+            stack.extend(v for v in y.values() if type(v) is dict)
+    return n
+
+
+def _parse(data: bytes, where: str) -> Any:
+    """Parse JSON text; duplicate keys, NaN and bad syntax raise FormatError."""
+    import orjson
+
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        if not data.strip():
+            raise FormatError(f"{where}: empty file, not JSON") from None
+        raise FormatError(f"{where}: not valid JSON ({e})") from None
+    # Each ':' outside a string belongs to one key; when they are as many as the keys
+    # orjson kept (only dicts below dicts hold keys here), no key was repeated.
+    if data.count(b":") != _count_keys(doc):
+        try:
+            json.loads(data, object_pairs_hook=_no_duplicates)
+        except _Duplicate as e:
+            raise FormatError(f"{where}: duplicate key `{e.args[0]}`") from None
+    return doc
+
+
+def _index(path: tuple[int, ...]) -> str:
+    return "".join(f"[{i}]" for i in path)
+
+
+def _explain(name: str, value: Any, where: str) -> FormatError:
+    """The first problem in a nested list that is not a regular array of numbers."""
+
+    def shape_of(x: Any) -> tuple[int, ...]:
+        dims = []
+        while type(x) is list:
+            dims.append(len(x))
+            if not x:
+                break
+            x = x[0]
+        return tuple(dims)
+
+    expected = shape_of(value)
+
+    def walk(x: Any, at: tuple[int, ...]) -> FormatError | None:
+        depth = len(at)
+        if type(x) is list:
+            if depth >= len(expected):
+                return FormatError(
+                    f"{where}: tensor `{name}` has ragged nesting: a list at {_index(at)}"
+                    " where the first element's nesting has a number"
+                )
+            if len(x) != expected[depth]:
+                return FormatError(
+                    f"{where}: tensor `{name}` has ragged nesting: {_index(at) or 'the top'}"
+                    f" has {len(x)} elements but {_index(at[:-1]) + '[0]' if at else ''}"
+                    f" has {expected[depth]}".replace("  ", " ")
+                )
+            for i, y in enumerate(x):
+                e = walk(y, (*at, i))
+                if e is not None:
+                    return e
+            return None
+        if type(x) not in _LEAF_TYPES:
+            return FormatError(
+                f"{where}: tensor `{name}` has a non-numeric leaf at {_index(at) or 'the top'}:"
+                f" {json.dumps(x)[:40]}"
+            )
+        if depth < len(expected):
+            return FormatError(
+                f"{where}: tensor `{name}` has ragged nesting: a number at {_index(at)}"
+                " where the first element's nesting has a list"
+            )
+        return None
+
+    found = walk(value, ())
+    return found or FormatError(f"{where}: tensor `{name}` is not a regular array of numbers")
+
+
+def _to_array(name: str, value: Any, dtype: np.dtype[Any], where: str) -> np.ndarray[Any, Any]:
+    """A nested list of numbers as an array of ``dtype``; FormatError names the spot.
+
+    Checks a level at a time with C-speed set/map passes, then converts the flat leaves.
+    """
+    if type(value) in _LEAF_TYPES:
+        leaves: list[Any] = [value]
+        dims: list[int] = []
+    elif type(value) is list:
+        level: list[Any] = [value]
+        dims = []
+        while True:
+            types = set(map(type, level))
+            if types == {list}:
+                lens = set(map(len, level))
+                if len(lens) != 1:
+                    raise _explain(name, value, where)
+                d = lens.pop()
+                dims.append(d)
+                level = list(itertools.chain.from_iterable(level))
+                if d == 0:
+                    break
+            elif types <= _LEAF_TYPES:
+                break
+            else:
+                raise _explain(name, value, where)
+        leaves = level
+    else:
+        raise FormatError(
+            f"{where}: tensor `{name}` must be a number or nested lists of numbers,"
+            f" got {json.dumps(value)[:40]}"
+        )
+    kind = dtype.kind
+    try:
+        if kind in "iub":
+            if float in set(map(type, leaves)):
+                i = next(k for k, x in enumerate(leaves) if type(x) is float)
+                idx = np.unravel_index(i, dims) if dims else ()
+                raise FormatError(
+                    f"{where}: tensor `{name}` has dtype {dtype.name} but holds"
+                    f" {leaves[i]!r} at {_index(tuple(int(j) for j in idx)) or 'the top'}"
+                )
+            flat = np.array(leaves, dtype=np.int64)
+            if kind == "b":
+                if not np.isin(flat, (0, 1)).all():
+                    raise FormatError(
+                        f"{where}: tensor `{name}` has dtype bool but holds values other"
+                        " than 0 and 1"
+                    )
+                out = flat.astype(np.bool_)
+            else:
+                out = flat.astype(dtype)
+                if not np.array_equal(out.astype(np.int64), flat):
+                    raise FormatError(
+                        f"{where}: tensor `{name}` holds values out of range for {dtype.name}"
+                    )
+        else:
+            out = np.array(leaves, dtype=np.float64).astype(dtype)
+    except OverflowError:
+        raise FormatError(
+            f"{where}: tensor `{name}` holds a number too large for {dtype.name}"
+        ) from None
+    return out.reshape(dims)
+
+
+def _meta_dtype(value: Any, where: str, what: str) -> np.dtype[Any]:
+    if not isinstance(value, str):
+        raise FormatError(f"{where}: {what} must be a dtype name, got {json.dumps(value)}")
+    try:
+        return numpy_dtype(dtype_name(value))
+    except TypeError:
+        raise FormatError(f"{where}: {what} `{value}` is not a known dtype") from None
+
+
+def _meta_shape(value: Any, where: str, name: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
+        raise FormatError(
+            f"{where}: meta shape of `{name}` must be a list of non-negative ints,"
+            f" got {json.dumps(value)}"
+        )
+    return tuple(value)
+
+
+def _agrees(data: tuple[int, ...], meta: tuple[int, ...]) -> bool:
+    if data == meta:
+        return True
+    # "[]" cannot spell a shape such as (0, 3): accept an empty prefix of the meta shape.
+    return bool(data) and data[-1] == 0 and meta[: len(data)] == data and math.prod(meta) == 0
+
+
+def parse_document(
+    doc: Any, where: str
+) -> tuple[list[tuple[str, np.ndarray[Any, Any]]], dict[str, Any]]:
+    """The ``(name, array)`` pairs of a parsed document, in its order, and its ``meta``."""
+    if not isinstance(doc, dict):
+        raise FormatError(f"{where}: expected a JSON object of tensors, got a {type(doc).__name__}")
+    if "params" in doc:
+        params = doc["params"]
+        meta = doc.get("meta", {})
+        extra = [k for k in doc if k not in ("params", "meta")]
+        if not isinstance(params, dict):
+            raise FormatError(f"{where}: `params` must be an object of tensors")
+        if not isinstance(meta, dict):
+            raise FormatError(f"{where}: `meta` must be an object")
+        if extra:
+            raise FormatError(f"{where}: unexpected top-level key `{extra[0]}` beside `params`")
+    else:
+        params, meta = doc, {}
+    descriptor_dtype = None
+    per_tensor: dict[str, dict[str, Any]] = {}
+    for key, value in meta.items():
+        if isinstance(value, dict):
+            if key not in params:
+                raise FormatError(f"{where}: meta describes `{key}`, which is not in params")
+            per_tensor[key] = value
+        elif key == "dtype":
+            descriptor_dtype = _meta_dtype(value, where, "meta dtype")
+    out: list[tuple[str, np.ndarray[Any, Any]]] = []
+    for name, value in params.items():
+        info = per_tensor.get(name, {})
+        if "dtype" in info:
+            dtype = _meta_dtype(info["dtype"], where, f"meta dtype of `{name}`")
+        else:
+            dtype = descriptor_dtype or np.dtype(DEFAULT_DTYPE)
+        array = _to_array(name, value, dtype, where)
+        if "shape" in info:
+            shape = _meta_shape(info["shape"], where, name)
+            if not _agrees(array.shape, shape):
+                raise FormatError(
+                    f"{where}: tensor `{name}` has shape {array.shape} but meta says {shape}"
+                )
+            array = array.reshape(shape)
+        out.append((name, array))
+    return out, meta
+
+
+def _read(path: str | os.PathLike[str]) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def load_json(path: str | os.PathLike[str], *, backend: str = "numpy") -> RuntimeContext[Any]:
+    """Read a TorchLean JSON file as a context: one variable per tensor, in file order.
+
+    Cost: O(file size).
+    """
+    check_backend(backend)
+    where = os.fspath(path)
+    pairs, _ = parse_document(_parse(_read(path), where), where)
+    return build_context(pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path)
+
+
+def iter_document(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
+    """The tensors of a TorchLean JSON file, in file order (for :func:`inspect`)."""
+    where = os.fspath(path)
+    pairs, _ = parse_document(_parse(_read(path), where), where)
+    yield from pairs
