@@ -164,3 +164,31 @@ def test_schedules() -> None:
     assert WARMUP(10) == pytest.approx(0.05) and WARMUP(STEPS) == pytest.approx(0.005)
     traced = np.asarray(WARMUP(jnp.arange(0, STEPS + 1)))
     np.testing.assert_allclose(traced, [WARMUP(i) for i in range(STEPS + 1)], rtol=1e-5)
+
+
+def test_a_whole_training_step_under_jax_jit() -> None:
+    import jax
+
+    from torchlean.autograd import value_and_grad
+
+    def loss(ctx: RuntimeContext[Any], x: Any) -> Any:
+        return ((x @ ctx["w"] + ctx["b"]) ** 2).sum()
+
+    opt = optim.adamw(lr=optim.warmup_cosine(0.1, 2, 10))
+
+    @jax.jit
+    def train_step(ctx: Any, state: Any, x: Any) -> Any:
+        value, ctx = value_and_grad(loss)(ctx, x)
+        ctx, state = opt.step(ctx, state, donate=False)
+        return value, ctx, state
+
+    ctx = RuntimeContext.from_state_dict({"w": jnp.ones((3, 2)), "b": jnp.zeros(2)})
+    state = opt.init(ctx)
+    x = jnp.ones((4, 3))
+    values = []
+    for _ in range(4):
+        value, ctx, state = train_step(ctx, state, x)
+        values.append(float(value))
+    assert values[0] == values[1] == 72.0  # the warm-up starts at lr 0
+    assert values[3] < values[2] < values[1]
+    assert int(state["count"]) == 4 and ctx.gradient_names() == ["b", "w"]
