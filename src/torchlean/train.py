@@ -179,7 +179,8 @@ def _make_step(
         def jax_step(
             c: RuntimeContext[Any], s: RuntimeContext[Any], args: tuple[Any, ...]
         ) -> tuple[Any, RuntimeContext[Any], RuntimeContext[Any]]:
-            value, new_c, new_s = jitted(c, s, args)
+            # without its old gradients the context keeps one layout: one compilation
+            value, new_c, new_s = jitted(c.clear_gradients(), s, args)
             if donate:
                 donate_context(c, to="fit")
                 donate_context(s, to="fit")
