@@ -125,8 +125,12 @@ def _model(backend: str) -> tuple[Any, Any]:
 
 
 def run(
-    *, steps: int = 400, backend: str = "torch", out: str | Path = "torchlean-demo",
-    progress: bool = True, batch: int = 128,
+    *,
+    steps: int = 400,
+    backend: str = "torch",
+    out: str | Path = "torchlean-demo",
+    progress: bool = True,
+    batch: int = 128,
 ) -> DemoResult:
     """Train, evaluate and write the files; see the module docstring. Cost: ``steps``
     training steps of a 2-64-64-2 MLP on batches of ``batch`` points."""
@@ -154,12 +158,21 @@ def run(
     ctx = init_mlp(backend)
     optimizer = optim.adamw(lr=optim.warmup_cosine(0.02, max(1, steps // 20), steps + 1))
     result = fit(
-        ctx, loss, optimizer, data, steps=steps, eval_fn=accuracy,
-        eval_every=max(1, steps // 10), progress=progress, description="two moons",
+        ctx,
+        loss,
+        optimizer,
+        data,
+        steps=steps,
+        eval_fn=accuracy,
+        eval_every=max(1, steps // 10),
+        progress=progress,
+        description="two moons",
     )
-    acc = result.evaluations[-1][1]["test acc"] if result.evaluations else accuracy(result.ctx)[
-        "test acc"
-    ]
+    acc = (
+        result.evaluations[-1][1]["test acc"]
+        if result.evaluations
+        else accuracy(result.ctx)["test acc"]
+    )
     checkpoint = out / "checkpoint.safetensors"
     save_checkpoint(checkpoint, result.ctx, result.state, result.step)
     weights = out / "weights.json"
@@ -167,14 +180,26 @@ def run(
     plot = out / "loss.png"
     _plot(plot, result.losses, logits, result.ctx, convert, x_test, y_test, backend)
     return DemoResult(
-        result.ctx, result.state, result.losses, acc, checkpoint, weights, plot,
+        result.ctx,
+        result.state,
+        result.losses,
+        acc,
+        checkpoint,
+        weights,
+        plot,
         time.perf_counter() - began,
     )
 
 
 def _plot(
-    path: Path, losses: list[float], logits: Any, ctx: Any, convert: Any,
-    x: np.ndarray, y: np.ndarray, backend: str,
+    path: Path,
+    losses: list[float],
+    logits: Any,
+    ctx: Any,
+    convert: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    backend: str,
 ) -> None:
     import matplotlib
 
@@ -213,12 +238,21 @@ def _parser() -> argparse.ArgumentParser:
             " and the accuracy; write a checkpoint, the weights and a plot of the loss."
         ),
     )
-    parser.add_argument("--steps", type=int, default=400, metavar="N",
-                        help="training steps (default: 400)")
-    parser.add_argument("--backend", choices=("torch", "jax"), default="torch",
-                        help="array library of the context (default: torch)")
-    parser.add_argument("--out", default="torchlean-demo", metavar="DIR",
-                        help="where the files go (default: ./torchlean-demo)")
+    parser.add_argument(
+        "--steps", type=int, default=400, metavar="N", help="training steps (default: 400)"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "jax"),
+        default="torch",
+        help="array library of the context (default: torch)",
+    )
+    parser.add_argument(
+        "--out",
+        default="torchlean-demo",
+        metavar="DIR",
+        help="where the files go (default: ./torchlean-demo)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -243,8 +277,9 @@ def cli_main(argv: list[str]) -> int:
         f"[bold]torchlean demo[/]: MLP 2-{HIDDEN}-{HIDDEN}-2 on two moons"
         f" ({TRAIN_POINTS} training points), {args.steps} steps of AdamW, {args.backend} backend"
     )
-    result = run(steps=args.steps, backend=args.backend, out=args.out,
-                 progress=not args.no_progress)
+    result = run(
+        steps=args.steps, backend=args.backend, out=args.out, progress=not args.no_progress
+    )
     console.print(rich_renderable(result.ctx))
     console.print(
         f"final loss {result.losses[-1]:.4f}, test accuracy [bold]{result.accuracy:.1%}[/]"

@@ -15,6 +15,7 @@ def test_two_moons_is_seeded_and_balanced() -> None:
     x, y = two_moons(100)
     x2, y2 = two_moons(100)
     np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
     assert x.shape == (100, 2) and x.dtype == np.float32 and y.sum() == 50
     assert abs(float(x.mean())) < 0.3
 
