@@ -7,7 +7,7 @@ vocabulary 50257 -> 8192, context 1024 -> 256 (24.5M parameters instead of 124M)
 ``--full`` uses the real sizes. Every variant updates its own copy of the same tensors;
 the variants run interleaved, and the script prints medians and ratios to fused.
 
-Run: PYTHONPATH=src python bench/optim_step.py [--repeat 15] [--full]
+Run: PYTHONPATH=src python bench/optim_step.py [--repeat 15] [--full] [--threads N]
 """
 
 from __future__ import annotations
@@ -48,7 +48,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--full", action="store_true", help="real GPT-2 small sizes (124M)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     d, vocab, n_ctx = (768, 50257, 1024) if args.full else (384, 8192, 256)
     shapes = gpt2_shapes(d, vocab, n_ctx)
     g = torch.Generator().manual_seed(0)
