@@ -21,13 +21,26 @@ from torchlean.runtime._registry import Registry, _entry, _prepend, fresh_entry
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.context import RuntimeContext
 
-__all__ = ["replace_heads", "visible_heads", "with_gradients", "with_variables", "wrap"]
+__all__ = [
+    "replace_heads",
+    "visible_heads",
+    "with_gradients",
+    "with_variables",
+    "wrap",
+    "wrap_like",
+]
 
 
 def wrap(value: Any, like: AnyTensor[Any]) -> AnyTensor[Any]:
     """Wrap a fresh ``value`` of ``like``'s backend, recording its current version."""
     backend = like._backend
     return fresh_entry(backend.dims(value), value, backend)
+
+
+def wrap_like(value: Any, like: AnyTensor[Any]) -> AnyTensor[Any]:
+    """Like :func:`wrap` for a value known to have ``like``'s shape (no shape read)."""
+    backend = like._backend
+    return fresh_entry(like._dims, value, backend)
 
 
 def visible_heads(registry: Registry) -> list[tuple[str, AnyTensor[Any]]]:

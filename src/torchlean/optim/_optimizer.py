@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torchlean._bulk import with_variables, wrap
+from torchlean._bulk import with_variables, wrap, wrap_like
 from torchlean.errors import (
     DTypeMismatchError,
     ShapeMismatchError,
@@ -81,6 +81,8 @@ class Optimizer:
     def __init__(self, hyper: Hyper) -> None:
         self.hyper = hyper
         self._jitted: dict[bool, Any] = {}
+        # the state's entry names of each parameter name: ("step/p", "exp_avg/p", ...)
+        self._keys: dict[str, tuple[str, ...]] = {}
 
     def __repr__(self) -> str:
         h = self.hyper
@@ -197,15 +199,17 @@ class Optimizer:
             new_steps = [_readonly(x) for x in new_steps]
             new_count = _readonly(new_count)
         new_ctx = with_variables(
-            ctx, [(n, wrap(p, at)) for n, p, at in zip(names, new_p, params, strict=True)]
+            ctx, [(n, wrap_like(p, at)) for n, p, at in zip(names, new_p, params, strict=True)]
         )
+        keys = self._keys
         updated: list[tuple[str, AnyTensor[Any]]] = [("count", wrap(new_count, count_at))]
         updated += [
-            (f"step/{n}", wrap(s, at)) for n, s, at in zip(names, new_steps, steps, strict=True)
+            (keys[n][0], wrap_like(s, at)) for n, s, at in zip(names, new_steps, steps, strict=True)
         ]
         for slot, values in new_s.items():
+            i = h.slots.index(slot) + 1
             updated += [
-                (f"{slot}/{n}", wrap(x, at))
+                (keys[n][i], wrap_like(x, at))
                 for n, x, at in zip(names, values, slots[slot], strict=True)
             ]
         new_state = with_variables(state, updated)
@@ -247,7 +251,8 @@ class Optimizer:
                     )
                 )
                 continue
-            if g.backend != p.backend or g.dtype != p.dtype:
+            same_dtype = g._t.dtype is p._t.dtype or g.dtype == p.dtype
+            if g._backend is not p._backend or not same_dtype:
                 problems.append(
                     (
                         DTypeMismatchError,
@@ -256,8 +261,13 @@ class Optimizer:
                     )
                 )
                 continue
-            step = sreg.head(f"step/{name}")
-            entries = [sreg.head(f"{slot}/{name}") for slot in self.hyper.slots]
+            keys = self._keys.get(name)
+            if keys is None:
+                keys = self._keys[name] = tuple(
+                    f"{slot}/{name}" for slot in ("step", *self.hyper.slots)
+                )
+            step = sreg.head(keys[0])
+            entries = [sreg.head(key) for key in keys[1:]]
             if step is None or any(e is None for e in entries):
                 problems.append(
                     (
