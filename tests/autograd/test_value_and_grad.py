@@ -180,3 +180,13 @@ def test_errors() -> None:
     mixed = ctx.register_variable("j", jnp.ones(2))
     with pytest.raises(BackendError, match="mix array libraries"):
         value_and_grad(lambda c: c["w"].sum())(mixed)
+
+
+def test_accumulation_under_jax_jit() -> None:
+    fn = jax.jit(value_and_grad(quadratic, accumulate=True))
+    ctx = ctx_of("jax", w=W, b=B)
+    _, once = fn(ctx, jnp.asarray(X))
+    _, twice = fn(once, jnp.asarray(X))
+    y = X @ W + B
+    np.testing.assert_allclose(np.asarray(twice.gradient("b")), 4 * y.sum(0), rtol=1e-6)
+    assert twice.gradient_count() == 2

@@ -192,3 +192,37 @@ def test_a_whole_training_step_under_jax_jit() -> None:
     assert values[0] == values[1] == 72.0  # the warm-up starts at lr 0
     assert values[3] < values[2] < values[1]
     assert int(state["count"]) == 4 and ctx.gradient_names() == ["b", "w"]
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax", "numpy"])
+@pytest.mark.parametrize(
+    ("torch_cls", "make", "kwargs"),
+    [
+        (torch.optim.SGD, optim.sgd, {"lr": 0.05, "momentum": 0.9, "dampening": 0.1}),
+        (torch.optim.Adam, optim.adam, {"lr": 0.01}),
+    ],
+    ids=["sgd-momentum", "adam"],
+)
+def test_a_parameter_without_gradient_at_some_steps(
+    torch_cls: Any, make: Any, kwargs: dict[str, Any], backend: str
+) -> None:
+    # torch skips a parameter whose .grad is None: its moments and step count stay put
+    init, grads = data()
+    params = [init[k].clone().requires_grad_(True) for k in SHAPES]
+    opt = torch_cls(params, **kwargs)
+    ours_opt = make(**kwargs)
+    conv = CONVERT[backend]
+    ctx = RuntimeContext.from_state_dict({k: conv(v) for k, v in init.items()})
+    state = ours_opt.init(ctx)
+    for i, g in enumerate(grads[:30]):
+        present = [k for k in SHAPES if k != "fc.bias" or i % 3 == 2]
+        for p, k in zip(params, SHAPES, strict=True):
+            p.grad = g[k].clone() if k in present else None
+        opt.step()
+        ctx = ctx.clear_gradients()
+        for k in present:
+            ctx = ctx.register_gradient(k, conv(g[k]))
+        ctx, state = ours_opt.step(ctx, state)
+    for p, k in zip(params, SHAPES, strict=True):
+        np.testing.assert_allclose(np.asarray(ctx[k]), p.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert float(np.asarray(state["step/fc.bias"])) == 10.0

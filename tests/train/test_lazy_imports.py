@@ -9,7 +9,8 @@ import sys
 def test_layers_import_no_array_library() -> None:
     code = (
         "import sys, torchlean.autograd, torchlean.optim, torchlean.train, torchlean.demo\n"
-        "loaded = sorted(m for m in ('torch', 'jax', 'IPython', 'matplotlib') if m in sys.modules)\n"
+        "names = ('torch', 'jax', 'IPython', 'matplotlib')\n"
+        "loaded = sorted(m for m in names if m in sys.modules)\n"
         "print(loaded)\n"
     )
     out = subprocess.run(
