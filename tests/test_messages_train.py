@@ -107,6 +107,20 @@ def test_step_messages() -> None:
         ),
     ):
         opt.step(grown, state)
+    mixed = (
+        ctx()
+        .register_variable("n", np.ones(2, np.float32))
+        .register_gradient("n", np.ones(2, np.float32))
+        .register_gradient("b", torch.ones(3))
+    )
+    with pytest.raises(
+        BackendError,
+        match=exact(
+            "optimizer step: the variables with gradients mix array libraries:"
+            " numpy (e.g. `n`), torch (e.g. `b`); nothing was updated"
+        ),
+    ):
+        opt.step(mixed, opt.init(mixed))
     good = ctx().register_gradient("b", torch.ones(3))
     opt.step(good, state)
     with pytest.raises(

@@ -123,3 +123,15 @@ def test_frozen_variable_without_gradient_is_not_updated() -> None:
     new, new_state = opt.step(ctx, state)
     torch.testing.assert_close(new["b"], b0)
     assert float(new_state["step/b"]) == 0.0 and float(new_state["step/w"]) == 1.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax", "numpy"])
+def test_a_step_without_gradients_only_counts(backend: str) -> None:
+    if backend == "numpy":
+        ctx = RuntimeContext.from_state_dict({"w": np.ones(2, np.float32)})
+    else:
+        ctx, _ = start(backend)
+    opt = optim.adam(lr=0.1)
+    new, state = opt.step(ctx, opt.init(ctx), donate=False)
+    assert_same(snapshot(ctx), snapshot(new))
+    assert int(host(state["count"])) == 1 and float(host(state["step/w"])) == 0.0

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from torchlean._bulk import with_variables, wrap, wrap_like
 from torchlean.errors import (
+    BackendError,
     DTypeMismatchError,
     ShapeMismatchError,
     TorchLeanError,
@@ -159,6 +160,13 @@ class Optimizer:
             )
         count = count_at.t
         backend = params[0].backend if params else count_at.backend
+        mixed = {p.backend: n for n, p in zip(names, params, strict=True)}
+        if len(mixed) > 1:
+            where = ", ".join(f"{b} (e.g. `{n}`)" for b, n in mixed.items())
+            raise BackendError(
+                f"optimizer step: the variables with gradients mix array libraries: {where};"
+                " nothing was updated"
+            )
         if backend == "torch":
             lr = self.lr_at(int(count.item())) if callable(h.lr) else h.lr
             new_p, new_s, new_steps, new_count = _torch_update(
