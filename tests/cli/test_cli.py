@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
+
+# The helpers beside this file (pytest runs with --import-mode=importlib).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_helpers import CNN, MLP, TRANSFORMER, run
 
 MLP_SHAPES = {
@@ -207,7 +210,7 @@ def test_convert_refuses_to_overwrite_without_force(
 
 def test_convert_progress_bar(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "convert", CNN, tmp_path / "cnn.safetensors", "--progress", "always")
-    assert code == 0 and "4/4" in err
+    assert code == 0 and "done" in err and "100%" in err
     code, _, err = run(capsys, "convert", CNN, tmp_path / "b.safetensors", "--progress", "never")
     assert code == 0 and err == ""
 
@@ -359,3 +362,48 @@ def test_demo_dispatches_the_rest_of_the_command_line(
     monkeypatch.setitem(sys.modules, "torchlean.demo", fake)
     code, out, _ = run(capsys, "demo", "--steps", "2", "--help")
     assert (code, out, seen) == (3, "demo ran\n", [["--steps", "2", "--help"]])
+
+
+def test_a_closed_pipe_is_exit_code_1_without_an_error_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchlean.cli import _commands
+
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(_commands, "show", broken)
+    code, _, err = run(capsys, "show", MLP)
+    assert (code, err) == (1, "")
+
+
+def test_a_closed_pipe_in_a_real_pipeline(tmp_path: Path) -> None:
+    src = Path(__file__).resolve().parents[2] / "src"
+    many = _write_st(
+        tmp_path / "many.safetensors", {f"t{i}": np.ones(2, np.float32) for i in range(600)}
+    )
+    done = subprocess.run(  # the JSON (> 64 KiB) overflows the pipe after head leaves
+        f"{sys.executable} -m torchlean show {many} --json | head -c 10 >/dev/null",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert done.stderr == ""
+
+
+def test_show_text_snapshot_of_the_mlp_fixture(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    for var in ("FORCE_COLOR", "COLUMNS", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(var, raising=False)
+    code, out, _ = run(capsys, "show", MLP, "--width", "120")
+    assert code == 0
+    out = "\n".join(line.rstrip() for line in out.splitlines()) + "\n"
+    snapshot = Path(__file__).resolve().parents[1] / "snapshots" / "show_mlp.txt"
+    if os.environ.get("TORCHLEAN_UPDATE_SNAPSHOTS") == "1":
+        snapshot.write_text(out, encoding="utf-8")
+    assert out == snapshot.read_text(encoding="utf-8")

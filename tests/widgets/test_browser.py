@@ -10,13 +10,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-from views_helpers import EVIL, evil_context, sample_context
 
 from torchlean.widgets import to_html_page
+
+# The helpers beside this file (pytest runs with --import-mode=importlib).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from views_helpers import EVIL, evil_context, sample_context
 
 FLAGS = [
     "--headless",

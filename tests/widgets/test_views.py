@@ -7,6 +7,7 @@ import io
 import math
 import os
 import re
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 import rich.console
-from views_helpers import EVIL, EVIL_IMG, evil_context, sample_context
 
 import torchlean as tl
 from torchlean.widgets import rich_renderable, summarize, to_html, to_html_page, to_text
 from torchlean.widgets._summary import SAMPLE_LIMIT, format_number
+
+# The helpers beside this file (pytest runs with --import-mode=importlib).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from views_helpers import EVIL, EVIL_IMG, evil_context, sample_context
 
 SNAPSHOTS = Path(__file__).resolve().parents[1] / "snapshots"
 
@@ -270,3 +274,53 @@ def test_names_and_values_are_escaped() -> None:
     p = _parse(fragment)
     assert [t for t, _ in p.tags if t in ("script", "img")] == []
     assert EVIL in "".join(p.text)  # shown as text
+
+
+def test_jax_arrays_are_summarized() -> None:
+    import jax.numpy as jnp
+
+    ctx = tl.empty_context().register_variable("w", jnp.arange(6.0).reshape(2, 3))
+    row = summarize(ctx).variables[0]
+    assert (row.dims, row.numel) == ((2, 3), 6)
+    assert row.first == ("0", "1", "2", "3", "4", "5")
+    assert row.grid == (("0", "1", "2"), ("3", "4", "5"))
+    assert row.stats is not None and row.stats.max == 5.0
+    assert "cpu" in row.device.lower()
+
+
+def test_a_donated_context_is_shown_as_donated() -> None:
+    from torchlean.runtime.context import donate
+
+    ctx = sample_context()
+    donate(ctx, to="sgd_step")
+    text = to_text(ctx)
+    assert text.startswith("RuntimeContext: this context was donated to sgd_step")
+    assert "donated to sgd_step" in to_html(ctx)
+
+
+def test_a_non_contiguous_torch_tensor_is_read_in_blocks_not_copied_whole() -> None:
+    import torch
+
+    base = torch.arange(30 * 40, dtype=torch.float32).reshape(30, 40)
+    t = base.T  # (40, 30), not contiguous
+    assert not t.is_contiguous()
+    ctx = tl.empty_context().register_variable("t", t)
+    row = summarize(ctx, sample_limit=640).variables[0]
+    want = t.reshape(-1)[:6].tolist()
+    assert row.first == tuple(format_number(v) for v in want)
+    assert row.grid[1][:3] == tuple(format_number(v) for v in t[1, :3].tolist())
+    assert row.stats is not None and row.stats.sampled
+    assert 64 <= row.stats.counted <= 640
+    assert row.stats.min == 0.0
+    exact = summarize(ctx).variables[0].stats
+    assert exact is not None and not exact.sampled and exact.max == 1199.0
+
+
+def test_sample_blocks_cover_the_tensor_evenly() -> None:
+    from torchlean.widgets._summary import SAMPLE_BLOCKS, sample_blocks
+
+    a = np.arange(10_000).reshape(100, 100)
+    got = sample_blocks(lambda index: a[index], a.shape, 6400)
+    assert got.size == 6400 and len(set(got.tolist())) == 6400
+    assert got.min() == 0 and got.max() > 9_800
+    assert sample_blocks(lambda index: a[index], a.shape, 1).size == SAMPLE_BLOCKS

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,22 +87,23 @@ def convert(args: argparse.Namespace) -> int:
         raise _files.UsageError(f"{dst} exists already; pass --force to replace it")
     if src.resolve() == dst.resolve():
         raise _files.UsageError(f"IN and OUT are the same file: {src}")
+    from_format = _files.check_format(src, args.from_format)
+    to_format = _files.check_format(dst, args.to_format)
     size = src.stat().st_size
     show_bar = args.progress == "always" or (
         args.progress == "auto" and size >= PROGRESS_BYTES and sys.stderr.isatty()
     )
     tmp = dst.with_name(f".{dst.stem}.converting{''.join(dst.suffixes) or '.tmp'}")
-    with _Progress(show_bar, total=4) as bar:
+    with _Progress(show_bar, stages=4) as bar:
         bar.step(f"reading {src.name}")
-        ctx = _files.load(src, fmt=args.from_format)
+        ctx = _files.load(src, fmt=from_format)
         bar.step(f"writing {dst.name}")
-        to_format = args.to_format
         try:
             _files.save(ctx, tmp, fmt=to_format)
             bar.step(f"reading back {dst.name}")
             back = _files.load(tmp, fmt=to_format)
             bar.step("comparing")
-            notes = _compare_roundtrip(ctx, back, dst)
+            notes = _compare_roundtrip(ctx, back, dst, advance=bar.advance)
             os.replace(tmp, dst)
         finally:
             if tmp.exists():
@@ -115,9 +117,15 @@ def convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare_roundtrip(ctx: Any, back: Any, dst: Path) -> list[str]:
+def _compare_roundtrip(
+    ctx: Any, back: Any, dst: Path, *, advance: Callable[[float], None] | None = None
+) -> list[str]:
     """Every name and shape must survive and every value compare equal; a dtype may
-    widen (a format without that dtype), which is reported as a note."""
+    widen (a format without that dtype), which is reported as a note. ``advance`` is
+    told the fraction of the data compared after each tensor."""
+    total = sum(math.prod(at.dims) for _, at in ctx._v.visible()) + sum(
+        math.prod(at.dims) for _, at in ctx._g.visible()
+    )
     notes: list[str] = []
     problems: list[str] = []
     for kind, a_reg, b_reg in (("variable", ctx._v, back._v), ("gradient", ctx._g, back._g)):
@@ -135,6 +143,8 @@ def _compare_roundtrip(ctx: Any, back: Any, dst: Path) -> list[str]:
                 continue
             x = _numeric(at._backend.to_numpy(at.t))
             y = _numeric(bt._backend.to_numpy(bt.t))
+            if advance is not None and total:
+                advance(math.prod(at.dims) / total)
             if not np.array_equal(x, y, equal_nan=x.dtype.kind in "fc" and y.dtype.kind in "fc"):
                 problems.append(f"{kind} `{name}` came back with different values")
             elif bt.dtype != at.dtype:
@@ -158,41 +168,62 @@ def _numeric(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 class _Progress:
-    """A rich progress bar over the steps of a conversion (nothing when disabled)."""
+    """A rich progress bar over the stages of a conversion (reading, writing, reading
+    back, comparing); the comparing stage advances tensor by tensor. Nothing at all
+    when disabled."""
 
-    def __init__(self, enabled: bool, *, total: int) -> None:
+    def __init__(self, enabled: bool, *, stages: int) -> None:
         self._enabled = enabled
-        self._total = total
+        self._stages = stages
         self._bar: Any = None
         self._task: Any = None
-        self._done = -1
+        self._done = -1.0
 
     def __enter__(self) -> _Progress:
         if self._enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._bar = Progress(
-                TextColumn("{task.description:<28}"),
+                TextColumn("{task.description:<32}"),
                 BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
+                TaskProgressColumn(),
                 TimeElapsedColumn(),
                 console=Console(file=sys.stderr),
                 transient=False,
             )
             self._bar.__enter__()
-            self._task = self._bar.add_task("converting", total=self._total)
+            self._task = self._bar.add_task("converting", total=100)
         return self
 
     def step(self, description: str) -> None:
-        self._done += 1
+        """Begin the next stage."""
+        self._done = math.floor(self._done + 1)
+        self._show(description)
+
+    def advance(self, fraction: float) -> None:
+        """Move ``fraction`` of a stage further."""
+        self._done = min(self._done + fraction, math.floor(self._done) + 1)
+        self._show(None)
+
+    def _show(self, description: str | None) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, completed=self._done, description=description)
+            done = 100 * self._done / self._stages
+            if description is None:
+                self._bar.update(self._task, completed=done)
+            else:
+                self._bar.update(self._task, completed=done, description=description)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             if exc[0] is None:
-                self._bar.update(self._task, completed=self._total, description="done")
+                self._bar.update(self._task, completed=100, description="done")
             self._bar.__exit__(*exc)
 
 

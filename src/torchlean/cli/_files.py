@@ -1,22 +1,45 @@
-"""How the CLI reads and writes checkpoints: through :mod:`torchlean.io` only.
+"""How the CLI reads and writes checkpoints: through :mod:`torchlean.io`.
+
+``show`` and ``check`` never load a safetensors file whole: they read its header with
+:func:`torchlean.io.inspect`, the first elements a preview needs, and for statistics a
+bounded sample made of evenly spaced contiguous blocks of the tensor
+(:func:`torchlean.widgets._summary.sample_blocks`). Other formats are read whole
+by ``inspect`` and sampled in memory.
 
 Reading map:
 - :func:`load`, :func:`save` -- ``torchlean.io.load`` / ``torchlean.io.save``.
-- :func:`summary` -- the :class:`~torchlean.widgets.Summary` of a file.
-- :func:`shapes` -- names to shapes of a file's variables.
+- :func:`summary` -- the :class:`~torchlean.widgets.Summary` of a file (lazy).
+- :func:`shapes` -- names to shapes of a file's visible variables (header only).
+- :func:`check_format` -- a format name or a path's suffix, checked.
 - :class:`UsageError` -- a command line that asks for something impossible.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
-from torchlean.errors import TorchLeanError
-from torchlean.widgets._summary import Summary, format_bytes, source_of, summarize_sources
+import numpy as np
 
-__all__ = ["UsageError", "load", "save", "shapes", "summary"]
+from torchlean.errors import FormatError, TorchLeanError
+from torchlean.widgets._summary import (
+    SAMPLE_LIMIT,
+    Summary,
+    format_bytes,
+    sample_blocks,
+    summarize_sources,
+)
+
+__all__ = [
+    "UsageError",
+    "check_format",
+    "load",
+    "save",
+    "shapes",
+    "summary",
+]
 
 
 class UsageError(TorchLeanError, ValueError):
@@ -32,44 +55,127 @@ def _exists(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load(path: str | os.PathLike[str], *, fmt: str | None = None) -> Any:
-    """The context stored in ``path`` (numpy arrays)."""
+def check_format(path: str | os.PathLike[str], fmt: str | None) -> str:
+    """The format ``fmt`` names, or the one ``path``'s suffix implies; a user's error
+    (unknown format, unknown suffix) becomes a :class:`UsageError`."""
     from torchlean import io
 
-    return io.load(_exists(path), format=fmt, backend="numpy")
+    try:
+        return io.format_of(path, fmt)
+    except TorchLeanError:
+        raise
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+def load(path: str | os.PathLike[str], *, fmt: str | None = None) -> Any:
+    """The context stored in ``path`` (numpy arrays). Cost: O(file)."""
+    from torchlean import io
+
+    p = _exists(path)
+    return io.load(p, format=check_format(p, fmt), backend="numpy")
 
 
 def save(ctx: Any, path: str | os.PathLike[str], *, fmt: str | None = None) -> None:
-    """Write ``ctx`` to ``path``."""
+    """Write ``ctx`` to ``path`` (atomically, as ``io.save`` does). Cost: O(bytes)."""
     from torchlean import io
 
-    io.save(ctx, Path(path), format=fmt)
+    io.save(ctx, Path(path), format=check_format(path, fmt))
 
 
-def summary(path: str | os.PathLike[str], *, fmt: str | None = None) -> Summary:
-    """The summary of the checkpoint in ``path``, entries in the order they were
-    registered (for a file: the file's order)."""
+def _inspect(path: str | os.PathLike[str], fmt: str | None) -> Any:
+    from torchlean import io
+
     p = _exists(path)
-    ctx = load(p, fmt=fmt)
-    return summary_of_context(ctx, p)
+    return io.inspect(p, format=check_format(p, fmt))
 
 
-def summary_of_context(ctx: Any, p: Path) -> Summary:
-    """The summary of a context read from ``p``, oldest entry first."""
-    variables = [(n, source_of(at)) for n, at in ctx._v.entries()]
-    gradients = [(n, source_of(at)) for n, at in ctx._g.entries()]
-    title = _title(p, len(variables), len(gradients))
-    return summarize_sources(title, variables, gradients, oldest_first=True)
+def summary(
+    path: str | os.PathLike[str], *, fmt: str | None = None, sample_limit: int = SAMPLE_LIMIT
+) -> Summary:
+    """The summary of the checkpoint in ``path``, entries in the file's order.
 
-
-def _title(p: Path, n_v: int, n_g: int) -> str:
-    title = f"{p.name} ({format_bytes(p.stat().st_size)}): {n_v} variable{'s' if n_v != 1 else ''}"
+    Cost: for safetensors, the header plus O(sample_limit) elements per tensor read from
+    disk, whatever the file's size; for other formats, O(file).
+    """
+    fs = _inspect(path, fmt)
+    variables = [(e.name, _FileSource(fs, e)) for e in fs.variables]
+    gradients = [(e.name, _FileSource(fs, e)) for e in fs.gradients]
+    n_v, n_g = len(variables), len(gradients)
+    p = Path(path)
+    title = f"{p.name} ({fs.format}, {format_bytes(p.stat().st_size)}):"
+    title += f" {n_v} variable{'s' if n_v != 1 else ''}"
     if n_g:
         title += f", {n_g} gradient{'s' if n_g != 1 else ''}"
-    return title
+    return summarize_sources(
+        title,
+        variables,
+        gradients,
+        sample_limit=sample_limit,
+        next_id=fs.next_id,
+        oldest_first=True,
+    )
 
 
 def shapes(path: str | os.PathLike[str], *, fmt: str | None = None) -> dict[str, tuple[int, ...]]:
-    """Names to shapes of the visible variables in ``path``, in first-registered order."""
-    ctx = load(path, fmt=fmt)
-    return {name: at.dims for name, at in ctx._v.visible()}
+    """Names to shapes of the visible variables in ``path``, in the file's order.
+
+    Cost: the header only for safetensors, else O(file).
+    """
+    fs = _inspect(path, fmt)
+    visible = [e for e in fs.variables if not e.shadowed]
+    return {e.name: tuple(e.shape) for e in reversed(visible)}
+
+
+class _FileSource:
+    """A :class:`~torchlean.widgets.TensorSource` over one entry of an inspected file."""
+
+    __slots__ = ("_fs", "_info")
+
+    def __init__(self, fs: Any, info: Any) -> None:
+        self._fs = fs
+        self._info = info
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(self._info.shape)
+
+    @property
+    def dtype(self) -> str:
+        return str(self._info.dtype)
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def head(self, n: int) -> np.ndarray[Any, Any]:
+        return np.asarray(self._fs._read(self._info, n)).reshape(-1)[:n]
+
+    def sample(self, limit: int) -> tuple[np.ndarray[Any, Any], bool]:
+        shape = self.dims
+        numel = math.prod(shape)
+        if numel <= limit:
+            return np.asarray(self._fs._read(self._info, None)).reshape(-1), False
+        if self._fs.format == "safetensors":
+            return _sample_safetensors(self._fs.path, self._info.key, shape, limit), True
+        flat = np.asarray(self._fs._read(self._info, None)).reshape(-1)
+        return flat[:: -(-numel // limit)], True
+
+
+def _sample_safetensors(
+    path: str, key: str, shape: tuple[int, ...], limit: int
+) -> np.ndarray[Any, Any]:
+    """About ``limit`` elements of a big tensor, as evenly spaced contiguous blocks read
+    lazily from the file. Cost: O(limit) bytes read."""
+    from torchlean.io.safetensors import _open
+
+    with _open(path) as f:
+        view = f.get_slice(key)
+
+        def read(index: tuple[slice, ...]) -> Any:
+            try:
+                return view[index]
+            except Exception as e:  # a corrupt file found while reading
+                raise FormatError(f"{path}: cannot read tensor `{key}`: {e}") from None
+
+        return sample_blocks(read, shape, limit)

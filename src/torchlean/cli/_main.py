@@ -13,6 +13,7 @@ Reading map:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -168,6 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     }[args.command]
     try:
         return handler(args)
+    except BrokenPipeError:
+        # the reader went away (`torchlean show ... | head`): stop quietly, as a pipe
+        # writer should, without a second error when Python flushes stdout at exit
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):  # not a real file (captured)
+            return 1
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        return 1
     except (TorchLeanError, OSError) as e:
         _fail(args.command, e)
         return 2

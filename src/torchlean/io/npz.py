@@ -66,13 +66,22 @@ def load_npz(path: str | os.PathLike[str], *, backend: str = "numpy") -> Runtime
     check_backend(backend)
     where = os.fspath(path)
     arrays: dict[str, np.ndarray[Any, Any]] = {}
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{where}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        # open the file here: np.load leaks its own handle when the zip is bad
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as z:
             for key in z.files:
                 arrays[key] = z[key]
-    except FileNotFoundError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+    except (
+        ValueError,
+        OSError,
+        zipfile.BadZipFile,
+        EOFError,
+        KeyError,
+        TypeError,
+        AttributeError,
+    ) as e:
         raise FormatError(f"{where}: not a valid .npz archive: {e}") from None
     raw = arrays.pop(LAYOUT_KEY, None)
     if raw is None:

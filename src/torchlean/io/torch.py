@@ -62,14 +62,19 @@ def load_pt(
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()
+        text = str(e)
+        why = next(
+            (line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line),
+            None,
+        )
+        if why is None:
+            raise FormatError(f"{where}: not a valid PyTorch file ({_first_line(text)})") from None
         raise FormatError(
-            f"{where}: refused to load: the pickle needs more than weights"
-            " (read with weights_only=True, nothing in it was run): "
-            f"{first[0] if first else e}"
+            f"{where}: refused to load: the pickle needs more than tensors and plain"
+            f" containers, and is never run (weights_only=True): {why}"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise FormatError(f"{where}: not a valid PyTorch file: {e}") from None
+        raise FormatError(f"{where}: not a valid PyTorch file ({_first_line(str(e))})") from None
     if isinstance(obj, Mapping):
         for key in _WRAPPERS:
             inner = obj.get(key)
@@ -96,6 +101,17 @@ def load_pt(
         dup = next(n for n in names if names.count(n) > 1)
         raise FormatError(f"{where}: two entries are named `{dup}` after stripping the prefix")
     return build_context(pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path)
+
+
+def _first_line(text: str) -> str:
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file")
+    lines = [
+        line.strip()
+        for line in text.strip().splitlines()
+        if line.strip() and not line.strip().startswith(boilerplate)
+    ]
+    line = lines[0] if lines else text
+    return line[:200]
 
 
 def save_pt(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:

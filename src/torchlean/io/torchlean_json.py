@@ -137,6 +137,8 @@ def _parse(data: bytes, where: str) -> Any:
     except orjson.JSONDecodeError as e:
         if not data.strip():
             raise FormatError(f"{where}: empty file, not JSON") from None
+        if "unexpected end of data" in str(e):
+            raise FormatError(f"{where}: truncated JSON ({e})") from None
         raise FormatError(f"{where}: not valid JSON ({e})") from None
     # Each ':' outside a string belongs to one key; when they are as many as the keys
     # orjson kept (only dicts below dicts hold keys here), no key was repeated.

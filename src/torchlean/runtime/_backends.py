@@ -15,6 +15,7 @@ Reading map:
   pytree transformation puts in a context that are not arrays (``None``, tracers' stand
   ins, ``jax.ShapeDtypeStruct``...).
 - :func:`backend_of` -- the backend for a value, or ``TypeError`` naming what was given.
+- :func:`read_checked` -- a stored tensor, refused (naming its entry) when written in place.
 - :func:`dtype_name` -- a canonical dtype name (``"float32"``) from any library's dtype.
 - :data:`UNKNOWN_DEVICES` -- device names that say "no device" (tracers, opaque leaves).
 
@@ -207,7 +208,7 @@ class _OpaqueBackend(Backend):
         raise BackendError(f"{type(x).__name__} {_short_repr(x)} is not an array")
 
     def stand_in(self, x: Any) -> str:
-        return f"<{_short_repr(x)}>"
+        return _short_repr(x)
 
     def add(self, a: Any, b: Any) -> Any:
         raise BackendError(f"cannot add {type(a).__name__} and {type(b).__name__}")
@@ -450,6 +451,14 @@ def is_array(x: object) -> bool:
     except TypeError:
         return False
     return True
+
+
+def read_checked(at: Any, what: str) -> Any:
+    """The tensor of the ``AnyTensor`` ``at``; raises, naming ``what``, if it was written
+    in place since it was stored."""
+    if at._version is not None:
+        at._backend.check_intact(at._t, at._version, what)
+    return at._t
 
 
 def _short_repr(x: object) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from torchlean.errors import TorchLeanError
-from torchlean.runtime._backends import UNKNOWN_DEVICES
+from torchlean.runtime._backends import UNKNOWN_DEVICES, read_checked
 
 if TYPE_CHECKING:
     from torchlean.runtime.any_tensor import AnyTensor
@@ -100,6 +100,7 @@ def check_context(ctx: RuntimeContext[Any]) -> CheckReport:
     devices: dict[str, str] = {}
     for registry, entries in (("variable", ctx._v.entries()), ("gradient", ctx._g.entries())):
         for index, (name, at) in enumerate(entries):
+            read_checked(at, f"{registry} `{name}`")  # refuse a tensor written in place
             device = at.device
             if device not in UNKNOWN_DEVICES:  # a tracer's device is not known
                 devices.setdefault(device, f"{registry} `{name}`")

@@ -51,6 +51,7 @@ from torchlean.runtime._backends import (
     UNKNOWN_DEVICES,
     backend_of,
     dtype_name,
+    read_checked,
     render_array,
 )
 from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry, fresh_entry
@@ -388,7 +389,7 @@ class RuntimeContext(Generic[ArrayT]):
                 f" but the added gradient is on {at.device}"
             )
         backend = at._backend
-        total = backend.adopt(backend.add(old.t, at.t))
+        total = backend.adopt(backend.add(read_checked(old, f"gradient `{name}`"), at.t))
         summed = fresh_entry(old._dims, total, backend)
         return self._derive(self._v, self._g.replace_head(name, summed), self._next_id)
 
@@ -458,9 +459,10 @@ class RuntimeContext(Generic[ArrayT]):
         ``gradients=True`` gives the gradients instead of the variables. Cost: O(n).
         """
         registry = self._g if gradients else self._v
+        kind = "gradient" if gradients else "variable"
         out: dict[str, ArrayT] = {}
         for name, at in registry.visible():
-            out[name] = at.t
+            out[name] = read_checked(at, f"{kind} `{name}`")
         return out
 
     def is_valid_context(self) -> bool:
@@ -488,8 +490,8 @@ class RuntimeContext(Generic[ArrayT]):
         Mirrors ``Runtime.contextToString`` (for debugging: it prints whole tensors).
         Cost: O(total elements).
         """
-        vars_text = ", ".join(f"{n}: {_pretty(at)}" for n, at in self._v.entries())
-        grads_text = ", ".join(f"{n}: {_pretty(at)}" for n, at in self._g.entries())
+        vars_text = ", ".join(f"{n}: {_pretty(at, 'variable', n)}" for n, at in self._v.entries())
+        grads_text = ", ".join(f"{n}: {_pretty(at, 'gradient', n)}" for n, at in self._g.entries())
         return f"Context(vars: [{vars_text}], grads: [{grads_text}])"
 
     def __repr__(self) -> str:
@@ -615,8 +617,8 @@ def _unknown_message(registry: Registry, kind: str, name: str) -> str:
     return f"no {kind} `{name}` (the context has {_count(len(names), kind + ' name')})"
 
 
-def _pretty(at: AnyTensor[Any]) -> str:
-    t = at.t
+def _pretty(at: AnyTensor[Any], kind: str, name: str) -> str:
+    t = read_checked(at, f"{kind} `{name}`")
     array = at._backend.data(t)
     if array is None:  # a meta tensor, a tracer, an opaque pytree leaf
         return at._backend.stand_in(t)

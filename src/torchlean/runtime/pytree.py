@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.abc
+import json
 import sys
 import threading
 import warnings
@@ -169,8 +170,14 @@ def _wrap(leaf: Any, dims: tuple[int, ...]) -> AnyTensor[Any]:
             backend = OPAQUE
     if backend is NUMPY:
         leaf = _keep_numpy(leaf)
-    with contextlib.suppress(Exception):  # no shape, or a symbolic one: keep the entry's
-        dims = tuple(int(d) for d in leaf.shape)
+    shape = getattr(leaf, "shape", None)
+    if type(shape) is tuple:  # numpy, jax, ShapeDtypeStruct: a tuple already
+        dims = shape
+    elif isinstance(shape, tuple):  # torch.Size
+        dims = tuple(shape)
+    elif shape is not None:
+        with contextlib.suppress(TypeError, ValueError):  # not ints: keep the entry's
+            dims = tuple(int(d) for d in shape)
     return AnyTensor._make(dims, leaf, backend)
 
 
@@ -205,6 +212,25 @@ def _unflatten_torch(children: Iterable[Any], layout: Layout) -> RuntimeContext[
     return _unflatten(layout, children)
 
 
+def _layout_to_json(layout: Layout) -> str:
+    """The layout as JSON, for ``torch.utils._pytree.treespec_dumps`` (torch.export)."""
+    return json.dumps(layout._asdict())
+
+
+def _layout_from_json(text: str) -> Layout:
+    """The inverse of :func:`_layout_to_json`: lists back to tuples."""
+    raw = json.loads(text)
+    pin = raw["pin"]
+    return Layout(
+        tuple(raw["variables"]),
+        tuple(tuple(d) for d in raw["variable_dims"]),
+        tuple(raw["gradients"]),
+        tuple(tuple(d) for d in raw["gradient_dims"]),
+        int(raw["next_id"]),
+        None if pin is None else (pin[0], pin[1]),
+    )
+
+
 # ---------------------------------------------------------------------- registration
 
 _LOCK: Final = threading.RLock()
@@ -232,6 +258,8 @@ def _register_torch() -> None:
             _flatten,
             _unflatten_torch,
             serialized_type_name="torchlean.runtime.context.RuntimeContext",
+            to_dumpable_context=_layout_to_json,
+            from_dumpable_context=_layout_from_json,
             flatten_with_keys_fn=_flatten_with_keys,  # type: ignore[arg-type]
         )
     except ValueError as e:  # registered before this module was (re)loaded
@@ -260,7 +288,8 @@ def register(*libraries: Library) -> tuple[str, ...]:
     a library named but not installed raises :class:`~torchlean.errors.BackendError`.
     Idempotent: registering twice does nothing. Returns the libraries registered so
     far. Registration also happens by itself when jax or torch is imported, so this is
-    needed only where that could not be seen (see the module docstring).
+    needed only where that could not be seen (see the module docstring). Cost: the
+    import of each library the first time.
     """
     wanted = libraries or LIBRARIES
     for library in wanted:

@@ -19,7 +19,7 @@ Reading map:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -222,19 +222,71 @@ class _AnyTensorSource:
     def device(self) -> str:
         return self._at.device
 
-    def head(self, n: int) -> np.ndarray[Any, Any]:
+    def _flat(self) -> Any:
+        """The tensor as a flat view, or None when flattening would copy all of it (a
+        non-contiguous torch tensor)."""
         t = self._at.t
-        flat = t.reshape(-1) if self._at.dims != () else t.reshape(1)
+        if self._at.backend == "torch" and not t.is_contiguous():
+            return None
+        return t.reshape(-1) if self._at.dims != () else t.reshape(1)
+
+    def head(self, n: int) -> np.ndarray[Any, Any]:
+        flat = self._flat()
+        if flat is None:
+            index = block_index(self._at.dims, 0, n)
+            part = self._at._backend.to_numpy(self._at.t[index])
+            return np.asarray(part).reshape(-1)[:n]
         return self._at._backend.to_numpy(flat[:n])
 
     def sample(self, limit: int) -> tuple[np.ndarray[Any, Any], bool]:
-        t = self._at.t
         numel = math.prod(self._at.dims)
-        flat = t.reshape(-1) if self._at.dims != () else t.reshape(1)
+        flat = self._flat()
         if numel <= limit:
+            if flat is None:
+                return np.asarray(self._at._backend.to_numpy(self._at.t)).reshape(-1), False
             return self._at._backend.to_numpy(flat), False
+        if flat is None:
+            return sample_blocks(
+                lambda index: self._at._backend.to_numpy(self._at.t[index]), self._at.dims, limit
+            ), True
         step = -(-numel // limit)
         return self._at._backend.to_numpy(flat[::step]), True
+
+
+#: A block sample of a big tensor is this many evenly spaced contiguous blocks.
+SAMPLE_BLOCKS = 64
+
+
+def sample_blocks(
+    read: Callable[[tuple[slice, ...]], Any], dims: tuple[int, ...], limit: int
+) -> np.ndarray[Any, Any]:
+    """About ``limit`` elements of a tensor of shape ``dims`` (at least one per block):
+    :data:`SAMPLE_BLOCKS` contiguous blocks at evenly spaced flat positions, each
+    fetched by ``read(index)``. Cost: O(limit) elements read."""
+    budget = max(1, limit // SAMPLE_BLOCKS)
+    numel = math.prod(dims)
+    parts = [
+        np.asarray(read(block_index(dims, k * numel // SAMPLE_BLOCKS, budget))).reshape(-1)
+        for k in range(SAMPLE_BLOCKS)
+    ]
+    return np.concatenate(parts)
+
+
+def block_index(shape: tuple[int, ...], start: int, budget: int) -> tuple[slice, ...]:
+    """An index of a contiguous block of at most ``budget`` elements (at least one)
+    that begins at the flat position ``start`` rounded down to a whole block row."""
+    index: list[slice] = []
+    rest = start
+    for axis, size in enumerate(shape):
+        inner = math.prod(shape[axis + 1 :])
+        at = rest // inner if inner else 0
+        rest -= at * inner
+        if inner <= budget:
+            stop = min(size, at + max(1, budget // max(inner, 1)))
+            index.append(slice(at, stop))
+            return tuple(index)
+        index.append(slice(at, at + 1))
+    return tuple(index)
 
 
 def source_of(at: AnyTensor[Any]) -> TensorSource:
@@ -254,7 +306,12 @@ def summarize(
     Cost: O(total elements) for ``check`` (exact NaN/inf counts), plus O(sample_limit)
     per tensor for the statistics.
     """
-    report = ctx.check()
+    from torchlean.errors import DonatedContextError
+
+    try:
+        report = ctx.check()
+    except DonatedContextError as e:  # nothing left to show; say why
+        return Summary(title=f"RuntimeContext: {e}", variables=(), gradients=(), problems=())
     variables = [(name, source_of(at)) for name, at in ctx._v.entries()]
     gradients = [(name, source_of(at)) for name, at in ctx._g.entries()]
     n_v, n_g = len(variables), len(gradients)
