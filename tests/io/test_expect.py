@@ -91,3 +91,43 @@ def test_load_into_leaves_module_unchanged_when_wrong() -> None:
     assert "mismatched `0.weight`: expected dtype float32, got float64" in str(info.value)
     for n, t in dst.state_dict().items():
         assert torch.equal(t, before[n])
+
+
+def test_expectation_is_checked_before_any_tensor_data_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchlean.io import safetensors as st_module
+
+    path = tmp_path / "w.safetensors"
+    tio.save(empty_context().register_variable("w", np.ones(3, np.float32)), path)
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tensor data was read")
+
+    monkeypatch.setattr(st_module, "_read_numpy", no_reading)
+    with pytest.raises(
+        ExpectationError, match=r"mismatched `w`: expected shape \(4,\), got \(3,\)"
+    ):
+        tio.load(path, expect={"w": (4,)})
+
+
+def test_importing_torchlean_io_imports_neither_torch_nor_jax() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torchlean, torchlean.io, torchlean.io.safetensors, torchlean.io.npz,"
+        " torchlean.io.torchlean_json, torchlean.io.torch, torchlean.io.expect;"
+        "print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_strip_prefix_refuses_to_merge_two_names(tmp_path: Path) -> None:
+    ctx = empty_context().register_variable("module.w", np.ones(1, np.float32))
+    ctx = ctx.register_variable("w", np.ones(2, np.float32))
+    path = tmp_path / "c.safetensors"
+    tio.save(ctx, path)
+    with pytest.raises(ValueError, match=r"would give variables `w` and `module\.w` the same"):
+        tio.load(path, strip_prefix="module.")

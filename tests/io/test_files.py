@@ -296,3 +296,29 @@ def test_inspect_reads_header_and_heads(tmp_path: Path) -> None:
 def test_unknown_suffix() -> None:
     with pytest.raises(ValueError, match=r"cannot tell the format from the suffix \.bin"):
         tio.load("weights.bin")
+
+
+def test_inspect_a_multi_gigabyte_file_reads_the_header_only(tmp_path: Path) -> None:
+    import struct
+
+    # A sparse 3 GiB file: the data is never written, so reading it would be noticed
+    # only as time; inspect must answer from the header and read a few bytes for head.
+    shape = [1024, 1024, 768]
+    size = 4 * 1024 * 1024 * 768
+    header = json.dumps(
+        {"big": {"dtype": "F32", "shape": shape, "data_offsets": [0, size]}}
+    ).encode()
+    path = tmp_path / "big.safetensors"
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + size)
+    summary = tio.inspect(path)
+    (info,) = summary.entries
+    assert (info.name, info.shape, info.dtype, info.nbytes) == (
+        "big",
+        tuple(shape),
+        "float32",
+        size,
+    )
+    assert summary.head("big", 5).tolist() == [0.0] * 5
+    assert "3.0 GiB" in str(summary)

@@ -198,3 +198,56 @@ def tio_error() -> type[Exception]:
     from torchlean.errors import FormatError
 
     return FormatError
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz", "json", "pt"])
+def test_loaded_numpy_arrays_cannot_be_written(tmp_path: Path, fmt: str) -> None:
+    path = tmp_path / f"c.{fmt}"
+    tio.save(empty_context().register_variable("w", np.ones((2, 2), np.float32)), path)
+    w = tio.load(path)["w"]
+    with pytest.raises(ValueError, match="read-only"):
+        w[0, 0] = 5.0
+    with pytest.raises(ValueError, match="cannot set WRITEABLE flag"):
+        w.setflags(write=True)
+
+
+def test_torch_tensors_from_safetensors_are_watched(tmp_path: Path) -> None:
+    from torchlean.errors import InPlaceModificationError
+
+    path = tmp_path / "c.safetensors"
+    tio.save(empty_context().register_variable("w", np.ones(3, np.float32)), path)
+    ctx = tio.load(path, backend="torch")
+    ctx["w"].add_(1.0)
+    with pytest.raises(InPlaceModificationError):
+        ctx.variable("w")
+    assert tio.load(path)["w"].tolist() == [1.0, 1.0, 1.0]  # the file never changes
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ctx=contexts(), fmt=st.sampled_from(FULL))
+def test_property_whole_context_as_torch(
+    tmp_path: Path, ctx: RuntimeContext[Any], fmt: str
+) -> None:
+    path = tmp_path / f"p.{fmt}"
+    tio.save(ctx, path)
+    back = tio.load(path, backend="torch")
+    assert all(at.backend == "torch" for _, at in back.var_registry + back.gradients)
+    same_context(back, ctx)
+    # and back again: a context of torch tensors saves to the same bits
+    tio.save(back, path)
+    same_context(tio.load(path), ctx)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ctx=contexts())
+def test_property_pt_variables(tmp_path: Path, ctx: RuntimeContext[Any]) -> None:
+    path = tmp_path / "p.pt"
+    tio.save(ctx, path)
+    back = tio.load(path)
+    want = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in ctx._v.visible()]
+    got = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in back._v.visible()]
+    assert got == want

@@ -144,11 +144,18 @@ def strip_names(ctx: RuntimeContext[Any], prefix: str) -> RuntimeContext[Any]:
     Cost: O(n log n).
     """
 
-    def rename(registry: Registry) -> Registry:
+    def rename(registry: Registry, kind: str) -> Registry:
         entries = [(_strip(n, prefix), at) for n, at in registry.entries()]
+        origin: dict[str, str] = {}
+        for (new, _), old in zip(entries, registry.names(), strict=True):
+            if origin.setdefault(new, old) != old:
+                raise ValueError(
+                    f"strip_prefix={prefix!r} would give {kind}s `{origin[new]}` and"
+                    f" `{old}` the same name `{new}`"
+                )
         return EMPTY.push_many(entries[::-1])
 
-    return ctx._derive(rename(ctx._v), rename(ctx._g), ctx.next_id)
+    return ctx._derive(rename(ctx._v, "variable"), rename(ctx._g, "gradient"), ctx.next_id)
 
 
 def inspect(path: str | os.PathLike[str], *, format: str | None = None) -> FileSummary:

@@ -18,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 
 from torchlean.errors import BackendError, FormatError
-from torchlean.runtime._backends import NUMPY, Backend, backend_of
+from torchlean.runtime._backends import NUMPY, Backend, backend_of, dtype_name
 from torchlean.runtime._registry import EMPTY
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.context import RuntimeContext
@@ -61,7 +61,10 @@ def check_backend(backend: str) -> None:
 def convert(array: np.ndarray[Any, Any], backend: str, what: str) -> tuple[Any, Backend]:
     """``array`` (owned by the caller, who gives it up) in the array library ``backend``."""
     if backend == "numpy":
-        return NUMPY.adopt(array), NUMPY
+        return _seal(array), NUMPY
+    if backend == "torch" and _is_torch_tensor(array):
+        b = backend_of(array)
+        return b.adopt(array), b
     if backend == "torch":
         import torch
 
@@ -88,6 +91,28 @@ def convert(array: np.ndarray[Any, Any], backend: str, what: str) -> tuple[Any, 
     return b.freeze(x), b
 
 
+def _is_torch_tensor(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _seal(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """A read-only view of a fresh array nobody else holds, without a copy.
+
+    Every ndarray in its base chain is made read-only, so the view can never be made
+    writeable again; memory owned by something other than an array or an immutable
+    ``bytes`` (a memory map, a bytearray) is copied instead.
+    """
+    chain = [array]
+    while isinstance(chain[-1].base, np.ndarray):
+        chain.append(chain[-1].base)
+    owner = chain[-1].base
+    if owner is not None and not isinstance(owner, bytes):
+        return NUMPY.freeze(array)
+    for a in chain:
+        a.setflags(write=False)
+    return array.view()
+
+
 def build_context(
     variables: Sequence[Entry],
     gradients: Sequence[Entry],
@@ -107,13 +132,14 @@ def build_context(
     def wrap(kind: str, name: str, array: np.ndarray[Any, Any]) -> AnyTensor[Any]:
         at = converted.get(id(array))
         if at is None:
-            if pin is not None and array.dtype.name != pin:
+            got = dtype_name(array.dtype)
+            if pin is not None and got != pin:
                 raise FormatError(
-                    f"{os.fspath(path)}: {kind} `{name}` has dtype {array.dtype.name} but"
+                    f"{os.fspath(path)}: {kind} `{name}` has dtype {got} but"
                     f" the file says the context holds {pin} only"
                 )
             value, b = convert(array, backend, f"{kind} `{name}`")
-            at = AnyTensor._make(tuple(int(d) for d in array.shape), value, b)
+            at = AnyTensor._make(tuple(int(d) for d in value.shape), value, b)
             converted[id(array)] = at
         return at
 

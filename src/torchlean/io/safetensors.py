@@ -127,7 +127,7 @@ def save_safetensors(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> 
         serialize_file(specs, tmp, metadata=metadata)
 
 
-def _open(path: str | os.PathLike[str]) -> Any:
+def _open(path: str | os.PathLike[str], framework: str = "numpy") -> Any:
     from safetensors import safe_open
 
     with contextlib.suppress(ImportError):  # registers bfloat16 with numpy for safe_open
@@ -135,7 +135,7 @@ def _open(path: str | os.PathLike[str]) -> Any:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{os.fspath(path)}: no such file")
     try:
-        return safe_open(os.fspath(path), framework="numpy")
+        return safe_open(os.fspath(path), framework=framework)
     except Exception as e:
         raise FormatError(f"{os.fspath(path)}: not a valid safetensors file: {e}") from None
 
@@ -208,35 +208,63 @@ def _layout(
     return variables, gradients, next_id, pin, True
 
 
+def _read_numpy(path: str | os.PathLike[str], keys: set[str]) -> dict[str, np.ndarray[Any, Any]]:
+    """The tensors ``keys`` of a file that safe_open has validated, as numpy arrays that
+    are views of one fresh buffer (one read, no copy per tensor, no memory map)."""
+    where = os.fspath(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        spans = {k: header[k] for k in keys}
+        start = min((s["data_offsets"][0] for s in spans.values()), default=0)
+        stop = max((s["data_offsets"][1] for s in spans.values()), default=0)
+        buf = np.empty(stop - start, dtype=np.uint8)
+        f.seek(8 + n + start)
+        view = buf.data
+        got = 0
+        while got < len(buf):
+            k = f.readinto(view[got:])
+            if not k:
+                raise FormatError(f"{where}: truncated while reading tensor data")
+            got += k
+    out: dict[str, np.ndarray[Any, Any]] = {}
+    for key, spec in spans.items():
+        code = spec["dtype"]
+        name = _DTYPES.get(code)
+        if name is None:
+            raise FormatError(f"{where}: tensor `{key}` has dtype {code}, which numpy cannot hold")
+        dtype = numpy_dtype(name).newbyteorder("<")
+        begin, end = spec["data_offsets"]
+        out[key] = buf[begin - start : end - start].view(dtype).reshape(spec["shape"])
+    return out
+
+
 def load_safetensors(
     path: str | os.PathLike[str], *, backend: str = "numpy"
 ) -> RuntimeContext[Any]:
     """Read a context written by :func:`save_safetensors` (or any safetensors file).
 
+    safetensors validates the header; numpy (and jax) arrays are then read with one
+    read into one fresh buffer, and torch tensors come from safetensors' torch reader.
     Every tensor is read once, even when several entries share it. Cost: O(total bytes).
     """
     check_backend(backend)
-    with _open(path) as f:
+    with _open(path, "pt" if backend == "torch" else "numpy") as f:
         variables, gradients, next_id, pin, _ = _layout(path, f)
-        arrays: dict[str, np.ndarray[Any, Any]] = {}
-
-        def get(key: str) -> np.ndarray[Any, Any]:
-            a = arrays.get(key)
-            if a is None:
+        keys = {k for _, k in variables} | {k for _, k in gradients}
+        if backend == "torch":
+            arrays: dict[str, Any] = {}
+            for key in keys:
                 try:
-                    a = f.get_tensor(key)
-                    shape = tuple(f.get_slice(key).get_shape())
+                    arrays[key] = f.get_tensor(key)
                 except Exception as e:
                     raise FormatError(
                         f"{os.fspath(path)}: cannot read tensor `{key}`: {e}"
                     ) from None
-                if a.shape != shape:  # safetensors' numpy reader gives (1,) for a scalar
-                    a = a.reshape(shape)
-                arrays[key] = a
-            return a
-
-        v = [(name, get(key)) for name, key in variables]
-        g = [(name, get(key)) for name, key in gradients]
+        else:
+            arrays = _read_numpy(path, keys)
+    v = [(name, arrays[key]) for name, key in variables]
+    g = [(name, arrays[key]) for name, key in gradients]
     return build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
 
 

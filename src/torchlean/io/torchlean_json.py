@@ -26,7 +26,6 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -34,6 +33,7 @@ import numpy as np
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_write_bytes
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
+from torchlean.io._json_fast import Flat, fast_document
 from torchlean.runtime._backends import dtype_name
 from torchlean.runtime.context import RuntimeContext
 
@@ -108,6 +108,10 @@ class _Duplicate(Exception):
     pass
 
 
+class _NeedExact(Exception):
+    """The fast reader cannot give this document's values exactly; read it slowly."""
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -117,19 +121,43 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _count_keys(x: Any) -> int:
-    n = 0
-    stack = [x]
+def _tensor_values(doc: Any) -> Any:
+    """The object whose values are the tensors (``params`` or the bare document)."""
+    if type(doc) is dict:
+        params = doc.get("params")
+        return params if type(params) is dict else doc
+    return None
+
+
+def _census(doc: Any) -> tuple[int, int, int]:
+    """Keys, strings and literals (true/false/null) outside the tensors' nested lists."""
+    keys = strings = literals = 0
+    tensors = _tensor_values(doc)
+    stack = [doc]
     while stack:
-        y = stack.pop()
-        if type(y) is dict:
-            n += len(y)
-            stack.extend(v for v in y.values() if type(v) is dict)
-    return n
+        x = stack.pop()
+        if type(x) is dict:
+            keys += len(x)
+            for v in x.values():
+                if type(v) is list and x is tensors:
+                    continue  # a tensor: not walked (its leaves are checked by the census)
+                stack.append(v)
+        elif type(x) is list:
+            stack.extend(x)
+        elif type(x) is str:
+            strings += 1
+        elif x is None or type(x) is bool:
+            literals += 1
+    return keys, strings, literals
 
 
-def _parse(data: bytes, where: str) -> Any:
-    """Parse JSON text; duplicate keys, NaN and bad syntax raise FormatError."""
+def _parse(data: bytes, where: str) -> tuple[Any, bool]:
+    """Parse JSON text; duplicate keys, NaN and bad syntax raise FormatError.
+
+    Also returns whether the tensors' nested lists can hold numbers only: true when the
+    file has no more quotes and ``true``/``false``/``null`` than the rest of the document
+    accounts for (then no string or literal hides among the numbers).
+    """
     import orjson
 
     try:
@@ -140,14 +168,18 @@ def _parse(data: bytes, where: str) -> Any:
         if "unexpected end of data" in str(e):
             raise FormatError(f"{where}: truncated JSON ({e})") from None
         raise FormatError(f"{where}: not valid JSON ({e})") from None
+    keys, strings, literals = _census(doc)
     # Each ':' outside a string belongs to one key; when they are as many as the keys
-    # orjson kept (only dicts below dicts hold keys here), no key was repeated.
-    if data.count(b":") != _count_keys(doc):
+    # orjson kept, no key was repeated (a ':' inside a string only costs a re-check).
+    if data.count(b":") != keys:
         try:
             json.loads(data, object_pairs_hook=_no_duplicates)
         except _Duplicate as e:
             raise FormatError(f"{where}: duplicate key `{e.args[0]}`") from None
-    return doc
+    numbers_only = data.count(b'"') == 2 * (keys + strings) and (
+        data.count(b"true") + data.count(b"false") + data.count(b"null") == literals
+    )
+    return doc, numbers_only
 
 
 def _index(path: tuple[int, ...]) -> str:
@@ -178,9 +210,8 @@ def _explain(name: str, value: Any, where: str) -> FormatError:
                 )
             if len(x) != expected[depth]:
                 return FormatError(
-                    f"{where}: tensor `{name}` has ragged nesting: {_index(at) or 'the top'}"
-                    f" has {len(x)} elements but {_index(at[:-1]) + '[0]' if at else ''}"
-                    f" has {expected[depth]}".replace("  ", " ")
+                    f"{where}: tensor `{name}` has ragged nesting: {_index(at)} has"
+                    f" {len(x)} elements but {_index(at[:-1])}[0] has {expected[depth]}"
                 )
             for i, y in enumerate(x):
                 e = walk(y, (*at, i))
@@ -203,11 +234,26 @@ def _explain(name: str, value: Any, where: str) -> FormatError:
     return found or FormatError(f"{where}: tensor `{name}` is not a regular array of numbers")
 
 
-def _to_array(name: str, value: Any, dtype: np.dtype[Any], where: str) -> np.ndarray[Any, Any]:
+def _to_array(
+    name: str, value: Any, dtype: np.dtype[Any], where: str, numbers_only: bool = False
+) -> np.ndarray[Any, Any]:
     """A nested list of numbers as an array of ``dtype``; FormatError names the spot.
 
-    Checks a level at a time with C-speed set/map passes, then converts the flat leaves.
+    When the leaves are known to be numbers (``numbers_only``) and ``dtype`` is a float
+    type, numpy converts the nested lists in one call (it refuses ragged nesting);
+    otherwise a level at a time is checked with C-speed set/map passes.
     """
+    if type(value) is Flat:
+        if dtype.kind in "iub":
+            raise _NeedExact  # integers must be read exactly, not through float64
+        return _narrow(value.values, dtype, name, where).reshape(value.dims)
+    if numbers_only and dtype.kind == "f" and type(value) is list:
+        try:
+            wide = np.array(value, dtype=np.float64)
+        except (ValueError, TypeError, OverflowError):
+            pass  # the checks below say exactly what is wrong
+        else:
+            return _narrow(wide.reshape(-1), dtype, name, where).reshape(wide.shape)
     if type(value) in _LEAF_TYPES:
         leaves: list[Any] = [value]
         dims: list[int] = []
@@ -260,12 +306,30 @@ def _to_array(name: str, value: Any, dtype: np.dtype[Any], where: str) -> np.nda
                         f"{where}: tensor `{name}` holds values out of range for {dtype.name}"
                     )
         else:
-            out = np.array(leaves, dtype=np.float64).astype(dtype)
+            out = _narrow(np.array(leaves, dtype=np.float64), dtype, name, where)
     except OverflowError:
         raise FormatError(
             f"{where}: tensor `{name}` holds a number too large for {dtype.name}"
         ) from None
     return out.reshape(dims)
+
+
+def _narrow(
+    wide: np.ndarray[Any, Any], dtype: np.dtype[Any], name: str, where: str
+) -> np.ndarray[Any, Any]:
+    """Flat float64 values rounded to ``dtype`` (as numpy rounds); a finite number that
+    overflows ``dtype`` raises FormatError naming the tensor and the flat index."""
+    if dtype == np.float64:
+        return wide
+    with np.errstate(over="ignore"):
+        out = wide.astype(dtype)
+    if dtype.kind != "c" and not np.isfinite(out).all():
+        i = int(np.flatnonzero(~np.isfinite(out))[0])
+        raise FormatError(
+            f"{where}: tensor `{name}` holds {wide[i]!r} at flat index {i}, which is out of"
+            f" range for {dtype.name}"
+        )
+    return out
 
 
 def _meta_dtype(value: Any, where: str, what: str) -> np.dtype[Any]:
@@ -294,7 +358,7 @@ def _agrees(data: tuple[int, ...], meta: tuple[int, ...]) -> bool:
 
 
 def parse_document(
-    doc: Any, where: str
+    doc: Any, where: str, numbers_only: bool = False
 ) -> tuple[list[tuple[str, np.ndarray[Any, Any]]], dict[str, Any]]:
     """The ``(name, array)`` pairs of a parsed document, in its order, and its ``meta``."""
     if not isinstance(doc, dict):
@@ -327,7 +391,7 @@ def parse_document(
             dtype = _meta_dtype(info["dtype"], where, f"meta dtype of `{name}`")
         else:
             dtype = descriptor_dtype or np.dtype(DEFAULT_DTYPE)
-        array = _to_array(name, value, dtype, where)
+        array = _to_array(name, value, dtype, where, numbers_only)
         if "shape" in info:
             shape = _meta_shape(info["shape"], where, name)
             if not _agrees(array.shape, shape):
@@ -344,19 +408,29 @@ def _read(path: str | os.PathLike[str]) -> bytes:
         return f.read()
 
 
+def read_document(
+    data: bytes, where: str
+) -> tuple[list[tuple[str, np.ndarray[Any, Any]]], dict[str, Any]]:
+    """The ``(name, array)`` pairs and ``meta`` of a TorchLean JSON text.
+
+    Tries the fast reader (:mod:`torchlean.io._json_fast`) first; anything it does not
+    take is read with orjson and checked element by element. Cost: O(len(data)).
+    """
+    fast = fast_document(data)
+    if fast is not None:
+        try:
+            return parse_document(fast, where, True)
+        except _NeedExact:
+            pass
+    doc, numbers_only = _parse(data, where)
+    return parse_document(doc, where, numbers_only)
+
+
 def load_json(path: str | os.PathLike[str], *, backend: str = "numpy") -> RuntimeContext[Any]:
     """Read a TorchLean JSON file as a context: one variable per tensor, in file order.
 
     Cost: O(file size).
     """
     check_backend(backend)
-    where = os.fspath(path)
-    pairs, _ = parse_document(_parse(_read(path), where), where)
+    pairs, _ = read_document(_read(path), os.fspath(path))
     return build_context(pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path)
-
-
-def iter_document(path: str | os.PathLike[str]) -> Iterator[tuple[str, np.ndarray[Any, Any]]]:
-    """The tensors of a TorchLean JSON file, in file order (for :func:`inspect`)."""
-    where = os.fspath(path)
-    pairs, _ = parse_document(_parse(_read(path), where), where)
-    yield from pairs

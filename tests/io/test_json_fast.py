@@ -1,0 +1,126 @@
+"""The fast JSON reader gives exactly what the slow, element-by-element reader gives."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from torchlean.errors import FormatError
+from torchlean.io import torchlean_json as tj
+from torchlean.io._json_fast import fast_document, skeleton_dims
+
+
+def slow(data: bytes) -> Any:
+    doc, numbers_only = tj._parse(data, "f.json")
+    return tj.parse_document(doc, "f.json", numbers_only)
+
+
+def outcome(read: Any, data: bytes) -> Any:
+    try:
+        pairs, _ = read(data, "f.json") if read is tj.read_document else read(data)
+    except FormatError as e:
+        return ("error", str(e))
+    return [(n, a.dtype.name, a.shape, a.tobytes()) for n, a in pairs]
+
+
+numbers = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(-(2**60), 2**60),
+)
+leaf = st.one_of(numbers, numbers, numbers, st.just(True), st.just("1.5"), st.none())
+
+
+def nested(dims: tuple[int, ...], draw: Any) -> Any:
+    if not dims:
+        return draw(numbers)
+    return [nested(dims[1:], draw) for _ in range(dims[0])]
+
+
+@st.composite
+def documents(draw: Any) -> bytes:
+    params: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    for i in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from(["w", "b", "layer.0.weight", "é", "a:b"])) + str(i)
+        dims = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
+        value = nested(dims, draw)
+        damage = draw(st.sampled_from(["none", "none", "none", "ragged", "leaf", "deeper"]))
+        if damage != "none" and isinstance(value, list) and value:
+            if damage == "ragged":
+                value.append([] if isinstance(value[0], list) else [1.0])
+            elif damage == "leaf":
+                value[-1] = draw(leaf)
+            else:
+                value[0] = [value[0]]
+        params[name] = value
+        if draw(st.booleans()):
+            shape = list(dims) if draw(st.booleans()) else [*dims, 1]
+            meta[name] = {"shape": shape, "dtype": draw(
+                st.sampled_from(["torch.float32", "float64", "torch.int64", "float16"])
+            )}  # fmt: skip
+    layout = draw(st.sampled_from(["per-tensor", "descriptor", "bare"]))
+    if layout == "bare":
+        doc: Any = params
+    elif layout == "descriptor":
+        doc = {"params": params, "meta": {"format": "TorchLean.X", "dtype": "float32"}}
+    else:
+        doc = {"params": params, "meta": meta}
+    indent = draw(st.sampled_from([None, 2]))
+    return json.dumps(doc, indent=indent, ensure_ascii=draw(st.booleans())).encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=documents())
+def test_fast_reader_agrees_with_slow_reader(data: bytes) -> None:
+    assert outcome(tj.read_document, data) == outcome(slow, data)
+
+
+def test_fast_reader_takes_clean_documents() -> None:
+    a = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    data = json.dumps({"params": {"w": a.tolist(), "s": 2.5}, "meta": {}}, indent=2).encode()
+    fast = fast_document(data)
+    assert fast is not None
+    assert fast["params"]["w"].dims == (3, 4)
+    assert outcome(tj.read_document, data) == outcome(slow, data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"params": {"w": [[1, 2], [3]]}}',
+        b'{"params": {"w": [[1, 2], 3]}}',
+        b'{"params": {"w": [1, [2]]}}',
+        b'{"params": {"w": [1, 2], "w": [3]}}',
+        b'{"params": {"w": [1, true]}}',
+        b'{"params": {"w\\"x": [1, 2]}}',
+        b'{"w": [1, 2], "meta": {"w": [1, 2]}}',
+    ],
+)
+def test_fast_reader_declines_what_it_cannot_vouch_for(data: bytes) -> None:
+    assert fast_document(data) is None
+
+
+@pytest.mark.parametrize(
+    ("skeleton", "count", "dims"),
+    [
+        (b"[]", 0, (0,)),
+        (b"[]", 1, (1,)),
+        (b"[,,]", 3, (3,)),
+        (b"[[,,],[,,]]", 6, (2, 3)),
+        (b"[[,,],[,]]", 5, None),
+        (b"[[],[]]", 2, (2, 1)),
+        (b"[[],[]]", 1, None),
+        (b"[[],[]]", 0, None),
+        (b"[,[,]]", 3, None),
+        (b"[[,],[,]]]", 4, None),
+        (b"[[[,],[,]],[[,],[,]],[[,],[,]]]", 12, (3, 2, 2)),
+    ],
+)
+def test_skeleton_dims(skeleton: bytes, count: int, dims: tuple[int, ...] | None) -> None:
+    assert skeleton_dims(skeleton, count) == dims
