@@ -67,7 +67,9 @@ def two_moons(n: int, *, noise: float = 0.1, seed: int = SEED) -> tuple[np.ndarr
 
 
 def init_mlp(backend: str, *, seed: int = SEED) -> Any:
-    """The MLP 2-64-64-2 (``fc1``, ``fc2``, ``fc3``), initialized as ``nn.Linear`` does."""
+    """The MLP 2-64-64-2 (``fc1``, ``fc2``, ``fc3``), initialized as ``nn.Linear`` does.
+
+    Cost: O(parameters)."""
     from torchlean import RuntimeContext
 
     rng = np.random.default_rng(seed)
