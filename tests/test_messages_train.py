@@ -15,6 +15,8 @@ from torchlean.errors import (
     BackendError,
     DonatedContextError,
     DTypeMismatchError,
+    ExpectationError,
+    FormatError,
     ShapeMismatchError,
     UnknownNameError,
 )
@@ -155,3 +157,73 @@ def test_step_messages() -> None:
 def test_hyperparameter_messages(call: object, text: str) -> None:
     with pytest.raises(ValueError, match=exact(text)):
         call()  # type: ignore[operator]
+
+
+def _loss(c: RuntimeContext[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    return (c["w"] * x).sum()
+
+
+def test_fit_messages(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from torchlean.train import fit
+
+    folder = Path(str(tmp_path))
+    opt = optim.sgd(lr=0.1)
+    one = torch.ones(2, 3)
+    with pytest.raises(ValueError, match=exact("steps must be >= 0, got -1")):
+        fit(ctx(), _loss, opt, [one], steps=-1, progress=False)
+    with pytest.raises(ValueError, match=exact("checkpoint_every needs a checkpoint_dir")):
+        fit(ctx(), _loss, opt, [one], steps=1, checkpoint_every=1, progress=False)
+    with pytest.raises(ValueError, match=exact("resume=True needs a checkpoint_dir")):
+        fit(ctx(), _loss, opt, [one], steps=1, resume=True, progress=False)
+    missing = folder / "nope.safetensors"
+    text = f"cannot resume from {missing}: no such checkpoint file"
+    with pytest.raises(FormatError, match=exact(text)):
+        fit(ctx(), _loss, opt, [one], steps=1, resume=missing, progress=False)
+    with pytest.raises(ValueError, match=exact("the data ran out of batches before the last step")):
+        fit(ctx(), _loss, opt, [one, one], steps=3, progress=False)
+    fit(
+        ctx(),
+        _loss,
+        opt,
+        [one] * 4,
+        steps=4,
+        checkpoint_dir=folder,
+        checkpoint_every=4,
+        progress=False,
+    )
+    with pytest.raises(
+        ValueError,
+        match=exact("resuming at step 4 needs 4 batches to skip, but the data has only 2"),
+    ):
+        fit(
+            ctx(),
+            _loss,
+            opt,
+            [one, one],
+            steps=6,
+            checkpoint_dir=folder,
+            resume=True,
+            progress=False,
+        )
+    other = RuntimeContext.from_state_dict({"w": torch.ones(3)})
+    with pytest.raises(
+        ExpectationError,
+        match=exact(
+            f"checkpoint {folder / 'step-000004.safetensors'} does not fit this model and optimizer:"
+            " tensor `model/w` is float32 (2, 3) but float32 (3,) is expected;"
+            " missing tensor `optim/momentum_buffer/w`;"
+            " unexpected tensor `model/b`; unexpected tensor `optim/step/b`"
+        ),
+    ):
+        fit(
+            other,
+            _loss,
+            optim.sgd(lr=0.1, momentum=0.9),
+            [one],
+            steps=6,
+            checkpoint_dir=folder,
+            resume=True,
+            progress=False,
+        )

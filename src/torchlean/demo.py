@@ -265,11 +265,21 @@ def cli_main(argv: list[str]) -> int:
     if args.steps < 1:
         print("torchlean demo: error: --steps must be at least 1", file=sys.stderr)
         return 2
+    threads = None
     if args.backend == "torch":
         import torch
 
         # The model is tiny: one thread beats two that spin-wait on a busy machine.
+        threads = torch.get_num_threads()
         torch.set_num_threads(1)
+    try:
+        return _main(args)
+    finally:
+        if threads is not None:
+            torch.set_num_threads(threads)
+
+
+def _main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from torchlean.widgets import rich_renderable
