@@ -18,6 +18,7 @@ from torchlean.errors import (
     ExpectationError,
     FormatError,
     ShapeMismatchError,
+    TorchLeanError,
     UnknownNameError,
 )
 
@@ -123,6 +124,19 @@ def test_step_messages() -> None:
         ),
     ):
         opt.step(mixed, opt.init(mixed))
+    shared = torch.ones(3)
+    tied = RuntimeContext.from_state_dict({"a": shared, "b": shared})
+    tied = tied.register_gradient("a", torch.ones(3)).register_gradient("b", torch.ones(3))
+    with pytest.raises(
+        TorchLeanError,
+        match=exact(
+            "optimizer step: variables `a` and `b` share one buffer, which an in-place step would"
+            " update twice; register a copy (tensor.clone()) or pass donate=False;"
+            " nothing was updated"
+        ),
+    ):
+        opt.step(tied, opt.init(tied))
+    assert tied["a"].tolist() == [1.0, 1.0, 1.0]
     good = ctx().register_gradient("b", torch.ones(3))
     opt.step(good, state)
     with pytest.raises(
@@ -211,7 +225,8 @@ def test_fit_messages(tmp_path: object) -> None:
     with pytest.raises(
         ExpectationError,
         match=exact(
-            f"checkpoint {folder / 'step-000004.safetensors'} does not fit this model and optimizer:"
+            f"checkpoint {folder / 'step-000004.safetensors'} does not fit this model and"
+            " optimizer:"
             " tensor `model/w` is float32 (2, 3) but float32 (3,) is expected;"
             " missing tensor `optim/momentum_buffer/w`;"
             " unexpected tensor `model/b`; unexpected tensor `optim/step/b`"

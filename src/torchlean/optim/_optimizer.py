@@ -168,6 +168,8 @@ class Optimizer:
                 " nothing was updated"
             )
         if backend == "torch":
+            if donate:
+                _refuse_aliases(names, params)
             lr = self.lr_at(int(count.item())) if callable(h.lr) else h.lr
             new_p, new_s, new_steps, new_count = _torch_update(
                 h,
@@ -410,6 +412,23 @@ def _count_zero(backend: str, t: Any) -> Any:
     import numpy as np
 
     return np.zeros((), np.int64)
+
+
+def _refuse_aliases(names: list[str], params: list[AnyTensor[Any]]) -> None:
+    """Refuse to update one buffer twice in place (a tensor registered under two names)."""
+    seen: dict[int, str] = {}
+    for name, at in zip(names, params, strict=True):
+        t = at._t
+        if t.numel() == 0:
+            continue
+        key = t.untyped_storage().data_ptr()
+        other = seen.setdefault(key, name)
+        if other is not name:
+            raise TorchLeanError(
+                f"optimizer step: variables `{other}` and `{name}` share one buffer, which an"
+                " in-place step would update twice; register a copy (tensor.clone()) or"
+                " pass donate=False; nothing was updated"
+            )
 
 
 def _readonly(x: Any) -> Any:
