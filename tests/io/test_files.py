@@ -322,3 +322,10 @@ def test_inspect_a_multi_gigabyte_file_reads_the_header_only(tmp_path: Path) -> 
     )
     assert summary.head("big", 5).tolist() == [0.0] * 5
     assert "3.0 GiB" in str(summary)
+
+
+def test_json_refuses_a_signalling_nan(tmp_path: Path) -> None:
+    a = np.array([1.0, 0.0], np.float32)
+    a.view(np.uint32)[1] = 0x7FA00000  # a signalling NaN: casting it raises FE_INVALID
+    with pytest.raises(FormatError, match=r"tensor `w` has nan at flat index 1"):
+        tio.save(empty_context().register_variable("w", a), tmp_path / "w.json")

@@ -50,9 +50,17 @@ def documents(draw: Any) -> bytes:
         name = draw(st.sampled_from(["w", "b", "layer.0.weight", "é", "a:b"])) + str(i)
         dims = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
         value = nested(dims, draw)
-        damage = draw(st.sampled_from(["none", "none", "none", "ragged", "leaf", "deeper"]))
+        damage = draw(
+            st.sampled_from(["none", "none", "none", "ragged", "leaf", "deeper", "inner"])
+        )
         if damage != "none" and isinstance(value, list) and value:
-            if damage == "ragged":
+            if damage == "inner":
+                inner = value
+                while isinstance(inner[-1], list) and inner[-1]:
+                    inner = inner[-1]
+                if inner is not value:
+                    inner.pop() if draw(st.booleans()) else inner.append(draw(numbers))
+            elif damage == "ragged":
                 value.append([] if isinstance(value[0], list) else [1.0])
             elif damage == "leaf":
                 value[-1] = draw(leaf)
@@ -96,6 +104,7 @@ def test_fast_reader_takes_clean_documents() -> None:
         b'{"params": {"w": [[1, 2], [3]]}}',
         b'{"params": {"w": [[1, 2], 3]}}',
         b'{"params": {"w": [1, [2]]}}',
+        b'{"params": {"w": [[0.0, 0.0], []]}}',
         b'{"params": {"w": [1, 2], "w": [3]}}',
         b'{"params": {"w": [1, true]}}',
         b'{"params": {"w\\"x": [1, 2]}}',
@@ -118,6 +127,9 @@ def test_fast_reader_declines_what_it_cannot_vouch_for(data: bytes) -> None:
         (b"[[],[]]", 1, None),
         (b"[[],[]]", 0, None),
         (b"[,[,]]", 3, None),
+        (b"[[,],[]]", 2, None),
+        (b"[[],[,]]", 2, None),
+        (b"[[,],[]]", 3, None),
         (b"[[,],[,]]]", 4, None),
         (b"[[[,],[,]],[[,],[,]],[[,],[,]]]", 12, (3, 2, 2)),
     ],

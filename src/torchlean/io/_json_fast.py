@@ -57,6 +57,8 @@ def skeleton_dims(s: bytes, count: int) -> tuple[int, ...] | None:
         if dims is None:
             return None
         dims = (*dims[:-1], 1)
+        if _skeleton(dims) != s:  # e.g. [[,],[]]: some inner lists are longer
+            return None
     else:
         dims = _dims(s)
     return dims if dims is not None and math.prod(dims) == count else None
@@ -83,10 +85,15 @@ def _dims(s: bytes) -> tuple[int, ...] | None:
         dims.append(d)
         inner_len = first_len
     dims.reverse()
+    return tuple(dims) if _skeleton(tuple(dims)) == s else None
+
+
+def _skeleton(dims: tuple[int, ...]) -> bytes:
+    """The skeleton of a regular nested list of shape ``dims`` (all dims >= 1)."""
     expected = b"[" + b"," * (dims[-1] - 1) + b"]"
     for d in reversed(dims[:-1]):
         expected = b"[" + b",".join([expected] * d) + b"]"
-    return tuple(dims) if expected == s else None
+    return expected
 
 
 def _regions(data: bytes) -> dict[str, list[tuple[int, int]]] | None:

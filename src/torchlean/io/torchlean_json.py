@@ -60,7 +60,8 @@ def _json_ready(name: str, a: np.ndarray[Any, Any], path: str) -> Any:
             return a.tolist()
         a = a.astype(np.int64)
     elif kind == "f" or a.dtype.name in ("bfloat16",) or kind == "V":
-        a = a.astype(np.float64)
+        with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast
+            a = a.astype(np.float64)
         if not np.isfinite(a).all():
             i = _first_nonfinite(a)
             index = np.unravel_index(i, a.shape) if a.ndim else ()
@@ -96,7 +97,7 @@ def save_json(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
         meta[name] = {"shape": list(a.shape), "dtype": f"torch.{a.dtype.name}"}
     data = orjson.dumps(
         {"params": params, "meta": meta},
-        option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2,
+        option=orjson.OPT_SERIALIZE_NUMPY,
     )
     atomic_write_bytes(path, data)
 
