@@ -1,0 +1,213 @@
+"""Gradients into the context: ``value_and_grad`` over PyTorch's or JAX's autograd.
+
+TorchLean's runtime keeps the gradients of a loss beside the variables they belong to.
+:func:`value_and_grad` turns a loss written against a context into a function that
+returns the loss and a new context holding the gradient of every variable, computed by
+the array library's own autograd (``torch.autograd.grad`` over fresh requires-grad
+leaves, or ``jax.value_and_grad``); this module never differentiates anything itself.
+
+Reading map:
+- :func:`value_and_grad` -- the transformation; options ``has_aux``, ``accumulate``, ``frozen``.
+- :func:`differentiable_names` -- the variables that get a gradient (after ``frozen``).
+
+Semantics, in the words of the Lean module: the gradient of each variable (the most
+recent entry of its name) is written to the gradient registry under the same name. By
+default it *replaces* the most recent gradient of that name (or is registered when there
+is none), so a training step never needs ``clear_gradients``; ``accumulate=True`` adds
+into the existing gradient instead, exactly as :meth:`RuntimeContext.accumulate_gradient`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torchlean._bulk import with_gradients, with_variables, wrap
+from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
+from torchlean.runtime.any_tensor import AnyTensor
+from torchlean.runtime.context import RuntimeContext
+
+__all__ = ["differentiable_names", "value_and_grad"]
+
+Loss = Callable[..., Any]
+_FLOAT_KINDS = ("float", "bfloat", "complex")
+
+
+def differentiable_names(ctx: RuntimeContext[Any], frozen: str | Sequence[str] = ()) -> list[str]:
+    """The names of the variables that get a gradient, in first-registered order.
+
+    A variable gets one unless its name matches a ``frozen`` name or glob pattern
+    (``fnmatch`` rules: ``"encoder.*"``) or its dtype is not floating point. A pattern
+    that matches no variable raises :class:`~torchlean.errors.UnknownNameError` (a typo
+    would otherwise silently freeze nothing). Cost: O(n * p) for p patterns.
+    """
+    patterns = (frozen,) if isinstance(frozen, str) else tuple(frozen)
+    used = [False] * len(patterns)
+    names: list[str] = []
+    for name, at in ctx._v.visible():
+        hit = False
+        for i, pattern in enumerate(patterns):
+            if fnmatch.fnmatchcase(name, pattern):
+                used[i] = hit = True
+        if not hit and at.dtype.startswith(_FLOAT_KINDS):
+            names.append(name)
+    unused = [p for p, u in zip(patterns, used, strict=True) if not u]
+    if unused:
+        listed = ", ".join(f"`{p}`" for p in unused)
+        raise UnknownNameError(
+            f"value_and_grad: frozen pattern{'s' if len(unused) > 1 else ''} {listed}"
+            f" match{'' if len(unused) > 1 else 'es'} no variable"
+            f" (the context has {ctx._v.size} variable entries)"
+        )
+    return names
+
+
+def value_and_grad(
+    fn: Loss,
+    *,
+    has_aux: bool = False,
+    accumulate: bool = False,
+    frozen: str | Sequence[str] = (),
+) -> Callable[..., tuple[Any, RuntimeContext[Any]]]:
+    """Turn ``fn(ctx, *args) -> loss`` into ``(ctx, *args) -> (loss, ctx')``.
+
+    ``ctx'`` is ``ctx`` with the gradient of the scalar ``loss`` with respect to every
+    variable (the most recent entry of each name) registered under the variable's name;
+    a variable the loss does not depend on gets a zero gradient (as with
+    ``jax.value_and_grad``). The variables of ``ctx'`` are those of ``ctx``, unchanged.
+
+    - ``has_aux=True``: ``fn`` returns ``(loss, aux)`` and the result is
+      ``((loss, aux), ctx')``; torch tensors in ``aux`` are detached.
+    - ``accumulate=False`` (default): each gradient replaces the most recent gradient of
+      its name, or is registered when there is none. ``accumulate=True``: it is added
+      into that gradient (:meth:`RuntimeContext.accumulate_gradient`).
+    - ``frozen``: names or glob patterns of variables that get no gradient (like
+      ``requires_grad_(False)``); non-floating variables never get one.
+
+    Torch contexts go through ``torch.autograd.grad`` on fresh leaves that share storage
+    with the stored variables (no copy); jax contexts through ``jax.value_and_grad``,
+    so the returned function can be traced by ``jax.jit``. Mixing torch and jax
+    variables, or a context of numpy arrays, raises :class:`~torchlean.errors.BackendError`.
+    Lean counterpart: none (the Lean module leaves gradients to a higher layer). Cost: one
+    forward and one backward pass, plus O(n log n) to rebuild the registries.
+    """
+
+    def transformed(ctx: RuntimeContext[Any], *args: Any) -> tuple[Any, RuntimeContext[Any]]:
+        names = differentiable_names(ctx, frozen)
+        backend = _backend_of_names(ctx, names)
+        if backend == "torch":
+            out, grads = _torch_value_and_grad(fn, ctx, names, args, has_aux)
+        else:
+            out, grads = _jax_value_and_grad(fn, ctx, names, args, has_aux)
+        if accumulate:
+            new = ctx
+            for name, at in grads:
+                new = new.accumulate_gradient(name, at._t)
+            return out, new
+        return out, with_gradients(ctx, grads)
+
+    transformed.__name__ = f"value_and_grad({getattr(fn, '__name__', 'fn')})"
+    transformed.__doc__ = fn.__doc__
+    return transformed
+
+
+def _backend_of_names(ctx: RuntimeContext[Any], names: list[str]) -> str:
+    seen: dict[str, str] = {}
+    for name in names:
+        at = ctx._v.head(name)
+        assert at is not None
+        seen.setdefault(at.backend, name)
+    if not seen:
+        return "torch" if not ctx._v.size else _first_backend(ctx)
+    if len(seen) > 1:
+        where = ", ".join(f"{b} (e.g. `{n}`)" for b, n in seen.items())
+        raise BackendError(
+            f"value_and_grad: the variables mix array libraries: {where};"
+            " differentiate one library's arrays at a time"
+        )
+    (backend,) = seen
+    if backend not in ("torch", "jax"):
+        raise BackendError(
+            f"value_and_grad: variable `{seen[backend]}` is a {backend} array, which has no"
+            " autograd; register torch tensors or jax arrays instead"
+        )
+    return backend
+
+
+def _first_backend(ctx: RuntimeContext[Any]) -> str:
+    for _, at in ctx._v.visible():
+        if at.backend in ("torch", "jax"):
+            return at.backend
+    return "torch"
+
+
+def _scalar_error(shape: tuple[int, ...]) -> ShapeMismatchError:
+    return ShapeMismatchError(
+        f"value_and_grad: fn must return a scalar loss (shape ()), got shape {shape};"
+        " reduce it first (e.g. .mean() or .sum())"
+    )
+
+
+def _split(out: Any, has_aux: bool) -> tuple[Any, Any]:
+    if not has_aux:
+        return out, None
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError(
+            "value_and_grad(has_aux=True): fn must return a pair (loss, aux),"
+            f" got {type(out).__name__}"
+        )
+    return out
+
+
+def _torch_value_and_grad(
+    fn: Loss, ctx: RuntimeContext[Any], names: list[str], args: tuple[Any, ...], has_aux: bool
+) -> tuple[Any, list[tuple[str, AnyTensor[Any]]]]:
+    import torch
+    from torch.utils import _pytree
+
+    heads = [(name, ctx._v.map[name]) for name in names]
+    leaves = [at.t.detach().requires_grad_(True) for _, at in heads]
+    inner = with_variables(
+        ctx, [(name, wrap(leaf, at)) for (name, at), leaf in zip(heads, leaves, strict=True)]
+    )
+    with torch.enable_grad():
+        loss, aux = _split(fn(inner, *args), has_aux)
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(
+                f"value_and_grad: fn must return a torch tensor, got {type(loss).__name__}"
+            )
+        if loss.numel() != 1 or loss.dim() != 0:
+            raise _scalar_error(tuple(loss.shape))
+        if loss.requires_grad and leaves:
+            raw = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+        else:
+            raw = tuple(torch.zeros_like(leaf, requires_grad=False) for leaf in leaves)
+    grads = [(name, wrap(g.detach(), at)) for (name, at), g in zip(heads, raw, strict=True)]
+    value = loss.detach()
+    if has_aux:
+        aux = _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, aux)
+        return (value, aux), grads
+    return value, grads
+
+
+def _jax_value_and_grad(
+    fn: Loss, ctx: RuntimeContext[Any], names: list[str], args: tuple[Any, ...], has_aux: bool
+) -> tuple[Any, list[tuple[str, AnyTensor[Any]]]]:
+    import jax
+
+    heads = {name: ctx._v.map[name] for name in names}
+    params = {name: at.t for name, at in heads.items()}
+
+    def inner(params: dict[str, Any]) -> Any:
+        inner_ctx = with_variables(ctx, [(n, wrap(p, heads[n])) for n, p in params.items()])
+        out = fn(inner_ctx, *args)
+        loss, _ = _split(out, has_aux)
+        shape = tuple(getattr(loss, "shape", ()))
+        if shape != ():
+            raise _scalar_error(shape)
+        return out
+
+    out, raw = jax.value_and_grad(inner, has_aux=has_aux)(params)
+    grads = [(name, wrap(raw[name], heads[name])) for name in names]
+    return out, grads

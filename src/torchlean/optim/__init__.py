@@ -1,0 +1,35 @@
+"""Optimizers over runtime contexts: ``init(ctx) -> state``, ``step(ctx, state)``.
+
+The optimizers read the gradients registered in a context (see
+:func:`torchlean.autograd.value_and_grad`) and return a context with updated variables,
+with the numerics of ``torch.optim`` (torch's fused kernels on torch contexts, one
+jitted update on jax, plain numpy otherwise). Their state is a context too.
+
+Reading map:
+- :func:`sgd`, :func:`adam`, :func:`adamw` -- the optimizers (:mod:`torchlean.optim._optimizer`).
+- :class:`Optimizer` -- ``init``, ``step(ctx, state, *, donate=True)``, ``lr_at``.
+- :mod:`torchlean.optim.schedules` -- :func:`cosine_decay`, :func:`linear_warmup`,
+  :func:`warmup_cosine`, :func:`constant`.
+"""
+
+from torchlean.optim._optimizer import Hyper as Hyper
+from torchlean.optim._optimizer import Optimizer as Optimizer
+from torchlean.optim._optimizer import adam as adam
+from torchlean.optim._optimizer import adamw as adamw
+from torchlean.optim._optimizer import sgd as sgd
+from torchlean.optim.schedules import constant as constant
+from torchlean.optim.schedules import cosine_decay as cosine_decay
+from torchlean.optim.schedules import linear_warmup as linear_warmup
+from torchlean.optim.schedules import warmup_cosine as warmup_cosine
+
+__all__ = [
+    "Hyper",
+    "Optimizer",
+    "adam",
+    "adamw",
+    "constant",
+    "cosine_decay",
+    "linear_warmup",
+    "sgd",
+    "warmup_cosine",
+]

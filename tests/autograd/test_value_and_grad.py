@@ -1,0 +1,192 @@
+"""value_and_grad against analytic gradients and against plain torch / jax."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from torchlean import RuntimeContext
+from torchlean.autograd import differentiable_names, value_and_grad
+from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
+
+W = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
+B = np.array([0.25, -1.0], np.float32)
+X = np.array([[1.0, 2.0], [-1.0, 0.5], [3.0, 1.0]], np.float32)
+
+
+def to(backend: str, a: np.ndarray) -> Any:
+    return torch.tensor(a) if backend == "torch" else jnp.asarray(a)
+
+
+def ctx_of(backend: str, **arrays: np.ndarray) -> RuntimeContext[Any]:
+    return RuntimeContext.empty().register_variables({k: to(backend, v) for k, v in arrays.items()})
+
+
+def quadratic(ctx: RuntimeContext[Any], x: Any) -> Any:
+    # f = sum((x @ w + b)^2); df/dw = 2 x^T (x w + b); df/db = 2 sum_rows (x w + b)
+    y = x @ ctx["w"] + ctx["b"]
+    return (y * y).sum()
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_analytic_gradient_of_a_quadratic(backend: str) -> None:
+    ctx = ctx_of(backend, w=W, b=B)
+    value, new = value_and_grad(quadratic)(ctx, to(backend, X))
+    y = X @ W + B
+    np.testing.assert_allclose(np.asarray(value), (y * y).sum(), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new.gradient("w")), 2 * X.T @ y, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(new.gradient("b")), 2 * y.sum(0), rtol=1e-6)
+    assert new.gradient_names() == ["b", "w"]
+    # variables are untouched and the original context has no gradients
+    assert ctx.gradient_count() == 0
+    np.testing.assert_array_equal(np.asarray(new["w"]), W)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_unused_variable_gets_zero_gradient(backend: str) -> None:
+    ctx = ctx_of(backend, w=W, b=B, unused=np.ones(3, np.float32))
+    _, new = value_and_grad(quadratic)(ctx, to(backend, X))
+    np.testing.assert_array_equal(np.asarray(new.gradient("unused")), np.zeros(3))
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_most_recent_entry_is_differentiated(backend: str) -> None:
+    ctx = ctx_of(backend, w=W * 100, b=B).register_variable("w", to(backend, W))
+    _, new = value_and_grad(quadratic)(ctx, to(backend, X))
+    y = X @ W + B
+    np.testing.assert_allclose(np.asarray(new.gradient("w")), 2 * X.T @ y, rtol=1e-6)
+    assert new.gradient_count() == 2
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_replace_is_default_and_accumulate_adds(backend: str) -> None:
+    ctx = ctx_of(backend, w=W, b=B)
+    fn = value_and_grad(quadratic)
+    _, once = fn(ctx, to(backend, X))
+    _, replaced = fn(once, to(backend, X))
+    assert replaced.gradient_count() == 2
+    np.testing.assert_allclose(
+        np.asarray(replaced.gradient("w")), np.asarray(once.gradient("w")), rtol=1e-6
+    )
+    _, summed = value_and_grad(quadratic, accumulate=True)(once, to(backend, X))
+    assert summed.gradient_count() == 2
+    np.testing.assert_allclose(
+        np.asarray(summed.gradient("w")), 2 * np.asarray(once.gradient("w")), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_has_aux_and_frozen(backend: str) -> None:
+    def loss(ctx: RuntimeContext[Any], x: Any) -> Any:
+        y = x @ ctx["w"] + ctx["b"]
+        return (y * y).sum(), {"y": y}
+
+    ctx = ctx_of(backend, w=W, b=B)
+    (value, aux), new = value_and_grad(loss, has_aux=True, frozen=["b*"])(ctx, to(backend, X))
+    np.testing.assert_allclose(np.asarray(aux["y"]), X @ W + B, rtol=1e-6)
+    assert new.gradient_names() == ["w"]
+    if backend == "torch":
+        assert not aux["y"].requires_grad and not value.requires_grad
+
+
+def test_integer_variables_get_no_gradient() -> None:
+    ctx = ctx_of("torch", w=W, b=B).register_variable("n", torch.tensor([1, 2]))
+    assert differentiable_names(ctx) == ["w", "b"]
+
+
+def test_gradients_are_usable_under_jax_jit() -> None:
+    @jax.jit
+    def grads(params: dict[str, Any], x: Any) -> dict[str, Any]:
+        ctx = RuntimeContext.empty().register_variables(params)
+        value, new = value_and_grad(quadratic)(ctx, x)
+        return {"value": value, **new.state_dict(gradients=True)}
+
+    out = grads({"w": jnp.asarray(W), "b": jnp.asarray(B)}, jnp.asarray(X))
+    y = X @ W + B
+    np.testing.assert_allclose(np.asarray(out["w"]), 2 * X.T @ y, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(out["value"]), (y * y).sum(), rtol=1e-6)
+
+
+def mlp_params(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "fc1.weight": rng.standard_normal((8, 4)).astype(np.float32) * 0.5,
+        "fc1.bias": rng.standard_normal(8).astype(np.float32) * 0.1,
+        "fc2.weight": rng.standard_normal((3, 8)).astype(np.float32) * 0.5,
+        "fc2.bias": rng.standard_normal(3).astype(np.float32) * 0.1,
+    }
+
+
+def test_torch_mlp_matches_plain_torch() -> None:
+    params = mlp_params(0)
+    x = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(16) % 3
+
+    def loss(ctx: RuntimeContext[Any], x: Any, labels: Any) -> Any:
+        h = torch.relu(x @ ctx["fc1.weight"].T + ctx["fc1.bias"])
+        logits = h @ ctx["fc2.weight"].T + ctx["fc2.bias"]
+        return torch.nn.functional.cross_entropy(logits, labels)
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    model.load_state_dict(
+        {k.replace("fc1", "0").replace("fc2", "2"): torch.tensor(v) for k, v in params.items()}
+    )
+    expected = torch.nn.functional.cross_entropy(model(x), labels)
+    expected.backward()
+
+    ctx = RuntimeContext.from_state_dict({k: torch.tensor(v) for k, v in params.items()})
+    value, new = value_and_grad(loss)(ctx, x, labels)
+    torch.testing.assert_close(value, expected.detach())
+    for name, p in model.named_parameters():
+        ours = name.replace("0.", "fc1.").replace("2.", "fc2.")
+        torch.testing.assert_close(new.gradient(ours), p.grad)
+
+
+def test_jax_mlp_matches_plain_jax() -> None:
+    params = {k: jnp.asarray(v) for k, v in mlp_params(0).items()}
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((16, 4)).astype(np.float32))
+    labels = jnp.arange(16) % 3
+
+    def plain(p: dict[str, Any], x: Any) -> Any:
+        h = jax.nn.relu(x @ p["fc1.weight"].T + p["fc1.bias"])
+        logits = h @ p["fc2.weight"].T + p["fc2.bias"]
+        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(16), labels])
+
+    expected, grads = jax.value_and_grad(plain)(params, x)
+    value, new = value_and_grad(lambda c, x: plain(c.state_dict(), x))(
+        RuntimeContext.from_state_dict(params), x
+    )
+    np.testing.assert_allclose(np.asarray(value), np.asarray(expected), rtol=1e-6)
+    for name in params:
+        np.testing.assert_allclose(
+            np.asarray(new.gradient(name)), np.asarray(grads[name]), rtol=1e-5, atol=1e-7
+        )
+
+
+def test_errors() -> None:
+    ctx = ctx_of("torch", w=W, b=B)
+    with pytest.raises(ShapeMismatchError, match=r"scalar loss \(shape \(\)\), got shape \(3, 2\)"):
+        value_and_grad(lambda c, x: x @ c["w"])(ctx, torch.tensor(X))
+    with pytest.raises(UnknownNameError, match=r"frozen pattern `enc\.\*` matches no variable"):
+        value_and_grad(quadratic, frozen="enc.*")(ctx, torch.tensor(X))
+    numpy_ctx = RuntimeContext.from_state_dict({"w": W})
+    with pytest.raises(BackendError, match="variable `w` is a numpy array"):
+        value_and_grad(lambda c: c["w"].sum())(numpy_ctx)
+    mixed = ctx.register_variable("j", jnp.ones(2))
+    with pytest.raises(BackendError, match="mix array libraries"):
+        value_and_grad(lambda c: c["w"].sum())(mixed)
+
+
+def test_accumulation_under_jax_jit() -> None:
+    fn = jax.jit(value_and_grad(quadratic, accumulate=True))
+    ctx = ctx_of("jax", w=W, b=B)
+    _, once = fn(ctx, jnp.asarray(X))
+    _, twice = fn(once, jnp.asarray(X))
+    y = X @ W + B
+    np.testing.assert_allclose(np.asarray(twice.gradient("b")), 4 * y.sum(0), rtol=1e-6)
+    assert twice.gradient_count() == 2
