@@ -453,3 +453,29 @@ def test_check_reports_everything() -> None:
     assert "gradient `w` has dtype float64 but its variable has dtype float32" in str(report)
     assert report.for_entry("gradient", "ghost")[0].kind == "orphan-gradient"
     assert empty_context().check().ok
+
+
+def test_object_arrays_are_refused() -> None:
+    with pytest.raises(TypeError, match="variable `o`: expected an array of numbers, got a numpy"):
+        empty_context().register_variable("o", np.array([1, "a"], dtype=object))
+
+
+def test_storing_a_looked_up_array_again_copies_nothing() -> None:
+    c = empty_context().register_variable("a", f32([1.0, 2.0]))
+    got = c.variable("a")
+    c2 = c.set_variable("a", got).register_gradient("a", got)
+    assert c2.variable("a") is got
+    assert c2.gradient("a") is got
+    # and it still cannot be written, by anyone
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        got.setflags(write=True)
+
+
+def test_a_read_only_array_the_caller_owns_is_still_copied() -> None:
+    owner = f32([1.0, 2.0])
+    owner.setflags(write=False)
+    view = owner.view()
+    c = empty_context().register_variable("a", view)
+    owner.setflags(write=True)
+    owner[0] = 99.0
+    np.testing.assert_array_equal(c.variable("a"), [1.0, 2.0])

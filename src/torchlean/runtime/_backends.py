@@ -20,9 +20,12 @@ Reading map:
 - :data:`UNKNOWN_DEVICES` -- device names that say "no device" (tracers, opaque leaves).
 
 The immutability promise per backend:
-- numpy: the stored array is a private, read-only copy (a read-only view of a read-only
-  buffer the library owns), so neither the caller's array nor a looked-up array can be
-  written.
+- numpy: the stored array is a read-only array over a private, immutable ``bytes`` copy
+  of the caller's data, so neither the caller's array nor a looked-up array can be
+  written, and numpy refuses to make it writeable again. An array that already lies over
+  an immutable buffer (one a lookup returned) is stored without a copy. A fresh result
+  handed over with ``adopt`` (e.g. an optimizer's output) is made read-only without a
+  copy.
 - torch: the stored tensor is the caller's tensor, detached (no copy), with its version
   counter recorded. Writing it in place (through any view) bumps the counter, and every
   later read through a context raises :class:`~torchlean.errors.InPlaceModificationError`.
@@ -155,10 +158,18 @@ class _NumpyBackend(Backend):
     name = "numpy"
 
     def freeze(self, x: Any) -> Any:
-        copy = x.copy() if type(x) is np.ndarray else np.array(x, copy=True)
-        copy.setflags(write=False)
-        # A view of a read-only base cannot be made writeable again.
-        return copy.view()
+        if type(x) is not np.ndarray:
+            x = np.asarray(x)
+        elif x.base is not None and _immutable(x):
+            return x  # already over an immutable buffer (e.g. from a lookup): no copy
+        if x.dtype.hasobject:
+            raise TypeError(
+                f"expected an array of numbers, got a numpy array of dtype {x.dtype}"
+                " (Python objects cannot be stored in a context)"
+            )
+        # One copy into an immutable bytes object: an array over it is read-only and
+        # can never be made writeable again, whoever holds it.
+        return np.ndarray(x.shape, x.dtype, buffer=x.tobytes())
 
     def adopt(self, x: Any) -> Any:
         if type(x) is not np.ndarray or x.base is not None or not x.flags.owndata:
@@ -174,6 +185,14 @@ class _NumpyBackend(Backend):
 
     def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
         return np.asarray(x)
+
+
+def _immutable(x: np.ndarray[Any, Any]) -> bool:
+    """True when no one can ever write ``x``'s memory: it is owned by a ``bytes`` object."""
+    base = x.base
+    while type(base) is np.ndarray:
+        base = base.base
+    return type(base) is bytes
 
 
 NUMPY: Final = _NumpyBackend()

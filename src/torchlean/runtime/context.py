@@ -158,7 +158,10 @@ class RuntimeContext(Generic[ArrayT]):
                 backend = backend_of(value)
             except TypeError as e:
                 raise TypeError(f"{kind} `{name}`: {e}") from None
-        stored = backend.freeze(value)
+        try:
+            stored = backend.freeze(value)
+        except TypeError as e:
+            raise TypeError(f"{kind} `{name}`: {e}") from None
         pin = self._pin
         if pin is not None:
             got = backend.dtype_name(stored)

@@ -41,8 +41,6 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
-import numpy as np
-
 from torchlean.errors import BackendError
 from torchlean.runtime._backends import _BY_TYPE, NUMPY, OPAQUE, backend_of
 from torchlean.runtime._registry import EMPTY, Registry
@@ -149,15 +147,11 @@ def _flatten_with_keys(ctx: RuntimeContext[Any]) -> tuple[list[tuple[EntryKey, A
 
 
 def _keep_numpy(x: Any) -> Any:
-    """A numpy leaf as a context may hold it: read-only, over a read-only owned buffer.
+    """A numpy leaf as a context may hold it: read-only over an immutable buffer.
 
-    An array that already is one (every array a context hands out is) is kept, so
-    an identity ``tree_map`` copies nothing; any other array is copied.
+    An array that already is one (every array a context hands out after a lookup is) is
+    kept, so an identity ``tree_map`` copies nothing; any other array is copied.
     """
-    if type(x) is np.ndarray and not x.flags.writeable:
-        base = x.base
-        if type(base) is np.ndarray and not base.flags.writeable and base.flags.owndata:
-            return x
     return NUMPY.freeze(x)
 
 
