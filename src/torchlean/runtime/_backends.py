@@ -189,8 +189,8 @@ class _NumpyBackend(Backend):
 
 def _immutable(x: np.ndarray[Any, Any]) -> bool:
     """True when no one can ever write ``x``'s memory: it is owned by a ``bytes`` object."""
-    base = x.base
-    while type(base) is np.ndarray:
+    base: object = x.base
+    while isinstance(base, np.ndarray):
         base = base.base
     return type(base) is bytes
 
