@@ -122,8 +122,8 @@ def save_pt(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     import torch
 
     state = {name: _as_torch(at.t) for name, at in ctx._v.visible()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # through a Python file, so a failed write is an OSError
 
 
 def _as_torch(x: Any) -> Any:
