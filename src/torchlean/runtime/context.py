@@ -35,8 +35,9 @@ counter is recorded, so a write in place is detected and every later read of it 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Literal
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -57,6 +58,9 @@ from torchlean.runtime._backends import (
 from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry, fresh_entry
 from torchlean.runtime.any_tensor import AnyTensor, ArrayT
 from torchlean.spec.shape import ShapeLike, as_dims
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 if TYPE_CHECKING:
     from torchlean.runtime.check import CheckReport
@@ -127,17 +131,25 @@ class RuntimeContext(Generic[ArrayT]):
 
         Cost: O(m log m) for m items.
         """
+        if not isinstance(mapping, Mapping):
+            raise TypeError(
+                f"from_state_dict expects a mapping of name to array, got {type(mapping).__name__}"
+            )
         return cls(dtype=dtype).register_variables(mapping)
 
     @classmethod
     def from_module(cls, module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
         """A context of ``module``'s parameters and buffers (see :mod:`torchlean.io.torch`)."""
+        if not callable(getattr(module, "state_dict", None)):
+            raise TypeError(f"from_module expects a torch nn.Module, got {type(module).__name__}")
         from torchlean.io.torch import from_module
 
         return from_module(module, backend=backend)
 
     def load_into(self, module: Any, *, dtypes: bool = True) -> Any:
         """Copy the variables into ``module``, checked first (see :mod:`torchlean.io.torch`)."""
+        if not callable(getattr(module, "load_state_dict", None)):
+            raise TypeError(f"load_into expects a torch nn.Module, got {type(module).__name__}")
         from torchlean.io.torch import load_into
 
         return load_into(self, module, dtypes=dtypes)
@@ -199,9 +211,22 @@ class RuntimeContext(Generic[ArrayT]):
         Validates every item before anything is registered. Cost: O(m log n).
         """
         pairs = items.items() if isinstance(items, Mapping) else items
+        if not isinstance(pairs, Iterable) or isinstance(pairs, (str, bytes)):
+            raise TypeError(
+                "register_variables expects a mapping or an iterable of (name, array)"
+                f" pairs, got {type(items).__name__}"
+            )
         taken: list[tuple[str, AnyTensor[Any]]] = []
         probe = self  # carries the pin the values seen so far imply
-        for name, value in pairs:
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                text = repr(pair)
+                text = text if len(text) <= 60 else text[:57] + "..."
+                raise TypeError(
+                    f"register_variables: item {i} must be a (name, array) pair,"
+                    f" got {type(pair).__name__} {text}"
+                )
+            name, value = pair
             _check_name(name, "variable")
             at, pin = probe._take(value, "variable", name)
             if pin is not probe._pin:
@@ -458,6 +483,8 @@ class RuntimeContext(Generic[ArrayT]):
 
         ``gradients=True`` gives the gradients instead of the variables. Cost: O(n).
         """
+        if not isinstance(gradients, bool):
+            raise TypeError(f"state_dict: gradients must be a bool, got {gradients!r}")
         registry = self._g if gradients else self._v
         kind = "gradient" if gradients else "variable"
         out: dict[str, ArrayT] = {}
@@ -596,6 +623,18 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def require_context(value: object, where: str, argument: str = "ctx") -> None:
+    """Raise a ``TypeError`` naming ``where`` and ``argument`` unless ``value`` is a
+    :class:`RuntimeContext` (for the functions that take one). Cost: O(1)."""
+    if not isinstance(value, RuntimeContext):
+        text = repr(value)
+        if len(text) > 60:
+            text = text[:57] + "..."
+        raise TypeError(
+            f"{where}: {argument} must be a RuntimeContext, got {type(value).__name__} {text}"
+        )
+
+
 def _check_name(name: object, kind: str) -> None:
     if not isinstance(name, str):
         text = repr(name)
@@ -639,17 +678,31 @@ def empty_context(*, dtype: object = None) -> RuntimeContext[Any]:
 
 # The seed's operations as functions with the context first; each is the method itself,
 # so ``register_variable(ctx, name, value)`` is ``ctx.register_variable(name, value)``.
-register_variable = RuntimeContext.register_variable
-get_variable = RuntimeContext.get_variable
-set_variable = RuntimeContext.set_variable
-register_gradient = RuntimeContext.register_gradient
-get_gradient = RuntimeContext.get_gradient
-set_gradient = RuntimeContext.set_gradient
-clear_gradients = RuntimeContext.clear_gradients
-has_variable = RuntimeContext.has_variable
-variable_names = RuntimeContext.variable_names
-gradient_names = RuntimeContext.gradient_names
-context_size = RuntimeContext.context_size
-gradient_count = RuntimeContext.gradient_count
-is_valid_context = RuntimeContext.is_valid_context
-context_to_string = RuntimeContext.context_to_string
+def _function(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """The method ``RuntimeContext.<name>`` as a function whose first argument is checked
+    to be a context (a clear ``TypeError`` instead of an ``AttributeError``)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def function(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if not args or type(args[0]) is not RuntimeContext:
+            require_context(args[0] if args else None, name)
+        return method(*args, **kwargs)
+
+    return function
+
+
+register_variable = _function(RuntimeContext.register_variable)
+get_variable = _function(RuntimeContext.get_variable)
+set_variable = _function(RuntimeContext.set_variable)
+register_gradient = _function(RuntimeContext.register_gradient)
+get_gradient = _function(RuntimeContext.get_gradient)
+set_gradient = _function(RuntimeContext.set_gradient)
+clear_gradients = _function(RuntimeContext.clear_gradients)
+has_variable = _function(RuntimeContext.has_variable)
+variable_names = _function(RuntimeContext.variable_names)
+gradient_names = _function(RuntimeContext.gradient_names)
+context_size = _function(RuntimeContext.context_size)
+gradient_count = _function(RuntimeContext.gradient_count)
+is_valid_context = _function(RuntimeContext.is_valid_context)
+context_to_string = _function(RuntimeContext.context_to_string)
