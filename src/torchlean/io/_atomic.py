@@ -12,7 +12,8 @@ the previous file is left exactly as it was, and an :class:`OSError` of the same
 A process killed with SIGKILL mid-write cannot remove its temporary folder
 ``.<name>.<pid>-<random>.tmp``. Such a folder never harms a later save (every save picks
 a fresh random name), and the next successful save of the same target removes the ones
-whose writer process is gone and that are older than the current process's start.
+whose writer process is gone and that are older than the current process's start
+(POSIX; on Windows, where a process cannot be probed safely, they are left).
 
 Reading map:
 - :func:`atomic_path` -- a context manager that yields a temporary path to write to.
@@ -130,7 +131,8 @@ def _remove(path: Path) -> None:
 
 
 def _running(pid: int) -> bool:
-    if pid == os.getpid():
+    if pid == os.getpid() or os.name == "nt":
+        # on Windows os.kill(pid, 0) would terminate the process: never clean there
         return True
     try:
         os.kill(pid, 0)
