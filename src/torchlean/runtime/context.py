@@ -35,9 +35,8 @@ counter is recorded, so a write in place is detected and every later read of it 
 from __future__ import annotations
 
 import difflib
-import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
+from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, Literal
 
 import numpy as np
 
@@ -58,9 +57,6 @@ from torchlean.runtime._backends import (
 from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry, fresh_entry
 from torchlean.runtime.any_tensor import AnyTensor, ArrayT
 from torchlean.spec.shape import ShapeLike, as_dims
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 if TYPE_CHECKING:
     from torchlean.runtime.check import CheckReport
@@ -678,31 +674,113 @@ def empty_context(*, dtype: object = None) -> RuntimeContext[Any]:
 
 # The seed's operations as functions with the context first; each is the method itself,
 # so ``register_variable(ctx, name, value)`` is ``ctx.register_variable(name, value)``.
-def _function(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """The method ``RuntimeContext.<name>`` as a function whose first argument is checked
-    to be a context (a clear ``TypeError`` instead of an ``AttributeError``)."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def function(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        if not args or type(args[0]) is not RuntimeContext:
-            require_context(args[0] if args else None, name)
-        return method(*args, **kwargs)
-
-    return function
+# The seed's operations as functions, context first. Each checks that its first argument
+# is a context (a clear TypeError, not an AttributeError) and then calls the method.
 
 
-register_variable = _function(RuntimeContext.register_variable)
-get_variable = _function(RuntimeContext.get_variable)
-set_variable = _function(RuntimeContext.set_variable)
-register_gradient = _function(RuntimeContext.register_gradient)
-get_gradient = _function(RuntimeContext.get_gradient)
-set_gradient = _function(RuntimeContext.set_gradient)
-clear_gradients = _function(RuntimeContext.clear_gradients)
-has_variable = _function(RuntimeContext.has_variable)
-variable_names = _function(RuntimeContext.variable_names)
-gradient_names = _function(RuntimeContext.gradient_names)
-context_size = _function(RuntimeContext.context_size)
-gradient_count = _function(RuntimeContext.gradient_count)
-is_valid_context = _function(RuntimeContext.is_valid_context)
-context_to_string = _function(RuntimeContext.context_to_string)
+def register_variable(
+    ctx: RuntimeContext[ArrayT], name: str, value: ArrayT
+) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "register_variable")
+    return ctx.register_variable(name, value)
+
+
+def get_variable(ctx: RuntimeContext[ArrayT], name: str, shape: ShapeLike) -> ArrayT | None:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "get_variable")
+    return ctx.get_variable(name, shape)
+
+
+def set_variable(ctx: RuntimeContext[ArrayT], name: str, value: ArrayT) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "set_variable")
+    return ctx.set_variable(name, value)
+
+
+def register_gradient(
+    ctx: RuntimeContext[ArrayT], name: str, grad: ArrayT
+) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "register_gradient")
+    return ctx.register_gradient(name, grad)
+
+
+def get_gradient(ctx: RuntimeContext[ArrayT], name: str, shape: ShapeLike) -> ArrayT | None:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "get_gradient")
+    return ctx.get_gradient(name, shape)
+
+
+def set_gradient(ctx: RuntimeContext[ArrayT], name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "set_gradient")
+    return ctx.set_gradient(name, grad)
+
+
+def clear_gradients(ctx: RuntimeContext[ArrayT]) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "clear_gradients")
+    return ctx.clear_gradients()
+
+
+def has_variable(ctx: RuntimeContext[Any], name: str) -> bool:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "has_variable")
+    return ctx.has_variable(name)
+
+
+def variable_names(ctx: RuntimeContext[Any]) -> list[str]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "variable_names")
+    return ctx.variable_names()
+
+
+def gradient_names(ctx: RuntimeContext[Any]) -> list[str]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "gradient_names")
+    return ctx.gradient_names()
+
+
+def context_size(ctx: RuntimeContext[Any]) -> int:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "context_size")
+    return ctx.context_size()
+
+
+def gradient_count(ctx: RuntimeContext[Any]) -> int:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "gradient_count")
+    return ctx.gradient_count()
+
+
+def is_valid_context(ctx: RuntimeContext[Any]) -> bool:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "is_valid_context")
+    return ctx.is_valid_context()
+
+
+def context_to_string(ctx: RuntimeContext[Any]) -> str:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "context_to_string")
+    return ctx.context_to_string()
+
+
+for _function in (
+    register_variable,
+    get_variable,
+    set_variable,
+    register_gradient,
+    get_gradient,
+    set_gradient,
+    clear_gradients,
+    has_variable,
+    variable_names,
+    gradient_names,
+    context_size,
+    gradient_count,
+    is_valid_context,
+    context_to_string,
+):
+    _function.__doc__ = getattr(RuntimeContext, _function.__name__).__doc__
+del _function
