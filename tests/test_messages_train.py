@@ -185,7 +185,7 @@ def test_fit_messages(tmp_path: object) -> None:
     folder = Path(str(tmp_path))
     opt = optim.sgd(lr=0.1)
     one = torch.ones(2, 3)
-    with pytest.raises(ValueError, match=exact("steps must be >= 0, got -1")):
+    with pytest.raises(ValueError, match=exact("fit: steps must be >= 0, got -1")):
         fit(ctx(), _loss, opt, [one], steps=-1, progress=False)
     with pytest.raises(ValueError, match=exact("checkpoint_every needs a checkpoint_dir")):
         fit(ctx(), _loss, opt, [one], steps=1, checkpoint_every=1, progress=False)

@@ -21,17 +21,30 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from torchlean._bulk import with_gradients, with_variables, wrap
+from torchlean._validate import require_bool, require_callable
 from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
 from torchlean.runtime.any_tensor import AnyTensor
-from torchlean.runtime.context import RuntimeContext
+from torchlean.runtime.context import RuntimeContext, require_context
 
 __all__ = ["differentiable_names", "value_and_grad"]
 
 Loss = Callable[..., Any]
 _FLOAT_KINDS = ("float", "bfloat", "complex")
+
+
+def _check_frozen(frozen: object, where: str) -> None:
+    if isinstance(frozen, str):
+        return
+    if isinstance(frozen, (Sequence, AbstractSet)) and all(isinstance(p, str) for p in frozen):
+        return
+    raise TypeError(
+        f"{where}: frozen must be a name or glob pattern (str) or a sequence of them,"
+        f" got {frozen!r}"
+    )
 
 
 def differentiable_names(ctx: RuntimeContext[Any], frozen: str | Sequence[str] = ()) -> list[str]:
@@ -42,6 +55,8 @@ def differentiable_names(ctx: RuntimeContext[Any], frozen: str | Sequence[str] =
     that matches no variable raises :class:`~torchlean.errors.UnknownNameError` (a typo
     would otherwise silently freeze nothing). Cost: O(n * p) for p patterns.
     """
+    require_context(ctx, "differentiable_names")
+    _check_frozen(frozen, "differentiable_names")
     patterns = (frozen,) if isinstance(frozen, str) else tuple(frozen)
     used = [False] * len(patterns)
     names: list[str] = []
@@ -92,8 +107,13 @@ def value_and_grad(
     Lean counterpart: none (the Lean module leaves gradients to a higher layer). Cost: one
     forward and one backward pass, plus O(n log n) to rebuild the registries.
     """
+    require_callable(fn, "value_and_grad", "fn")
+    require_bool(has_aux, "value_and_grad", "has_aux")
+    require_bool(accumulate, "value_and_grad", "accumulate")
+    _check_frozen(frozen, "value_and_grad")
 
     def transformed(ctx: RuntimeContext[Any], *args: Any) -> tuple[Any, RuntimeContext[Any]]:
+        require_context(ctx, f"value_and_grad({getattr(fn, '__name__', 'fn')})")
         names = differentiable_names(ctx, frozen)
         backend = _backend_of_names(ctx, names)
         if backend == "torch":

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from torchlean._validate import require_int, require_path
+
 __all__ = ["DemoResult", "cli_main", "init_mlp", "run", "two_moons"]
 
 HIDDEN = 64
@@ -54,6 +56,7 @@ def two_moons(n: int, *, noise: float = 0.1, seed: int = SEED) -> tuple[np.ndarr
 
     The same construction as scikit-learn's ``make_moons``, standardized. Cost: O(n).
     """
+    require_int(n, "two_moons", "n", 2)
     rng = np.random.default_rng(seed)
     top = n // 2
     angle = np.concatenate([rng.uniform(0, np.pi, top), rng.uniform(0, np.pi, n - top)])
@@ -66,11 +69,18 @@ def two_moons(n: int, *, noise: float = 0.1, seed: int = SEED) -> tuple[np.ndarr
     return points[order].astype(np.float32), labels[order]
 
 
+def _check_backend(backend: object) -> None:
+    if backend not in ("torch", "jax"):
+        raise ValueError(f"the demo runs on backend 'torch' or 'jax', got {backend!r}")
+
+
 def init_mlp(backend: str, *, seed: int = SEED) -> Any:
     """The MLP 2-64-64-2 (``fc1``, ``fc2``, ``fc3``), initialized as ``nn.Linear`` does.
 
     Cost: O(parameters)."""
     from torchlean import RuntimeContext
+
+    _check_backend(backend)
 
     rng = np.random.default_rng(seed)
     params: dict[str, np.ndarray] = {}
@@ -138,6 +148,11 @@ def run(
     training steps of a 2-64-64-2 MLP on batches of ``batch`` points."""
     from torchlean import io, optim
     from torchlean.train import fit, save_checkpoint
+
+    require_int(steps, "demo run", "steps", 1)
+    require_int(batch, "demo run", "batch", 1)
+    _check_backend(backend)
+    require_path(out, "demo run", "out")
 
     began = time.perf_counter()
     out = Path(out)
@@ -261,6 +276,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cli_main(argv: list[str]) -> int:
     """Run ``torchlean demo`` with the arguments ``argv``; return the exit code."""
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise TypeError(f"cli_main: argv must be a list of str, got {argv!r}")
     args = _parser().parse_args(argv)
     if args.steps < 1:
         print("torchlean demo: error: --steps must be at least 1", file=sys.stderr)

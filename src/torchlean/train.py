@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from torchlean._bulk import with_variables, wrap
+from torchlean._validate import require_callable, require_int, require_path
 from torchlean.autograd import value_and_grad
 from torchlean.errors import ExpectationError, FormatError
 from torchlean.optim import Optimizer
 from torchlean.runtime._backends import dtype_name
-from torchlean.runtime.context import RuntimeContext
+from torchlean.runtime.context import RuntimeContext, require_context
 from torchlean.runtime.context import donate as donate_context
 
 __all__ = ["FitResult", "fit", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
@@ -99,12 +100,32 @@ def fit(
     otherwise). Lean counterpart: none. Cost: ``steps`` forward/backward passes and
     optimizer steps, plus one file write per checkpoint.
     """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    require_context(ctx, "fit")
+    require_callable(loss_fn, "fit", "loss_fn")
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            "fit: optimizer must be a torchlean.optim.Optimizer (sgd, adam, adamw),"
+            f" got {type(optimizer).__name__}"
+        )
+    if not isinstance(data, Iterable) and not callable(data):
+        raise TypeError(
+            f"fit: data must be an iterable of batches or a callable, got {type(data).__name__}"
+        )
+    require_int(steps, "fit", "steps")
+    require_int(eval_every, "fit", "eval_every")
+    require_int(checkpoint_every, "fit", "checkpoint_every")
+    if state is not None:
+        require_context(state, "fit", "state")
+    if eval_fn is not None:
+        require_callable(eval_fn, "fit", "eval_fn")
+    if checkpoint_dir is not None:
+        require_path(checkpoint_dir, "fit", "checkpoint_dir")
     if checkpoint_every and checkpoint_dir is None:
         raise ValueError("checkpoint_every needs a checkpoint_dir")
     if resume is True and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
+    if not isinstance(frozen, (str, Iterable)):
+        raise TypeError(f"fit: frozen must be a str or an iterable of str, got {frozen!r}")
     frozen_names = (frozen,) if isinstance(frozen, str) else tuple(frozen)
     if state is None:
         state = optimizer.init(ctx)
@@ -233,6 +254,11 @@ def save_checkpoint(
     """
     import numpy as np
 
+    require_path(path, "save_checkpoint")
+    require_context(ctx, "save_checkpoint")
+    require_context(state, "save_checkpoint", "state")
+    require_int(step, "save_checkpoint", "step")
+
     from torchlean import io
 
     items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx._v.visible()]
@@ -263,6 +289,9 @@ def load_checkpoint(
     """
     from torchlean import io
 
+    require_path(path, "load_checkpoint")
+    require_context(ctx, "load_checkpoint")
+    require_context(state, "load_checkpoint", "state")
     backend = _backend_name(ctx)
     loaded = io.load(path, backend=backend)
     tensors = loaded.state_dict()
@@ -290,6 +319,7 @@ def load_checkpoint(
 
 def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     """The ``step-NNNNNN.safetensors`` file of the highest step in ``folder``, or None."""
+    require_path(folder, "latest_checkpoint", "folder")
     best: tuple[int, Path] | None = None
     root = Path(folder)
     if not root.is_dir():

@@ -6,7 +6,9 @@ snapshot must never change.
 
 from __future__ import annotations
 
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -91,3 +93,45 @@ def test_threads_reading_one_context() -> None:
     for t in threads:
         t.join()
     assert mismatches == []
+
+
+def test_threads_saving_one_file_and_stepping_one_snapshot(tmp_path: Path) -> None:
+    """Threads that save over the same file at once (each save is atomic: the file is
+    always one complete context) and take optimizer steps from one shared snapshot."""
+    import torchlean.io as tio
+    from torchlean import optim
+
+    path = tmp_path / "shared.safetensors"
+    contexts = {
+        k: empty_context().register_variable("w", np.full(10_000, k, np.float32))
+        for k in range(THREADS)
+    }
+    shared = _shared()
+    opt = optim.adamw(lr=0.1)
+    state = opt.init(shared)
+    before = rc.context_to_string(shared), rc.context_to_string(state)
+    expected = opt.step(shared, state, donate=False)[0].variable("p1").tolist()
+    errors: list[BaseException] = []
+    stepped: list[list[float]] = []
+    barrier = threading.Barrier(THREADS)
+
+    def run(k: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(5):
+                tio.save(contexts[k], path)
+                stepped.append(opt.step(shared, state, donate=False)[0].variable("p1").tolist())
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    w = tio.load(path).variable("w")
+    assert w.shape == (10_000,) and len(set(w.tolist())) == 1 and int(w[0]) in contexts
+    assert os.listdir(tmp_path) == [path.name]  # no temporary folder of any thread left
+    assert stepped == [expected] * (5 * THREADS)
+    assert (rc.context_to_string(shared), rc.context_to_string(state)) == before

@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``torchlean`` command with ``argv`` (default: ``sys.argv[1:]``); returns
     the exit code: 0 success, 1 ``check`` found a difference, 2 a user's mistake."""
+    if argv is not None and (isinstance(argv, str) or not all(isinstance(a, str) for a in argv)):
+        raise TypeError(f"main: argv must be a sequence of str or None, got {argv!r}")
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "demo":
         return _demo(args_list[1:])

@@ -8,11 +8,13 @@ Reading map:
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from pathlib import Path
 from typing import Any, Final
 
+from torchlean._validate import require_bool, require_path, require_str
 from torchlean.errors import FormatError
 from torchlean.io._summary import FileSummary, TensorInfo
 from torchlean.runtime._registry import EMPTY, Registry
@@ -32,6 +34,7 @@ _SUFFIXES: Final = {
 
 def format_of(path: str | os.PathLike[str], format: str | None = None) -> str:
     """The format named by ``format`` or, when it is ``None``, by the path's suffix."""
+    require_path(path, "format_of")
     if format is not None:
         if format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -56,7 +59,12 @@ def save(
     """
     if not isinstance(ctx, RuntimeContext):
         raise TypeError(f"save expects a RuntimeContext, got {type(ctx).__name__}")
+    require_path(path, "save")
     fmt = format_of(path, format)
+    if os.path.isdir(path):
+        raise IsADirectoryError(
+            errno.EISDIR, "is a folder; save needs a file name", os.fspath(path)
+        )
     if fmt == "safetensors":
         from torchlean.io.safetensors import save_safetensors
 
@@ -98,7 +106,11 @@ def load(
     from torchlean.io._common import check_backend
     from torchlean.io.expect import check_expected
 
+    require_path(path, "load")
     check_backend(backend)
+    require_bool(dtypes, "load", "dtypes")
+    if strip_prefix is not None:
+        require_str(strip_prefix, "load", "strip_prefix")
     fmt = format_of(path, format)
     where = os.fspath(path)
     if fmt == "safetensors":
@@ -165,6 +177,7 @@ def inspect(path: str | os.PathLike[str], *, format: str | None = None) -> FileS
     For safetensors only the header is read (milliseconds, whatever the file's size);
     other formats are loaded whole. Cost: O(header) for safetensors, else O(file).
     """
+    require_path(path, "inspect")
     fmt = format_of(path, format)
     if fmt == "safetensors":
         from torchlean.io.safetensors import inspect_safetensors

@@ -1,40 +1,73 @@
 """Atomic file writes: the target is either the old file or the complete new one.
 
 Every writer of :mod:`torchlean.io` goes through here. The new content is written to a
-temporary file in the target's folder, flushed and ``fsync``-ed, then moved over the
+file in a fresh temporary folder ``.<name>.<pid>-<random>.tmp`` beside the target (so
+that a writer's own helper files, such as the ``.tmpXXXXXX`` file safetensors' Rust
+writer makes beside its output, stay inside it), flushed and ``fsync``-ed, then moved over the
 target with :func:`os.replace` (atomic on POSIX and Windows); the folder is ``fsync``-ed
 so the rename itself survives a crash. On any failure the temporary file is removed and
-the previous file is left exactly as it was.
+the previous file is left exactly as it was, and an :class:`OSError` of the same class
+(``PermissionError``, ...) and ``errno`` is raised with ``filename`` set to the target.
+
+A process killed with SIGKILL mid-write cannot remove its temporary folder
+``.<name>.<pid>-<random>.tmp``. Such a folder never harms a later save (every save picks
+a fresh random name), and the next successful save of the same target removes the ones
+whose writer process is gone and that are older than the current process's start
+(POSIX; on Windows, where a process cannot be probed safely, they are left).
 
 Reading map:
 - :func:`atomic_path` -- a context manager that yields a temporary path to write to.
 - :func:`atomic_write_bytes` -- write a ``bytes`` object atomically.
+- :func:`stale_temporaries` -- the leftovers of killed writers of a target.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes"]
+__all__ = ["atomic_path", "atomic_write_bytes", "stale_temporaries"]
+
+_STARTED = time.time()
+
+
+def _reset_start() -> None:
+    global _STARTED
+    _STARTED = time.time()
+
+
+if hasattr(os, "register_at_fork"):  # a forked child is a new process: it starts now
+    os.register_at_fork(after_in_child=_reset_start)
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary path beside ``target``; on success move it over ``target``.
+    """Yield a fresh path in a temporary folder beside ``target``; on success move the
+    file there over ``target``.
 
     The caller writes the whole new file to the yielded path (by any means). When the
     ``with`` block ends without an exception the file is synced and renamed onto
     ``target``; when it raises, the temporary file is removed and ``target`` is untouched.
+    An :class:`OSError` from any step is raised again naming ``target`` (see module doc).
     """
     target = Path(target)
     folder = target.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    try:
+        box = Path(
+            tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=folder)
+        )
+        tmp = box / target.name
+        tmp.touch()
+    except OSError as e:
+        if "box" in locals():
+            shutil.rmtree(box, ignore_errors=True)
+        raise _naming(e, target) from e
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -42,17 +75,103 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, _mode_for(target))
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    except BaseException as e:
+        shutil.rmtree(box, ignore_errors=True)
+        cause = _os_error_in(e)
+        if cause is not None:
+            raise _naming(cause, target) from e
         raise
+    shutil.rmtree(box, ignore_errors=True)
     _sync_folder(folder)
+    for stale in stale_temporaries(target):
+        _remove(stale)
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes | memoryview) -> None:
     """Write ``data`` to ``target`` atomically (see :func:`atomic_path`). Cost: O(len)."""
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         _write_all(f.fileno(), data)
+
+
+def stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:
+    """Temporary folders (or files) of ``target`` left by writers that were killed: their process
+    (the pid in the name) no longer runs and they are older than this process.
+
+    Cost: O(files in the target's folder).
+    """
+    target = Path(target)
+    head = f".{target.name}."
+    found = []
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return []
+    for name in names:
+        if not (name.startswith(head) and name.endswith(".tmp")):
+            continue
+        pid_text = name[len(head) :].partition("-")[0]
+        if not pid_text.isdigit() or _running(int(pid_text)):
+            continue
+        path = target.parent / name
+        try:
+            if path.stat().st_mtime >= _STARTED:
+                continue
+        except OSError:
+            continue
+        found.append(path)
+    return found
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":
+        # on Windows os.kill(pid, 0) would terminate the process: never clean there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or a name we do not understand): keep
+    return True
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: ``e`` itself, one in its ``__cause__``/``__context__``
+    chain (torch.save raises a RuntimeError while handling one), or one named in the
+    message as ``(os error N)`` (the Rust writer of safetensors)."""
+    seen: set[int] = set()
+    at: BaseException | None = e
+    while at is not None and id(at) not in seen:
+        if isinstance(at, OSError):
+            return at
+        seen.add(id(at))
+        at = at.__cause__ or at.__context__
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    if found is not None and isinstance(e, Exception):
+        number = int(found.group(1))
+        return OSError(number, os.strerror(number))
+    return None
+
+
+def _naming(e: OSError, target: Path) -> OSError:
+    """``e`` as the same OSError class and errno, naming ``target`` instead of a
+    temporary file, and saying that the previous file is unchanged."""
+    what = e.strerror or str(e) or type(e).__name__
+    message = f"could not save ({what}); the previous file is unchanged"
+    try:
+        err = type(e)(e.errno, message)
+    except TypeError:  # an OSError subclass with its own constructor
+        err = OSError(e.errno, message)
+    err.filename = os.fspath(target)
+    return err
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

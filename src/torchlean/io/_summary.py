@@ -79,6 +79,8 @@ class FileSummary:
 
     def info(self, name: str, *, registry: Registry = "variable") -> TensorInfo:
         """The most recent entry named ``name`` in ``registry``."""
+        if not isinstance(name, str):
+            raise TypeError(f"{registry} name must be a str, got {type(name).__name__} {name!r}")
         for e in self.entries:
             if e.registry == registry and e.name == name:
                 return e

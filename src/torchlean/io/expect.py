@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchlean.errors import ExpectationError
+from torchlean.errors import ExpectationError, InvalidShapeError
 from torchlean.runtime._backends import dtype_name
 from torchlean.spec.shape import Shape, as_dims
 
@@ -102,9 +102,16 @@ def _spec(value: Any, name: str) -> Spec:
         and not isinstance(value[0], int)
         and not isinstance(value[1], int)
     ):
-        return as_dims(value[0]), dtype_name(value[1])
+        try:
+            return as_dims(value[0]), dtype_name(value[1])
+        except InvalidShapeError as e:
+            raise InvalidShapeError(f"expected entry `{name}`: {e}") from None
+        except TypeError as e:
+            raise TypeError(f"expected entry `{name}`: {e}") from None
     try:
         return as_dims(value), None
+    except InvalidShapeError as e:
+        raise InvalidShapeError(f"expected entry `{name}`: {e}") from None
     except (TypeError, ValueError):
         raise TypeError(
             f"expected entry `{name}` must be a shape, a (shape, dtype) pair or an array,"
@@ -112,9 +119,9 @@ def _spec(value: Any, name: str) -> Spec:
         ) from None
 
 
-def expected_specs(expect: Any) -> dict[str, Spec]:
+def expected_specs(expect: Any, *, argument: str = "expect") -> dict[str, Spec]:
     """``expect`` (a mapping, a context, a file summary or an ``nn.Module``) as
-    ``{name: (shape, dtype or None)}``. Cost: O(n)."""
+    ``{name: (shape, dtype or None)}``. ``argument`` names it in errors. Cost: O(n)."""
     from torchlean.io._summary import FileSummary
     from torchlean.runtime.context import RuntimeContext
 
@@ -123,12 +130,15 @@ def expected_specs(expect: Any) -> dict[str, Spec]:
     if isinstance(expect, FileSummary):
         return {e.name: (e.shape, e.dtype) for e in expect.variables if not e.shadowed}
     if isinstance(expect, Mapping):
-        return {str(n): _spec(v, str(n)) for n, v in expect.items()}
+        for n in expect:
+            if not isinstance(n, str):
+                raise TypeError(f"{argument}: names must be str, got {type(n).__name__} {n!r}")
+        return {n: _spec(v, n) for n, v in expect.items()}
     state_dict = getattr(expect, "state_dict", None)
     if callable(state_dict) and type(expect).__module__.split(".")[0] != "builtins":
         return {n: _spec(t, n) for n, t in state_dict().items()}
     raise TypeError(
-        "expect must be a mapping of name to shape, a RuntimeContext or a torch"
+        f"{argument} must be a mapping of name to shape, a RuntimeContext or a torch"
         f" nn.Module, got {type(expect).__name__}"
     )
 
@@ -160,7 +170,7 @@ def compare(
     weights: Any, expect: Any, *, dtypes: bool = False, source: str = "the weights"
 ) -> ExpectReport:
     """Like :func:`check_expected`, returning the report without raising."""
-    have = expected_specs(weights)
+    have = expected_specs(weights, argument="weights")
     want = expected_specs(expect)
     missing = [n for n in want if n not in have]
     unexpected = [n for n in have if n not in want]

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from torchlean._validate import require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
@@ -34,6 +35,7 @@ LAYOUT_KEY: Final = PREFIX + "layout"
 
 def save_npz(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     """Write the whole context to an ``.npz`` archive, atomically. Cost: O(total bytes)."""
+    require_save_arguments(ctx, path, "save_npz")
     tensors, variables, gradients = _plan(ctx)
     dtypes: dict[str, str] = {}
     arrays: dict[str, np.ndarray[Any, Any]] = {}

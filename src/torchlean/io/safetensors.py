@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from torchlean._validate import require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
@@ -102,6 +103,7 @@ def save_safetensors(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> 
 
     Cost: O(total bytes); torch and jax tensors are copied to host memory once.
     """
+    require_save_arguments(ctx, path, "save_safetensors")
     from safetensors import TensorSpec, serialize_file
 
     tensors, variables, gradients = _plan(ctx)

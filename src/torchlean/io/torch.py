@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from torchlean._validate import require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import build_context, check_backend
@@ -119,11 +120,12 @@ def save_pt(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
 
     Cost: O(total bytes).
     """
+    require_save_arguments(ctx, path, "save_pt")
     import torch
 
     state = {name: _as_torch(at.t) for name, at in ctx._v.visible()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # through a Python file, so a failed write is an OSError
 
 
 def _as_torch(x: Any) -> Any:
@@ -141,6 +143,8 @@ def from_module(module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
     """A context with one variable per entry of ``module.state_dict()`` (parameters and
     buffers by their state_dict names), in that order. The tensors are copied, so
     training the module later never changes the context. Cost: O(total bytes)."""
+    if not callable(getattr(module, "state_dict", None)):
+        raise TypeError(f"from_module expects a torch nn.Module, got {type(module).__name__}")
     check_backend(backend)
     state = module.state_dict()
     if backend == "torch":
@@ -158,6 +162,11 @@ def load_into(ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = True) -> 
     an :class:`~torchlean.errors.ExpectationError` lists every problem and the module is
     left unchanged. Returns ``module``. Cost: O(total bytes).
     """
+    from torchlean.runtime.context import require_context
+
+    require_context(ctx, "load_into")
+    if not callable(getattr(module, "load_state_dict", None)):
+        raise TypeError(f"load_into expects a torch nn.Module, got {type(module).__name__}")
     import torch
 
     from torchlean.io.expect import check_expected

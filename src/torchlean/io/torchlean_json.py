@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from torchlean._validate import require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_write_bytes
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
@@ -86,6 +87,7 @@ def save_json(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     The most recent entry of each name is written, in first-registered order; gradients,
     shadowed entries and ``next_id`` are not part of this format. Cost: O(total elements).
     """
+    require_save_arguments(ctx, path, "save_json")
     import orjson
 
     where = os.fspath(path)

@@ -36,7 +36,7 @@ from torchlean.errors import (
     UnknownNameError,
 )
 from torchlean.runtime.any_tensor import AnyTensor
-from torchlean.runtime.context import RuntimeContext
+from torchlean.runtime.context import RuntimeContext, require_context
 from torchlean.runtime.context import donate as donate_context
 
 __all__ = ["Hyper", "Optimizer", "adam", "adamw", "sgd"]
@@ -61,6 +61,10 @@ class Hyper:
     eps: float = 1e-8
     amsgrad: bool = False
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer kind must be sgd, adam or adamw, got {self.kind!r}")
+
     @property
     def slots(self) -> tuple[str, ...]:
         """The per-parameter moment slots the state holds, besides ``step``."""
@@ -80,6 +84,10 @@ class Optimizer:
     """A functional optimizer over contexts: :meth:`init` and :meth:`step`."""
 
     def __init__(self, hyper: Hyper) -> None:
+        if not isinstance(hyper, Hyper):
+            raise TypeError(
+                f"Optimizer expects a Hyper (use sgd, adam or adamw), got {type(hyper).__name__}"
+            )
         self.hyper = hyper
         self._jitted: dict[bool, Any] = {}
         # the state's entry names of each parameter name: ("step/p", "exp_avg/p", ...)
@@ -114,6 +122,7 @@ class Optimizer:
         library; ``step/p`` is a float32 zero; ``count`` is an integer zero. Lean
         counterpart: none. Cost: O(total elements) to allocate the moments.
         """
+        require_context(ctx, "optimizer init")
         items: list[tuple[str, Any]] = []
         count: Any = None
         for name, at in ctx._v.visible():
@@ -149,6 +158,10 @@ class Optimizer:
         Lean counterpart: none. Cost: O(total elements) in one fused kernel per
         (device, dtype) on torch, one jitted call on jax.
         """
+        require_context(ctx, "optimizer step")
+        require_context(state, "optimizer step", "state")
+        if not isinstance(donate, bool):
+            raise TypeError(f"optimizer step: donate must be a bool, got {donate!r}")
         if ctx is state:
             raise TorchLeanError("optimizer step: ctx and state must be different contexts")
         h = self.hyper
@@ -322,9 +335,16 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _number(value: object, name: str) -> None:
+    """A hyperparameter must be a real number (not a bool, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+
+
 def _check_lr(lr: LR) -> None:
     if not callable(lr):
-        _check(isinstance(lr, (int, float)) and lr >= 0.0, f"invalid learning rate: {lr!r}")
+        _number(lr, "lr")
+        _check(lr >= 0.0, f"invalid learning rate: {lr!r}")
 
 
 def sgd(
@@ -336,6 +356,9 @@ def sgd(
 ) -> Optimizer:
     """Stochastic gradient descent, as ``torch.optim.SGD`` (same arguments and defaults)."""
     _check_lr(lr)
+    for value, name in ((momentum, "momentum"), (dampening, "dampening")):
+        _number(value, name)
+    _number(weight_decay, "weight_decay")
     _check(momentum >= 0.0, f"invalid momentum value: {momentum}")
     _check(weight_decay >= 0.0, f"invalid weight_decay value: {weight_decay}")
     _check(
@@ -349,6 +372,12 @@ def sgd(
 
 def _adam_checks(lr: LR, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
     _check_lr(lr)
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of numbers (beta1, beta2), got {betas!r}")
+    _number(betas[0], "betas[0]")
+    _number(betas[1], "betas[1]")
+    _number(eps, "eps")
+    _number(weight_decay, "weight_decay")
     _check(eps >= 0.0, f"invalid epsilon value: {eps}")
     _check(0.0 <= betas[0] < 1.0, f"invalid beta parameter at index 0: {betas[0]}")
     _check(0.0 <= betas[1] < 1.0, f"invalid beta parameter at index 1: {betas[1]}")

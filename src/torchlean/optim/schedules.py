@@ -57,6 +57,8 @@ def _check_steps(what: str, steps: int) -> None:
 
 def constant(value: float) -> Schedule:
     """``step -> value``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"constant: value must be a number, got {type(value).__name__} {value!r}")
 
     def schedule(step: Any) -> Any:
         return value

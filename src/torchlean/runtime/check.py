@@ -74,6 +74,10 @@ class CheckReport:
 
     def for_entry(self, registry: str, name: str) -> list[Problem]:
         """The problems of one entry (by registry and name)."""
+        if registry not in ("variable", "gradient"):
+            raise ValueError(f"registry must be 'variable' or 'gradient', got {registry!r}")
+        if not isinstance(name, str):
+            raise TypeError(f"{registry} name must be a str, got {type(name).__name__} {name!r}")
         return [p for p in self.problems if p.registry == registry and p.name == name]
 
     def __str__(self) -> str:
@@ -91,11 +95,18 @@ class CheckReport:
 
 def nonfinite_counts(at: AnyTensor[Any]) -> tuple[int, int]:
     """The number of NaN and of infinite elements of a stored tensor (0, 0 for ints)."""
+    from torchlean.runtime.any_tensor import AnyTensor
+
+    if not isinstance(at, AnyTensor):
+        raise TypeError(f"nonfinite_counts expects an AnyTensor, got {type(at).__name__}")
     return at._backend.nonfinite(at.t)
 
 
 def check_context(ctx: RuntimeContext[Any]) -> CheckReport:
     """Find every problem of ``ctx``. Cost: O(total elements)."""
+    from torchlean.runtime.context import require_context
+
+    require_context(ctx, "check_context")
     problems: list[Problem] = []
     devices: dict[str, str] = {}
     for registry, entries in (("variable", ctx._v.entries()), ("gradient", ctx._g.entries())):

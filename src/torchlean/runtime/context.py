@@ -127,17 +127,25 @@ class RuntimeContext(Generic[ArrayT]):
 
         Cost: O(m log m) for m items.
         """
+        if not isinstance(mapping, Mapping):
+            raise TypeError(
+                f"from_state_dict expects a mapping of name to array, got {type(mapping).__name__}"
+            )
         return cls(dtype=dtype).register_variables(mapping)
 
     @classmethod
     def from_module(cls, module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
         """A context of ``module``'s parameters and buffers (see :mod:`torchlean.io.torch`)."""
+        if not callable(getattr(module, "state_dict", None)):
+            raise TypeError(f"from_module expects a torch nn.Module, got {type(module).__name__}")
         from torchlean.io.torch import from_module
 
         return from_module(module, backend=backend)
 
     def load_into(self, module: Any, *, dtypes: bool = True) -> Any:
         """Copy the variables into ``module``, checked first (see :mod:`torchlean.io.torch`)."""
+        if not callable(getattr(module, "load_state_dict", None)):
+            raise TypeError(f"load_into expects a torch nn.Module, got {type(module).__name__}")
         from torchlean.io.torch import load_into
 
         return load_into(self, module, dtypes=dtypes)
@@ -202,9 +210,22 @@ class RuntimeContext(Generic[ArrayT]):
         Validates every item before anything is registered. Cost: O(m log n).
         """
         pairs = items.items() if isinstance(items, Mapping) else items
+        if not isinstance(pairs, Iterable) or isinstance(pairs, (str, bytes)):
+            raise TypeError(
+                "register_variables expects a mapping or an iterable of (name, array)"
+                f" pairs, got {type(items).__name__}"
+            )
         taken: list[tuple[str, AnyTensor[Any]]] = []
         probe = self  # carries the pin the values seen so far imply
-        for name, value in pairs:
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                text = repr(pair)
+                text = text if len(text) <= 60 else text[:57] + "..."
+                raise TypeError(
+                    f"register_variables: item {i} must be a (name, array) pair,"
+                    f" got {type(pair).__name__} {text}"
+                )
+            name, value = pair
             _check_name(name, "variable")
             at, pin = probe._take(value, "variable", name)
             if pin is not probe._pin:
@@ -461,6 +482,8 @@ class RuntimeContext(Generic[ArrayT]):
 
         ``gradients=True`` gives the gradients instead of the variables. Cost: O(n).
         """
+        if not isinstance(gradients, bool):
+            raise TypeError(f"state_dict: gradients must be a bool, got {gradients!r}")
         registry = self._g if gradients else self._v
         kind = "gradient" if gradients else "variable"
         out: dict[str, ArrayT] = {}
@@ -599,6 +622,18 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def require_context(value: object, where: str, argument: str = "ctx") -> None:
+    """Raise a ``TypeError`` naming ``where`` and ``argument`` unless ``value`` is a
+    :class:`RuntimeContext` (for the functions that take one). Cost: O(1)."""
+    if not isinstance(value, RuntimeContext):
+        text = repr(value)
+        if len(text) > 60:
+            text = text[:57] + "..."
+        raise TypeError(
+            f"{where}: {argument} must be a RuntimeContext, got {type(value).__name__} {text}"
+        )
+
+
 def _check_name(name: object, kind: str) -> None:
     if not isinstance(name, str):
         text = repr(name)
@@ -642,17 +677,113 @@ def empty_context(*, dtype: object = None) -> RuntimeContext[Any]:
 
 # The seed's operations as functions with the context first; each is the method itself,
 # so ``register_variable(ctx, name, value)`` is ``ctx.register_variable(name, value)``.
-register_variable = RuntimeContext.register_variable
-get_variable = RuntimeContext.get_variable
-set_variable = RuntimeContext.set_variable
-register_gradient = RuntimeContext.register_gradient
-get_gradient = RuntimeContext.get_gradient
-set_gradient = RuntimeContext.set_gradient
-clear_gradients = RuntimeContext.clear_gradients
-has_variable = RuntimeContext.has_variable
-variable_names = RuntimeContext.variable_names
-gradient_names = RuntimeContext.gradient_names
-context_size = RuntimeContext.context_size
-gradient_count = RuntimeContext.gradient_count
-is_valid_context = RuntimeContext.is_valid_context
-context_to_string = RuntimeContext.context_to_string
+# The seed's operations as functions, context first. Each checks that its first argument
+# is a context (a clear TypeError, not an AttributeError) and then calls the method.
+
+
+def register_variable(
+    ctx: RuntimeContext[ArrayT], name: str, value: ArrayT
+) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "register_variable")
+    return ctx.register_variable(name, value)
+
+
+def get_variable(ctx: RuntimeContext[ArrayT], name: str, shape: ShapeLike) -> ArrayT | None:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "get_variable")
+    return ctx.get_variable(name, shape)
+
+
+def set_variable(ctx: RuntimeContext[ArrayT], name: str, value: ArrayT) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "set_variable")
+    return ctx.set_variable(name, value)
+
+
+def register_gradient(
+    ctx: RuntimeContext[ArrayT], name: str, grad: ArrayT
+) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "register_gradient")
+    return ctx.register_gradient(name, grad)
+
+
+def get_gradient(ctx: RuntimeContext[ArrayT], name: str, shape: ShapeLike) -> ArrayT | None:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "get_gradient")
+    return ctx.get_gradient(name, shape)
+
+
+def set_gradient(ctx: RuntimeContext[ArrayT], name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "set_gradient")
+    return ctx.set_gradient(name, grad)
+
+
+def clear_gradients(ctx: RuntimeContext[ArrayT]) -> RuntimeContext[ArrayT]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "clear_gradients")
+    return ctx.clear_gradients()
+
+
+def has_variable(ctx: RuntimeContext[Any], name: str) -> bool:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "has_variable")
+    return ctx.has_variable(name)
+
+
+def variable_names(ctx: RuntimeContext[Any]) -> list[str]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "variable_names")
+    return ctx.variable_names()
+
+
+def gradient_names(ctx: RuntimeContext[Any]) -> list[str]:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "gradient_names")
+    return ctx.gradient_names()
+
+
+def context_size(ctx: RuntimeContext[Any]) -> int:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "context_size")
+    return ctx.context_size()
+
+
+def gradient_count(ctx: RuntimeContext[Any]) -> int:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "gradient_count")
+    return ctx.gradient_count()
+
+
+def is_valid_context(ctx: RuntimeContext[Any]) -> bool:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "is_valid_context")
+    return ctx.is_valid_context()
+
+
+def context_to_string(ctx: RuntimeContext[Any]) -> str:
+    if type(ctx) is not RuntimeContext:
+        require_context(ctx, "context_to_string")
+    return ctx.context_to_string()
+
+
+for _function in (
+    register_variable,
+    get_variable,
+    set_variable,
+    register_gradient,
+    get_gradient,
+    set_gradient,
+    clear_gradients,
+    has_variable,
+    variable_names,
+    gradient_names,
+    context_size,
+    gradient_count,
+    is_valid_context,
+    context_to_string,
+):
+    _function.__doc__ = getattr(RuntimeContext, _function.__name__).__doc__
+del _function

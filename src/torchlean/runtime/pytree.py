@@ -91,6 +91,9 @@ class EntryKey:
 
     def get(self, parent: Any) -> Any:
         """The tensor this key names in the context ``parent``. Cost: O(n)."""
+        from torchlean.runtime.context import require_context
+
+        require_context(parent, "EntryKey.get", "parent")
         entries = parent.var_registry if self.registry == "variables" else parent.gradients
         seen = 0
         for name, at in entries:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from torchlean.runtime.context import RuntimeContext
 from torchlean.widgets._summary import Row, Summary, format_bytes, format_number, summarize
 
 __all__ = ["to_html", "to_html_page"]
@@ -66,7 +67,13 @@ background:#ffebe9;color:#82071e;border:1px solid #ffcecb}
 
 
 def _as_summary(obj: Any) -> Summary:
-    return obj if isinstance(obj, Summary) else summarize(obj)
+    if isinstance(obj, Summary):
+        return obj
+    if not isinstance(obj, RuntimeContext):
+        raise TypeError(
+            f"expected a RuntimeContext or a widgets.Summary to show, got {type(obj).__name__}"
+        )
+    return summarize(obj)
 
 
 def to_html(ctx: Any, *, open_sections: bool = True) -> str:

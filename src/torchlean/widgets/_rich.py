@@ -19,6 +19,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from torchlean.runtime.context import RuntimeContext
 from torchlean.widgets._summary import Row, Summary, format_bytes, format_number, summarize
 
 __all__ = ["rich_renderable", "to_text"]
@@ -29,7 +30,13 @@ _TEXT_HEAD = 4
 
 
 def _as_summary(obj: Any) -> Summary:
-    return obj if isinstance(obj, Summary) else summarize(obj)
+    if isinstance(obj, Summary):
+        return obj
+    if not isinstance(obj, RuntimeContext):
+        raise TypeError(
+            f"expected a RuntimeContext or a widgets.Summary to show, got {type(obj).__name__}"
+        )
+    return summarize(obj)
 
 
 def rich_renderable(ctx: Any) -> RenderableType:
@@ -74,6 +81,8 @@ def to_text(ctx: Any, *, width: int = 120) -> str:
 
     Cost: that of :func:`rich_renderable`.
     """
+    if isinstance(width, bool) or not isinstance(width, int) or width < 20:
+        raise ValueError(f"to_text: width must be an int of at least 20, got {width!r}")
     buffer = io.StringIO()
     console = Console(
         file=buffer,

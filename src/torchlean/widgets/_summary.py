@@ -307,7 +307,12 @@ def summarize(
     per tensor for the statistics.
     """
     from torchlean.errors import DonatedContextError
+    from torchlean.runtime.context import require_context
 
+    require_context(ctx, "summarize")
+    _check_limit(sample_limit)
+    if title is not None and not isinstance(title, str):
+        raise TypeError(f"summarize: title must be a str, got {type(title).__name__}")
     try:
         report = ctx.check()
     except DonatedContextError as e:  # nothing left to show; say why
@@ -325,6 +330,11 @@ def summarize(
         next_id=ctx.next_id,
         sample_limit=sample_limit,
     )
+
+
+def _check_limit(sample_limit: object) -> None:
+    if isinstance(sample_limit, bool) or not isinstance(sample_limit, int) or sample_limit < 1:
+        raise ValueError(f"sample_limit must be a positive int, got {sample_limit!r}")
 
 
 def summarize_sources(
@@ -347,6 +357,15 @@ def summarize_sources(
 
     Cost: O(sample_limit) elements read per tensor.
     """
+    if not isinstance(title, str):
+        raise TypeError(f"summarize_sources: title must be a str, got {type(title).__name__}")
+    for argument, pairs in (("variables", variables), ("gradients", gradients)):
+        if not isinstance(pairs, Sequence) or isinstance(pairs, str):
+            raise TypeError(
+                f"summarize_sources: {argument} must be a sequence of (name, source) pairs,"
+                f" got {type(pairs).__name__}"
+            )
+    _check_limit(sample_limit)
     problems: list[Problem] = []
     visible_v: dict[str, TensorSource] = {}
     for name, src in variables:
