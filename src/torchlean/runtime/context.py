@@ -675,8 +675,6 @@ def empty_context(*, dtype: object = None) -> RuntimeContext[Any]:
     return RuntimeContext.empty(dtype=dtype)
 
 
-# The seed's operations as functions with the context first; each is the method itself,
-# so ``register_variable(ctx, name, value)`` is ``ctx.register_variable(name, value)``.
 # The seed's operations as functions, context first. Each checks that its first argument
 # is a context (a clear TypeError, not an AttributeError) and then calls the method.
 
