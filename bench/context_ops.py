@@ -118,6 +118,13 @@ def bench(n: int, repeats: int) -> dict[str, tuple[float, float, float]]:
             plain[name] = value
         return 500
 
+    def copy_set() -> int:
+        for name in probes[:500]:
+            copy = value.copy()
+            copy.setflags(write=False)
+            plain[name] = copy
+        return 500
+
     lean_probes = probes[: max(5, 20_000 // n)]
 
     def lean_get_all() -> int:
@@ -148,6 +155,7 @@ def bench(n: int, repeats: int) -> dict[str, tuple[float, float, float]]:
         "get lean": paired(lean_get_all, ctx_get, max(1, repeats // 2)),
         "has": paired(ctx_has, plain_has, repeats),
         "set": paired(ctx_set, plain_set, repeats),
+        "set copy": paired(ctx_set, copy_set, repeats),
         "set lean": paired(lean_set_all, ctx_set, max(1, repeats // 2)),
         "register": paired(register_all, register_dict, max(1, repeats // 2)),
     }
@@ -162,6 +170,8 @@ def main() -> None:
     repeats = 3 if args.quick else 9
     us = 1e6
     print("per operation, median of paired repeats; ratio = context / baseline")
+    print("dict+shape: get through a dict of (shape, array) with the shape compared;")
+    print("  for set, a dict storing a read-only copy (what immutability costs a dict)")
     print(
         f"{'n':>7}  {'op':<4} {'context':>9} {'dict':>9} {'ratio':>6}   "
         f"{'dict+shape':>10} {'ratio':>6}   {'Lean list':>10} {'ctx faster':>10}"
@@ -179,10 +189,11 @@ def main() -> None:
         ours, base, ratio = r["has"]
         print(f"{n:>7}  has  {ours * us:>7.3f}us {base * us:>7.3f}us {ratio:>5.1f}x")
         ours, base, ratio = r["set"]
+        _, copy_t, copy_ratio = r["set copy"]
         lean_t, _, lean_ratio = r["set lean"]
         print(
             f"{n:>7}  set  {ours * us:>7.3f}us {base * us:>7.3f}us {ratio:>5.1f}x   "
-            f"{'':>10} {'':>6}   {lean_t * us:>8.1f}us {lean_ratio:>9.0f}x"
+            f"{copy_t * us:>8.3f}us {copy_ratio:>5.1f}x   {lean_t * us:>8.1f}us {lean_ratio:>9.0f}x"
         )
         ours, base, ratio = r["register"]
         print(
