@@ -152,7 +152,11 @@ class Registry:
         if node is None:
             return self
         new = _entry(value, node.total, None, node.total)
-        return Registry(self.map.set(name, new), self.order, self.size)
+        registry: Registry = _new(Registry)
+        registry.map = self.map.set(name, new)
+        registry.order = self.order
+        registry.size = self.size
+        return registry
 
     def replace_head(self, name: str, value: AnyTensor[Any]) -> Registry:
         """Give only the first entry named ``name`` the value ``value``. Cost: O(log n)."""

@@ -48,13 +48,14 @@ from torchlean.errors import (
 )
 from torchlean.runtime._backends import (
     _BY_TYPE,
+    NUMPY,
     UNKNOWN_DEVICES,
     backend_of,
     dtype_name,
     read_checked,
     render_array,
 )
-from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry, fresh_entry
+from torchlean.runtime._registry import EMPTY, DonatedRegistry, Entry, Registry, fresh_entry
 from torchlean.runtime.any_tensor import AnyTensor, ArrayT
 from torchlean.spec.shape import ShapeLike, as_dims
 
@@ -81,6 +82,8 @@ __all__ = [
 ]
 
 Kind = Literal["variable", "gradient"]
+
+_new = object.__new__
 
 _REPR_ENTRIES = 6
 
@@ -151,7 +154,7 @@ class RuntimeContext(Generic[ArrayT]):
         return load_into(self, module, dtypes=dtypes)
 
     def _derive(self, v: Registry, g: Registry, next_id: int) -> RuntimeContext[ArrayT]:
-        new: RuntimeContext[ArrayT] = object.__new__(RuntimeContext)
+        new: RuntimeContext[ArrayT] = _new(RuntimeContext)
         new._v = v
         new._g = g
         new._next_id = next_id
@@ -185,7 +188,15 @@ class RuntimeContext(Generic[ArrayT]):
                     f"{kind} `{name}` is a {backend.name} array but this context holds"
                     f" {pin[1]} {pin[0]} arrays only"
                 )
-        return fresh_entry(backend.dims(stored), stored, backend), pin
+        # fresh_entry(), inlined: this is the hot path of every register and set.
+        entry: Entry = _new(Entry)
+        entry._dims = stored.shape if backend is NUMPY else backend.dims(stored)
+        entry._s = None
+        entry._t = stored
+        entry._backend = backend
+        entry._version = backend.version(stored) if backend.versioned else None
+        entry.count = 0
+        return entry, pin
 
     # ------------------------------------------------------------------ variables
 
