@@ -95,11 +95,12 @@ def load(
     every name that has it. Bad files raise :class:`~torchlean.errors.FormatError`.
     Cost: O(total bytes).
     """
-    from torchlean.io._common import check_backend
+    from torchlean.io._common import check_backend, check_regular_file
     from torchlean.io.expect import check_expected
 
     check_backend(backend)
     fmt = format_of(path, format)
+    check_regular_file(path)
     where = os.fspath(path)
     if fmt == "safetensors":
         from torchlean.io.safetensors import inspect_safetensors, load_safetensors
@@ -165,7 +166,10 @@ def inspect(path: str | os.PathLike[str], *, format: str | None = None) -> FileS
     For safetensors only the header is read (milliseconds, whatever the file's size);
     other formats are loaded whole. Cost: O(header) for safetensors, else O(file).
     """
+    from torchlean.io._common import check_regular_file
+
     fmt = format_of(path, format)
+    check_regular_file(path)
     if fmt == "safetensors":
         from torchlean.io.safetensors import inspect_safetensors
 

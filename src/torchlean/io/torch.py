@@ -59,6 +59,8 @@ def load_pt(
     where = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{where}: no such file")
+    if os.path.getsize(path) == 0:
+        raise FormatError(f"{where}: empty file, not a PyTorch file")
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
@@ -67,6 +69,8 @@ def load_pt(
             (line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line),
             None,
         )
+        if why is not None:  # drop torch's advice to allow the global: never do that here
+            why = why.split(" Please use", 1)[0]
         if why is None:
             raise FormatError(f"{where}: not a valid PyTorch file ({_first_line(text)})") from None
         raise FormatError(
