@@ -117,6 +117,8 @@ HOSTILE_CASES: dict[str, str] = {
     "json_duplicate_meta.json": "duplicate key `w`",
     "json_duplicate_params.json": "duplicate key `w`",
     "json_null.json": "tensor `w` must be a number or nested lists of numbers, got null",
+    "json_meta_dtype_comma.json": "meta dtype `floa},2` is not a known dtype",
+    "json_meta_dtype_struct.json": "meta dtype of `w` `f4,i4` is not a known dtype",
     "json_bad_utf8.json": "not valid JSON (str is not valid UTF-8: surrogates not allowed:"
     " line 1 column 1 (char 0))",
     "json_trailing.json": "not valid JSON (unexpected content after document: line 1"
@@ -156,6 +158,7 @@ HOSTILE_CASES: dict[str, str] = {
     "pt_truncated_zip.pt": "not a valid PyTorch file (PytorchStreamReader failed reading"
     " zip archive: failed finding central directory...",
     "pt_empty.pt": "empty file, not a PyTorch file",
+    "pt_stack_underflow.pt": "not a valid PyTorch file (IndexError: pop from empty list)",
 }
 
 # Where inspect (header only) says something else, or finds nothing wrong yet: the

@@ -46,6 +46,8 @@ def numpy_dtype(name: str) -> np.dtype[Any]:
         return np.dtype(name)
     except TypeError:
         pass
+    except ValueError:  # a malformed comma string such as "f4,x"
+        raise TypeError(f"unknown dtype {name!r}") from None
     try:
         import ml_dtypes
     except ImportError as e:  # pragma: no cover - installed with jax

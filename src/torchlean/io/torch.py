@@ -79,6 +79,12 @@ def load_pt(
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise FormatError(f"{where}: not a valid PyTorch file ({_first_line(str(e))})") from None
+    except Exception as e:
+        # a damaged pickle can fail anywhere in torch's restricted unpickler (an
+        # IndexError from its stack, a KeyError from its memo, ...); it never ran code
+        raise FormatError(
+            f"{where}: not a valid PyTorch file ({type(e).__name__}: {_first_line(str(e))})"
+        ) from None
     if isinstance(obj, Mapping):
         for key in _WRAPPERS:
             inner = obj.get(key)

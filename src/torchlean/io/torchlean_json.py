@@ -370,9 +370,14 @@ def _meta_dtype(value: Any, where: str, what: str) -> np.dtype[Any]:
     if not isinstance(value, str):
         raise FormatError(f"{where}: {what} must be a dtype name, got {_show(value)}")
     try:
-        return numpy_dtype(dtype_name(value))
-    except TypeError:
-        raise FormatError(f"{where}: {what} `{value}` is not a known dtype") from None
+        dtype = numpy_dtype(dtype_name(value))
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or not (
+        dtype.kind in "biufc" or dtype.type.__module__.startswith("ml_dtypes")
+    ):
+        raise FormatError(f"{where}: {what} `{value}` is not a known dtype")
+    return dtype
 
 
 def _meta_shape(value: Any, where: str, name: str) -> tuple[int, ...]:

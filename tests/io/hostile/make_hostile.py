@@ -14,6 +14,7 @@ Reading map:
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import pickle
@@ -190,6 +191,11 @@ def json_files() -> dict[str, bytes]:
         ),
         "json_duplicate_params.json": b'{"params": {"w": [1], "w": [2]}}',
         "json_null.json": b'{"w": null}',
+        # found by the fuzzer: numpy reads a comma in a dtype as a structured dtype
+        "json_meta_dtype_comma.json": b'{"params": {"w": [1]}, "meta": {"dtype": "floa},2"}}',
+        "json_meta_dtype_struct.json": (
+            b'{"params": {"w": [1]}, "meta": {"w": {"dtype": "f4,i4"}}}'
+        ),
         "json_bad_utf8.json": b'{"w\xff\xfe": [1]}',
         "json_trailing.json": b'{"w": [1]} {"w": [2]}',
     }
@@ -353,6 +359,10 @@ def pt_files() -> dict[str, bytes]:
         "pt_deep.pt": _torch_zip(deep),
         "pt_truncated_zip.pt": zipped[: len(zipped) // 2],
         "pt_empty.pt": b"",
+        # found by the fuzzer: torch's restricted unpickler fails with an IndexError
+        "pt_stack_underflow.pt": base64.b64decode(
+            "gQZ9cQBYAQAAAHdxAAAAAAAAAAAAAAAAAWNpbwpfc2VudGluZWxxA2gB//////////+GcQRScQVzLg=="
+        ),
     }
 
 

@@ -1,0 +1,70 @@
+"""One atheris (libFuzzer) fuzz target per format: ``python -m tests.fuzz.target FORMAT
+[libFuzzer arguments]``.
+
+Each input is written to a file with the format's suffix, then read with
+``torchlean.io.load`` and with ``torchlean.io.inspect`` (whose summary's ``head`` reads
+the first elements of every entry). A :class:`~torchlean.errors.TorchLeanError` is the
+expected way to refuse an input; anything else escapes and libFuzzer reports it as a
+crash (and saves the input). torchlean's modules are instrumented for coverage
+feedback; numpy, safetensors, orjson and torch are not (they are C, Rust and C++).
+
+Reading map:
+- :func:`one_input` -- what happens to one input.
+- :func:`main` -- atheris set-up (libFuzzer's ``-print_final_stats=1`` gives the
+  number of inputs tried).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+import atheris
+
+with atheris.instrument_imports(include=["torchlean"]):
+    import torchlean.io as tio
+    from torchlean.errors import TorchLeanError
+    from torchlean.io import _common, _json_fast, npz, safetensors, torchlean_json  # noqa: F401
+
+SUFFIX = {"safetensors": ".safetensors", "json": ".json", "npz": ".npz", "pt": ".pt"}
+_path = ""
+
+
+def one_input(data: bytes) -> None:
+    with open(_path, "wb") as f:
+        f.write(data)
+    with contextlib.suppress(TorchLeanError):
+        tio.load(_path)
+    try:
+        summary: Any = tio.inspect(_path)
+        for entry in summary.entries:
+            summary._read(entry, 4)
+    except TorchLeanError:
+        pass
+
+
+def main() -> None:
+    global _path
+    fmt = sys.argv[1]
+    if fmt == "pt":
+        import torch  # noqa: F401  (imported once, outside the timed inputs)
+    where = tempfile.mkdtemp(
+        prefix="torchlean-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
+    _path = os.path.join(where, "input" + SUFFIX[fmt])
+
+    @atexit.register
+    def clean() -> None:
+        shutil.rmtree(where, ignore_errors=True)
+
+    atheris.Setup([sys.argv[0], *sys.argv[2:]], one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
