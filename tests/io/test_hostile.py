@@ -118,6 +118,7 @@ HOSTILE_CASES: dict[str, str] = {
     "json_duplicate_params.json": "duplicate key `w`",
     "json_null.json": "tensor `w` must be a number or nested lists of numbers, got null",
     "json_meta_dtype_comma.json": "meta dtype `floa},2` is not a known dtype",
+    "json_meta_dtype_syntax.json": "meta dtype of `w` `,orch.bool` is not a known dtype",
     "json_meta_dtype_struct.json": "meta dtype of `w` `f4,i4` is not a known dtype",
     "json_bad_utf8.json": "not valid JSON (str is not valid UTF-8: surrogates not allowed:"
     " line 1 column 1 (char 0))",

@@ -46,7 +46,7 @@ def numpy_dtype(name: str) -> np.dtype[Any]:
         return np.dtype(name)
     except TypeError:
         pass
-    except ValueError:  # a malformed comma string such as "f4,x"
+    except (ValueError, SyntaxError):  # a malformed comma string such as "f4,x"
         raise TypeError(f"unknown dtype {name!r}") from None
     try:
         import ml_dtypes

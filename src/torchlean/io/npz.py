@@ -228,9 +228,15 @@ def load_npz(path: str | os.PathLike[str], *, backend: str = "numpy") -> Runtime
         if key not in arrays:
             raise FormatError(f"{where}: the layout gives a dtype to `{key}`, not in the archive")
         try:
-            arrays[key] = arrays[key].view(numpy_dtype(name))
-        except (TypeError, ValueError) as e:
-            raise FormatError(f"{where}: tensor `{key}` cannot be read as {name!r}: {e}") from None
+            dtype = numpy_dtype(name) if isinstance(name, str) else None
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.name != name:
+            raise FormatError(f"{where}: the layout gives `{key}` an unknown dtype {name!r}")
+        try:
+            arrays[key] = arrays[key].view(dtype)
+        except ValueError as e:
+            raise FormatError(f"{where}: tensor `{key}` cannot be read as {name}: {e}") from None
     v = [(n, arrays[k]) for n, k in variables]
     g = [(n, arrays[k]) for n, k in gradients]
     return build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)

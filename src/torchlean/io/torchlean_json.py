@@ -22,10 +22,12 @@ Reading map:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
+import re
 import reprlib
 from typing import Any, Final
 
@@ -42,6 +44,7 @@ __all__ = ["load_json", "parse_document", "save_json"]
 
 DEFAULT_DTYPE: Final = "float32"
 _LEAF_TYPES: Final = frozenset({int, float})
+_DTYPE_NAME: Final = re.compile(r"(torch\.)?[A-Za-z][A-Za-z0-9_]*")
 
 
 # ---------------------------------------------------------------------------- saving
@@ -369,10 +372,12 @@ def _narrow(
 def _meta_dtype(value: Any, where: str, what: str) -> np.dtype[Any]:
     if not isinstance(value, str):
         raise FormatError(f"{where}: {what} must be a dtype name, got {_show(value)}")
-    try:
-        dtype = numpy_dtype(dtype_name(value))
-    except (TypeError, ValueError):
-        dtype = None
+    dtype = None
+    # a plain name only: numpy reads "f4,i4" as a structured dtype, and may raise a
+    # SyntaxError from its parser for a malformed one
+    if _DTYPE_NAME.fullmatch(value):
+        with contextlib.suppress(TypeError, ValueError):
+            dtype = numpy_dtype(dtype_name(value))
     if dtype is None or not (
         dtype.kind in "biufc" or dtype.type.__module__.startswith("ml_dtypes")
     ):

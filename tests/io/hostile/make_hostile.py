@@ -193,6 +193,9 @@ def json_files() -> dict[str, bytes]:
         "json_null.json": b'{"w": null}',
         # found by the fuzzer: numpy reads a comma in a dtype as a structured dtype
         "json_meta_dtype_comma.json": b'{"params": {"w": [1]}, "meta": {"dtype": "floa},2"}}',
+        "json_meta_dtype_syntax.json": (
+            b'{"params": {"w": [0, 2]}, "meta": {"w": {"dtype": ",orch.bool"}}}'
+        ),
         "json_meta_dtype_struct.json": (
             b'{"params": {"w": [1]}, "meta": {"w": {"dtype": "f4,i4"}}}'
         ),
