@@ -156,6 +156,23 @@ def _census(doc: Any) -> tuple[int, int, int]:
     return keys, strings, literals
 
 
+_MAX_CHECKED_DEPTH: Final = 200
+
+
+def _depth(doc: Any) -> int:
+    """How deeply lists and objects nest in ``doc`` (without recursion)."""
+    deepest = 0
+    stack = [(doc, 1)]
+    while stack:
+        x, d = stack.pop()
+        if type(x) is dict:
+            x = list(x.values())
+        if type(x) is list:
+            deepest = max(deepest, d)
+            stack.extend((y, d + 1) for y in x if type(y) in (list, dict))
+    return deepest
+
+
 def _parse(data: bytes, where: str) -> tuple[Any, bool]:
     """Parse JSON text; duplicate keys, NaN and bad syntax raise FormatError.
 
@@ -177,6 +194,14 @@ def _parse(data: bytes, where: str) -> tuple[Any, bool]:
     # Each ':' outside a string belongs to one key; when they are as many as the keys
     # orjson kept, no key was repeated (a ':' inside a string only costs a re-check).
     if data.count(b":") != keys:
+        # json's parser recurses: check the depth first, so that the outcome never
+        # depends on how deep the caller's own stack is
+        depth = _depth(doc)
+        if depth > _MAX_CHECKED_DEPTH:
+            raise FormatError(
+                f"{where}: JSON nested {depth} levels deep, too deep to check for duplicate"
+                f" keys (a TorchLean document nests far less; at most {_MAX_CHECKED_DEPTH})"
+            )
         try:
             json.loads(data, object_pairs_hook=_no_duplicates)
         except _Duplicate as e:

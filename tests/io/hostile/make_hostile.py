@@ -161,6 +161,11 @@ def json_files() -> dict[str, bytes]:
         "json_deep_100000.json": ('{"params": {"w": ' + deep + "}}").encode(),
         "json_deep_meta.json": ('{"params": {"w": [1]}, "meta": ' + deep + "}").encode(),
         "json_deep_ragged_1020.json": ('{"w": ' + ragged_1020 + "}").encode(),
+        # found by the fuzzer: an object deep in a list made json's recursive duplicate
+        # check fail or not depending on the caller's stack depth
+        "json_deep_object_leaf.json": (
+            '{"w": ' + "[" * 990 + '{"a": 1}' + "]" * 990 + "}"
+        ).encode(),
         "json_deep_regular_100.json": ('{"w": ' + regular_100 + "}").encode(),
         "json_1e400.json": b'{"w": [1.0, 1e400]}',
         "json_big_int.json": (
