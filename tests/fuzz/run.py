@@ -1,4 +1,5 @@
-"""Fuzz every loader: ``python -m tests.fuzz.run [--minutes M | --seconds S] [--formats F,...]``.
+"""Fuzz every loader: ``python -m tests.fuzz.run [--minutes M | --seconds S] [--formats F,...]``
+(or ``python tests/fuzz/run.py ...``), from the repository root.
 
 Runs the atheris target (:mod:`tests.fuzz.target`) once per format, one after the other,
 each in its own process for its share of the time, seeded with
@@ -42,8 +43,7 @@ def fuzz_one(
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
     args = [
         sys.executable,
-        "-m",
-        "tests.fuzz.target",
+        str(Path(__file__).parent / "target.py"),
         fmt,
         str(out),
         str(CORPUS / fmt),

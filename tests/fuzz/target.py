@@ -1,5 +1,5 @@
-"""One atheris (libFuzzer) fuzz target per format: ``python -m tests.fuzz.target FORMAT
-[libFuzzer arguments]``.
+"""One atheris (libFuzzer) fuzz target per format: ``python tests/fuzz/target.py FORMAT
+[libFuzzer arguments]`` (``tests/fuzz/run.py`` runs it).
 
 Each input is written to a file with the format's suffix, then read with
 ``torchlean.io.load`` and with ``torchlean.io.inspect`` (whose summary's ``head`` reads

@@ -1,6 +1,6 @@
 """A short fuzz run of every loader (about 40 s): nothing but TorchLeanErrors.
 
-Runs ``python -m tests.fuzz.run --seconds 40`` (atheris, coverage-guided libFuzzer,
+Runs ``tests/fuzz/run.py --seconds 40`` (atheris, coverage-guided libFuzzer,
 seeded with ``tests/fuzz/corpus/``) in a subprocess and prints how many inputs each
 format tried. A longer run is the same command with ``--minutes 30``.
 """
@@ -43,8 +43,7 @@ def test_short_fuzz_run_gives_only_torchlean_errors(tmp_path: Path) -> None:
     done = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "tests.fuzz.run",
+            str(Path(__file__).parent / "run.py"),
             "--seconds",
             str(SECONDS),
             "--work",
