@@ -159,7 +159,9 @@ HOSTILE_CASES: dict[str, str] = {
     "pt_not_state_dict.pt": "expected a state_dict (a mapping of names to tensors), got list",
     "pt_deep.pt": "expected a state_dict (a mapping of names to tensors), got list",
     "pt_truncated_zip.pt": "not a valid PyTorch file (PytorchStreamReader failed reading"
-    " zip archive: failed finding central directory...",
+    " zip archive: failed finding central directory.)",
+    "pt_bomb_lying_directory.pt": "not a valid PyTorch file (PytorchStreamReader failed"
+    " reading file data/0: unexpected decompressed size.)",
     "pt_empty.pt": "empty file, not a PyTorch file",
     "pt_stack_underflow.pt": "not a valid PyTorch file (IndexError: pop from empty list)",
 }

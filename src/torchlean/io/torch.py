@@ -121,6 +121,7 @@ def _first_line(text: str) -> str:
         if line.strip() and not line.strip().startswith(boilerplate)
     ]
     line = lines[0] if lines else text
+    line = line.split(" This is an internal miniz error", 1)[0]  # then advice, cut at 200
     return line[:200]
 
 

@@ -356,6 +356,40 @@ def _torch_zip(data_pkl: bytes) -> bytes:
     )
 
 
+# torch.save({"w": torch.ones(4)})'s data.pkl: a float storage "0" of 4 elements
+_ONES_PKL = base64.b64decode(
+    "gAJ9cQBYAQAAAHdxAWN0b3JjaC5fdXRpbHMKX3JlYnVpbGRfdGVuc29yX3YyCnECKChYBwAAAHN0b3JhZ2Vx"
+    "A2N0b3JjaApGbG9hdFN0b3JhZ2UKcQRYAQAAADBxBVgDAAAAY3B1cQZLBHRxB1FLAEsEhXEISwGFcQmJY2Nv"
+    "bGxlY3Rpb25zCk9yZGVyZWREaWN0CnEKKVJxC3RxDFJxDXMu"
+)
+
+
+def _pt_bomb() -> bytes:
+    """A torch zip whose deflated ``data/0`` (16 bytes) claims 3.75 GiB in the zip
+    directory: a reader that trusted the directory would allocate that much."""
+    data = _zip(
+        [
+            ("bomb/data.pkl", _ONES_PKL, zipfile.ZIP_STORED),
+            ("bomb/byteorder", b"little", zipfile.ZIP_STORED),
+            ("bomb/data/0", np.ones(4, "<f4").tobytes(), zipfile.ZIP_DEFLATED),
+            ("bomb/version", b"3\n", zipfile.ZIP_STORED),
+        ]
+    )
+    b = bytearray(data)
+    name = b"bomb/data/0"
+    for magic, length_at, name_at, size_at in (
+        (b"PK\x03\x04", 26, 30, 22),  # local header
+        (b"PK\x01\x02", 28, 46, 24),  # central directory
+    ):
+        at = b.find(magic)
+        while at >= 0:
+            length = struct.unpack_from("<H", b, at + length_at)[0]
+            if bytes(b[at + name_at : at + name_at + length]) == name:
+                struct.pack_into("<I", b, at + size_at, 0xF0000000)
+            at = b.find(magic, at + 4)
+    return bytes(b)
+
+
 def pt_files() -> dict[str, bytes]:
     evil = _pickle({"w": _Evil()})
     zipped = _torch_zip(evil)
@@ -367,6 +401,7 @@ def pt_files() -> dict[str, bytes]:
         "pt_deep.pt": _torch_zip(deep),
         "pt_truncated_zip.pt": zipped[: len(zipped) // 2],
         "pt_empty.pt": b"",
+        "pt_bomb_lying_directory.pt": _pt_bomb(),
         # found by the fuzzer: torch's restricted unpickler fails with an IndexError
         "pt_stack_underflow.pt": base64.b64decode(
             "gQZ9cQBYAQAAAHdxAAAAAAAAAAAAAAAAAWNpbwpfc2VudGluZWxxA2gB//////////+GcQRScQVzLg=="
