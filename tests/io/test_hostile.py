@@ -134,8 +134,8 @@ HOSTILE_CASES: dict[str, str] = {
     "npz_bomb_lying_directory.npz": "member `w.npy` claims 130538 compressed bytes inflate"
     " to 144 bytes, which deflate cannot do (at most 1032:1); the zip directory lies"
     " (a zip bomb?)",
-    "npz_bomb_bzip2.npz": "member `w.npy` is compressed with bzip2; numpy writes stored or"
-    " deflated members only",
+    "npz_bomb_bzip2.npz": "member `w.npy` is compressed with bzip2; only stored or deflated"
+    " members are read (what numpy and torch write)",
     "npz_huge_shape.npz": "member `w.npy` holds 0 data bytes but its header says shape"
     " (1099511627776,) of float64, which is 8796093022208 bytes",
     "npz_shape_lies.npz": "member `w.npy` holds 8 data bytes but its header says shape"
@@ -160,8 +160,11 @@ HOSTILE_CASES: dict[str, str] = {
     "pt_deep.pt": "expected a state_dict (a mapping of names to tensors), got list",
     "pt_truncated_zip.pt": "not a valid PyTorch file (PytorchStreamReader failed reading"
     " zip archive: failed finding central directory.)",
-    "pt_bomb_lying_directory.pt": "not a valid PyTorch file (PytorchStreamReader failed"
-    " reading file data/0: unexpected decompressed size.)",
+    "pt_bomb_lying_directory.pt": "member `bomb/data/0` claims 8 compressed bytes inflate to"
+    " 4026531840 bytes, which deflate cannot do (at most 1032:1); the zip directory lies"
+    " (a zip bomb?)",
+    "pt_bomb_stored_size.pt": "member `bomb/version` is stored (not compressed) but the zip"
+    " directory gives it 2 bytes in the archive and 4026531840 bytes unpacked",
     "pt_empty.pt": "empty file, not a PyTorch file",
     "pt_stack_underflow.pt": "not a valid PyTorch file (IndexError: pop from empty list)",
 }

@@ -10,7 +10,7 @@ as unsigned integers of their width with the dtype named in the layout.
 Reading map:
 - :func:`save_npz` -- write a context (atomically, uncompressed).
 - :func:`load_npz` -- read one; a plain archive loads as variables in archive order.
-- :func:`_check_directory` -- what the zip directory must satisfy before anything is
+- :func:`check_zip_directory` -- what the zip directory must satisfy before anything is
   inflated (the zip-bomb guard); :func:`_read_member` -- one bounded ``.npy`` read.
 """
 
@@ -75,17 +75,20 @@ _NUMERIC_KINDS: Final = "biufc"
 _CHUNK: Final = 1 << 24
 
 
-def _check_directory(infos: list[zipfile.ZipInfo], size: int, where: str) -> None:
-    """Refuse what numpy never writes and what a zip bomb needs, from the zip directory
-    alone (before anything is inflated): unknown or exotic compression, encryption,
+def check_zip_directory(
+    infos: list[zipfile.ZipInfo], size: int, where: str, *, npy: bool = True
+) -> None:
+    """Refuse what numpy and torch never write and what a zip bomb needs, from the zip
+    directory alone (before anything is inflated): exotic compression, encryption,
     sizes no stored or deflated member can have, members beyond the archive's end,
-    overlapping members, repeated or non-``.npy`` names. Cost: O(members)."""
+    overlapping members, repeated names, and (``npy=True``) names that are not
+    ``.npy``. Used for ``.npz`` and for torch's zip files. Cost: O(members)."""
     names: set[str] = set()
     spans: list[tuple[int, int, str]] = []
     for info in infos:
         name = info.filename
         what = f"member `{name}`"
-        if not name.endswith(".npy"):
+        if npy and not name.endswith(".npy"):
             raise FormatError(f"{where}: {what} is not a .npy array (an .npz holds only those)")
         if name in names:
             raise FormatError(f"{where}: two members are named `{name}`")
@@ -96,8 +99,8 @@ def _check_directory(infos: list[zipfile.ZipInfo], size: int, where: str) -> Non
         if method is None:
             shown = _METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
             raise FormatError(
-                f"{where}: {what} is compressed with {shown}; numpy writes stored or"
-                " deflated members only"
+                f"{where}: {what} is compressed with {shown}; only stored or deflated"
+                " members are read (what numpy and torch write)"
             )
         packed, full = info.compress_size, info.file_size
         if method == "stored" and packed != full:
@@ -178,7 +181,7 @@ def _read_archive(path: str | os.PathLike[str], where: str) -> dict[str, np.ndar
         try:
             with zipfile.ZipFile(f) as zf:
                 infos = zf.infolist()
-                _check_directory(infos, size, where)
+                check_zip_directory(infos, size, where)
                 for info in infos:
                     arrays[info.filename[: -len(".npy")]] = _read_member(zf, info, where)
         except FormatError:
@@ -203,7 +206,7 @@ def load_npz(path: str | os.PathLike[str], *, backend: str = "numpy") -> Runtime
     """Read an ``.npz`` archive as a context; nothing in it is unpickled.
 
     The zip directory is checked before anything is inflated (see
-    :func:`_check_directory`), and each member is read up to the size its ``.npy``
+    :func:`check_zip_directory`), and each member is read up to the size its ``.npy``
     header implies, so memory is bounded by what the headers declare, and that by
     1032 times the archive's size. Cost: O(total bytes).
     """

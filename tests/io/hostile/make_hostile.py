@@ -364,19 +364,10 @@ _ONES_PKL = base64.b64decode(
 )
 
 
-def _pt_bomb() -> bytes:
-    """A torch zip whose deflated ``data/0`` (16 bytes) claims 3.75 GiB in the zip
-    directory: a reader that trusted the directory would allocate that much."""
-    data = _zip(
-        [
-            ("bomb/data.pkl", _ONES_PKL, zipfile.ZIP_STORED),
-            ("bomb/byteorder", b"little", zipfile.ZIP_STORED),
-            ("bomb/data/0", np.ones(4, "<f4").tobytes(), zipfile.ZIP_DEFLATED),
-            ("bomb/version", b"3\n", zipfile.ZIP_STORED),
-        ]
-    )
+def _patch_member_size(data: bytes, name: bytes, size: int) -> bytes:
+    """``data`` (a zip) with member ``name``'s uncompressed size set to ``size`` in its
+    local header and in the central directory."""
     b = bytearray(data)
-    name = b"bomb/data/0"
     for magic, length_at, name_at, size_at in (
         (b"PK\x03\x04", 26, 30, 22),  # local header
         (b"PK\x01\x02", 28, 46, 24),  # central directory
@@ -385,9 +376,23 @@ def _pt_bomb() -> bytes:
         while at >= 0:
             length = struct.unpack_from("<H", b, at + length_at)[0]
             if bytes(b[at + name_at : at + name_at + length]) == name:
-                struct.pack_into("<I", b, at + size_at, 0xF0000000)
+                struct.pack_into("<I", b, at + size_at, size)
             at = b.find(magic, at + 4)
     return bytes(b)
+
+
+def _pt_bomb(method: int, member: bytes) -> bytes:
+    """A torch zip of ``torch.ones(4)`` whose ``member`` claims 3.75 GiB in the zip
+    directory: torch's reader allocates what the directory declares."""
+    data = _zip(
+        [
+            ("bomb/data.pkl", _ONES_PKL, zipfile.ZIP_STORED),
+            ("bomb/byteorder", b"little", zipfile.ZIP_STORED),
+            ("bomb/data/0", np.ones(4, "<f4").tobytes(), method),
+            ("bomb/version", b"3\n", zipfile.ZIP_STORED),
+        ]
+    )
+    return _patch_member_size(data, member, 0xF0000000)
 
 
 def pt_files() -> dict[str, bytes]:
@@ -401,7 +406,9 @@ def pt_files() -> dict[str, bytes]:
         "pt_deep.pt": _torch_zip(deep),
         "pt_truncated_zip.pt": zipped[: len(zipped) // 2],
         "pt_empty.pt": b"",
-        "pt_bomb_lying_directory.pt": _pt_bomb(),
+        "pt_bomb_lying_directory.pt": _pt_bomb(zipfile.ZIP_DEFLATED, b"bomb/data/0"),
+        # found by the fuzzer: a stored record whose size lies made torch allocate 4 GiB
+        "pt_bomb_stored_size.pt": _pt_bomb(zipfile.ZIP_STORED, b"bomb/version"),
         # found by the fuzzer: torch's restricted unpickler fails with an IndexError
         "pt_stack_underflow.pt": base64.b64decode(
             "gQZ9cQBYAQAAAHdxAAAAAAAAAAAAAAAAAWNpbwpfc2VudGluZWxxA2gB//////////+GcQRScQVzLg=="
