@@ -163,6 +163,8 @@ HOSTILE_CASES: dict[str, str] = {
     "pt_bomb_lying_directory.pt": "member `bomb/data/0` claims 8 compressed bytes inflate to"
     " 4026531840 bytes, which deflate cannot do (at most 1032:1); the zip directory lies"
     " (a zip bomb?)",
+    "pt_zip64_disks.pt": "not a valid PyTorch file (zipfiles that span multiple disks are"
+    " not supported)",
     "pt_bomb_stored_size.pt": "member `bomb/version` is stored (not compressed) but the zip"
     " directory gives it 2 bytes in the archive and 4026531840 bytes unpacked",
     "pt_empty.pt": "empty file, not a PyTorch file",

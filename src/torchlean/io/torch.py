@@ -62,15 +62,18 @@ def load_pt(
         raise FileNotFoundError(f"{where}: no such file")
     if os.path.getsize(path) == 0:
         raise FormatError(f"{where}: empty file, not a PyTorch file")
-    if zipfile.is_zipfile(path):
-        # torch's zip reader allocates what the zip directory declares: check it first
+    # torch's zip reader allocates what the zip directory declares: check it first
+    try:
+        if zipfile.is_zipfile(path):  # (it can raise BadZipFile itself)
+            with zipfile.ZipFile(path) as zf:
+                infos: list[zipfile.ZipInfo] | None = zf.infolist()
+        else:
+            infos = None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise FormatError(f"{where}: not a valid PyTorch file ({e})") from None
+    if infos is not None:
         from torchlean.io.npz import check_zip_directory
 
-        try:
-            with zipfile.ZipFile(path) as zf:
-                infos = zf.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-            raise FormatError(f"{where}: not a valid PyTorch file ({e})") from None
         check_zip_directory(infos, os.path.getsize(path), where, npy=False)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")

@@ -395,6 +395,14 @@ def _pt_bomb(method: int, member: bytes) -> bytes:
     return _patch_member_size(data, member, 0xF0000000)
 
 
+def _zip64_disks(data: bytes) -> bytes:
+    """``data`` (a zip) with a zip64 end-of-directory locator before its end record
+    that says the archive spans 2 disks."""
+    end = data.rfind(b"PK\x05\x06")
+    locator = b"PK\x06\x07" + struct.pack("<IQI", 0, 0, 2)
+    return data[:end] + locator + data[end:]
+
+
 def pt_files() -> dict[str, bytes]:
     evil = _pickle({"w": _Evil()})
     zipped = _torch_zip(evil)
@@ -409,6 +417,9 @@ def pt_files() -> dict[str, bytes]:
         "pt_bomb_lying_directory.pt": _pt_bomb(zipfile.ZIP_DEFLATED, b"bomb/data/0"),
         # found by the fuzzer: a stored record whose size lies made torch allocate 4 GiB
         "pt_bomb_stored_size.pt": _pt_bomb(zipfile.ZIP_STORED, b"bomb/version"),
+        # found by the fuzzer: zipfile.is_zipfile raises on a zip64 end record that
+        # names several disks
+        "pt_zip64_disks.pt": _zip64_disks(_torch_zip(_ONES_PKL)),
         # found by the fuzzer: torch's restricted unpickler fails with an IndexError
         "pt_stack_underflow.pt": base64.b64decode(
             "gQZ9cQBYAQAAAHdxAAAAAAAAAAAAAAAAAWNpbwpfc2VudGluZWxxA2gB//////////+GcQRScQVzLg=="
