@@ -165,6 +165,7 @@ HOSTILE_CASES: dict[str, str] = {
     " (a zip bomb?)",
     "pt_zip64_disks.pt": "not a valid PyTorch file (zipfiles that span multiple disks are"
     " not supported)",
+    "pt_zip_version.pt": "not a valid PyTorch file (zip file version 18.6)",
     "pt_bomb_stored_size.pt": "member `bomb/version` is stored (not compressed) but the zip"
     " directory gives it 2 bytes in the archive and 4026531840 bytes unpacked",
     "pt_empty.pt": "empty file, not a PyTorch file",

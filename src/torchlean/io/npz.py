@@ -20,6 +20,7 @@ import itertools
 import json
 import math
 import os
+import struct
 import zipfile
 import zlib
 from typing import Any, Final
@@ -196,6 +197,7 @@ def _read_archive(path: str | os.PathLike[str], where: str) -> dict[str, np.ndar
             RuntimeError,
             RecursionError,
             SyntaxError,
+            struct.error,
         ) as e:
             text = " ".join(str(e).split("\n", 1)[0].split()) or type(e).__name__
             raise FormatError(f"{where}: not a valid .npz archive: {text}") from None

@@ -403,6 +403,14 @@ def _zip64_disks(data: bytes) -> bytes:
     return data[:end] + locator + data[end:]
 
 
+def _zip_version(data: bytes) -> bytes:
+    """``data`` (a zip) whose first central-directory entry needs zip version 18.6."""
+    b = bytearray(data)
+    at = b.find(b"PK\x01\x02")
+    struct.pack_into("<B", b, at + 6, 186)  # "version needed to extract"
+    return bytes(b)
+
+
 def pt_files() -> dict[str, bytes]:
     evil = _pickle({"w": _Evil()})
     zipped = _torch_zip(evil)
@@ -420,6 +428,8 @@ def pt_files() -> dict[str, bytes]:
         # found by the fuzzer: zipfile.is_zipfile raises on a zip64 end record that
         # names several disks
         "pt_zip64_disks.pt": _zip64_disks(_torch_zip(_ONES_PKL)),
+        # found by the fuzzer: zipfile raises NotImplementedError for a zip version
+        "pt_zip_version.pt": _zip_version(_torch_zip(_ONES_PKL)),
         # found by the fuzzer: torch's restricted unpickler fails with an IndexError
         "pt_stack_underflow.pt": base64.b64decode(
             "gQZ9cQBYAQAAAHdxAAAAAAAAAAAAAAAAAWNpbwpfc2VudGluZWxxA2gB//////////+GcQRScQVzLg=="
