@@ -41,6 +41,8 @@ def fuzz_one(
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")])
+    scratch = Path(tempfile.mkdtemp(prefix="torchlean-fuzz-"))
+    env["TORCHLEAN_FUZZ_SCRATCH"] = str(scratch)
     args = [
         sys.executable,
         str(Path(__file__).parent / "target.py"),
@@ -58,15 +60,18 @@ def fuzz_one(
     if runs is not None:
         args.append(f"-runs={runs}")
     start = time.perf_counter()
-    done = subprocess.run(
-        args,
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=seconds + 120,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            args,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     took = time.perf_counter() - start
     text = done.stderr
     found = re.findall(r"stat::number_of_executed_units: (\d+)", text)

@@ -16,10 +16,8 @@ Reading map:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 from typing import Any
@@ -53,14 +51,11 @@ def main() -> None:
     fmt = sys.argv[1]
     if fmt == "pt":
         import torch  # noqa: F401  (imported once, outside the timed inputs)
-    where = tempfile.mkdtemp(
-        prefix="torchlean-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
-    )
+    # libFuzzer ends the process with _exit (no atexit): the runner gives a scratch
+    # folder it removes itself; run alone, a temporary folder is left behind
+    where = os.environ.get("TORCHLEAN_FUZZ_SCRATCH") or tempfile.mkdtemp(prefix="torchlean-fuzz-")
+    os.makedirs(where, exist_ok=True)
     _path = os.path.join(where, "input" + SUFFIX[fmt])
-
-    @atexit.register
-    def clean() -> None:
-        shutil.rmtree(where, ignore_errors=True)
 
     atheris.Setup([sys.argv[0], *sys.argv[2:]], one_input)
     atheris.Fuzz()
