@@ -103,7 +103,7 @@ def load(
     every name that has it. Bad files raise :class:`~torchlean.errors.FormatError`.
     Cost: O(total bytes).
     """
-    from torchlean.io._common import check_backend
+    from torchlean.io._common import check_backend, check_regular_file
     from torchlean.io.expect import check_expected
 
     require_path(path, "load")
@@ -112,6 +112,7 @@ def load(
     if strip_prefix is not None:
         require_str(strip_prefix, "load", "strip_prefix")
     fmt = format_of(path, format)
+    check_regular_file(path)
     where = os.fspath(path)
     if fmt == "safetensors":
         from torchlean.io.safetensors import inspect_safetensors, load_safetensors
@@ -178,7 +179,10 @@ def inspect(path: str | os.PathLike[str], *, format: str | None = None) -> FileS
     other formats are loaded whole. Cost: O(header) for safetensors, else O(file).
     """
     require_path(path, "inspect")
+    from torchlean.io._common import check_regular_file
+
     fmt = format_of(path, format)
+    check_regular_file(path)
     if fmt == "safetensors":
         from torchlean.io.safetensors import inspect_safetensors
 

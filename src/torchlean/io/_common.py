@@ -7,11 +7,14 @@ Reading map:
   asked for, without copying the arrays a reader just made.
 - :func:`convert` -- one numpy array into the array library asked for.
 - :data:`BACKENDS` -- the accepted ``backend=`` values.
+- :func:`check_regular_file` -- refuse directories, FIFOs, devices before reading.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -43,6 +46,8 @@ def numpy_dtype(name: str) -> np.dtype[Any]:
         return np.dtype(name)
     except TypeError:
         pass
+    except (ValueError, SyntaxError):  # a malformed comma string such as "f4,x"
+        raise TypeError(f"unknown dtype {name!r}") from None
     try:
         import ml_dtypes
     except ImportError as e:  # pragma: no cover - installed with jax
@@ -51,6 +56,35 @@ def numpy_dtype(name: str) -> np.dtype[Any]:
         return np.dtype(getattr(ml_dtypes, name))  # type: ignore[no-any-return]
     except (AttributeError, TypeError):
         raise TypeError(f"unknown dtype {name!r}") from None
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> None:
+    """Refuse a path that is not a regular file (a directory, a FIFO, a device such as
+    ``/dev/zero``, a symlink loop) before any reader opens it: such a path would block
+    or never end. A missing file raises FileNotFoundError."""
+    where = os.fspath(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "No such file or directory", where) from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FormatError(f"{where}: a symlink loop, not a file") from None
+        raise
+    if stat.S_ISREG(mode):
+        return
+    kind = (
+        "a directory"
+        if stat.S_ISDIR(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "not a regular file"
+    )
+    raise FormatError(f"{where}: is {kind}, not a regular file")
 
 
 def check_backend(backend: str) -> None:

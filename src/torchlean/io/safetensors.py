@@ -24,12 +24,13 @@ import contextlib
 import json
 import math
 import os
+import reprlib
 from typing import Any, Final
 
 import numpy as np
 
 from torchlean._validate import require_save_arguments
-from torchlean.errors import FormatError
+from torchlean.errors import BackendError, FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
 from torchlean.io._summary import FileSummary, TensorInfo
@@ -38,6 +39,7 @@ from torchlean.runtime.context import RuntimeContext
 __all__ = [
     "LAYOUT_VERSION",
     "PREFIX",
+    "check_layout",
     "inspect_safetensors",
     "load_safetensors",
     "save_safetensors",
@@ -134,12 +136,26 @@ def _open(path: str | os.PathLike[str], framework: str = "numpy") -> Any:
 
     with contextlib.suppress(ImportError):  # registers bfloat16 with numpy for safe_open
         import ml_dtypes  # noqa: F401
+    where = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{os.fspath(path)}: no such file")
+        raise FileNotFoundError(f"{where}: no such file")
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        n = int.from_bytes(f.read(8), "little")
+    if size < 8:
+        raise FormatError(
+            f"{where}: not a valid safetensors file: header too small ({size} bytes; the"
+            " header's length alone takes 8)"
+        )
+    if n > size - 8:
+        raise FormatError(
+            f"{where}: not a valid safetensors file: the header's length says {n} bytes"
+            f" but only {size - 8} follow"
+        )
     try:
-        return safe_open(os.fspath(path), framework=framework)
+        return safe_open(where, framework=framework)
     except Exception as e:
-        raise FormatError(f"{os.fspath(path)}: not a valid safetensors file: {e}") from None
+        raise FormatError(f"{where}: not a valid safetensors file: {e}") from None
 
 
 def _layout(
@@ -147,21 +163,31 @@ def _layout(
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int, str | None, bool]:
     """The registries as ``(name, key)`` pairs, ``next_id``, the pin, and whether the
     file had a torchlean layout; validates the layout against the file's keys."""
-    where = os.fspath(path)
     meta = handle.metadata() or {}
     keys = list(handle.offset_keys())
     text = meta.get(_META_KEY)
     if text is None:
         pairs = [(k, k) for k in reversed(keys)]
         return pairs, [], len(pairs), None, False
+    variables, gradients, next_id, pin, _ = check_layout(os.fspath(path), text, keys)
+    return variables, gradients, next_id, pin, True
+
+
+def check_layout(
+    where: str, text: str | bytes, keys: list[str]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int, str | None, dict[str, Any]]:
+    """The layout JSON ``text`` checked against the file's tensor ``keys``: the
+    registries as ``(name, key)`` pairs, ``next_id``, the pinned dtype, and the whole
+    layout object. Anything wrong raises FormatError. Cost: O(len(text))."""
     try:
         layout = json.loads(text)
-    except ValueError as e:
-        raise FormatError(f"{where}: the torchlean metadata is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise FormatError(f"{where}: the torchlean metadata is not valid JSON: {why}") from None
     if not isinstance(layout, dict):
         raise FormatError(f"{where}: the torchlean metadata is not a JSON object")
     version = layout.get("version")
-    if version != LAYOUT_VERSION:
+    if version != LAYOUT_VERSION or type(version) is not int:
         raise FormatError(
             f"{where}: torchlean layout version {version!r} is not supported"
             f" (this torchlean reads version {LAYOUT_VERSION})"
@@ -170,8 +196,15 @@ def _layout(
     if type(next_id) is not int or next_id < 0:
         raise FormatError(f"{where}: next_id must be a non-negative int, got {next_id!r}")
     pin = layout.get("dtype")
-    if pin is not None and not isinstance(pin, str):
-        raise FormatError(f"{where}: the pinned dtype must be a string or null, got {pin!r}")
+    if pin is not None:
+        try:
+            known_pin = isinstance(pin, str) and numpy_dtype(pin).name == pin
+        except (TypeError, BackendError):
+            known_pin = False
+        if not known_pin:
+            raise FormatError(
+                f"{where}: the pinned dtype must be a dtype name or null, got {pin!r}"
+            )
     known = set(keys)
     used: set[str] = set()
 
@@ -187,7 +220,8 @@ def _layout(
                 or not all(isinstance(s, str) for s in item)
             ):
                 raise FormatError(
-                    f"{where}: {field}[{i}] must be a [name, key] pair of strings, got {item!r}"
+                    f"{where}: {field}[{i}] must be a [name, key] pair of strings,"
+                    f" got {reprlib.repr(item)}"
                 )
             name, key = item
             if key not in known:
@@ -207,7 +241,7 @@ def _layout(
             f"{where}: the torchlean metadata does not mention tensor"
             f" {', '.join(f'`{k}`' for k in stray[:5])}"
         )
-    return variables, gradients, next_id, pin, True
+    return variables, gradients, next_id, pin, layout
 
 
 def _read_numpy(path: str | os.PathLike[str], keys: set[str]) -> dict[str, np.ndarray[Any, Any]]:
@@ -284,6 +318,11 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
             s = f.get_slice(key)
             code = s.get_dtype()
             specs[key] = (tuple(int(d) for d in s.get_shape()), _DTYPES.get(code, code))
+            if pin is not None and specs[key][1] != pin:
+                raise FormatError(
+                    f"{where}: tensor `{key}` has dtype {specs[key][1]} but the file says"
+                    f" the context holds {pin} only"
+                )
     for registry, pairs in (("variable", variables), ("gradient", gradients)):
         seen: set[str] = set()
         for i, (name, key) in enumerate(pairs):
@@ -307,10 +346,17 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
             seen.add(name)
 
     def read(info: TensorInfo, n: int | None) -> np.ndarray[Any, Any]:
+        if info.dtype not in _DTYPES.values():
+            raise FormatError(
+                f"{where}: tensor `{info.key}` has dtype {info.dtype}, which numpy cannot hold"
+            )
         with _open(where) as f:
-            if n is None:
-                return np.asarray(f.get_tensor(info.key)).reshape(info.shape)
-            return _head(f.get_slice(info.key), info.shape, n)
+            try:
+                if n is None:
+                    return np.asarray(f.get_tensor(info.key)).reshape(info.shape)
+                return _head(f.get_slice(info.key), info.shape, n)
+            except Exception as e:  # the file changed or was damaged since inspect
+                raise FormatError(f"{where}: cannot read tensor `{info.key}`: {e}") from None
 
     return FileSummary(
         path=where,

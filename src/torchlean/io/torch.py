@@ -15,6 +15,7 @@ Reading map:
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -60,6 +61,21 @@ def load_pt(
     where = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{where}: no such file")
+    if os.path.getsize(path) == 0:
+        raise FormatError(f"{where}: empty file, not a PyTorch file")
+    # torch's zip reader allocates what the zip directory declares: check it first
+    try:
+        if zipfile.is_zipfile(path):  # (it can raise BadZipFile itself)
+            with zipfile.ZipFile(path) as zf:
+                infos: list[zipfile.ZipInfo] | None = zf.infolist()
+        else:
+            infos = None
+    except Exception as e:  # BadZipFile, NotImplementedError (a zip version), ...
+        raise FormatError(f"{where}: not a valid PyTorch file ({e})") from None
+    if infos is not None:
+        from torchlean.io.npz import check_zip_directory
+
+        check_zip_directory(infos, os.path.getsize(path), where, npy=False)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
@@ -68,6 +84,8 @@ def load_pt(
             (line.strip() for line in text.splitlines() if "GLOBAL" in line or "global" in line),
             None,
         )
+        if why is not None:  # drop torch's advice to allow the global: never do that here
+            why = why.split(" Please use", 1)[0]
         if why is None:
             raise FormatError(f"{where}: not a valid PyTorch file ({_first_line(text)})") from None
         raise FormatError(
@@ -76,6 +94,12 @@ def load_pt(
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise FormatError(f"{where}: not a valid PyTorch file ({_first_line(str(e))})") from None
+    except Exception as e:
+        # a damaged pickle can fail anywhere in torch's restricted unpickler (an
+        # IndexError from its stack, a KeyError from its memo, ...); it never ran code
+        raise FormatError(
+            f"{where}: not a valid PyTorch file ({type(e).__name__}: {_first_line(str(e))})"
+        ) from None
     if isinstance(obj, Mapping):
         for key in _WRAPPERS:
             inner = obj.get(key)
@@ -112,6 +136,7 @@ def _first_line(text: str) -> str:
         if line.strip() and not line.strip().startswith(boilerplate)
     ]
     line = lines[0] if lines else text
+    line = line.split(" This is an internal miniz error", 1)[0]  # then advice, cut at 200
     return line[:200]
 
 

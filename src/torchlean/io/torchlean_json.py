@@ -22,10 +22,13 @@ Reading map:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import os
+import re
+import reprlib
 from typing import Any, Final
 
 import numpy as np
@@ -42,6 +45,7 @@ __all__ = ["load_json", "parse_document", "save_json"]
 
 DEFAULT_DTYPE: Final = "float32"
 _LEAF_TYPES: Final = frozenset({int, float})
+_DTYPE_NAME: Final = re.compile(r"(torch\.)?[A-Za-z][A-Za-z0-9_]*")
 
 
 # ---------------------------------------------------------------------------- saving
@@ -154,6 +158,23 @@ def _census(doc: Any) -> tuple[int, int, int]:
     return keys, strings, literals
 
 
+_MAX_CHECKED_DEPTH: Final = 200
+
+
+def _depth(doc: Any) -> int:
+    """How deeply lists and objects nest in ``doc`` (without recursion)."""
+    deepest = 0
+    stack = [(doc, 1)]
+    while stack:
+        x, d = stack.pop()
+        if type(x) is dict:
+            x = list(x.values())
+        if type(x) is list:
+            deepest = max(deepest, d)
+            stack.extend((y, d + 1) for y in x if type(y) in (list, dict))
+    return deepest
+
+
 def _parse(data: bytes, where: str) -> tuple[Any, bool]:
     """Parse JSON text; duplicate keys, NaN and bad syntax raise FormatError.
 
@@ -175,6 +196,14 @@ def _parse(data: bytes, where: str) -> tuple[Any, bool]:
     # Each ':' outside a string belongs to one key; when they are as many as the keys
     # orjson kept, no key was repeated (a ':' inside a string only costs a re-check).
     if data.count(b":") != keys:
+        # json's parser recurses: check the depth first, so that the outcome never
+        # depends on how deep the caller's own stack is
+        depth = _depth(doc)
+        if depth > _MAX_CHECKED_DEPTH:
+            raise FormatError(
+                f"{where}: JSON nested {depth} levels deep, too deep to check for duplicate"
+                f" keys (a TorchLean document nests far less; at most {_MAX_CHECKED_DEPTH})"
+            )
         try:
             json.loads(data, object_pairs_hook=_no_duplicates)
         except _Duplicate as e:
@@ -185,7 +214,16 @@ def _parse(data: bytes, where: str) -> tuple[Any, bool]:
     return doc, numbers_only
 
 
+def _show(x: Any) -> str:
+    """A JSON value, shortly (never recursing into a deeply nested one)."""
+    if x is None or type(x) in (str, bool, int, float):
+        return json.dumps(x)[:40]
+    return reprlib.repr(x)
+
+
 def _index(path: tuple[int, ...]) -> str:
+    if len(path) > 12:  # a deep index, shortened: its start, the depth, its end
+        return f"{_index(path[:4])}...({len(path) - 8} more)...{_index(path[-4:])}"
     return "".join(f"[{i}]" for i in path)
 
 
@@ -203,7 +241,7 @@ def _explain(name: str, value: Any, where: str) -> FormatError:
 
     expected = shape_of(value)
 
-    def walk(x: Any, at: tuple[int, ...]) -> FormatError | None:
+    def check(x: Any, at: tuple[int, ...]) -> FormatError | None:
         depth = len(at)
         if type(x) is list:
             if depth >= len(expected):
@@ -216,15 +254,11 @@ def _explain(name: str, value: Any, where: str) -> FormatError:
                     f"{where}: tensor `{name}` has ragged nesting: {_index(at)} has"
                     f" {len(x)} elements but {_index(at[:-1])}[0] has {expected[depth]}"
                 )
-            for i, y in enumerate(x):
-                e = walk(y, (*at, i))
-                if e is not None:
-                    return e
             return None
         if type(x) not in _LEAF_TYPES:
             return FormatError(
                 f"{where}: tensor `{name}` has a non-numeric leaf at {_index(at) or 'the top'}:"
-                f" {json.dumps(x)[:40]}"
+                f" {_show(x)}"
             )
         if depth < len(expected):
             return FormatError(
@@ -233,7 +267,19 @@ def _explain(name: str, value: Any, where: str) -> FormatError:
             )
         return None
 
-    found = walk(value, ())
+    def walk(top: Any) -> FormatError | None:
+        # depth first, in document order, without recursion (the nesting may be deep)
+        stack: list[tuple[Any, tuple[int, ...]]] = [(top, ())]
+        while stack:
+            x, at = stack.pop()
+            e = check(x, at)
+            if e is not None:
+                return e
+            if type(x) is list:
+                stack.extend((x[i], (*at, i)) for i in range(len(x) - 1, -1, -1))
+        return None
+
+    found = walk(value)
     return found or FormatError(f"{where}: tensor `{name}` is not a regular array of numbers")
 
 
@@ -249,7 +295,7 @@ def _to_array(
     if type(value) is Flat:
         if dtype.kind in "iub":
             raise _NeedExact  # integers must be read exactly, not through float64
-        return _narrow(value.values, dtype, name, where).reshape(value.dims)
+        return _shaped(_narrow(value.values, dtype, name, where), value.dims, name, where)
     if numbers_only and dtype.kind == "f" and type(value) is list:
         try:
             wide = np.array(value, dtype=np.float64)
@@ -282,7 +328,7 @@ def _to_array(
     else:
         raise FormatError(
             f"{where}: tensor `{name}` must be a number or nested lists of numbers,"
-            f" got {json.dumps(value)[:40]}"
+            f" got {_show(value)}"
         )
     kind = dtype.kind
     try:
@@ -314,7 +360,22 @@ def _to_array(
         raise FormatError(
             f"{where}: tensor `{name}` holds a number too large for {dtype.name}"
         ) from None
-    return out.reshape(dims)
+    return _shaped(out, tuple(dims), name, where)
+
+
+_MAX_DIMS: Final = 64  # numpy's limit
+
+
+def _shaped(
+    flat: np.ndarray[Any, Any], dims: tuple[int, ...], name: str, where: str
+) -> np.ndarray[Any, Any]:
+    """``flat`` reshaped to ``dims``; more dimensions than numpy holds is a FormatError."""
+    if len(dims) > _MAX_DIMS:
+        raise FormatError(
+            f"{where}: tensor `{name}` is nested {len(dims)} lists deep; a tensor has at"
+            f" most {_MAX_DIMS} dimensions"
+        )
+    return flat.reshape(dims)
 
 
 def _narrow(
@@ -329,7 +390,7 @@ def _narrow(
     if dtype.kind != "c" and not np.isfinite(out).all():
         i = int(np.flatnonzero(~np.isfinite(out))[0])
         raise FormatError(
-            f"{where}: tensor `{name}` holds {wide[i]!r} at flat index {i}, which is out of"
+            f"{where}: tensor `{name}` holds {float(wide[i])!r} at flat index {i}, which is out of"
             f" range for {dtype.name}"
         )
     return out
@@ -337,18 +398,31 @@ def _narrow(
 
 def _meta_dtype(value: Any, where: str, what: str) -> np.dtype[Any]:
     if not isinstance(value, str):
-        raise FormatError(f"{where}: {what} must be a dtype name, got {json.dumps(value)}")
-    try:
-        return numpy_dtype(dtype_name(value))
-    except TypeError:
-        raise FormatError(f"{where}: {what} `{value}` is not a known dtype") from None
+        raise FormatError(f"{where}: {what} must be a dtype name, got {_show(value)}")
+    dtype = None
+    # a plain name only: numpy reads "f4,i4" as a structured dtype, and may raise a
+    # SyntaxError from its parser for a malformed one
+    if _DTYPE_NAME.fullmatch(value):
+        with contextlib.suppress(TypeError, ValueError):
+            dtype = numpy_dtype(dtype_name(value))
+    if dtype is None or not (
+        dtype.kind in "biufc" or dtype.type.__module__.startswith("ml_dtypes")
+    ):
+        raise FormatError(f"{where}: {what} `{value}` is not a known dtype")
+    return dtype
 
 
 def _meta_shape(value: Any, where: str, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
+        shown = reprlib.repr(value).replace("'", '"')
         raise FormatError(
-            f"{where}: meta shape of `{name}` must be a list of non-negative ints,"
-            f" got {json.dumps(value)}"
+            f"{where}: meta shape of `{name}` must be a list of non-negative ints, got {shown}"
+        )
+    if len(value) > _MAX_DIMS or math.prod(d for d in value if d) >= 2**62:
+        raise FormatError(
+            f"{where}: meta shape of `{name}` is not a possible tensor shape: at most"
+            f" {_MAX_DIMS} dimensions, fewer than 2**62 elements"
+            f" (got {reprlib.repr(value)})"
         )
     return tuple(value)
 
