@@ -479,7 +479,7 @@ ROWS: list[Row] = [
         "torchlean.io.load",
         lambda d: tio.load(d / "missing.safetensors"),
         FileNotFoundError,
-        "{d}/missing.safetensors: no such file",
+        "[Errno 2] No such file or directory: '{d}/missing.safetensors'",
     ),
     (
         "torchlean.io.load",
@@ -588,7 +588,7 @@ ROWS: list[Row] = [
         "FileSummary.head",
         lambda d: tio.inspect(d / "w.safetensors").head("w", n=-1),
         ValueError,
-        "n must be >= 0, got -1",
+        "head: n must be >= 0, got -1",
     ),
     (
         "torchlean.io.safetensors.save_safetensors",
@@ -1021,6 +1021,7 @@ NO_ROW: dict[str, str] = {
     # path, format and backend first; hostile files are the subject of tests/io (fuzzing)
     "torchlean.io.safetensors.load_safetensors": "a loader behind io.load",
     "torchlean.io.safetensors.inspect_safetensors": "a loader behind io.inspect",
+    "torchlean.io.safetensors.check_layout": "the layout check inside the loaders",
     "torchlean.io.npz.load_npz": "a loader behind io.load",
     "torchlean.io.torchlean_json.load_json": "a loader behind io.load",
     "torchlean.io.torchlean_json.parse_document": "a loader behind io.load",

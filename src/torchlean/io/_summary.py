@@ -100,6 +100,10 @@ class FileSummary:
 
         Cost: O(n) for safetensors (plus at most one row of the axis it slices).
         """
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"head: n must be an int, got {type(n).__name__} {n!r}")
+        if n < 0:
+            raise ValueError(f"head: n must be >= 0, got {n}")
         return self._read(self.info(name, registry=registry), n)
 
     def __str__(self) -> str:
