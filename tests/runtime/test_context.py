@@ -479,3 +479,9 @@ def test_a_read_only_array_the_caller_owns_is_still_copied() -> None:
     owner.setflags(write=True)
     owner[0] = 99.0
     np.testing.assert_array_equal(c.variable("a"), [1.0, 2.0])
+
+
+@pytest.mark.parametrize("bad", ["floa},2", ",orch.bool", "torch.nope", "no-such-dtype"])
+def test_pinning_a_garbage_dtype_name_is_a_clear_error(bad: str) -> None:
+    with pytest.raises(TypeError, match="dtype must be a numpy, torch or jax dtype"):
+        empty_context(dtype=bad)

@@ -509,10 +509,15 @@ def dtype_name(dtype: object) -> str:
         return dtype.name
     text = str(dtype)
     if text.startswith("torch."):
+        if isinstance(dtype, str):  # a name such as "torch.float32" must name a real dtype
+            try:
+                return dtype_name(text.removeprefix("torch."))
+            except TypeError:
+                raise TypeError(f"not a dtype: {dtype!r}") from None
         return text.removeprefix("torch.")
     try:
         return np.dtype(dtype).name  # type: ignore[call-overload,no-any-return]
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):  # numpy parses strings like "f4,i2"
         pass
     if isinstance(dtype, str):
         try:
