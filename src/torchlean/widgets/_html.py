@@ -15,8 +15,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from torchlean.runtime.context import RuntimeContext
-from torchlean.widgets._summary import Row, Summary, format_bytes, format_number, summarize
+from torchlean.widgets._summary import Row, as_summary, format_bytes, format_number
 
 __all__ = ["to_html", "to_html_page"]
 
@@ -66,16 +65,6 @@ background:#ffebe9;color:#82071e;border:1px solid #ffcecb}
 """.replace("\n", "")
 
 
-def _as_summary(obj: Any) -> Summary:
-    if isinstance(obj, Summary):
-        return obj
-    if not isinstance(obj, RuntimeContext):
-        raise TypeError(
-            f"expected a RuntimeContext or a widgets.Summary to show, got {type(obj).__name__}"
-        )
-    return summarize(obj)
-
-
 def to_html(ctx: Any, *, open_sections: bool = True) -> str:
     """One self-contained HTML fragment showing ``ctx`` (a
     :class:`~torchlean.RuntimeContext` or a :class:`~torchlean.widgets.Summary`).
@@ -86,7 +75,7 @@ def to_html(ctx: Any, *, open_sections: bool = True) -> str:
     script. Every name and value is escaped. Cost: that of
     :func:`~torchlean.widgets.summarize`.
     """
-    s = _as_summary(ctx)
+    s = as_summary(ctx)
     out: list[str] = ['<div class="tl-ctx">', f"<style>{_CSS}</style>"]
     title = escape(s.title)
     if s.next_id is not None:

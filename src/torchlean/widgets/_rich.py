@@ -19,24 +19,13 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from torchlean.runtime.context import RuntimeContext
-from torchlean.widgets._summary import Row, Summary, format_bytes, format_number, summarize
+from torchlean.widgets._summary import Row, as_summary, format_bytes, format_number
 
 __all__ = ["rich_renderable", "to_text"]
 
 _WARN = "!"
 #: Leading values shown per row in the terminal (the HTML preview shows more).
 _TEXT_HEAD = 4
-
-
-def _as_summary(obj: Any) -> Summary:
-    if isinstance(obj, Summary):
-        return obj
-    if not isinstance(obj, RuntimeContext):
-        raise TypeError(
-            f"expected a RuntimeContext or a widgets.Summary to show, got {type(obj).__name__}"
-        )
-    return summarize(obj)
 
 
 def rich_renderable(ctx: Any) -> RenderableType:
@@ -48,7 +37,7 @@ def rich_renderable(ctx: Any) -> RenderableType:
     Cost: that of :func:`~torchlean.widgets.summarize` (no tensor printed in full;
     statistics of big tensors on a bounded sample).
     """
-    s = _as_summary(ctx)
+    s = as_summary(ctx)
     parts: list[RenderableType] = []
     head = Text(s.title, style="bold")
     if s.next_id is not None:

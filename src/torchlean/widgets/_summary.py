@@ -700,3 +700,16 @@ def _json_number(text: str) -> float | int | str:
     except ValueError:
         return text
     return text if math.isnan(f) or math.isinf(f) else f
+
+
+def as_summary(obj: Any) -> Summary:
+    """``obj`` itself when it is a :class:`Summary`, else the summary of a context."""
+    from torchlean.runtime.context import RuntimeContext
+
+    if isinstance(obj, Summary):
+        return obj
+    if not isinstance(obj, RuntimeContext):
+        raise TypeError(
+            f"expected a RuntimeContext or a widgets.Summary to show, got {type(obj).__name__}"
+        )
+    return summarize(obj)
