@@ -15,6 +15,9 @@ MODULES = [
     "torchlean.spec",
     "torchlean.runtime",
     "torchlean.runtime.context",
+    "torchlean.runtime.functions",
+    "torchlean.runtime.backends",
+    "torchlean.runtime.dtypes",
     "torchlean.runtime.pytree",
     "torchlean.io",
     "torchlean.widgets",
@@ -56,7 +59,7 @@ def main() -> None:
         doc = (inspect.getdoc(module) or "").split("\n\n")[0].replace("\n", " ")
         print(re.sub(r"``([^`]+)``", r"`\1`", doc) + "\n")
         print("| name | what it is |\n|---|---|")
-        first = "ctx" if name == "torchlean.runtime.context" else None
+        first = "ctx" if name == "torchlean.runtime.functions" else None
         for public in module.__all__:
             if public.startswith("__"):
                 continue

@@ -17,7 +17,8 @@ from torchlean.errors import (
     InPlaceModificationError,
 )
 from torchlean.runtime import pytree
-from torchlean.runtime._backends import OPAQUE, dtype_name
+from torchlean.runtime.backends import OPAQUE
+from torchlean.runtime.dtypes import dtype_name
 
 
 def exactly(text: str) -> str:

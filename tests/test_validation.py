@@ -27,7 +27,9 @@ import torchlean.io as tio
 import torchlean.io.expect as ex
 import torchlean.optim as opt
 import torchlean.runtime as rt
+import torchlean.runtime.backends as bk
 import torchlean.runtime.check as ck
+import torchlean.runtime.dtypes as dt
 import torchlean.runtime.pytree as pt
 import torchlean.spec as sp
 import torchlean.train as tr
@@ -71,6 +73,94 @@ def _step(ctx: Any, state: Any = None, **kwargs: Any) -> Any:
 
 Row = tuple[str, Callable[[Path], Any], type[BaseException], str]
 ROWS: list[Row] = [
+    # -- runtime: batch edits, entries, backends, dtypes
+    (
+        "RuntimeContext.with_variables",
+        lambda d: CTX.with_variables(5),  # type: ignore[arg-type]
+        TypeError,
+        "with_variables expects a mapping or an iterable of (name, array) pairs, got int",
+    ),
+    (
+        "RuntimeContext.with_variables",
+        lambda d: CTX.with_variables([("w",)]),  # type: ignore[list-item]
+        TypeError,
+        "variable entry 0 must be a (name, array) pair, got tuple ('w',)",
+    ),
+    (
+        "RuntimeContext.with_variables",
+        lambda d: PINNED.with_variables([("w", np.ones(3))]),
+        DTypeMismatchError,
+        "variable `w` has dtype float64 but this context holds float32 only;"
+        " convert it first (no silent casts)",
+    ),
+    (
+        "RuntimeContext.with_variables",
+        lambda d: CTX.with_variables({"w": F32}, adopt=1),  # type: ignore[arg-type]
+        TypeError,
+        "with_variables: adopt must be a bool, got 1",
+    ),
+    (
+        "RuntimeContext.with_gradients",
+        lambda d: CTX.with_gradients([(1, F32)]),  # type: ignore[list-item]
+        TypeError,
+        "gradient name must be a str, got int 1",
+    ),
+    (
+        "RuntimeContext.from_registries",
+        lambda d: RuntimeContext.from_registries([("w", 1)]),
+        TypeError,
+        f"variable `w`: {ARRAY} builtins.int 1",
+    ),
+    (
+        "RuntimeContext.from_registries",
+        lambda d: RuntimeContext.from_registries([], next_id=-1),
+        TypeError,
+        "from_registries: next_id must be an int >= 0, got -1",
+    ),
+    (
+        "RuntimeContext.variable_entry",
+        lambda d: CTX.variable_entry(3),  # type: ignore[arg-type]
+        TypeError,
+        "variable name must be a str, got int 3",
+    ),
+    (
+        "RuntimeContext.gradient_entry",
+        lambda d: CTX.gradient_entry(None),  # type: ignore[arg-type]
+        TypeError,
+        "gradient name must be a str, got NoneType None",
+    ),
+    (
+        "torchlean.runtime.backends.register_library",
+        lambda d: bk.register_library(
+            "", module="x", recognise=lambda x, m: False, load=bk.Backend
+        ),
+        TypeError,
+        "register_library: name must be a non-empty str, got ''",
+    ),
+    (
+        "torchlean.runtime.backends.backend_named",
+        lambda d: bk.backend_named("cupy"),
+        ValueError,
+        "backend must be one of numpy, torch, jax, got 'cupy'",
+    ),
+    (
+        "torchlean.runtime.dtypes.dtype_name",
+        lambda d: dt.dtype_name("float99"),
+        TypeError,
+        "not a dtype: 'float99'",
+    ),
+    (
+        "torchlean.runtime.dtypes.numpy_dtype",
+        lambda d: dt.numpy_dtype("nope"),
+        TypeError,
+        "not a dtype: 'nope'",
+    ),
+    (
+        "torchlean.runtime.dtypes.itemsize",
+        lambda d: dt.itemsize("nope"),
+        TypeError,
+        "not a dtype: 'nope'",
+    ),
     # -- spec
     (
         "torchlean.Shape",
@@ -971,6 +1061,39 @@ ROWS: list[Row] = [
 
 # Public callables with no row, and why none is needed.
 NO_ROW: dict[str, str] = {
+    # the array-library interface: the runtime calls it with values it has validated
+    **{
+        f"{cls.__name__}.{m}": "the Backend interface, called by the runtime on checked values"
+        for cls in (
+            bk.Backend,
+            bk.NUMPY.__class__,
+            importlib.import_module("torchlean.runtime.backends.torch").TorchBackend,
+            importlib.import_module("torchlean.runtime.backends.jax").JaxBackend,
+        )
+        for m, v in vars(cls).items()
+        if not m.startswith("_") and callable(v)
+    },
+    "torchlean.runtime.backends.Backend": "a base class to subclass, not called with data",
+    "torchlean.runtime.backends.torch.TorchBackend": "built by the runtime (backend_named)",
+    "torchlean.runtime.backends.jax.JaxBackend": "built by the runtime (backend_named)",
+    "torchlean.runtime.backends.numpy.NumpyBackend": "built once by the runtime",
+    "torchlean.runtime.backends.numpy.is_immutable": "called by the runtime on numpy arrays",
+    "torchlean.runtime.backends.backend_of": "any object is an argument (TypeError is its answer)",
+    "torchlean.runtime.backends.libraries": "no arguments",
+    "torchlean.runtime.backends.read_checked": "called by the runtime on its own entries",
+    "torchlean.runtime.any_tensor.Entry": "built by the runtime's registries only",
+    "torchlean.runtime.any_tensor.fresh_entry": "called by the runtime on values it took",
+    "torchlean.runtime.any_tensor.restamp": "called by the runtime's registries only",
+    "torchlean.runtime.context.donate": "called by the optimizers on contexts they checked",
+    "torchlean.runtime.context.is_donated": "any context is an argument",
+    "torchlean.runtime.context.require_context": "any object is an argument (TypeError answers)",
+    "torchlean.runtime.dtypes.bits_dtype": "called by the backends with a table's item size",
+    "torchlean.runtime.dtypes.is_extended_float": "any name is an argument",
+    "torchlean.runtime.dtypes.render_array": "called by the views on numpy arrays they read",
+    "torchlean.runtime.printing.context_to_string": "behind RuntimeContext.context_to_string",
+    "torchlean.runtime.printing.pretty_tensor": "behind RuntimeContext.context_to_string",
+    "RuntimeContext.latest_variables": "no arguments",
+    "RuntimeContext.latest_gradients": "no arguments",
     # no arguments (besides the context itself, which the method is called on)
     **{
         f"RuntimeContext.{m}": "no arguments"

@@ -19,7 +19,7 @@ from torchlean.errors import UnknownNameError as UnknownNameError
 from torchlean.runtime.any_tensor import AnyTensor as AnyTensor
 from torchlean.runtime.check import CheckReport as CheckReport
 from torchlean.runtime.context import RuntimeContext as RuntimeContext
-from torchlean.runtime.context import empty_context as empty_context
+from torchlean.runtime.functions import empty_context as empty_context
 from torchlean.spec.shape import Shape as Shape
 
 __version__ = "0.1.0"

@@ -24,10 +24,8 @@ from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from torchlean._bulk import with_gradients, with_variables, wrap
 from torchlean._validate import require_bool, require_callable
 from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
-from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.context import RuntimeContext, require_context
 
 __all__ = ["differentiable_names", "value_and_grad"]
@@ -60,7 +58,7 @@ def differentiable_names(ctx: RuntimeContext[Any], frozen: str | Sequence[str] =
     patterns = (frozen,) if isinstance(frozen, str) else tuple(frozen)
     used = [False] * len(patterns)
     names: list[str] = []
-    for name, at in ctx._v.visible():
+    for name, at in ctx.latest_variables():
         hit = False
         for i, pattern in enumerate(patterns):
             if fnmatch.fnmatchcase(name, pattern):
@@ -73,7 +71,7 @@ def differentiable_names(ctx: RuntimeContext[Any], frozen: str | Sequence[str] =
         raise UnknownNameError(
             f"value_and_grad: frozen pattern{'s' if len(unused) > 1 else ''} {listed}"
             f" match{'' if len(unused) > 1 else 'es'} no variable"
-            f" (the context has {ctx._v.size} variable entries)"
+            f" (the context has {ctx.context_size()} variable entries)"
         )
     return names
 
@@ -123,9 +121,9 @@ def value_and_grad(
         if accumulate:
             new = ctx
             for name, at in grads:
-                new = new.accumulate_gradient(name, at._t)
+                new = new.accumulate_gradient(name, at)
             return out, new
-        return out, with_gradients(ctx, grads)
+        return out, ctx.with_gradients(grads, adopt=True)
 
     transformed.__name__ = f"value_and_grad({getattr(fn, '__name__', 'fn')})"
     transformed.__doc__ = fn.__doc__
@@ -135,11 +133,11 @@ def value_and_grad(
 def _backend_of_names(ctx: RuntimeContext[Any], names: list[str]) -> str:
     seen: dict[str, str] = {}
     for name in names:
-        at = ctx._v.head(name)
+        at = ctx.variable_entry(name)
         assert at is not None
         seen.setdefault(at.backend, name)
     if not seen:
-        return "torch" if not ctx._v.size else _first_backend(ctx)
+        return "torch" if not ctx.context_size() else _first_backend(ctx)
     if len(seen) > 1:
         where = ", ".join(f"{b} (e.g. `{n}`)" for b, n in seen.items())
         raise BackendError(
@@ -156,7 +154,7 @@ def _backend_of_names(ctx: RuntimeContext[Any], names: list[str]) -> str:
 
 
 def _first_backend(ctx: RuntimeContext[Any]) -> str:
-    for _, at in ctx._v.visible():
+    for _, at in ctx.latest_variables():
         if at.backend in ("torch", "jax"):
             return at.backend
     return "torch"
@@ -182,15 +180,13 @@ def _split(out: Any, has_aux: bool) -> tuple[Any, Any]:
 
 def _torch_value_and_grad(
     fn: Loss, ctx: RuntimeContext[Any], names: list[str], args: tuple[Any, ...], has_aux: bool
-) -> tuple[Any, list[tuple[str, AnyTensor[Any]]]]:
+) -> tuple[Any, list[tuple[str, Any]]]:
     import torch
     from torch.utils import _pytree
 
-    heads = [(name, ctx._v.map[name]) for name in names]
-    leaves = [at.t.detach().requires_grad_(True) for _, at in heads]
-    inner = with_variables(
-        ctx, [(name, wrap(leaf, at)) for (name, at), leaf in zip(heads, leaves, strict=True)]
-    )
+    values = ctx.state_dict()
+    leaves = [values[name].detach().requires_grad_(True) for name in names]
+    inner = ctx.with_variables(list(zip(names, leaves, strict=True)), adopt=True)
     with torch.enable_grad():
         loss, aux = _split(fn(inner, *args), has_aux)
         if not isinstance(loss, torch.Tensor):
@@ -203,7 +199,7 @@ def _torch_value_and_grad(
             raw = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
         else:
             raw = tuple(torch.zeros_like(leaf, requires_grad=False) for leaf in leaves)
-    grads = [(name, wrap(g.detach(), at)) for (name, at), g in zip(heads, raw, strict=True)]
+    grads = [(name, g.detach()) for name, g in zip(names, raw, strict=True)]
     value = loss.detach()
     if has_aux:
         aux = _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, aux)
@@ -213,14 +209,14 @@ def _torch_value_and_grad(
 
 def _jax_value_and_grad(
     fn: Loss, ctx: RuntimeContext[Any], names: list[str], args: tuple[Any, ...], has_aux: bool
-) -> tuple[Any, list[tuple[str, AnyTensor[Any]]]]:
+) -> tuple[Any, list[tuple[str, Any]]]:
     import jax
 
-    heads = {name: ctx._v.map[name] for name in names}
-    params = {name: at.t for name, at in heads.items()}
+    values = ctx.state_dict()
+    params = {name: values[name] for name in names}
 
     def inner(params: dict[str, Any]) -> Any:
-        inner_ctx = with_variables(ctx, [(n, wrap(p, heads[n])) for n, p in params.items()])
+        inner_ctx = ctx.with_variables(list(params.items()), adopt=True)
         out = fn(inner_ctx, *args)
         loss, _ = _split(out, has_aux)
         shape = tuple(getattr(loss, "shape", ()))
@@ -229,5 +225,5 @@ def _jax_value_and_grad(
         return out
 
     out, raw = jax.value_and_grad(inner, has_aux=has_aux)(params)
-    grads = [(name, wrap(raw[name], heads[name])) for name in names]
+    grads = [(name, raw[name]) for name in names]
     return out, grads

@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchlean._bulk import with_variables, wrap
 from torchlean._validate import require_callable, require_int, require_path
 from torchlean.autograd import value_and_grad
 from torchlean.errors import ExpectationError, FormatError
 from torchlean.optim import Optimizer
-from torchlean.runtime._backends import dtype_name
 from torchlean.runtime.context import RuntimeContext, require_context
 from torchlean.runtime.context import donate as donate_context
+from torchlean.runtime.dtypes import dtype_name
 
 __all__ = ["FitResult", "fit", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
 
@@ -184,7 +183,7 @@ def _make_step(
     jit: bool,
 ) -> StepFn:
     grad_fn = value_and_grad(loss_fn, frozen=frozen)
-    backends = {at.backend for _, at in ctx._v.visible()}
+    backends = {at.backend for _, at in ctx.latest_variables()}
     if jit and backends == {"jax"}:
         import jax
 
@@ -261,12 +260,12 @@ def save_checkpoint(
 
     from torchlean import io
 
-    items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx._v.visible()]
-    items += [(f"optim/{n}", at.t) for n, at in state._v.visible()]
+    items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx.latest_variables()]
+    items += [(f"optim/{n}", at.t) for n, at in state.latest_variables()]
     # jax runs without 64-bit integers by default, so its checkpoints count in int32
     wide = _backend_name(ctx) != "jax"
     items.append(("train/step", np.asarray(step, np.int64 if wide else np.int32)))
-    if any(at.backend == "torch" for _, at in ctx._v.visible()):
+    if any(at.backend == "torch" for _, at in ctx.latest_variables()):
         import torch
 
         items.append(("train/torch_rng", torch.get_rng_state().numpy()))
@@ -298,7 +297,8 @@ def load_checkpoint(
     problems: list[str] = []
     new_ctx = _fill(ctx, tensors, "model/", path, problems)
     new_state = _fill(state, tensors, "optim/", path, problems)
-    known = {f"model/{n}" for n in ctx._v.map} | {f"optim/{n}" for n in state._v.map}
+    known = {f"model/{n}" for n, _ in ctx.latest_variables()}
+    known |= {f"optim/{n}" for n, _ in state.latest_variables()}
     known |= {"train/step", "train/torch_rng"}
     problems += [f"unexpected tensor `{n}`" for n in tensors if n not in known]
     if "train/step" not in tensors:
@@ -346,7 +346,7 @@ def _resume_source(
 
 
 def _backend_name(ctx: RuntimeContext[Any]) -> str:
-    for _, at in ctx._v.visible():
+    for _, at in ctx.latest_variables():
         return at.backend
     return "numpy"
 
@@ -365,7 +365,7 @@ def _fill(
     problems: list[str],
 ) -> RuntimeContext[Any]:
     values = []
-    for name, at in template._v.visible():
+    for name, at in template.latest_variables():
         key = prefix + name
         value = tensors.get(key)
         if value is None:
@@ -380,8 +380,8 @@ def _fill(
             continue
         if at.backend == "torch" and str(value.device) != at.device:
             value = value.to(at.device)
-        values.append((name, wrap(value, at)))
-    return with_variables(template, values)
+        values.append((name, value))
+    return template.with_variables(values, adopt=True)
 
 
 # ---------------------------------------------------------------------- progress

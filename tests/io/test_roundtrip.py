@@ -68,8 +68,8 @@ def test_variables_round_trip(tmp_path: Path, fmt: str) -> None:
     path = tmp_path / f"ctx.{fmt}"
     tio.save(ctx, path)
     back = tio.load(path)
-    want = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in ctx._v.visible()]
-    got = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in back._v.visible()]
+    want = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in ctx.latest_variables()]
+    got = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in back.latest_variables()]
     assert got == want
     assert back.next_id == len(want)
 
@@ -85,7 +85,7 @@ def test_backends(tmp_path: Path, fmt: str, backend: str) -> None:
     for name, at in back.var_registry:
         assert at.backend == backend, name
     same_context(back, ctx) if fmt in FULL else None
-    assert to_numpy(back._v.head("w")).tolist() == [0.0, 1.0, 2.0, 3.0]  # type: ignore[arg-type]
+    assert to_numpy(back.variable_entry("w")).tolist() == [0.0, 1.0, 2.0, 3.0]  # type: ignore[arg-type]
 
 
 def test_saving_torch_and_jax_tensors(tmp_path: Path) -> None:
@@ -182,7 +182,7 @@ def test_property_json_values_exact(tmp_path: Path, ctx: RuntimeContext[Any]) ->
     with np.errstate(invalid="ignore"):
         finite = all(
             to_numpy(at).dtype.kind in "biu" or np.isfinite(to_numpy(at).astype(np.float64)).all()
-            for _, at in ctx._v.visible()
+            for _, at in ctx.latest_variables()
         )
     if not finite:
         with pytest.raises(tio_error(), match="finite numbers only"):
@@ -190,8 +190,8 @@ def test_property_json_values_exact(tmp_path: Path, ctx: RuntimeContext[Any]) ->
         return
     tio.save(ctx, path)
     back = tio.load(path)
-    want = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in ctx._v.visible()]
-    got = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in back._v.visible()]
+    want = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in ctx.latest_variables()]
+    got = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in back.latest_variables()]
     assert got == want
 
 
@@ -249,6 +249,6 @@ def test_property_pt_variables(tmp_path: Path, ctx: RuntimeContext[Any]) -> None
     path = tmp_path / "p.pt"
     tio.save(ctx, path)
     back = tio.load(path)
-    want = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in ctx._v.visible()]
-    got = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in back._v.visible()]
+    want = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in ctx.latest_variables()]
+    got = [(n, at.dims, at.dtype, to_numpy(at).tobytes()) for n, at in back.latest_variables()]
     assert got == want

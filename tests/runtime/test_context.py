@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-import torchlean.runtime.context as rc
+import torchlean.runtime.functions as rc
 from torchlean import RuntimeContext, Shape, empty_context
 from torchlean.errors import (
     DTypeMismatchError,

@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
-import torchlean.runtime.context as rc
+import torchlean.runtime.functions as rc
 from torchlean import RuntimeContext, empty_context
 
 # ------------------------------------------------------------------ the Lean model

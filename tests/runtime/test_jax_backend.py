@@ -16,7 +16,7 @@ from torchlean.errors import (
     ShapeMismatchError,
     UnknownNameError,
 )
-from torchlean.runtime._backends import backend_of
+from torchlean.runtime.backends import backend_of
 
 
 def test_a_jax_array_is_stored_as_it_is():
@@ -184,7 +184,7 @@ class _Device:
     ],
 )
 def test_jax_device_names_are_canonical(platform, id, local, name):
-    from torchlean.runtime._backends import _jax_device_name
+    from torchlean.runtime.backends.jax import _device_name as _jax_device_name
 
     assert _jax_device_name(_Device(platform, id, local)) == name
 

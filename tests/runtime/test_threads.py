@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-import torchlean.runtime.context as rc
+import torchlean.runtime.functions as rc
 from torchlean import RuntimeContext, empty_context
 
 THREADS = 8

@@ -17,7 +17,7 @@ from torchlean.errors import (
     UnknownNameError,
 )
 from torchlean.runtime import AnyTensor
-from torchlean.runtime._backends import backend_of
+from torchlean.runtime.backends import backend_of
 
 WRITTEN = "modified in place after it was stored"
 

@@ -110,8 +110,8 @@ def convert(args: argparse.Namespace) -> int:
                 tmp.unlink()
     for note in notes:
         print(note)
-    n = len(dict(ctx._v.visible()))
-    g = len(dict(ctx._g.visible()))
+    n = len(dict(ctx.latest_variables()))
+    g = len(dict(ctx.latest_gradients()))
     grads = f" and {g} gradient{'s' if g != 1 else ''}" if g else ""
     print(f"wrote {dst}: {n} variable{'s' if n != 1 else ''}{grads}, checked")
     return 0
@@ -123,14 +123,17 @@ def _compare_roundtrip(
     """Every name and shape must survive and every value compare equal; a dtype may
     widen (a format without that dtype), which is reported as a note. ``advance`` is
     told the fraction of the data compared after each tensor."""
-    total = sum(math.prod(at.dims) for _, at in ctx._v.visible()) + sum(
-        math.prod(at.dims) for _, at in ctx._g.visible()
+    total = sum(math.prod(at.dims) for _, at in ctx.latest_variables()) + sum(
+        math.prod(at.dims) for _, at in ctx.latest_gradients()
     )
     notes: list[str] = []
     problems: list[str] = []
-    for kind, a_reg, b_reg in (("variable", ctx._v, back._v), ("gradient", ctx._g, back._g)):
-        a = dict(a_reg.visible())
-        b = dict(b_reg.visible())
+    for kind, a_reg, b_reg in (
+        ("variable", ctx.latest_variables(), back.latest_variables()),
+        ("gradient", ctx.latest_gradients(), back.latest_gradients()),
+    ):
+        a = dict(a_reg)
+        b = dict(b_reg)
         missing = [n for n in a if n not in b]
         if missing:
             problems.append(f"{kind}s lost: " + ", ".join(f"`{n}`" for n in missing))
@@ -141,8 +144,8 @@ def _compare_roundtrip(
             if bt.dims != at.dims:
                 problems.append(f"{kind} `{name}` came back with shape {bt.dims}, not {at.dims}")
                 continue
-            x = _numeric(at._backend.to_numpy(at.t))
-            y = _numeric(bt._backend.to_numpy(bt.t))
+            x = _numeric(at.library.to_numpy(at.t))
+            y = _numeric(bt.library.to_numpy(bt.t))
             if advance is not None and total:
                 advance(math.prod(at.dims) / total)
             if not np.array_equal(x, y, equal_nan=x.dtype.kind in "fc" and y.dtype.kind in "fc"):
@@ -328,8 +331,8 @@ def _num(x: float | str) -> str:
 def diff_contexts(a_ctx: Any, b_ctx: Any) -> dict[str, Any]:
     """Compare the visible variables of two contexts. Cost: O(total elements), in
     chunks of :data:`DIFF_CHUNK` elements."""
-    a = dict(a_ctx._v.visible())
-    b = dict(b_ctx._v.visible())
+    a = dict(a_ctx.latest_variables())
+    b = dict(b_ctx.latest_variables())
     out: dict[str, Any] = {
         "added": [[n, list(b[n].dims)] for n in b if n not in a],
         "removed": [[n, list(a[n].dims)] for n in a if n not in b],
@@ -345,7 +348,7 @@ def diff_contexts(a_ctx: Any, b_ctx: Any) -> dict[str, Any]:
             out["reshaped"].append([name, list(at.dims), list(bt.dims)])
             continue
         changed, max_abs, max_rel = _tensor_change(
-            at._backend.to_numpy(at.t), bt._backend.to_numpy(bt.t)
+            at.library.to_numpy(at.t), bt.library.to_numpy(bt.t)
         )
         if changed == 0 and at.dtype == bt.dtype:
             out["unchanged"].append(name)

@@ -17,7 +17,6 @@ from typing import Any, Final
 from torchlean._validate import require_bool, require_path, require_str
 from torchlean.errors import FormatError
 from torchlean.io._summary import FileSummary, TensorInfo
-from torchlean.runtime._registry import EMPTY, Registry
 from torchlean.runtime.context import RuntimeContext
 
 __all__ = ["FORMATS", "format_of", "inspect", "load", "save", "strip_names"]
@@ -157,18 +156,23 @@ def strip_names(ctx: RuntimeContext[Any], prefix: str) -> RuntimeContext[Any]:
     Cost: O(n log n).
     """
 
-    def rename(registry: Registry, kind: str) -> Registry:
-        entries = [(_strip(n, prefix), at) for n, at in registry.entries()]
+    def rename(registry: tuple[tuple[str, Any], ...], kind: str) -> list[tuple[str, Any]]:
+        entries = [(_strip(n, prefix), at) for n, at in registry]
         origin: dict[str, str] = {}
-        for (new, _), old in zip(entries, registry.names(), strict=True):
+        for (new, _), (old, _) in zip(entries, registry, strict=True):
             if origin.setdefault(new, old) != old:
                 raise ValueError(
                     f"strip_prefix={prefix!r} would give {kind}s `{origin[new]}` and"
                     f" `{old}` the same name `{new}`"
                 )
-        return EMPTY.push_many(entries[::-1])
+        return entries
 
-    return ctx._derive(rename(ctx._v, "variable"), rename(ctx._g, "gradient"), ctx.next_id)
+    return RuntimeContext.from_registries(
+        rename(ctx.var_registry, "variable"),
+        rename(ctx.gradients, "gradient"),
+        next_id=ctx.next_id,
+        dtype=ctx.dtype,
+    )
 
 
 def inspect(path: str | os.PathLike[str], *, format: str | None = None) -> FileSummary:

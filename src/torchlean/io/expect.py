@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torchlean.errors import ExpectationError, InvalidShapeError
-from torchlean.runtime._backends import dtype_name
+from torchlean.runtime.dtypes import dtype_name
 from torchlean.spec.shape import Shape, as_dims
 
 __all__ = ["ExpectReport", "Mismatch", "check_expected", "expected_specs"]
@@ -126,7 +126,7 @@ def expected_specs(expect: Any, *, argument: str = "expect") -> dict[str, Spec]:
     from torchlean.runtime.context import RuntimeContext
 
     if isinstance(expect, RuntimeContext):
-        return {n: (at.dims, at.dtype) for n, at in expect._v.visible()}
+        return {n: (at.dims, at.dtype) for n, at in expect.latest_variables()}
     if isinstance(expect, FileSummary):
         return {e.name: (e.shape, e.dtype) for e in expect.variables if not e.shadowed}
     if isinstance(expect, Mapping):

@@ -148,7 +148,7 @@ def save_pt(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     require_save_arguments(ctx, path, "save_pt")
     import torch
 
-    state = {name: _as_torch(at.t) for name, at in ctx._v.visible()}
+    state = {name: _as_torch(at.t) for name, at in ctx.latest_variables()}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)  # through a Python file, so a failed write is an OSError
 
@@ -197,7 +197,7 @@ def load_into(ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = True) -> 
     from torchlean.io.expect import check_expected
 
     check_expected(ctx, module, dtypes=dtypes, source="the context's variables")
-    state = {n: _as_torch(at.t) for n, at in ctx._v.visible()}
+    state = {n: _as_torch(at.t) for n, at in ctx.latest_variables()}
     with torch.no_grad():
         module.load_state_dict(state, strict=True)
     return module

@@ -38,8 +38,8 @@ from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_write_bytes
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
 from torchlean.io._json_fast import Flat, fast_document
-from torchlean.runtime._backends import dtype_name
 from torchlean.runtime.context import RuntimeContext
+from torchlean.runtime.dtypes import dtype_name
 
 __all__ = ["load_json", "parse_document", "save_json"]
 
@@ -97,7 +97,7 @@ def save_json(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     where = os.fspath(path)
     params: dict[str, Any] = {}
     meta: dict[str, Any] = {}
-    for name, at in ctx._v.visible():
+    for name, at in ctx.latest_variables():
         a = to_numpy(at)
         params[name] = _json_ready(name, a, where)
         meta[name] = {"shape": list(a.shape), "dtype": f"torch.{a.dtype.name}"}

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from torchlean._bulk import with_variables, wrap, wrap_like
 from torchlean.errors import (
     BackendError,
     DTypeMismatchError,
@@ -125,7 +124,7 @@ class Optimizer:
         require_context(ctx, "optimizer init")
         items: list[tuple[str, Any]] = []
         count: Any = None
-        for name, at in ctx._v.visible():
+        for name, at in ctx.latest_variables():
             if not at.dtype.startswith(_FLOAT_KINDS):
                 continue
             t = at.t
@@ -166,7 +165,7 @@ class Optimizer:
             raise TorchLeanError("optimizer step: ctx and state must be different contexts")
         h = self.hyper
         names, params, grads, slots, steps = self._gather(ctx, state)
-        count_at = state._v.head("count")
+        count_at = state.variable_entry("count")
         if count_at is None:
             raise UnknownNameError(
                 "optimizer step: the state has no `count`; build it with init(ctx)"
@@ -221,21 +220,14 @@ class Optimizer:
             new_s = {k: [_readonly(x) for x in v] for k, v in new_s.items()}
             new_steps = [_readonly(x) for x in new_steps]
             new_count = _readonly(new_count)
-        new_ctx = with_variables(
-            ctx, [(n, wrap_like(p, at)) for n, p, at in zip(names, new_p, params, strict=True)]
-        )
+        new_ctx = ctx.with_variables(list(zip(names, new_p, strict=True)), adopt=True)
         keys = self._keys
-        updated: list[tuple[str, AnyTensor[Any]]] = [("count", wrap(new_count, count_at))]
-        updated += [
-            (keys[n][0], wrap_like(s, at)) for n, s, at in zip(names, new_steps, steps, strict=True)
-        ]
+        updated: list[tuple[str, Any]] = [("count", new_count)]
+        updated += [(keys[n][0], s) for n, s in zip(names, new_steps, strict=True)]
         for slot, values in new_s.items():
             i = h.slots.index(slot) + 1
-            updated += [
-                (keys[n][i], wrap_like(x, at))
-                for n, x, at in zip(names, values, slots[slot], strict=True)
-            ]
-        new_state = with_variables(state, updated)
+            updated += [(keys[n][i], x) for n, x in zip(names, values, strict=True)]
+        new_state = state.with_variables(updated, adopt=True)
         if donate:
             donate_context(ctx, to=f"{h.kind}.step")
             donate_context(state, to=f"{h.kind}.step")
@@ -257,25 +249,24 @@ class Optimizer:
         grads: list[AnyTensor[Any]] = []
         slots: dict[str, list[AnyTensor[Any]]] = {k: [] for k in self.hyper.slots}
         steps: list[AnyTensor[Any]] = []
-        vreg, sreg = ctx._v, state._v
-        for name, g in ctx._g.visible():
-            p = vreg.head(name)
+        for name, g in ctx.latest_gradients():
+            p = ctx.variable_entry(name)
             if p is None:
                 problems.append(
                     (UnknownNameError, f"gradient `{name}` has no variable of that name")
                 )
                 continue
-            if g._dims != p._dims:
+            if g.dims != p.dims:
                 problems.append(
                     (
                         ShapeMismatchError,
-                        f"gradient `{name}` has shape {g._dims} but variable `{name}`"
-                        f" has shape {p._dims}",
+                        f"gradient `{name}` has shape {g.dims} but variable `{name}`"
+                        f" has shape {p.dims}",
                     )
                 )
                 continue
-            same_dtype = g._t.dtype is p._t.dtype or g.dtype == p.dtype
-            if g._backend is not p._backend or not same_dtype:
+            same_dtype = g.dtype == p.dtype
+            if g.library is not p.library or not same_dtype:
                 problems.append(
                     (
                         DTypeMismatchError,
@@ -289,8 +280,8 @@ class Optimizer:
                 keys = self._keys[name] = tuple(
                     f"{slot}/{name}" for slot in ("step", *self.hyper.slots)
                 )
-            step = sreg.head(keys[0])
-            entries = [sreg.head(key) for key in keys[1:]]
+            step = state.variable_entry(keys[0])
+            entries = [state.variable_entry(key) for key in keys[1:]]
             if step is None or any(e is None for e in entries):
                 problems.append(
                     (
@@ -300,13 +291,13 @@ class Optimizer:
                     )
                 )
                 continue
-            bad = [e for e in entries if e is not None and e._dims != p._dims]
+            bad = [e for e in entries if e is not None and e.dims != p.dims]
             if bad:
                 problems.append(
                     (
                         ShapeMismatchError,
-                        f"optimizer state of `{name}` has shape {bad[0]._dims} but variable"
-                        f" `{name}` has shape {p._dims}",
+                        f"optimizer state of `{name}` has shape {bad[0].dims} but variable"
+                        f" `{name}` has shape {p.dims}",
                     )
                 )
                 continue
@@ -447,7 +438,7 @@ def _refuse_aliases(names: list[str], params: list[AnyTensor[Any]]) -> None:
     """Refuse to update one buffer twice in place (a tensor registered under two names)."""
     seen: dict[int, str] = {}
     for name, at in zip(names, params, strict=True):
-        t = at._t
+        t = at.unchecked
         if t.numel() == 0:
             continue
         key = t.untyped_storage().data_ptr()
@@ -463,7 +454,7 @@ def _refuse_aliases(names: list[str], params: list[AnyTensor[Any]]) -> None:
 def _readonly(x: Any) -> Any:
     import numpy as np
 
-    from torchlean.runtime._backends import NUMPY
+    from torchlean.runtime.backends import NUMPY
 
     return NUMPY.adopt(np.asarray(x))
 

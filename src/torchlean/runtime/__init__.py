@@ -15,21 +15,21 @@ from torchlean.runtime.any_tensor import ArrayLike as ArrayLike
 from torchlean.runtime.check import CheckReport as CheckReport
 from torchlean.runtime.check import Problem as Problem
 from torchlean.runtime.context import RuntimeContext as RuntimeContext
-from torchlean.runtime.context import clear_gradients as clear_gradients
-from torchlean.runtime.context import context_size as context_size
-from torchlean.runtime.context import context_to_string as context_to_string
-from torchlean.runtime.context import empty_context as empty_context
-from torchlean.runtime.context import get_gradient as get_gradient
-from torchlean.runtime.context import get_variable as get_variable
-from torchlean.runtime.context import gradient_count as gradient_count
-from torchlean.runtime.context import gradient_names as gradient_names
-from torchlean.runtime.context import has_variable as has_variable
-from torchlean.runtime.context import is_valid_context as is_valid_context
-from torchlean.runtime.context import register_gradient as register_gradient
-from torchlean.runtime.context import register_variable as register_variable
-from torchlean.runtime.context import set_gradient as set_gradient
-from torchlean.runtime.context import set_variable as set_variable
-from torchlean.runtime.context import variable_names as variable_names
+from torchlean.runtime.functions import clear_gradients as clear_gradients
+from torchlean.runtime.functions import context_size as context_size
+from torchlean.runtime.functions import context_to_string as context_to_string
+from torchlean.runtime.functions import empty_context as empty_context
+from torchlean.runtime.functions import get_gradient as get_gradient
+from torchlean.runtime.functions import get_variable as get_variable
+from torchlean.runtime.functions import gradient_count as gradient_count
+from torchlean.runtime.functions import gradient_names as gradient_names
+from torchlean.runtime.functions import has_variable as has_variable
+from torchlean.runtime.functions import is_valid_context as is_valid_context
+from torchlean.runtime.functions import register_gradient as register_gradient
+from torchlean.runtime.functions import register_variable as register_variable
+from torchlean.runtime.functions import set_gradient as set_gradient
+from torchlean.runtime.functions import set_variable as set_variable
+from torchlean.runtime.functions import variable_names as variable_names
 
 __all__ = [
     "AnyTensor",

@@ -24,8 +24,9 @@ The i-th entry of the Lean list is the i-th name of ``order`` paired with the ne
 value in that name's runs; :meth:`Registry.entries` walks both in O(n).
 
 Reading map:
-- :class:`Entry` -- the ``AnyTensor`` stored for a name, with its runs.
-- :class:`Registry` -- ``push``, ``push_many``, ``head``, ``set_all``, ``replace_head``,
+- :class:`~torchlean.runtime.any_tensor.Entry` -- the ``AnyTensor`` stored for a name,
+  with its runs (built in :mod:`torchlean.runtime.any_tensor`).
+- :class:`Registry` -- ``push``, ``push_many``, ``head``, ``set_all``, ``replace_heads``,
   ``entries``, ``names``, ``visible``, ``size``; :data:`EMPTY`.
 - :class:`DonatedRegistry` -- stands in for the registries of a donated context.
 """
@@ -37,12 +38,10 @@ from typing import Any, Final
 
 import immutables
 
-from torchlean.runtime.any_tensor import AnyTensor
+from torchlean.runtime.any_tensor import AnyTensor, Entry, restamp
 
-__all__ = ["CHUNK", "EMPTY", "DonatedRegistry", "Entry", "Registry", "Runs", "fresh_entry"]
+__all__ = ["CHUNK", "EMPTY", "DonatedRegistry", "Registry"]
 
-#: Older runs of a name's values: ``(value, count, older)`` or ``None``.
-Runs = tuple[AnyTensor[Any], int, "Runs"] | None
 #: The names of all entries, most recent first, in chunks: ``(names, older)`` or ``None``.
 Order = tuple[tuple[str, ...], "Order"] | None
 
@@ -50,51 +49,6 @@ Order = tuple[tuple[str, ...], "Order"] | None
 CHUNK: Final = 32
 
 _new = object.__new__
-
-
-class Entry(AnyTensor[Any]):
-    """The first entry of a name: its tensor, plus the values of the older entries.
-
-    ``count`` entries (this one first) have this entry's value; older ones follow in
-    ``rest``; ``total`` is the number of entries of the name.
-    """
-
-    __slots__ = ("count", "rest", "total")
-    count: int
-    rest: Runs
-    total: int
-
-
-def fresh_entry(dims: tuple[int, ...], stored: Any, backend: Any) -> Entry:
-    """An entry for a value just taken into a context, not yet in any registry.
-
-    Registries adopt a fresh entry as it is instead of copying it (``count == 0`` marks
-    it fresh); callers must publish it in one registry only.
-    """
-    e: Entry = _new(Entry)
-    e._dims = dims
-    e._s = None
-    e._t = stored
-    e._backend = backend
-    e._version = backend.version(stored) if backend.versioned else None
-    e.count = 0
-    return e
-
-
-def _entry(value: AnyTensor[Any], count: int, rest: Runs, total: int) -> Entry:
-    if type(value) is Entry and value.count == 0:
-        e = value
-    else:
-        e = _new(Entry)
-        e._dims = value._dims
-        e._s = value._s
-        e._t = value._t
-        e._backend = value._backend
-        e._version = value._version
-    e.count = count
-    e.rest = rest
-    e.total = total
-    return e
 
 
 def _prepend(order: Order, name: str) -> Order:
@@ -117,9 +71,9 @@ class Registry:
         """Prepend an entry (Lean's ``(name, value) :: registry``). Cost: O(log n)."""
         node = self.map.get(name)
         if node is None:
-            new = _entry(value, 1, None, 1)
+            new = restamp(value, 1, None, 1)
         else:
-            new = _entry(value, 1, (node, node.count, node.rest), node.total + 1)
+            new = restamp(value, 1, (node, node.count, node.rest), node.total + 1)
         return Registry(self.map.set(name, new), _prepend(self.order, name), self.size + 1)
 
     def push_many(self, items: Iterable[tuple[str, AnyTensor[Any]]]) -> Registry:
@@ -130,9 +84,11 @@ class Registry:
             for name, value in items:
                 node = mutation.get(name)
                 if node is None:
-                    mutation[name] = _entry(value, 1, None, 1)
+                    mutation[name] = restamp(value, 1, None, 1)
                 else:
-                    mutation[name] = _entry(value, 1, (node, node.count, node.rest), node.total + 1)
+                    mutation[name] = restamp(
+                        value, 1, (node, node.count, node.rest), node.total + 1
+                    )
                 order = _prepend(order, name)
                 size += 1
             mapping = mutation.finish()
@@ -151,23 +107,33 @@ class Registry:
         node = self.map.get(name)
         if node is None:
             return self
-        new = _entry(value, node.total, None, node.total)
+        new = restamp(value, node.total, None, node.total)
         registry: Registry = _new(Registry)
         registry.map = self.map.set(name, new)
         registry.order = self.order
         registry.size = self.size
         return registry
 
-    def replace_head(self, name: str, value: AnyTensor[Any]) -> Registry:
-        """Give only the first entry named ``name`` the value ``value``. Cost: O(log n)."""
-        node = self.map.get(name)
-        if node is None:
-            return self.push(name, value)
-        if node.count == 1:
-            new = _entry(value, 1, node.rest, node.total)
-        else:
-            new = _entry(value, 1, (node, node.count - 1, node.rest), node.total)
-        return Registry(self.map.set(name, new), self.order, self.size)
+    def replace_heads(self, values: Iterable[tuple[str, AnyTensor[Any]]]) -> Registry:
+        """Give the first entry of each name its new value; prepend absent names.
+
+        Older entries of a name keep their values. Cost: O(m log n) for m values.
+        """
+        order = self.order
+        added = 0
+        with self.map.mutate() as mutation:
+            for name, at in values:
+                node = mutation.get(name)
+                if node is None:
+                    mutation[name] = restamp(at, 1, None, 1)
+                    order = _prepend(order, name)
+                    added += 1
+                elif node.count == 1:
+                    mutation[name] = restamp(at, 1, node.rest, node.total)
+                else:
+                    mutation[name] = restamp(at, 1, (node, node.count - 1, node.rest), node.total)
+            mapping = mutation.finish()
+        return Registry(mapping, order, self.size + added)
 
     def names(self) -> Iterator[str]:
         """Every entry's name, most recent first (duplicates included). Cost: O(n)."""

@@ -5,8 +5,15 @@ shapes stores each one in an existential wrapper that carries the shape beside i
 Python the wrapper does the same job at run time: it checks once, when it is built, that
 the tensor has the shape it claims, and it protects the tensor from writes.
 
+This module is the only place an ``AnyTensor`` (or the registry's :class:`Entry`, a
+subclass that also carries a name's older values) is built.
+
 Reading map:
-- :class:`AnyTensor` -- ``s`` (the :class:`~torchlean.spec.Shape`) and ``t`` (the tensor).
+- :class:`AnyTensor` -- ``s`` (the :class:`~torchlean.spec.Shape`) and ``t`` (the tensor);
+  ``dims``, ``backend``, ``dtype``, ``device``, ``library`` (the :class:`Backend`).
+- :class:`Entry` -- the first entry of a name in a registry, with its older runs.
+- :func:`fresh_entry` -- wrap a value a context has just taken (protected already).
+- :func:`restamp` -- an entry with another position in a registry's runs.
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ from __future__ import annotations
 from typing import Any, Generic, Protocol, TypeVar
 
 from torchlean.errors import ShapeMismatchError
-from torchlean.runtime._backends import Backend, backend_of
+from torchlean.runtime.backends import Backend, backend_of
 from torchlean.spec.shape import Shape, ShapeLike, as_dims
 
-__all__ = ["AnyTensor", "ArrayLike", "ArrayT"]
+__all__ = ["AnyTensor", "ArrayLike", "ArrayT", "Entry", "Runs", "fresh_entry", "restamp"]
 
 
 class ArrayLike(Protocol):
@@ -64,17 +71,6 @@ class AnyTensor(Generic[ArrayT]):
         self._backend = backend
         self._version = backend.version(stored) if backend.versioned else None
 
-    @classmethod
-    def _make(cls, dims: tuple[int, ...], stored: Any, backend: Backend) -> AnyTensor[Any]:
-        """Wrap an already protected value whose dims were read from it (no checks)."""
-        at: AnyTensor[Any] = _new(cls)
-        at._dims = dims
-        at._s = None
-        at._t = stored
-        at._backend = backend
-        at._version = backend.version(stored) if backend.versioned else None
-        return at
-
     @property
     def dims(self) -> tuple[int, ...]:
         """The shape's dimensions as a tuple of ints, outermost first."""
@@ -101,6 +97,18 @@ class AnyTensor(Generic[ArrayT]):
         return self._backend.name
 
     @property
+    def library(self) -> Backend:
+        """The :class:`~torchlean.runtime.backends.Backend` of the tensor's array library:
+        everything that differs between numpy, torch and jax goes through it."""
+        return self._backend
+
+    @property
+    def unchecked(self) -> ArrayT:
+        """The tensor without the in-place check of :attr:`t` (for code that checked the
+        whole context once, e.g. an optimizer step about to replace the tensor)."""
+        return self._t
+
+    @property
     def dtype(self) -> str:
         """The canonical dtype name of the tensor, e.g. ``"float32"``."""
         return self._backend.dtype_name(self._t)
@@ -118,3 +126,57 @@ class AnyTensor(Generic[ArrayT]):
 
 
 _new = object.__new__
+
+#: Older runs of a name's values in a registry: ``(value, count, older)`` or ``None``.
+Runs = tuple[AnyTensor[Any], int, "Runs"] | None
+
+
+class Entry(AnyTensor[Any]):
+    """The first entry of a name in a registry: its tensor, plus the older values.
+
+    ``count`` entries (this one first) have this entry's value; older ones follow in
+    ``rest``; ``total`` is the number of entries of the name. ``count == 0`` marks an
+    entry that is in no registry yet.
+    """
+
+    __slots__ = ("count", "rest", "total")
+    count: int
+    rest: Runs
+    total: int
+
+
+def fresh_entry(dims: tuple[int, ...], stored: Any, backend: Backend) -> Entry:
+    """An entry for a value a context has just taken (already protected), in no registry.
+
+    Registries adopt a fresh entry as it is instead of copying it; callers publish it
+    in one registry only. Cost: O(1).
+    """
+    e: Entry = _new(Entry)
+    e._dims = dims
+    e._s = None
+    e._t = stored
+    e._backend = backend
+    e._version = backend.version(stored) if backend.versioned else None
+    e.count = 0
+    return e
+
+
+def restamp(value: AnyTensor[Any], count: int, rest: Runs, total: int) -> Entry:
+    """``value`` as the first entry of a name with ``count``, ``rest`` and ``total``.
+
+    A fresh entry is adopted as it is; any other value is copied into a new entry (the
+    tensor is shared). Cost: O(1).
+    """
+    if type(value) is Entry and value.count == 0:
+        e = value
+    else:
+        e = _new(Entry)
+        e._dims = value._dims
+        e._s = value._s
+        e._t = value._t
+        e._backend = value._backend
+        e._version = value._version
+    e.count = count
+    e.rest = rest
+    e.total = total
+    return e

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from torchlean.errors import TorchLeanError
-from torchlean.runtime._backends import UNKNOWN_DEVICES, read_checked
+from torchlean.runtime.backends import UNKNOWN_DEVICES, read_checked
 
 if TYPE_CHECKING:
     from torchlean.runtime.any_tensor import AnyTensor

@@ -13,17 +13,17 @@ an update costs O(log n) instead of a walk of the list, and old contexts share t
 structure with new ones instead of being copied.
 
 Reading map:
-- :class:`RuntimeContext` -- the context; each seed operation is a method.
-- :func:`empty_context` -- ``RuntimeContext.empty``.
-- The seed's operations as functions with the context first: :func:`register_variable`,
-  :func:`get_variable`, :func:`set_variable`, :func:`register_gradient`,
-  :func:`get_gradient`, :func:`set_gradient`, :func:`clear_gradients`,
-  :func:`has_variable`, :func:`variable_names`, :func:`gradient_names`,
-  :func:`context_size`, :func:`gradient_count`, :func:`is_valid_context`,
-  :func:`context_to_string`.
+- :class:`RuntimeContext` -- the context; each seed operation is a method (the same
+  operations as functions with the context first are in
+  :mod:`torchlean.runtime.functions`).
 - Python additions: :meth:`RuntimeContext.variable` / :meth:`RuntimeContext.gradient`
   (strict lookups), :meth:`RuntimeContext.accumulate_gradient`,
   :meth:`RuntimeContext.check`, :meth:`RuntimeContext.state_dict`.
+- For the runtime layers above (autograd, optimizers, I/O, views): the batch edits
+  :meth:`RuntimeContext.with_variables` / :meth:`RuntimeContext.with_gradients`, the
+  entries :meth:`RuntimeContext.latest_variables`, :meth:`RuntimeContext.variable_entry`
+  (and the gradient forms), :meth:`RuntimeContext.from_registries` (Lean's structure
+  literal), :func:`donate` / :func:`is_donated`.
 
 Immutability of the tensors themselves: a numpy array is copied into a read-only buffer
 when it is stored, so neither the caller's array nor an array a lookup returns can
@@ -38,48 +38,22 @@ import difflib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal
 
-import numpy as np
-
 from torchlean.errors import (
     BackendError,
     DTypeMismatchError,
     ShapeMismatchError,
     UnknownNameError,
 )
-from torchlean.runtime._backends import (
-    _BY_TYPE,
-    NUMPY,
-    UNKNOWN_DEVICES,
-    backend_of,
-    dtype_name,
-    read_checked,
-    render_array,
-)
-from torchlean.runtime._registry import EMPTY, DonatedRegistry, Entry, Registry, fresh_entry
-from torchlean.runtime.any_tensor import AnyTensor, ArrayT
+from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry
+from torchlean.runtime.any_tensor import AnyTensor, ArrayT, Entry, fresh_entry
+from torchlean.runtime.backends import BY_TYPE, UNKNOWN_DEVICES, backend_of, read_checked
+from torchlean.runtime.dtypes import dtype_name
 from torchlean.spec.shape import ShapeLike, as_dims
 
 if TYPE_CHECKING:
     from torchlean.runtime.check import CheckReport
 
-__all__ = [
-    "RuntimeContext",
-    "clear_gradients",
-    "context_size",
-    "context_to_string",
-    "empty_context",
-    "get_gradient",
-    "get_variable",
-    "gradient_count",
-    "gradient_names",
-    "has_variable",
-    "is_valid_context",
-    "register_gradient",
-    "register_variable",
-    "set_gradient",
-    "set_variable",
-    "variable_names",
-]
+__all__ = ["RuntimeContext", "donate", "is_donated", "require_context"]
 
 Kind = Literal["variable", "gradient"]
 
@@ -115,7 +89,7 @@ class RuntimeContext(Generic[ArrayT]):
 
     @classmethod
     def empty(cls, *, dtype: object = None) -> RuntimeContext[Any]:
-        """An empty context with no variables and no gradients. Mirrors ``Runtime.empty``.
+        """An empty context with no variables and no gradients. Mirrors ``Runtime.emptyContext``.
 
         ``dtype`` (a numpy, torch or jax dtype, or a name such as ``"float32"``) pins
         the element type; a torch dtype also pins the array library to torch.
@@ -135,6 +109,58 @@ class RuntimeContext(Generic[ArrayT]):
                 f"from_state_dict expects a mapping of name to array, got {type(mapping).__name__}"
             )
         return cls(dtype=dtype).register_variables(mapping)
+
+    @classmethod
+    def from_registries(
+        cls,
+        var_registry: Iterable[tuple[str, Any]],
+        gradients: Iterable[tuple[str, Any]] = (),
+        *,
+        next_id: int | None = None,
+        dtype: object = None,
+        adopt: bool = False,
+    ) -> RuntimeContext[Any]:
+        """A context with exactly these registries, as Lean's structure literal
+        ``{ var_registry := ..., gradients := ..., next_id := ... }``.
+
+        Both registries are lists of ``(name, array)`` (or ``(name, AnyTensor)``), most
+        recent first, shadowed entries included; ``next_id`` defaults to the number of
+        variable entries. ``adopt=True``: the caller gives the arrays up (fresh results,
+        e.g. just read from a file), so they are stored without a protective copy.
+        Every entry is validated before the context is built. Cost: O(n log n).
+        """
+        if next_id is None:
+            variables = list(var_registry)
+            next_id = len(variables)
+        else:
+            variables = list(var_registry)
+        if type(next_id) is not int or next_id < 0:
+            raise TypeError(f"from_registries: next_id must be an int >= 0, got {next_id!r}")
+        probe = cls(dtype=dtype)
+        v = probe._take_all(variables, "variable", adopt)
+        g = probe._take_all(list(gradients), "gradient", adopt)
+        new = probe._derive(EMPTY.push_many(v[::-1]), EMPTY.push_many(g[::-1]), next_id)
+        new._pin = probe._pin
+        return new
+
+    def _take_all(
+        self, items: list[tuple[str, Any]], kind: Kind, adopt: bool
+    ) -> list[tuple[str, Entry]]:
+        """Take every ``(name, value)``; the pin they imply is left on ``self``."""
+        out: list[tuple[str, Entry]] = []
+        for i, pair in enumerate(items):
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise TypeError(
+                    f"{kind} entry {i} must be a (name, array) pair, got"
+                    f" {type(pair).__name__} {_short(pair)}"
+                )
+            name, value = pair
+            _check_name(name, kind)
+            if isinstance(value, AnyTensor):
+                value = read_checked(value, f"{kind} `{name}`")
+            at, self._pin = self._take(value, kind, name, adopt)
+            out.append((name, at))
+        return out
 
     @classmethod
     def from_module(cls, module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
@@ -161,16 +187,19 @@ class RuntimeContext(Generic[ArrayT]):
         new._pin = self._pin
         return new
 
-    def _take(self, value: Any, kind: Kind, name: str) -> tuple[AnyTensor[Any], Any]:
-        """Validate and protect ``value``; return it wrapped, and the pin it implies."""
-        backend = _BY_TYPE.get(type(value))
+    def _take(self, value: Any, kind: Kind, name: str, adopt: bool = False) -> tuple[Entry, Any]:
+        """Validate and protect ``value``; return it wrapped, and the pin it implies.
+
+        ``adopt``: the caller gives ``value`` up (a fresh result), so it is stored
+        without a protective copy (see :meth:`Backend.adopt`)."""
+        backend = BY_TYPE.get(type(value))
         if backend is None:
             try:
                 backend = backend_of(value)
             except TypeError as e:
                 raise TypeError(f"{kind} `{name}`: {e}") from None
         try:
-            stored = backend.freeze(value)
+            stored = backend.adopt(value) if adopt else backend.freeze(value)
         except TypeError as e:
             raise TypeError(f"{kind} `{name}`: {e}") from None
         pin = self._pin
@@ -188,15 +217,7 @@ class RuntimeContext(Generic[ArrayT]):
                     f"{kind} `{name}` is a {backend.name} array but this context holds"
                     f" {pin[1]} {pin[0]} arrays only"
                 )
-        # fresh_entry(), inlined: this is the hot path of every register and set.
-        entry: Entry = _new(Entry)
-        entry._dims = stored.shape if backend is NUMPY else backend.dims(stored)
-        entry._s = None
-        entry._t = stored
-        entry._backend = backend
-        entry._version = backend.version(stored) if backend.versioned else None
-        entry.count = 0
-        return entry, pin
+        return fresh_entry(backend.dims(stored), stored, backend), pin
 
     # ------------------------------------------------------------------ variables
 
@@ -426,7 +447,91 @@ class RuntimeContext(Generic[ArrayT]):
         backend = at._backend
         total = backend.adopt(backend.add(read_checked(old, f"gradient `{name}`"), at.t))
         summed = fresh_entry(old._dims, total, backend)
-        return self._derive(self._v, self._g.replace_head(name, summed), self._next_id)
+        return self._derive(self._v, self._g.replace_heads([(name, summed)]), self._next_id)
+
+    # ------------------------------------------------------------------ batch edits
+
+    def with_variables(
+        self, items: Mapping[str, Any] | Iterable[tuple[str, Any]], *, adopt: bool = False
+    ) -> RuntimeContext[ArrayT]:
+        """Give the most recent variable of each name a new value, in one new context.
+
+        A name that is absent is registered (``next_id`` grows by one for each). Older,
+        shadowed entries keep their values, and the shape may change, as with repeated
+        :meth:`register_variable` / replacement of the head entry. Every value is
+        validated before anything is built. ``adopt=True``: the caller gives the values
+        up (fresh results such as an optimizer's output or autograd's leaves), so they
+        are stored as they are, without a protective copy or a detach. Lean
+        counterpart: none (the batch form the runtime layers use). Cost: O(m log n).
+        """
+        taken, pin = self._take_items(items, "variable", "with_variables", adopt)
+        vmap = self._v.map
+        added = len({name for name, _ in taken if name not in vmap})
+        new = self._derive(self._v.replace_heads(taken), self._g, self._next_id + added)
+        new._pin = pin
+        return new
+
+    def with_gradients(
+        self, items: Mapping[str, Any] | Iterable[tuple[str, Any]], *, adopt: bool = False
+    ) -> RuntimeContext[ArrayT]:
+        """Give the most recent gradient of each name a new value; register the absent.
+
+        As :meth:`with_variables`, for the gradients (``next_id`` never changes).
+        Cost: O(m log n).
+        """
+        taken, pin = self._take_items(items, "gradient", "with_gradients", adopt)
+        new = self._derive(self._v, self._g.replace_heads(taken), self._next_id)
+        new._pin = pin
+        return new
+
+    def _take_items(
+        self,
+        items: Mapping[str, Any] | Iterable[tuple[str, Any]],
+        kind: Kind,
+        where: str,
+        adopt: bool,
+    ) -> tuple[list[tuple[str, Entry]], Any]:
+        if not isinstance(adopt, bool):
+            raise TypeError(f"{where}: adopt must be a bool, got {adopt!r}")
+        pairs = items.items() if isinstance(items, Mapping) else items
+        if not isinstance(pairs, Iterable) or isinstance(pairs, (str, bytes)):
+            raise TypeError(
+                f"{where} expects a mapping or an iterable of (name, array) pairs,"
+                f" got {type(items).__name__}"
+            )
+        probe = self._derive(self._v, self._g, self._next_id)
+        return probe._take_all(list(pairs), kind, adopt), probe._pin
+
+    # ------------------------------------------------------------------ entries
+
+    def latest_variables(self) -> list[tuple[str, AnyTensor[ArrayT]]]:
+        """The most recent variable entry of each name, names in first-registered order
+        (the entries :meth:`state_dict` reads). Cost: O(n)."""
+        return list(self._v.visible())
+
+    def latest_gradients(self) -> list[tuple[str, AnyTensor[ArrayT]]]:
+        """The most recent gradient entry of each name, names in first-registered order.
+
+        Cost: O(n).
+        """
+        return list(self._g.visible())
+
+    def variable_entry(self, name: str) -> AnyTensor[ArrayT] | None:
+        """The most recent variable entry named ``name`` (with its shape, dtype, device
+        and library), or ``None``. Cost: O(log n)."""
+        _check_name(name, "variable")
+        return self._v.map.get(name)
+
+    def gradient_entry(self, name: str) -> AnyTensor[ArrayT] | None:
+        """The most recent gradient entry named ``name``, or ``None``. Cost: O(log n)."""
+        _check_name(name, "gradient")
+        return self._g.map.get(name)
+
+    @property
+    def library(self) -> str | None:
+        """The array library a pinned context holds (``"torch"``...), or ``None`` when the
+        context is not pinned or holds no tensor yet."""
+        return None if self._pin is None else self._pin[1]
 
     # ------------------------------------------------------------------ strict lookups
 
@@ -527,9 +632,9 @@ class RuntimeContext(Generic[ArrayT]):
         Mirrors ``Runtime.contextToString`` (for debugging: it prints whole tensors).
         Cost: O(total elements).
         """
-        vars_text = ", ".join(f"{n}: {_pretty(at, 'variable', n)}" for n, at in self._v.entries())
-        grads_text = ", ".join(f"{n}: {_pretty(at, 'gradient', n)}" for n, at in self._g.entries())
-        return f"Context(vars: [{vars_text}], grads: [{grads_text}])"
+        from torchlean.runtime.printing import context_to_string
+
+        return context_to_string(self)
 
     def __repr__(self) -> str:
         def summary(registry: Registry) -> str:
@@ -645,6 +750,11 @@ def require_context(value: object, where: str, argument: str = "ctx") -> None:
         )
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _check_name(name: object, kind: str) -> None:
     if not isinstance(name, str):
         text = repr(name)
@@ -664,135 +774,3 @@ def _unknown_message(registry: Registry, kind: str, name: str) -> str:
     if close:
         return f"no {kind} `{name}`; did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
     return f"no {kind} `{name}` (the context has {_count(len(names), kind + ' name')})"
-
-
-def _pretty(at: AnyTensor[Any], kind: str, name: str) -> str:
-    t = read_checked(at, f"{kind} `{name}`")
-    array = at._backend.data(t)
-    if array is None:  # a meta tensor, a tracer, an opaque pytree leaf
-        return at._backend.stand_in(t)
-    array = render_array(array)
-
-    def go(a: np.ndarray[Any, Any]) -> str:
-        if a.ndim == 0:
-            return str(a[()])
-        return "[" + ", ".join(go(a[i]) for i in range(a.shape[0])) + "]"
-
-    return go(array)
-
-
-def empty_context(*, dtype: object = None) -> RuntimeContext[Any]:
-    """An empty context. Mirrors ``Runtime.empty``; ``dtype`` pins the element type."""
-    return RuntimeContext.empty(dtype=dtype)
-
-
-# The seed's operations as functions, context first. Each checks that its first argument
-# is a context (a clear TypeError, not an AttributeError) and then calls the method.
-
-
-def register_variable(
-    ctx: RuntimeContext[ArrayT], name: str, value: ArrayT
-) -> RuntimeContext[ArrayT]:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "register_variable")
-    return ctx.register_variable(name, value)
-
-
-def get_variable(ctx: RuntimeContext[ArrayT], name: str, shape: ShapeLike) -> ArrayT | None:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "get_variable")
-    return ctx.get_variable(name, shape)
-
-
-def set_variable(ctx: RuntimeContext[ArrayT], name: str, value: ArrayT) -> RuntimeContext[ArrayT]:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "set_variable")
-    return ctx.set_variable(name, value)
-
-
-def register_gradient(
-    ctx: RuntimeContext[ArrayT], name: str, grad: ArrayT
-) -> RuntimeContext[ArrayT]:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "register_gradient")
-    return ctx.register_gradient(name, grad)
-
-
-def get_gradient(ctx: RuntimeContext[ArrayT], name: str, shape: ShapeLike) -> ArrayT | None:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "get_gradient")
-    return ctx.get_gradient(name, shape)
-
-
-def set_gradient(ctx: RuntimeContext[ArrayT], name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "set_gradient")
-    return ctx.set_gradient(name, grad)
-
-
-def clear_gradients(ctx: RuntimeContext[ArrayT]) -> RuntimeContext[ArrayT]:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "clear_gradients")
-    return ctx.clear_gradients()
-
-
-def has_variable(ctx: RuntimeContext[Any], name: str) -> bool:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "has_variable")
-    return ctx.has_variable(name)
-
-
-def variable_names(ctx: RuntimeContext[Any]) -> list[str]:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "variable_names")
-    return ctx.variable_names()
-
-
-def gradient_names(ctx: RuntimeContext[Any]) -> list[str]:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "gradient_names")
-    return ctx.gradient_names()
-
-
-def context_size(ctx: RuntimeContext[Any]) -> int:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "context_size")
-    return ctx.context_size()
-
-
-def gradient_count(ctx: RuntimeContext[Any]) -> int:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "gradient_count")
-    return ctx.gradient_count()
-
-
-def is_valid_context(ctx: RuntimeContext[Any]) -> bool:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "is_valid_context")
-    return ctx.is_valid_context()
-
-
-def context_to_string(ctx: RuntimeContext[Any]) -> str:
-    if type(ctx) is not RuntimeContext:
-        require_context(ctx, "context_to_string")
-    return ctx.context_to_string()
-
-
-for _function in (
-    register_variable,
-    get_variable,
-    set_variable,
-    register_gradient,
-    get_gradient,
-    set_gradient,
-    clear_gradients,
-    has_variable,
-    variable_names,
-    gradient_names,
-    context_size,
-    gradient_count,
-    is_valid_context,
-    context_to_string,
-):
-    _function.__doc__ = getattr(RuntimeContext, _function.__name__).__doc__
-del _function

@@ -42,9 +42,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from torchlean.errors import BackendError
-from torchlean.runtime._backends import _BY_TYPE, NUMPY, OPAQUE, backend_of
 from torchlean.runtime._registry import EMPTY, Registry
-from torchlean.runtime.any_tensor import AnyTensor
+from torchlean.runtime.any_tensor import AnyTensor, fresh_entry
+from torchlean.runtime.backends import BY_TYPE, NUMPY, OPAQUE, backend_of
 from torchlean.runtime.context import RuntimeContext
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def _keep_numpy(x: Any) -> Any:
 
 
 def _wrap(leaf: Any, dims: tuple[int, ...]) -> AnyTensor[Any]:
-    backend = _BY_TYPE.get(type(leaf))
+    backend = BY_TYPE.get(type(leaf))
     if backend is None:
         try:
             backend = backend_of(leaf)
@@ -175,7 +175,7 @@ def _wrap(leaf: Any, dims: tuple[int, ...]) -> AnyTensor[Any]:
     elif shape is not None:
         with contextlib.suppress(TypeError, ValueError):  # not ints: keep the entry's
             dims = tuple(int(d) for d in shape)
-    return AnyTensor._make(dims, leaf, backend)
+    return fresh_entry(dims, leaf, backend)
 
 
 def _registry(names: Sequence[str], dims: Sequence[Any], leaves: Sequence[Any]) -> Registry:
@@ -415,13 +415,6 @@ def _install() -> None:
             _register_quietly(library)
     if not all(lib in _REGISTERED for lib in LIBRARIES):
         _WATCHER.install()
-
-
-def _on_backend_loaded(library: str) -> None:
-    """A safety net: the first array of ``library`` a context sees registers it too
-    (for the rare set-up where another import hook hid the import from the watcher)."""
-    if library in _REGISTRARS and library not in _REGISTERED:
-        _register_quietly(library)
 
 
 _install()

@@ -234,23 +234,23 @@ class _AnyTensorSource:
         flat = self._flat()
         if flat is None:
             index = block_index(self._at.dims, 0, n)
-            part = self._at._backend.to_numpy(self._at.t[index])
+            part = self._at.library.to_numpy(self._at.t[index])
             return np.asarray(part).reshape(-1)[:n]
-        return self._at._backend.to_numpy(flat[:n])
+        return self._at.library.to_numpy(flat[:n])
 
     def sample(self, limit: int) -> tuple[np.ndarray[Any, Any], bool]:
         numel = math.prod(self._at.dims)
         flat = self._flat()
         if numel <= limit:
             if flat is None:
-                return np.asarray(self._at._backend.to_numpy(self._at.t)).reshape(-1), False
-            return self._at._backend.to_numpy(flat), False
+                return np.asarray(self._at.library.to_numpy(self._at.t)).reshape(-1), False
+            return self._at.library.to_numpy(flat), False
         if flat is None:
             return sample_blocks(
-                lambda index: self._at._backend.to_numpy(self._at.t[index]), self._at.dims, limit
+                lambda index: self._at.library.to_numpy(self._at.t[index]), self._at.dims, limit
             ), True
         step = -(-numel // limit)
-        return self._at._backend.to_numpy(flat[::step]), True
+        return self._at.library.to_numpy(flat[::step]), True
 
 
 #: A block sample of a big tensor is this many evenly spaced contiguous blocks.
@@ -317,8 +317,8 @@ def summarize(
         report = ctx.check()
     except DonatedContextError as e:  # nothing left to show; say why
         return Summary(title=f"RuntimeContext: {e}", variables=(), gradients=(), problems=())
-    variables = [(name, source_of(at)) for name, at in ctx._v.entries()]
-    gradients = [(name, source_of(at)) for name, at in ctx._g.entries()]
+    variables = [(name, source_of(at)) for name, at in ctx.var_registry]
+    gradients = [(name, source_of(at)) for name, at in ctx.gradients]
     n_v, n_g = len(variables), len(gradients)
     if title is None:
         title = f"RuntimeContext: {_count(n_v, 'variable')}, {_count(n_g, 'gradient')}"

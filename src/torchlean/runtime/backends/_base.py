@@ -1,0 +1,143 @@
+"""The :class:`Backend` interface every array library implements.
+
+Reading map:
+- :class:`Backend` -- storing (``freeze``, ``adopt``, ``version``, ``check_intact``),
+  describing (``dims``, ``dtype_name``, ``device``, ``stand_in``), converting
+  (``data``, ``to_numpy``, ``from_numpy``) and computing (``nonfinite``, ``add``,
+  ``zeros_like``).
+- :data:`UNKNOWN_DEVICES` -- device names that stand for "no device".
+- :func:`numpy_nonfinite`, :func:`short_repr` -- helpers the backends share.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import numpy as np
+
+from torchlean.errors import BackendError
+from torchlean.runtime.dtypes import EXTENDED_FLOATS, dtype_name
+
+__all__ = ["NO_DEVICE", "TRACED", "UNKNOWN_DEVICES", "Backend", "numpy_nonfinite", "short_repr"]
+
+#: The device of a traced value (under ``jax.jit`` / ``jax.grad``): not known.
+TRACED: Final = "traced"
+#: The device of an opaque pytree leaf (``None``, a ``ShapeDtypeStruct``...).
+NO_DEVICE: Final = "none"
+#: Device names that stand for "no device"; ``check()`` leaves them out.
+UNKNOWN_DEVICES: Final = frozenset({TRACED, NO_DEVICE})
+
+
+class Backend:
+    """How one array library's tensors are stored, checked, converted and rendered.
+
+    Subclasses override what differs; the defaults fit an immutable array library
+    whose arrays numpy can read (``np.asarray``).
+    """
+
+    name: str = "?"
+    #: True when stored values carry a version that must be checked on every read.
+    versioned: bool = False
+    #: True when the library can differentiate (``torchlean.autograd``).
+    differentiable: bool = False
+
+    # ------------------------------------------------------------------ storing
+
+    def freeze(self, x: Any) -> Any:
+        """Return the value a context stores for ``x`` (a protected copy or ``x``)."""
+        return x
+
+    def adopt(self, x: Any) -> Any:
+        """Like :meth:`freeze`, for a fresh value nobody else holds (no copy)."""
+        return self.freeze(x)
+
+    def version(self, x: Any) -> int | None:
+        """The version counter of a stored value, or ``None`` when it has none."""
+        return None
+
+    def check_intact(self, x: Any, version: int | None, what: str) -> None:
+        """Raise when the stored value was written in place since it was stored."""
+
+    # ------------------------------------------------------------------ describing
+
+    def dims(self, x: Any) -> tuple[int, ...]:
+        return tuple(int(d) for d in x.shape)
+
+    def dtype_name(self, x: Any) -> str:
+        return dtype_name(x.dtype)
+
+    def device(self, x: Any) -> str:
+        """The canonical device name: ``"cpu"``, ``"cuda:0"``, ``"meta"``..."""
+        return "cpu"
+
+    def stand_in(self, x: Any) -> str:
+        """A short text standing for ``x`` where its values cannot be shown."""
+        return f"<{self.name} {self.dtype_name(x)} {self.dims(x)} on {self.device(x)}>"
+
+    def is_contiguous(self, x: Any) -> bool:
+        """True when ``x``'s elements lie in one dense row-major block."""
+        return True
+
+    # ------------------------------------------------------------------ converting
+
+    def data(self, x: Any) -> np.ndarray[Any, Any] | None:
+        """The values of ``x`` as numpy, or ``None`` when ``x`` has none to read.
+
+        A tensor on another device is copied to the host; ``x`` itself never moves.
+        Cost: O(size) for a copy.
+        """
+        return self.to_numpy(x)
+
+    def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
+        """A numpy copy or view of ``x`` for rendering and saving (never moves ``x``).
+
+        Raises :class:`~torchlean.errors.BackendError` for a value without data (a
+        meta tensor, a tracer).
+        """
+        return np.asarray(x)
+
+    def from_numpy(self, array: np.ndarray[Any, Any], what: str) -> Any:
+        """A value of this library holding ``array``'s elements, ready to store.
+
+        The caller gives ``array`` up (it may be reused without a copy). ``what`` names
+        the entry in errors.
+        """
+        raise BackendError(f"{what}: the {self.name} backend cannot build arrays from numpy")
+
+    # ------------------------------------------------------------------ computing
+
+    def nonfinite(self, x: Any) -> tuple[int, int]:
+        """The number of NaN and of infinite elements of ``x`` ((0, 0) without data).
+
+        Cost: O(size).
+        """
+        array = self.data(x)
+        if array is None:
+            return (0, 0)
+        return numpy_nonfinite(array)
+
+    def add(self, a: Any, b: Any) -> Any:
+        return a + b
+
+    def zeros_like(self, x: Any) -> Any:
+        """A fresh array of zeros with ``x``'s shape, dtype and device."""
+        raise BackendError(f"the {self.name} backend cannot make arrays")
+
+    def scalar(self, value: float | int, dtype: str, like: Any) -> Any:
+        """A fresh 0-d array of ``dtype`` holding ``value``, on ``like``'s device."""
+        raise BackendError(f"the {self.name} backend cannot make arrays")
+
+
+def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
+    """The NaN and infinity counts of a numpy array (extended floats included)."""
+    if array.dtype.kind not in "fc" and array.dtype.name not in EXTENDED_FLOATS:
+        return (0, 0)
+    nan = int(np.count_nonzero(np.isnan(array)))
+    inf = int(np.count_nonzero(np.isinf(array)))
+    return (nan, inf)
+
+
+def short_repr(x: object) -> str:
+    """``repr(x)``, cut to 60 characters."""
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,105 @@
+"""The JAX backend: arrays are immutable, so they are stored as they are.
+
+Reading map:
+- :class:`JaxBackend` -- the backend (built on the first jax array a context sees).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from torchlean.errors import BackendError
+from torchlean.runtime.backends._base import TRACED, Backend, numpy_nonfinite
+from torchlean.runtime.dtypes import dtype_name
+
+__all__ = ["JaxBackend"]
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    differentiable = True
+
+    def __init__(self) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        self.jax = jax
+        self.jnp = jnp
+        self._tracer = jax.core.Tracer
+
+    def dtype_name(self, x: Any) -> str:
+        return dtype_name(x.dtype)
+
+    def device(self, x: Any) -> str:
+        if isinstance(x, self._tracer):
+            return TRACED
+        try:
+            devices = x.devices()
+        except Exception:  # pragma: no cover - any other abstract value
+            return TRACED
+        return ",".join(sorted({_device_name(d) for d in devices}))
+
+    def is_traced(self, x: Any) -> bool:
+        """True for a tracer (a value inside ``jax.jit`` / ``jax.grad``)."""
+        return isinstance(x, self._tracer)
+
+    def data(self, x: Any) -> np.ndarray[Any, Any] | None:
+        if isinstance(x, self._tracer) or x.is_deleted():
+            return None
+        return np.asarray(x)
+
+    def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
+        array = self.data(x)
+        if array is None:
+            raise BackendError(f"{self.stand_in(x)} has no data to read")
+        return array
+
+    def from_numpy(self, array: np.ndarray[Any, Any], what: str) -> Any:
+        x64 = self.jax.config.read("jax_enable_x64")  # type: ignore[no-untyped-call]
+        if array.dtype.itemsize == 8 and not x64:
+            raise BackendError(
+                f"{what} has dtype {array.dtype.name} but JAX is running without 64-bit"
+                " types and would silently cast it; enable them first with"
+                ' jax.config.update("jax_enable_x64", True), or load with backend="numpy"'
+            )
+        return self.jnp.asarray(array)
+
+    def stand_in(self, x: Any) -> str:
+        if isinstance(x, self._tracer):
+            kind = "traced"
+        elif x.is_deleted():
+            kind = "deleted jax array"
+        else:  # pragma: no cover - only values without data get here
+            kind = "jax array"
+        return f"<{kind} {self.dtype_name(x)} {self.dims(x)}>"
+
+    def nonfinite(self, x: Any) -> tuple[int, int]:
+        if isinstance(x, self._tracer) or x.is_deleted():
+            return (0, 0)
+        if self.device(x) == "cpu":
+            return numpy_nonfinite(np.asarray(x))  # a view: no copy on the host
+        jnp = self.jnp
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return (0, 0)
+        # Counted where the array lives: a GPU array is not copied to the host.
+        return (int(jnp.isnan(x).sum()), int(jnp.isinf(x).sum()))
+
+    def zeros_like(self, x: Any) -> Any:
+        return self.jnp.zeros_like(x)
+
+    def scalar(self, value: float | int, dtype: str, like: Any) -> Any:
+        return self.jnp.asarray(value, dtype=dtype)
+
+
+def _device_name(device: Any) -> str:
+    platform = device.platform
+    if platform == "cpu":
+        return "cpu"
+    index = getattr(device, "local_hardware_id", None)
+    if index is None:
+        index = device.id
+    if platform in ("gpu", "cuda", "rocm"):
+        platform = "cuda"  # torch calls NVIDIA and AMD GPUs alike "cuda"
+    return f"{platform}:{index}"

@@ -1,0 +1,166 @@
+"""The PyTorch backend: tensors stored without a copy, watched by their version counter.
+
+The stored tensor is the caller's tensor, detached (no copy), with its version counter
+recorded. Writing it in place (through any view) bumps the counter, and every later read
+through a context raises :class:`~torchlean.errors.InPlaceModificationError`. An
+inference tensor has no version counter, so it is stored as a clone.
+
+Reading map:
+- :class:`TorchBackend` -- the backend (built on the first torch tensor a context sees).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from torchlean.errors import BackendError, InPlaceModificationError
+from torchlean.runtime.backends._base import Backend
+from torchlean.runtime.dtypes import EXTENDED_FLOATS, bits_dtype, numpy_dtype
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    versioned = True
+    differentiable = True
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self._bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+    # ------------------------------------------------------------------ storing
+
+    def freeze(self, x: Any) -> Any:
+        if x.is_inference():
+            # An inference tensor has no version counter: keep a normal clone instead.
+            with self.torch.inference_mode(False):
+                return x.detach().clone()
+        # detach() shares storage and the version counter with x, so a write through
+        # the caller's tensor, or any view of it, is seen by check_intact.
+        return x.detach()
+
+    def adopt(self, x: Any) -> Any:
+        # A fresh tensor the caller gives up is stored as it is: an autograd leaf keeps
+        # requires_grad (autograd and torch.func see through a context).
+        if x.is_inference():
+            return self.freeze(x)
+        return x
+
+    def version(self, x: Any) -> int | None:
+        try:
+            return int(x._version)
+        except RuntimeError:  # an inference tensor handed in by a pytree transform
+            return None
+
+    def check_intact(self, x: Any, version: int | None, what: str) -> None:
+        if x._version != version:
+            raise InPlaceModificationError(
+                f"{what} was modified in place after it was stored in a context"
+                f" (its version counter went from {version} to {x._version}); contexts"
+                " never change, so the value can no longer be trusted. Register a copy"
+                " (tensor.clone()) if you need to keep writing to it"
+            )
+
+    # ------------------------------------------------------------------ describing
+
+    def dims(self, x: Any) -> tuple[int, ...]:
+        return tuple(x.shape)
+
+    def dtype_name(self, x: Any) -> str:
+        return str(x.dtype).removeprefix("torch.")
+
+    def device(self, x: Any) -> str:
+        device = x.device
+        return "cpu" if device.type == "cpu" else str(device)
+
+    def stand_in(self, x: Any) -> str:
+        kind = "meta tensor" if x.device.type == "meta" else f"{type(x).__name__}"
+        return f"<{kind} {self.dtype_name(x)} {self.dims(x)}>"
+
+    def is_contiguous(self, x: Any) -> bool:
+        return bool(x.is_contiguous())
+
+    def has_data(self, x: Any) -> bool:
+        """False for meta, fake and functorch-wrapped tensors (nothing to read)."""
+        if x.device.type == "meta":
+            return False
+        name = type(x).__name__
+        if name in ("FakeTensor", "FunctionalTensor"):
+            return False
+        return not self.torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+    # ------------------------------------------------------------------ converting
+
+    def data(self, x: Any) -> np.ndarray[Any, Any] | None:
+        if not self.has_data(x):
+            return None
+        return self.to_numpy(x)
+
+    def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
+        torch = self.torch
+        if not self.has_data(x):
+            raise BackendError(f"{self.stand_in(x)} has no data to read")
+        t = x.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        if t.device.type != "cpu":
+            t = t.to("cpu")  # a copy: the stored tensor stays where it is
+        t = t.resolve_conj().resolve_neg()
+        try:
+            return t.numpy()  # type: ignore[no-any-return]
+        except TypeError:
+            pass  # a dtype numpy lacks: bfloat16, float8, complex32...
+        name = self.dtype_name(t)
+        size = EXTENDED_FLOATS.get(name)
+        if size is not None:
+            try:
+                target = numpy_dtype(name)
+            except TypeError:
+                target = None
+            if target is not None:
+                return t.view(self._bits[size]).numpy().view(target)  # type: ignore[no-any-return]
+        wide = torch.complex64 if t.is_complex() else torch.float32
+        return t.to(wide).numpy()  # type: ignore[no-any-return]
+
+    def from_numpy(self, array: np.ndarray[Any, Any], what: str) -> Any:
+        torch = self.torch
+        if isinstance(array, torch.Tensor):
+            return array
+        if not array.flags.writeable or not array.flags.c_contiguous:
+            array = np.array(array, order="C", copy=True)
+        name = array.dtype.name
+        size = EXTENDED_FLOATS.get(name)
+        if size is not None:
+            target = getattr(torch, name, None)
+            if target is None:
+                raise BackendError(f"{what} has dtype {name}, which this torch does not have")
+            t = torch.from_numpy(array.view(bits_dtype(size))).view(target)
+        else:
+            t = torch.from_numpy(array)
+        return t
+
+    # ------------------------------------------------------------------ computing
+
+    def nonfinite(self, x: Any) -> tuple[int, int]:
+        if not self.has_data(x):
+            return (0, 0)
+        t = x.detach()
+        if not (t.is_floating_point() or t.is_complex()):
+            return (0, 0)
+        if t.layout != self.torch.strided:
+            t = t.to_dense()
+        # Counted where the tensor lives: a GPU tensor is not copied to the host.
+        nan = int(self.torch.isnan(t).sum().item())
+        inf = int(self.torch.isinf(t).sum().item())
+        return (nan, inf)
+
+    def zeros_like(self, x: Any) -> Any:
+        return self.torch.zeros_like(x)
+
+    def scalar(self, value: float | int, dtype: str, like: Any) -> Any:
+        return self.torch.tensor(value, dtype=getattr(self.torch, dtype), device=like.device)
