@@ -504,6 +504,31 @@ ROWS: list[Row] = [
         "nonfinite_counts expects an AnyTensor, got ndarray",
     ),
     (
+        "torchlean.runtime.check.check_pair",
+        lambda d: ck.check_pair(3, None, CTX.variable_entry("w")),  # type: ignore[arg-type]
+        TypeError,
+        "gradient name must be a str, got int 3",
+    ),
+    (
+        "torchlean.runtime.check.check_entries",
+        lambda d: ck.check_entries({"w": F32}),  # type: ignore[arg-type]
+        TypeError,
+        "check_entries: variables must be a sequence of (name, EntryFacts) pairs, got dict",
+    ),
+    (
+        "torchlean.runtime.check.check_entries",
+        lambda d: ck.check_entries([], [("w", F32)]),  # type: ignore[list-item]
+        TypeError,
+        "check_entries: gradients must hold (name, EntryFacts) pairs,"
+        " got ('w', array([1., 1., 1.], dtype=float32))",
+    ),
+    (
+        "torchlean.runtime.check.facts_of",
+        lambda d: ck.facts_of(F32, "variable `w`"),  # type: ignore[arg-type]
+        TypeError,
+        "facts_of expects an AnyTensor, got ndarray",
+    ),
+    (
         "CheckReport.for_entry",
         lambda d: CTX.check().for_entry("vars", "w"),
         ValueError,
@@ -1120,6 +1145,7 @@ NO_ROW: dict[str, str] = {
         for name in (
             "torchlean.CheckReport",
             "torchlean.runtime.Problem",
+            "torchlean.runtime.check.EntryFacts",
             "torchlean.io.ExpectReport",
             "torchlean.io.FileSummary",
             "torchlean.io.Mismatch",

@@ -1,23 +1,37 @@
-"""``RuntimeContext.check``: a report of everything wrong with a context.
+"""The one home of the gradient-vs-variable rules, and ``RuntimeContext.check``.
 
 The Lean module's ``isValidContext`` answers one yes/no question (does every gradient
 name a variable?). Debugging training state needs more: which gradient is orphaned,
 which one has the wrong shape or dtype, where a NaN crept in, whether tensors sit on
 different devices. This module finds all of it in one pass and returns it as data.
 
+Every view applies these rules through this module: ``RuntimeContext.check`` (exact
+counts), the context view and the file view (:mod:`torchlean.widgets`, NaN counts of a
+sample for a big file). The rules read :class:`EntryFacts` -- shape, dtype, device and
+non-finite counts -- never the tensors themselves, so the same data gives the same
+problems whichever view looked at it.
+
 Reading map:
 - :class:`Problem` -- one finding: ``kind``, ``registry``, ``name``, ``message``.
 - :class:`CheckReport` -- every finding; falsy when something is wrong;
   ``raise_if_problems()``.
-- :func:`check_context` -- build the report (``RuntimeContext.check`` calls it).
+- :class:`EntryFacts` -- what the rules read of one entry; :func:`facts_of` reads them
+  off a stored tensor.
+- :func:`check_pair` -- one gradient against its variable: orphan, shape, dtype (O(1);
+  the optimizers can call it on the entries they pair).
+- :func:`check_entries` -- every rule over both registries: the pairs, non-finite
+  values, mixed devices.
+- :func:`check_context` -- the report of a context (``RuntimeContext.check`` calls it).
+- :func:`nonfinite_counts` -- NaN and infinity counts of a stored tensor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from torchlean._text import short_repr
 from torchlean.errors import TorchLeanError
 from torchlean.runtime.backends import UNKNOWN_DEVICES, read_checked
 
@@ -25,7 +39,17 @@ if TYPE_CHECKING:
     from torchlean.runtime.any_tensor import AnyTensor
     from torchlean.runtime.context import RuntimeContext
 
-__all__ = ["CheckReport", "Problem", "ProblemKind", "check_context", "nonfinite_counts"]
+__all__ = [
+    "CheckReport",
+    "EntryFacts",
+    "Problem",
+    "ProblemKind",
+    "check_context",
+    "check_entries",
+    "check_pair",
+    "facts_of",
+    "nonfinite_counts",
+]
 
 ProblemKind = Literal[
     "orphan-gradient", "shape-mismatch", "dtype-mismatch", "non-finite", "mixed-devices"
@@ -77,7 +101,9 @@ class CheckReport:
         if registry not in ("variable", "gradient"):
             raise ValueError(f"registry must be 'variable' or 'gradient', got {registry!r}")
         if not isinstance(name, str):
-            raise TypeError(f"{registry} name must be a str, got {type(name).__name__} {name!r}")
+            raise TypeError(
+                f"{registry} name must be a str, got {type(name).__name__} {short_repr(name)}"
+            )
         return [p for p in self.problems if p.registry == registry and p.name == name]
 
     def __str__(self) -> str:
@@ -93,81 +119,172 @@ class CheckReport:
             raise TorchLeanError(str(self))
 
 
+class Described(Protocol):
+    """Anything with a shape and a dtype name: an ``AnyTensor``, :class:`EntryFacts`, a
+    view's ``TensorSource``."""
+
+    @property
+    def dims(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class EntryFacts:
+    """What the rules read of one entry: its shape, dtype and device, and how many of its
+    values are NaN or infinite."""
+
+    dims: tuple[int, ...]
+    dtype: str
+    #: ``"cpu"``, ``"cuda:0"``, ...; a device in ``UNKNOWN_DEVICES`` (a tracer's) is
+    #: never counted as a device of its own.
+    device: str
+    nan: int = 0
+    inf: int = 0
+    #: When the counts come from a sample of the values: how many values it held
+    #: (``None`` when every value was counted).
+    sample: int | None = None
+
+
+def facts_of(at: AnyTensor[Any], what: str) -> EntryFacts:
+    """The :class:`EntryFacts` of a stored tensor, ``what`` naming it in errors (a
+    tensor written in place is refused). Cost: O(numel) for the exact NaN/inf counts."""
+    from torchlean.runtime.any_tensor import AnyTensor
+
+    if not isinstance(at, AnyTensor):
+        raise TypeError(f"facts_of expects an AnyTensor, got {type(at).__name__}")
+    nan, inf = at.library.nonfinite(read_checked(at, what))
+    return EntryFacts(at.dims, at.dtype, at.device, nan, inf)
+
+
 def nonfinite_counts(at: AnyTensor[Any]) -> tuple[int, int]:
     """The number of NaN and of infinite elements of a stored tensor (0, 0 for ints)."""
     from torchlean.runtime.any_tensor import AnyTensor
 
     if not isinstance(at, AnyTensor):
         raise TypeError(f"nonfinite_counts expects an AnyTensor, got {type(at).__name__}")
-    return at._backend.nonfinite(at.t)
+    return at.library.nonfinite(at.t)
 
 
-def check_context(ctx: RuntimeContext[Any]) -> CheckReport:
-    """Find every problem of ``ctx``. Cost: O(total elements)."""
-    from torchlean.runtime.context import require_context
+def check_pair(
+    name: str, variable: Described | None, gradient: Described, *, index: int = -1
+) -> tuple[Problem, ...]:
+    """The problems of the gradient ``name`` against its variable (``None`` when the
+    context has no variable of that name): an orphan gradient, a shape mismatch, a dtype
+    mismatch, in that order. ``index`` is the gradient's position in its registry.
 
-    require_context(ctx, "check_context")
+    Reads only shapes and dtypes: O(1), whatever the tensors hold.
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"gradient name must be a str, got {type(name).__name__} {short_repr(name)}"
+        )
+    if variable is None:
+        message = f"gradient `{name}` has no variable of that name"
+        return (Problem("orphan-gradient", "gradient", name, message, index),)
+    problems: list[Problem] = []
+    if variable.dims != gradient.dims:
+        problems.append(
+            Problem(
+                "shape-mismatch",
+                "gradient",
+                name,
+                f"gradient `{name}` has shape {gradient.dims} but its variable"
+                f" has shape {variable.dims}",
+                index,
+            )
+        )
+    if variable.dtype != gradient.dtype:
+        problems.append(
+            Problem(
+                "dtype-mismatch",
+                "gradient",
+                name,
+                f"gradient `{name}` has dtype {gradient.dtype} but its variable"
+                f" has dtype {variable.dtype}",
+                index,
+            )
+        )
+    return tuple(problems)
+
+
+def _nonfinite(registry: str, name: str, facts: EntryFacts, index: int) -> Problem | None:
+    nan, inf = facts.nan, facts.inf
+    if not (nan or inf):
+        return None
+    parts = [f"{nan} NaN"] if nan else []
+    if inf:
+        parts.append(f"{inf} infinite")
+    seen = "" if facts.sample is None else f" in a sample of {facts.sample:,}"
+    return Problem(
+        "non-finite",
+        registry,
+        name,
+        f"{registry} `{name}` has {' and '.join(parts)} value{'s' if nan + inf != 1 else ''}{seen}",
+        index,
+    )
+
+
+def check_entries(
+    variables: Sequence[tuple[str, EntryFacts]],
+    gradients: Sequence[tuple[str, EntryFacts]] = (),
+) -> CheckReport:
+    """Every rule over two registries given as ``(name, facts)`` pairs, most recent
+    first (shadowed entries included): each gradient against the visible variable of
+    its name (:func:`check_pair`), non-finite values in any entry, and tensors on more
+    than one device. Problems come variables first, then gradients, each in registry
+    order, then the whole-context ones.
+
+    Cost: O(number of entries).
+    """
+    for argument, pairs in (("variables", variables), ("gradients", gradients)):
+        if not isinstance(pairs, Sequence) or isinstance(pairs, str):
+            raise TypeError(
+                f"check_entries: {argument} must be a sequence of (name, EntryFacts) pairs,"
+                f" got {type(pairs).__name__}"
+            )
+        for pair in pairs:
+            if (
+                not isinstance(pair, tuple)
+                or len(pair) != 2
+                or not isinstance(pair[0], str)
+                or not isinstance(pair[1], EntryFacts)
+            ):
+                raise TypeError(
+                    f"check_entries: {argument} must hold (name, EntryFacts) pairs,"
+                    f" got {short_repr(pair)}"
+                )
+    visible: dict[str, EntryFacts] = {}
+    for name, facts in variables:
+        visible.setdefault(name, facts)
     problems: list[Problem] = []
     devices: dict[str, str] = {}
-    for registry, entries in (("variable", ctx._v.entries()), ("gradient", ctx._g.entries())):
-        for index, (name, at) in enumerate(entries):
-            read_checked(at, f"{registry} `{name}`")  # refuse a tensor written in place
-            device = at.device
-            if device not in UNKNOWN_DEVICES:  # a tracer's device is not known
-                devices.setdefault(device, f"{registry} `{name}`")
+    for registry, entries in (("variable", variables), ("gradient", gradients)):
+        for index, (name, facts) in enumerate(entries):
+            if facts.device not in UNKNOWN_DEVICES:  # a tracer's device is not known
+                devices.setdefault(facts.device, f"{registry} `{name}`")
             if registry == "gradient":
-                var = ctx._v.head(name)
-                if var is None:
-                    problems.append(
-                        Problem(
-                            "orphan-gradient",
-                            registry,
-                            name,
-                            f"gradient `{name}` has no variable of that name",
-                            index,
-                        )
-                    )
-                else:
-                    if var._dims != at._dims:
-                        problems.append(
-                            Problem(
-                                "shape-mismatch",
-                                registry,
-                                name,
-                                f"gradient `{name}` has shape {at._dims} but its variable"
-                                f" has shape {var._dims}",
-                                index,
-                            )
-                        )
-                    if var.dtype != at.dtype:
-                        problems.append(
-                            Problem(
-                                "dtype-mismatch",
-                                registry,
-                                name,
-                                f"gradient `{name}` has dtype {at.dtype} but its variable"
-                                f" has dtype {var.dtype}",
-                                index,
-                            )
-                        )
-            nan, inf = nonfinite_counts(at)
-            if nan or inf:
-                parts = [f"{nan} NaN"] if nan else []
-                if inf:
-                    parts.append(f"{inf} infinite")
-                problems.append(
-                    Problem(
-                        "non-finite",
-                        registry,
-                        name,
-                        f"{registry} `{name}` has {' and '.join(parts)} value"
-                        f"{'s' if nan + inf != 1 else ''}",
-                        index,
-                    )
-                )
+                problems.extend(check_pair(name, visible.get(name), facts, index=index))
+            problem = _nonfinite(registry, name, facts, index)
+            if problem is not None:
+                problems.append(problem)
     if len(devices) > 1:
         where = ", ".join(f"{d} ({first})" for d, first in devices.items())
         problems.append(
             Problem("mixed-devices", "context", "", f"tensors are on several devices: {where}")
         )
     return CheckReport(tuple(problems))
+
+
+def check_context(ctx: RuntimeContext[Any]) -> CheckReport:
+    """Find every problem of ``ctx`` (:func:`check_entries` on exact facts).
+
+    Cost: O(total elements).
+    """
+    from torchlean.runtime.context import require_context
+
+    require_context(ctx, "check_context")
+    variables = [(name, facts_of(at, f"variable `{name}`")) for name, at in ctx.var_registry]
+    gradients = [(name, facts_of(at, f"gradient `{name}`")) for name, at in ctx.gradients]
+    return check_entries(variables, gradients)
