@@ -11,7 +11,7 @@ import pytest
 import torchlean as tl
 from torchlean.cli import _commands, main
 from torchlean.widgets import summarize_sources
-from torchlean.widgets._summary import source_of
+from torchlean.widgets._sources import source_of
 
 
 def _err(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import torchlean as tl
 from torchlean import io
 from torchlean.cli import _files
-from torchlean.widgets._summary import block_index
+from torchlean.widgets._sources import block_index
 
 # The helpers beside this file (pytest runs with --import-mode=importlib).
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -18,7 +18,8 @@ import rich.console
 
 import torchlean as tl
 from torchlean.widgets import rich_renderable, summarize, to_html, to_html_page, to_text
-from torchlean.widgets._summary import SAMPLE_LIMIT, format_number
+from torchlean.widgets._build import SAMPLE_LIMIT
+from torchlean.widgets._format import format_number
 
 # The helpers beside this file (pytest runs with --import-mode=importlib).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -317,7 +318,7 @@ def test_a_non_contiguous_torch_tensor_is_read_in_blocks_not_copied_whole() -> N
 
 
 def test_sample_blocks_cover_the_tensor_evenly() -> None:
-    from torchlean.widgets._summary import SAMPLE_BLOCKS, sample_blocks
+    from torchlean.widgets._sources import SAMPLE_BLOCKS, sample_blocks
 
     a = np.arange(10_000).reshape(100, 100)
     got = sample_blocks(lambda index: a[index], a.shape, 6400)

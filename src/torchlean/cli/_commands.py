@@ -27,7 +27,7 @@ import numpy as np
 
 from torchlean.cli import _files
 from torchlean.errors import FormatError, TorchLeanError
-from torchlean.widgets._summary import format_number
+from torchlean.widgets._format import format_number
 
 __all__ = ["check", "convert", "diff", "show"]
 

@@ -3,7 +3,7 @@
 ``show`` and ``check`` never load a safetensors file whole: they read its header with
 :func:`torchlean.io.inspect`, the first elements a preview needs, and for statistics a
 bounded sample made of evenly spaced contiguous blocks of the tensor
-(:func:`torchlean.widgets._summary.sample_blocks`). Other formats are read whole
+(:func:`torchlean.widgets._sources.sample_blocks`). Other formats are read whole
 by ``inspect`` and sampled in memory.
 
 Reading map:
@@ -23,14 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from torchlean._text import format_bytes
 from torchlean.errors import FormatError, TorchLeanError
-from torchlean.widgets._summary import (
-    SAMPLE_LIMIT,
-    Summary,
-    format_bytes,
-    sample_blocks,
-    summarize_sources,
-)
+from torchlean.widgets import Summary, summarize_sources
+from torchlean.widgets._build import SAMPLE_LIMIT
+from torchlean.widgets._sources import sample_blocks
 
 __all__ = [
     "UsageError",

@@ -1,22 +1,28 @@
 """Views of a runtime context (mirrors TorchLean's ``NN.Widgets.Runtime.Context``).
 
-Reading map:
+Reading map (one job per module):
 - :func:`rich_renderable`, :func:`to_text` -- the terminal view (:mod:`._rich`).
 - :func:`to_html`, :func:`to_html_page` -- the notebook view (:mod:`._html`).
-- :func:`summarize`, :class:`Summary`, :class:`Row`, :class:`Stats` -- the data every
-  view draws (:mod:`._summary`).
+- :class:`Summary`, :class:`Row`, :class:`Stats` -- the data every view draws
+  (:mod:`._model`).
+- :func:`summarize`, :func:`summarize_sources` -- building that data from a context or
+  from a file's entries (:mod:`._build`; the problems come from
+  :mod:`torchlean.runtime.check`, the one home of those rules).
+- :class:`TensorSource` -- how a summary reads a tensor: first elements and a bounded
+  sample (:mod:`._sources`).
+- how numbers, shapes and sizes are written (:mod:`._format`).
 """
 
+from torchlean.widgets._build import summarize as summarize
+from torchlean.widgets._build import summarize_sources as summarize_sources
 from torchlean.widgets._html import to_html as to_html
 from torchlean.widgets._html import to_html_page as to_html_page
+from torchlean.widgets._model import Row as Row
+from torchlean.widgets._model import Stats as Stats
+from torchlean.widgets._model import Summary as Summary
 from torchlean.widgets._rich import rich_renderable as rich_renderable
 from torchlean.widgets._rich import to_text as to_text
-from torchlean.widgets._summary import Row as Row
-from torchlean.widgets._summary import Stats as Stats
-from torchlean.widgets._summary import Summary as Summary
-from torchlean.widgets._summary import TensorSource as TensorSource
-from torchlean.widgets._summary import summarize as summarize
-from torchlean.widgets._summary import summarize_sources as summarize_sources
+from torchlean.widgets._sources import TensorSource as TensorSource
 
 __all__ = [
     "Row",

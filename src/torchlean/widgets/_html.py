@@ -8,6 +8,10 @@ JavaScript framework. Every name and value is escaped with :func:`html.escape`.
 Reading map:
 - :func:`to_html` -- the fragment (``RuntimeContext._repr_html_`` returns it).
 - :func:`to_html_page` -- the fragment in a complete HTML document (``show --html``).
+- ``_row`` / ``_size`` / ``_preview`` -- one entry: its pills and its preview.
+
+The data comes from :mod:`._build` (a :class:`~torchlean.widgets.Summary`); numbers and
+sizes are written by :mod:`._format`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from torchlean.widgets._summary import Row, as_summary, format_bytes, format_number
+from torchlean.widgets._build import as_summary
+from torchlean.widgets._format import DONATED, format_number, format_size
+from torchlean.widgets._model import Row
 
 __all__ = ["to_html", "to_html_page"]
 
@@ -83,6 +89,9 @@ def to_html(ctx: Any, *, open_sections: bool = True) -> str:
     out.append(f'<div class="tl-title">{title}</div>')
     for note in s.notes:
         out.append(f'<div class="tl-note">{escape(note)}</div>')
+    if s.donated:  # its entries belong to the context the donating call returned
+        out.append(f'<div class="tl-empty" data-donated="1">{escape(DONATED)}</div></div>')
+        return "\n".join(out)
     for label, key, rows in (
         ("Variables", "variables", s.variables),
         ("Gradients", "gradients", s.gradients),
@@ -154,7 +163,7 @@ def _size(r: Row) -> str:
     n = f"n={r.numel:,}"
     if r.nbytes is None:
         return escape(n)
-    return escape(f"{n} · {format_bytes(r.nbytes)}")
+    return escape(f"{n} · {format_size(r.nbytes)}")
 
 
 def _preview(r: Row) -> str:

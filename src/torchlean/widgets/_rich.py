@@ -7,6 +7,10 @@ for logs, snapshots and ``torchlean show``.
 Reading map:
 - :func:`rich_renderable` -- a rich renderable of a context or a :class:`Summary`.
 - :func:`to_text` -- the same view as plain text, at a given width.
+- ``_table`` / ``_cells`` -- one registry as a table, one row as its cells.
+
+The data comes from :mod:`._build` (a :class:`~torchlean.widgets.Summary`); numbers and
+sizes are written by :mod:`._format`.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from torchlean.widgets._summary import Row, as_summary, format_bytes, format_number
+from torchlean.widgets._build import as_summary
+from torchlean.widgets._format import DONATED, format_number, format_size
+from torchlean.widgets._model import Row
 
 __all__ = ["rich_renderable", "to_text"]
-
 _WARN = "!"
 #: Leading values shown per row in the terminal (the HTML preview shows more).
 _TEXT_HEAD = 4
@@ -45,6 +50,9 @@ def rich_renderable(ctx: Any) -> RenderableType:
     parts.append(head)
     for note in s.notes:
         parts.append(Text(note, style="dim"))
+    if s.donated:  # its entries belong to the context the donating call returned
+        parts.append(Text(DONATED, style="yellow"))
+        return Group(*parts)
     parts.append(_table("Variables", s.variables, variables=True))
     parts.append(_table("Gradients", s.gradients, variables=False))
     if s.sampled:
@@ -136,7 +144,7 @@ def _cells(r: Row, *, variables: bool) -> list[RenderableType]:
             preview.append(f"\n{tilde}NaN={s.nan}  inf={s.inf}", style="bold red")
     size = f"{r.numel:,}"
     if r.numel >= 1024:
-        size += f"\n{format_bytes(r.nbytes)}"
+        size += f"\n{format_size(r.nbytes)}"
     cells: list[RenderableType] = [name, r.shape_text, r.dtype, r.device, size, preview]
     if variables:
         if r.shadowed:
