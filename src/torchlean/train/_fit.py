@@ -1,29 +1,19 @@
-"""A training loop over runtime contexts: ``fit``.
-
-:func:`fit` runs ``value_and_grad`` and an optimizer step per batch, shows a progress
-bar with the loss, evaluates now and then, writes checkpoints with :mod:`torchlean.io`
-and resumes from them to exactly the numbers of an uninterrupted run.
+"""The training loop: :func:`fit`.
 
 Reading map:
-- :func:`fit` -- the loop; returns a :class:`FitResult`.
-- :class:`FitResult` -- the final context and optimizer state, the step, the losses and
-  the evaluations.
-- :func:`save_checkpoint` / :func:`load_checkpoint` -- one safetensors file holding the
-  parameters (``model/<name>``), the optimizer state (``optim/<name>``), the step
-  (``train/step``) and torch's CPU random state (``train/torch_rng``, torch contexts only).
-- :func:`latest_checkpoint` -- the checkpoint of the highest step in a folder.
-
-Batches: ``data`` is either a callable ``data(step) -> batch`` (the batch of step
-``step``, counted from 0: deterministic data makes resuming exact) or an iterable of
-batches, of which a resumed run skips the ``step`` batches already used. A batch is a
-tuple of arguments for ``loss_fn(ctx, *batch)`` (anything else is one argument).
+- :func:`fit` -- checks its arguments, resumes, then runs one step per batch.
+- :class:`FitResult` -- what it returns.
+- ``_make_step`` -- the step: ``value_and_grad`` then ``optimizer.step``, compiled as one
+  call where the array library compiles (:meth:`Backend.jit`: jax).
+- ``_Periodic`` -- what runs every so many steps: evaluation and checkpoints.
+- ``_batches`` -- the batch of each step from a callable or an iterable.
+- ``_Progress`` -- the rich progress bar with the loss and the last evaluation.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +21,23 @@ from typing import Any
 
 from torchlean._validate import require_callable, require_int, require_path
 from torchlean.autograd import value_and_grad
-from torchlean.errors import ExpectationError, FormatError
+from torchlean.errors import FormatError
 from torchlean.optim import Optimizer
 from torchlean.runtime.context import RuntimeContext, require_context
 from torchlean.runtime.context import donate as donate_context
-from torchlean.runtime.dtypes import dtype_name
+from torchlean.train._checkpoint import (
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
-__all__ = ["FitResult", "fit", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["FitResult", "fit"]
 
 Data = Callable[[int], Any] | Iterable[Any]
 Evaluation = Callable[[RuntimeContext[Any]], float | Mapping[str, float]]
-_CHECKPOINT = re.compile(r"^step-(\d+)\.safetensors$")
+Context = RuntimeContext[Any]
+StepFn = Callable[[Context, Context, tuple[Any, ...]], tuple[Any, Context, Context]]
 
 
 @dataclass
@@ -111,21 +107,21 @@ def fit(
             f"fit: data must be an iterable of batches or a callable, got {type(data).__name__}"
         )
     require_int(steps, "fit", "steps")
-    require_int(eval_every, "fit", "eval_every")
-    require_int(checkpoint_every, "fit", "checkpoint_every")
     if state is not None:
         require_context(state, "fit", "state")
-    if eval_fn is not None:
-        require_callable(eval_fn, "fit", "eval_fn")
-    if checkpoint_dir is not None:
-        require_path(checkpoint_dir, "fit", "checkpoint_dir")
-    if checkpoint_every and checkpoint_dir is None:
-        raise ValueError("checkpoint_every needs a checkpoint_dir")
+    periodic = _Periodic.checked(
+        steps=steps,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+    )
     if resume is True and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
     if not isinstance(frozen, (str, Iterable)):
         raise TypeError(f"fit: frozen must be a str or an iterable of str, got {frozen!r}")
     frozen_names = (frozen,) if isinstance(frozen, str) else tuple(frozen)
+
     if state is None:
         state = optimizer.init(ctx)
     start = 0
@@ -133,31 +129,16 @@ def fit(
     if source is not None:
         ctx, state, start = load_checkpoint(source, ctx, state)
     result = FitResult(ctx, state, start)
-    step_fn = _make_step(ctx, loss_fn, optimizer, frozen_names, donate, jit)
+    step_fn = _make_step(ctx, loss_fn, optimizer, frozen=frozen_names, donate=donate, jit=jit)
     batches = _batches(data, start)
     bar = _Progress(description, steps, start, enabled=progress)
     try:
         for step in range(start, steps):
             batch = next(batches)
-            args = batch if isinstance(batch, tuple) else (batch,)
-            value, ctx, state = step_fn(ctx, state, args)
+            value, ctx, state = step_fn(ctx, state, batch if isinstance(batch, tuple) else (batch,))
             loss = float(value)
             result.losses.append(loss)
-            done = step + 1
-            evaluated = None
-            if eval_fn is not None and (
-                done == steps or (eval_every > 0 and done % eval_every == 0)
-            ):
-                evaluated = eval_fn(ctx)
-                result.evaluations.append((done, evaluated))
-            if (
-                checkpoint_dir is not None
-                and checkpoint_every > 0
-                and (done % checkpoint_every == 0 or done == steps)
-            ):
-                path = Path(checkpoint_dir) / f"step-{done:06d}.safetensors"
-                save_checkpoint(path, ctx, state, done)
-                result.checkpoints.append(path)
+            evaluated = periodic.after(step + 1, ctx, state, result)
             bar.advance(loss, evaluated)
     finally:
         bar.close()
@@ -168,54 +149,49 @@ def fit(
 # ---------------------------------------------------------------------- the step
 
 
-StepFn = Callable[
-    [RuntimeContext[Any], RuntimeContext[Any], tuple[Any, ...]],
-    tuple[Any, RuntimeContext[Any], RuntimeContext[Any]],
-]
-
-
 def _make_step(
-    ctx: RuntimeContext[Any],
+    ctx: Context,
     loss_fn: Callable[..., Any],
     optimizer: Optimizer,
+    *,
     frozen: tuple[str, ...],
     donate: bool,
     jit: bool,
 ) -> StepFn:
+    """One training step: gradients, then the optimizer; one compiled call where the
+    (single) array library of ``ctx`` compiles and ``jit`` is true."""
     grad_fn = value_and_grad(loss_fn, frozen=frozen)
-    backends = {at.backend for _, at in ctx.latest_variables()}
-    if jit and backends == {"jax"}:
-        import jax
 
-        def pure(
-            c: RuntimeContext[Any], s: RuntimeContext[Any], args: tuple[Any, ...]
-        ) -> tuple[Any, RuntimeContext[Any], RuntimeContext[Any]]:
-            value, c = grad_fn(c, *args)
-            c, s = optimizer.step(c, s, donate=False)
-            return value, c, s
-
-        jitted = jax.jit(pure, donate_argnums=(0, 1) if donate else ())
-
-        def jax_step(
-            c: RuntimeContext[Any], s: RuntimeContext[Any], args: tuple[Any, ...]
-        ) -> tuple[Any, RuntimeContext[Any], RuntimeContext[Any]]:
-            # without its old gradients the context keeps one layout: one compilation
-            value, new_c, new_s = jitted(c.clear_gradients(), s, args)
-            if donate:
-                donate_context(c, to="fit")
-                donate_context(s, to="fit")
-            return value, new_c, new_s
-
-        return jax_step
-
-    def eager_step(
-        c: RuntimeContext[Any], s: RuntimeContext[Any], args: tuple[Any, ...]
-    ) -> tuple[Any, RuntimeContext[Any], RuntimeContext[Any]]:
+    def eager_step(c: Context, s: Context, args: tuple[Any, ...]) -> tuple[Any, Context, Context]:
         value, c = grad_fn(c, *args)
         c, s = optimizer.step(c, s, donate=donate)
         return value, c, s
 
-    return eager_step
+    libraries = {at.library for _, at in ctx.latest_variables()}
+    if not jit or len(libraries) != 1:
+        return eager_step
+
+    def pure(c: Context, s: Context, args: tuple[Any, ...]) -> tuple[Any, Context, Context]:
+        value, c = grad_fn(c, *args)
+        c, s = optimizer.step(c, s, donate=False)
+        return value, c, s
+
+    (library,) = libraries
+    compiled = library.jit(pure, donate_argnums=(0, 1) if donate else ())
+    if compiled is None:
+        return eager_step
+
+    def compiled_step(
+        c: Context, s: Context, args: tuple[Any, ...]
+    ) -> tuple[Any, Context, Context]:
+        # without its old gradients the context keeps one layout: one compilation
+        value, new_c, new_s = compiled(c.clear_gradients(), s, args)
+        if donate:
+            donate_context(c, to="fit")
+            donate_context(s, to="fit")
+        return value, new_c, new_s
+
+    return compiled_step
 
 
 def _batches(data: Data, start: int) -> Iterator[Any]:
@@ -236,99 +212,58 @@ def _batches(data: Data, start: int) -> Iterator[Any]:
     raise ValueError("the data ran out of batches before the last step")
 
 
-# ---------------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------------- every so often
 
 
-def save_checkpoint(
-    path: str | os.PathLike[str],
-    ctx: RuntimeContext[Any],
-    state: RuntimeContext[Any],
-    step: int,
-) -> None:
-    """Write parameters, optimizer state, step and (torch) RNG state to one file.
+@dataclass(frozen=True)
+class _Periodic:
+    """Evaluation every ``eval_every`` steps, checkpoints every ``checkpoint_every``
+    steps; both after the last step too."""
 
-    The file is a safetensors file written atomically by :func:`torchlean.io.save`; the
-    names are ``model/<variable>``, ``optim/<state entry>``, ``train/step`` and, for
-    torch contexts, ``train/torch_rng``. Cost: O(total bytes).
-    """
-    import numpy as np
+    steps: int
+    eval_fn: Evaluation | None
+    eval_every: int
+    checkpoint_dir: str | os.PathLike[str] | None
+    checkpoint_every: int
 
-    require_path(path, "save_checkpoint")
-    require_context(ctx, "save_checkpoint")
-    require_context(state, "save_checkpoint", "state")
-    require_int(step, "save_checkpoint", "step")
+    @classmethod
+    def checked(
+        cls,
+        *,
+        steps: int,
+        eval_fn: Evaluation | None,
+        eval_every: int,
+        checkpoint_dir: str | os.PathLike[str] | None,
+        checkpoint_every: int,
+    ) -> _Periodic:
+        require_int(eval_every, "fit", "eval_every")
+        require_int(checkpoint_every, "fit", "checkpoint_every")
+        if eval_fn is not None:
+            require_callable(eval_fn, "fit", "eval_fn")
+        if checkpoint_dir is not None:
+            require_path(checkpoint_dir, "fit", "checkpoint_dir")
+        if checkpoint_every and checkpoint_dir is None:
+            raise ValueError("checkpoint_every needs a checkpoint_dir")
+        return cls(steps, eval_fn, eval_every, checkpoint_dir, checkpoint_every)
 
-    from torchlean import io
-
-    items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx.latest_variables()]
-    items += [(f"optim/{n}", at.t) for n, at in state.latest_variables()]
-    # jax runs without 64-bit integers by default, so its checkpoints count in int32
-    wide = _backend_name(ctx) != "jax"
-    items.append(("train/step", np.asarray(step, np.int64 if wide else np.int32)))
-    if any(at.backend == "torch" for _, at in ctx.latest_variables()):
-        import torch
-
-        items.append(("train/torch_rng", torch.get_rng_state().numpy()))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    io.save(RuntimeContext.empty().register_variables(items), path)
-
-
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    ctx: RuntimeContext[Any],
-    state: RuntimeContext[Any],
-) -> tuple[RuntimeContext[Any], RuntimeContext[Any], int]:
-    """Read a checkpoint into contexts shaped like ``ctx`` and ``state``.
-
-    Returns ``(ctx', state', step)``: ``ctx`` and ``state`` with the most recent entry
-    of each name replaced by the file's tensor (same array library and device as the
-    entry it replaces); restores torch's CPU random state when the file has one. Every
-    missing, unexpected or mismatched tensor is listed in one
-    :class:`~torchlean.errors.ExpectationError`. Cost: O(total bytes).
-    """
-    from torchlean import io
-
-    require_path(path, "load_checkpoint")
-    require_context(ctx, "load_checkpoint")
-    require_context(state, "load_checkpoint", "state")
-    backend = _backend_name(ctx)
-    loaded = io.load(path, backend=backend)
-    tensors = loaded.state_dict()
-    problems: list[str] = []
-    new_ctx = _fill(ctx, tensors, "model/", path, problems)
-    new_state = _fill(state, tensors, "optim/", path, problems)
-    known = {f"model/{n}" for n, _ in ctx.latest_variables()}
-    known |= {f"optim/{n}" for n, _ in state.latest_variables()}
-    known |= {"train/step", "train/torch_rng"}
-    problems += [f"unexpected tensor `{n}`" for n in tensors if n not in known]
-    if "train/step" not in tensors:
-        problems.append("missing tensor `train/step`")
-    if problems:
-        raise ExpectationError(
-            f"checkpoint {os.fspath(path)} does not fit this model and optimizer: "
-            + "; ".join(problems)
-        )
-    step = int(_to_numpy(tensors["train/step"]))
-    if "train/torch_rng" in tensors and backend == "torch":
-        import torch
-
-        rng = tensors["train/torch_rng"]
-        torch.set_rng_state(rng if isinstance(rng, torch.Tensor) else torch.tensor(rng))
-    return new_ctx, new_state, step
-
-
-def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
-    """The ``step-NNNNNN.safetensors`` file of the highest step in ``folder``, or None."""
-    require_path(folder, "latest_checkpoint", "folder")
-    best: tuple[int, Path] | None = None
-    root = Path(folder)
-    if not root.is_dir():
-        return None
-    for child in root.iterdir():
-        m = _CHECKPOINT.match(child.name)
-        if m and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), child)
-    return None if best is None else best[1]
+    def after(self, done: int, ctx: Context, state: Context, result: FitResult) -> Any:
+        """Run what is due after step ``done``; return the evaluation (None if none)."""
+        last = done == self.steps
+        evaluated = None
+        if self.eval_fn is not None and (
+            last or (self.eval_every > 0 and done % self.eval_every == 0)
+        ):
+            evaluated = self.eval_fn(ctx)
+            result.evaluations.append((done, evaluated))
+        if (
+            self.checkpoint_dir is not None
+            and self.checkpoint_every > 0
+            and (done % self.checkpoint_every == 0 or last)
+        ):
+            path = Path(self.checkpoint_dir) / checkpoint_name(done)
+            save_checkpoint(path, ctx, state, done)
+            result.checkpoints.append(path)
+        return evaluated
 
 
 def _resume_source(
@@ -343,45 +278,6 @@ def _resume_source(
     if not path.is_file():
         raise FormatError(f"cannot resume from {path}: no such checkpoint file")
     return path
-
-
-def _backend_name(ctx: RuntimeContext[Any]) -> str:
-    for _, at in ctx.latest_variables():
-        return at.backend
-    return "numpy"
-
-
-def _to_numpy(x: Any) -> Any:
-    import numpy as np
-
-    return x.numpy() if hasattr(x, "numpy") and not isinstance(x, np.ndarray) else np.asarray(x)
-
-
-def _fill(
-    template: RuntimeContext[Any],
-    tensors: Mapping[str, Any],
-    prefix: str,
-    path: str | os.PathLike[str],
-    problems: list[str],
-) -> RuntimeContext[Any]:
-    values = []
-    for name, at in template.latest_variables():
-        key = prefix + name
-        value = tensors.get(key)
-        if value is None:
-            problems.append(f"missing tensor `{key}`")
-            continue
-        dims = tuple(int(d) for d in value.shape)
-        dtype = dtype_name(value.dtype)
-        if dims != at.dims or dtype != at.dtype:
-            problems.append(
-                f"tensor `{key}` is {dtype} {dims} but {at.dtype} {at.dims} is expected"
-            )
-            continue
-        if at.backend == "torch" and str(value.device) != at.device:
-            value = value.to(at.device)
-        values.append((name, value))
-    return template.with_variables(values, adopt=True)
 
 
 # ---------------------------------------------------------------------- progress
