@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv with torchlean and the given extras.
-#   bash scripts/setup.sh            # the package with torch, jax, matplotlib, tqdm
+#   bash scripts/setup.sh            # the package with torch, jax, matplotlib
 #   bash scripts/setup.sh test       # ... and everything the tests need
 set -euo pipefail
 cd "$(dirname "$0")/.."

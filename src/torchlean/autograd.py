@@ -9,6 +9,8 @@ leaves, or ``jax.value_and_grad``); this module never differentiates anything it
 Reading map:
 - :func:`value_and_grad` -- the transformation; options ``has_aux``, ``accumulate``, ``frozen``.
 - :func:`differentiable_names` -- the variables that get a gradient (after ``frozen``).
+- :meth:`torchlean.runtime.backends.Backend.value_and_grad` -- each library's autograd
+  (torch, jax), which :func:`value_and_grad` calls on the variables' values.
 
 Semantics, in the words of the Lean module: the gradient of each variable (the most
 recent entry of its name) is written to the gradient registry under the same name. By
@@ -26,12 +28,15 @@ from typing import Any
 
 from torchlean._validate import require_bool, require_callable
 from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
+from torchlean.runtime.backends import Backend, backend_named
 from torchlean.runtime.context import RuntimeContext, require_context
 
 __all__ = ["differentiable_names", "value_and_grad"]
 
 Loss = Callable[..., Any]
 _FLOAT_KINDS = ("float", "bfloat", "complex")
+#: The library whose autograd runs a loss over a context with nothing to differentiate.
+_DEFAULT_LIBRARY = "torch"
 
 
 def _check_frozen(frozen: object, where: str) -> None:
@@ -113,11 +118,21 @@ def value_and_grad(
     def transformed(ctx: RuntimeContext[Any], *args: Any) -> tuple[Any, RuntimeContext[Any]]:
         require_context(ctx, f"value_and_grad({getattr(fn, '__name__', 'fn')})")
         names = differentiable_names(ctx, frozen)
-        backend = _backend_of_names(ctx, names)
-        if backend == "torch":
-            out, grads = _torch_value_and_grad(fn, ctx, names, args, has_aux)
-        else:
-            out, grads = _jax_value_and_grad(fn, ctx, names, args, has_aux)
+        library = _library_of_names(ctx, names)
+        values = ctx.state_dict()
+
+        def on_values(leaves: list[Any]) -> Any:
+            out = fn(ctx.with_variables(list(zip(names, leaves, strict=True)), adopt=True), *args)
+            loss, _ = _split(out, has_aux)
+            shape = tuple(getattr(loss, "shape", ()))
+            if shape != ():
+                raise _scalar_error(shape)
+            return out
+
+        out, raw = library.value_and_grad(
+            on_values, [values[name] for name in names], has_aux=has_aux
+        )
+        grads = list(zip(names, raw, strict=True))
         if accumulate:
             new = ctx
             for name, at in grads:
@@ -130,34 +145,37 @@ def value_and_grad(
     return transformed
 
 
-def _backend_of_names(ctx: RuntimeContext[Any], names: list[str]) -> str:
-    seen: dict[str, str] = {}
+def _library_of_names(ctx: RuntimeContext[Any], names: list[str]) -> Backend:
+    """The one differentiable array library of the variables ``names``."""
+    seen: dict[Backend, str] = {}
     for name in names:
         at = ctx.variable_entry(name)
         assert at is not None
-        seen.setdefault(at.backend, name)
+        seen.setdefault(at.library, name)
     if not seen:
-        return "torch" if not ctx.context_size() else _first_backend(ctx)
+        return _first_differentiable(ctx)
     if len(seen) > 1:
-        where = ", ".join(f"{b} (e.g. `{n}`)" for b, n in seen.items())
+        where = ", ".join(f"{b.name} (e.g. `{n}`)" for b, n in seen.items())
         raise BackendError(
             f"value_and_grad: the variables mix array libraries: {where};"
             " differentiate one library's arrays at a time"
         )
-    (backend,) = seen
-    if backend not in ("torch", "jax"):
+    ((library, name),) = seen.items()
+    if not library.differentiable:
         raise BackendError(
-            f"value_and_grad: variable `{seen[backend]}` is a {backend} array, which has no"
+            f"value_and_grad: variable `{name}` is a {library.name} array, which has no"
             " autograd; register torch tensors or jax arrays instead"
         )
-    return backend
+    return library
 
 
-def _first_backend(ctx: RuntimeContext[Any]) -> str:
+def _first_differentiable(ctx: RuntimeContext[Any]) -> Backend:
+    """Nothing to differentiate: the first differentiable library of the context, else
+    ``_DEFAULT_LIBRARY`` (the loss still runs; every gradient list is empty)."""
     for _, at in ctx.latest_variables():
-        if at.backend in ("torch", "jax"):
-            return at.backend
-    return "torch"
+        if at.library.differentiable:
+            return at.library
+    return backend_named(_DEFAULT_LIBRARY)
 
 
 def _scalar_error(shape: tuple[int, ...]) -> ShapeMismatchError:
@@ -176,54 +194,3 @@ def _split(out: Any, has_aux: bool) -> tuple[Any, Any]:
             f" got {type(out).__name__}"
         )
     return out
-
-
-def _torch_value_and_grad(
-    fn: Loss, ctx: RuntimeContext[Any], names: list[str], args: tuple[Any, ...], has_aux: bool
-) -> tuple[Any, list[tuple[str, Any]]]:
-    import torch
-    from torch.utils import _pytree
-
-    values = ctx.state_dict()
-    leaves = [values[name].detach().requires_grad_(True) for name in names]
-    inner = ctx.with_variables(list(zip(names, leaves, strict=True)), adopt=True)
-    with torch.enable_grad():
-        loss, aux = _split(fn(inner, *args), has_aux)
-        if not isinstance(loss, torch.Tensor):
-            raise TypeError(
-                f"value_and_grad: fn must return a torch tensor, got {type(loss).__name__}"
-            )
-        if loss.numel() != 1 or loss.dim() != 0:
-            raise _scalar_error(tuple(loss.shape))
-        if loss.requires_grad and leaves:
-            raw = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
-        else:
-            raw = tuple(torch.zeros_like(leaf, requires_grad=False) for leaf in leaves)
-    grads = [(name, g.detach()) for name, g in zip(names, raw, strict=True)]
-    value = loss.detach()
-    if has_aux:
-        aux = _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, aux)
-        return (value, aux), grads
-    return value, grads
-
-
-def _jax_value_and_grad(
-    fn: Loss, ctx: RuntimeContext[Any], names: list[str], args: tuple[Any, ...], has_aux: bool
-) -> tuple[Any, list[tuple[str, Any]]]:
-    import jax
-
-    values = ctx.state_dict()
-    params = {name: values[name] for name in names}
-
-    def inner(params: dict[str, Any]) -> Any:
-        inner_ctx = ctx.with_variables(list(params.items()), adopt=True)
-        out = fn(inner_ctx, *args)
-        loss, _ = _split(out, has_aux)
-        shape = tuple(getattr(loss, "shape", ()))
-        if shape != ():
-            raise _scalar_error(shape)
-        return out
-
-    out, raw = jax.value_and_grad(inner, has_aux=has_aux)(params)
-    grads = [(name, raw[name]) for name in names]
-    return out, grads

@@ -14,16 +14,19 @@ Reading map:
 - :func:`run` -- the same as a function; returns a :class:`DemoResult`.
 - :func:`two_moons` -- the data set.
 - :func:`init_mlp` -- the parameters of the MLP 2-64-64-2 as a context.
+- ``_LIBRARIES`` -- the model written once per array library (torch, jax): one row each.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -70,7 +73,7 @@ def two_moons(n: int, *, noise: float = 0.1, seed: int = SEED) -> tuple[np.ndarr
 
 
 def _check_backend(backend: object) -> None:
-    if backend not in ("torch", "jax"):
+    if not isinstance(backend, str) or backend not in _LIBRARIES:
         raise ValueError(f"the demo runs on backend 'torch' or 'jax', got {backend!r}")
 
 
@@ -92,48 +95,85 @@ def init_mlp(backend: str, *, seed: int = SEED) -> Any:
         bound = 1.0 / np.sqrt(fan_in)
         params[f"{name}.weight"] = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(np.float32)
         params[f"{name}.bias"] = rng.uniform(-bound, bound, fan_out).astype(np.float32)
-    convert = _converter(backend)
+    convert = _LIBRARIES[backend].convert
     return RuntimeContext.from_state_dict({k: convert(v) for k, v in params.items()})
 
 
-def _converter(backend: str) -> Any:
-    if backend == "torch":
-        import torch
+# ---------------------------------------------------------------------- the model, per library
 
-        return torch.from_numpy
+
+def _torch_convert(array: np.ndarray) -> Any:
+    import torch
+
+    return torch.from_numpy(array)
+
+
+def _torch_model() -> tuple[Any, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    def logits(ctx: Any, x: Any) -> Any:
+        h = torch.tanh(F.linear(x, ctx["fc1.weight"], ctx["fc1.bias"]))
+        h = torch.tanh(F.linear(h, ctx["fc2.weight"], ctx["fc2.bias"]))
+        return F.linear(h, ctx["fc3.weight"], ctx["fc3.bias"])
+
+    def loss(ctx: Any, x: Any, y: Any) -> Any:
+        return F.cross_entropy(logits(ctx, x), y)
+
+    return logits, loss
+
+
+@contextlib.contextmanager
+def _torch_one_thread() -> Iterator[None]:
+    import torch
+
+    # The model is tiny: one thread beats two that spin-wait on a busy machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _jax_convert(array: np.ndarray) -> Any:
     import jax.numpy as jnp
 
-    return jnp.asarray
+    return jnp.asarray(array)
 
 
-def _model(backend: str) -> tuple[Any, Any]:
-    """``(logits(ctx, x), loss(ctx, x, y))`` for the array library."""
-    if backend == "torch":
-        import torch
-        import torch.nn.functional as F
-
-        def logits_torch(ctx: Any, x: Any) -> Any:
-            h = torch.tanh(F.linear(x, ctx["fc1.weight"], ctx["fc1.bias"]))
-            h = torch.tanh(F.linear(h, ctx["fc2.weight"], ctx["fc2.bias"]))
-            return F.linear(h, ctx["fc3.weight"], ctx["fc3.bias"])
-
-        def loss_torch(ctx: Any, x: Any, y: Any) -> Any:
-            return F.cross_entropy(logits_torch(ctx, x), y)
-
-        return logits_torch, loss_torch
+def _jax_model() -> tuple[Any, Any]:
     import jax
     import jax.numpy as jnp
 
-    def logits_jax(ctx: Any, x: Any) -> Any:
+    def logits(ctx: Any, x: Any) -> Any:
         h = jnp.tanh(x @ ctx["fc1.weight"].T + ctx["fc1.bias"])
         h = jnp.tanh(h @ ctx["fc2.weight"].T + ctx["fc2.bias"])
         return h @ ctx["fc3.weight"].T + ctx["fc3.bias"]
 
-    def loss_jax(ctx: Any, x: Any, y: Any) -> Any:
-        logp = jax.nn.log_softmax(logits_jax(ctx, x))
+    def loss(ctx: Any, x: Any, y: Any) -> Any:
+        logp = jax.nn.log_softmax(logits(ctx, x))
         return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
 
-    return logits_jax, loss_jax
+    return logits, loss
+
+
+@dataclass(frozen=True)
+class _Library:
+    """The demo written for one array library."""
+
+    #: a numpy array as an array of the library
+    convert: Callable[[np.ndarray], Any]
+    #: ``() -> (logits(ctx, x), loss(ctx, x, y))``
+    model: Callable[[], tuple[Any, Any]]
+    #: how the command runs (torch: on one thread)
+    running: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+
+
+_LIBRARIES: Final[dict[str, _Library]] = {
+    "torch": _Library(_torch_convert, _torch_model, _torch_one_thread),
+    "jax": _Library(_jax_convert, _jax_model),
+}
 
 
 def run(
@@ -157,11 +197,12 @@ def run(
     began = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    convert = _converter(backend)
+    library = _LIBRARIES[backend]
+    convert = library.convert
     x_train, y_train = two_moons(TRAIN_POINTS, seed=SEED)
     x_test, y_test = two_moons(TEST_POINTS, seed=SEED + 1)
     xs, ys = convert(x_train), convert(y_train)
-    logits, loss = _model(backend)
+    logits, loss = library.model()
     batches = TRAIN_POINTS // batch
 
     def data(step: int) -> tuple[Any, Any]:
@@ -260,7 +301,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--backend",
-        choices=("torch", "jax"),
+        choices=tuple(_LIBRARIES),
         default="torch",
         help="array library of the context (default: torch)",
     )
@@ -282,18 +323,8 @@ def cli_main(argv: list[str]) -> int:
     if args.steps < 1:
         print("torchlean demo: error: --steps must be at least 1", file=sys.stderr)
         return 2
-    threads = None
-    if args.backend == "torch":
-        import torch
-
-        # The model is tiny: one thread beats two that spin-wait on a busy machine.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-    try:
+    with _LIBRARIES[args.backend].running():
         return _main(args)
-    finally:
-        if threads is not None:
-            torch.set_num_threads(threads)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -3,16 +3,20 @@
 The optimizers read the gradients registered in a context (see
 :func:`torchlean.autograd.value_and_grad`) and return a context with updated variables,
 with the numerics of ``torch.optim`` (torch's fused kernels on torch contexts, one
-jitted update on jax, plain numpy otherwise). Their state is a context too.
+jitted update on jax, plain numpy otherwise: the array library's backend runs the
+update, see :meth:`torchlean.runtime.backends.Backend.updater`). Their state is a
+context too.
 
 Reading map:
 - :func:`sgd`, :func:`adam`, :func:`adamw` -- the optimizers (:mod:`torchlean.optim._optimizer`).
 - :class:`Optimizer` -- ``init``, ``step(ctx, state, *, donate=True)``, ``lr_at``.
+- :class:`Hyper` -- the hyperparameters, keyword-only (:mod:`torchlean.optim._hyper`).
+- :mod:`torchlean.optim._rules` -- the update maths, once per optimizer.
 - :mod:`torchlean.optim.schedules` -- :func:`cosine_decay`, :func:`linear_warmup`,
   :func:`warmup_cosine`, :func:`constant`.
 """
 
-from torchlean.optim._optimizer import Hyper as Hyper
+from torchlean.optim._hyper import Hyper as Hyper
 from torchlean.optim._optimizer import Optimizer as Optimizer
 from torchlean.optim._optimizer import adam as adam
 from torchlean.optim._optimizer import adamw as adamw

@@ -1,11 +1,12 @@
 """The optimizers: ``init(ctx) -> state`` and ``step(ctx, state) -> (ctx', state')``.
 
 Reading map:
-- :class:`Optimizer` -- ``init``, ``step`` (validates, then dispatches per array library).
+- :class:`Optimizer` -- ``init``; ``step`` pairs each gradient with its variable and
+  state (every problem in one message), then hands the arrays to the backend's updater.
 - :func:`sgd`, :func:`adam`, :func:`adamw` -- constructors with ``torch.optim``'s defaults.
-- :class:`Hyper` -- the hyperparameters (frozen, hashable: a static argument of ``jax.jit``).
-- ``_torch_update`` -- torch's fused kernels (``torch._fused_adam(w)_``, ``torch._fused_sgd_``).
-- ``_array_update`` -- the same formulas on numpy or ``jax.numpy`` (jitted once for jax).
+- :class:`~torchlean.optim._hyper.Hyper` -- the hyperparameters; the maths is in
+  :mod:`torchlean.optim._rules`, how it runs per array library in
+  :meth:`torchlean.runtime.backends.Backend.updater`.
 
 The state is a :class:`RuntimeContext` whose variables are ``count`` (steps taken, for
 schedules) and, per parameter ``p``, ``step/p`` (float32, torch's per-parameter counter)
@@ -24,8 +25,7 @@ write and raises :class:`~torchlean.errors.InPlaceModificationError` when read.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 from torchlean.errors import (
     BackendError,
@@ -34,49 +34,27 @@ from torchlean.errors import (
     TorchLeanError,
     UnknownNameError,
 )
+from torchlean.optim._hyper import LR, Hyper, Kind
+from torchlean.optim._rules import Rule
 from torchlean.runtime.any_tensor import AnyTensor
+from torchlean.runtime.backends import NUMPY, Backend
+from torchlean.runtime.backends._update import Update, Updated
 from torchlean.runtime.context import RuntimeContext, require_context
 from torchlean.runtime.context import donate as donate_context
 
-__all__ = ["Hyper", "Optimizer", "adam", "adamw", "sgd"]
+__all__ = ["Optimizer", "adam", "adamw", "sgd"]
 
-Kind = Literal["sgd", "adam", "adamw"]
-LR = float | Callable[[Any], Any]
 _FLOAT_KINDS = ("float", "bfloat")
 
 
-@dataclass(frozen=True)
-class Hyper:
-    """An optimizer's hyperparameters, named as in ``torch.optim``."""
+class _Pair(NamedTuple):
+    """A gradient with its variable and optimizer state (entries, not yet read)."""
 
-    kind: Kind
-    lr: LR
-    momentum: float = 0.0
-    dampening: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    amsgrad: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("sgd", "adam", "adamw"):
-            raise ValueError(f"optimizer kind must be sgd, adam or adamw, got {self.kind!r}")
-
-    @property
-    def slots(self) -> tuple[str, ...]:
-        """The per-parameter moment slots the state holds, besides ``step``."""
-        if self.kind == "sgd":
-            return ("momentum_buffer",) if self.momentum != 0 else ()
-        return (
-            ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-            if self.amsgrad
-            else (
-                "exp_avg",
-                "exp_avg_sq",
-            )
-        )
+    name: str
+    param: AnyTensor[Any]
+    grad: AnyTensor[Any]
+    step: AnyTensor[Any]
+    slots: tuple[AnyTensor[Any], ...]
 
 
 class Optimizer:
@@ -88,7 +66,9 @@ class Optimizer:
                 f"Optimizer expects a Hyper (use sgd, adam or adamw), got {type(hyper).__name__}"
             )
         self.hyper = hyper
-        self._jitted: dict[bool, Any] = {}
+        self._rule = Rule(hyper)
+        # one updater per (array library, donate): a jax one compiles on its first call
+        self._updaters: dict[tuple[Backend, bool], Callable[[Update], Updated]] = {}
         # the state's entry names of each parameter name: ("step/p", "exp_avg/p", ...)
         self._keys: dict[str, tuple[str, ...]] = {}
 
@@ -127,16 +107,13 @@ class Optimizer:
         for name, at in ctx.latest_variables():
             if not at.dtype.startswith(_FLOAT_KINDS):
                 continue
-            t = at.t
-            zeros, scalar = _zeros_like(at.backend, t)
+            t, library = at.t, at.library
             if count is None:
-                count = _count_zero(at.backend, t)
-            items.append((f"step/{name}", scalar))
-            items.extend((f"{slot}/{name}", zeros()) for slot in self.hyper.slots)
+                count = library.scalar(0, library.counter_dtype, t)
+            items.append((f"step/{name}", library.scalar(0.0, "float32", t)))
+            items.extend((f"{slot}/{name}", library.zeros_like(t)) for slot in self.hyper.slots)
         if count is None:
-            import numpy as np
-
-            count = np.zeros((), np.int64)
+            count = NUMPY.scalar(0, NUMPY.counter_dtype, None)
         return RuntimeContext.empty().register_variables([("count", count), *items])
 
     # ------------------------------------------------------------------ step
@@ -163,151 +140,56 @@ class Optimizer:
             raise TypeError(f"optimizer step: donate must be a bool, got {donate!r}")
         if ctx is state:
             raise TorchLeanError("optimizer step: ctx and state must be different contexts")
-        h = self.hyper
-        names, params, grads, slots, steps = self._gather(ctx, state)
-        count_at = state.variable_entry("count")
-        if count_at is None:
+        pairs = self._gather(ctx, state)
+        count = state.variable_entry("count")
+        if count is None:
             raise UnknownNameError(
                 "optimizer step: the state has no `count`; build it with init(ctx)"
             )
-        count = count_at.t
-        backend = params[0].backend if params else count_at.backend
-        mixed = {p.backend: n for n, p in zip(names, params, strict=True)}
-        if len(mixed) > 1:
-            where = ", ".join(f"{b} (e.g. `{n}`)" for b, n in mixed.items())
-            raise BackendError(
-                f"optimizer step: the variables with gradients mix array libraries: {where};"
-                " nothing was updated"
+        library = _one_library(pairs, count)
+        if donate:
+            _refuse_aliases(library, pairs)
+        slots = self.hyper.slots
+        new = self._updater(library, donate)(
+            Update(
+                params=[p.param.t for p in pairs],
+                grads=[p.grad.t for p in pairs],
+                slots={slot: [p.slots[i].t for p in pairs] for i, slot in enumerate(slots)},
+                steps=[p.step.t for p in pairs],
+                count=count.t,
             )
-        if backend == "torch":
-            if donate:
-                _refuse_aliases(names, params)
-            lr = self.lr_at(int(count.item())) if callable(h.lr) else h.lr
-            new_p, new_s, new_steps, new_count = _torch_update(
-                h,
-                float(lr),
-                [a.t for a in params],
-                [a.t for a in grads],
-                {k: [a.t for a in v] for k, v in slots.items()},
-                [a.t for a in steps],
-                count,
-                donate,
-            )
-        elif backend == "jax":
-            fn = self._jitted.get(donate)
-            if fn is None:
-                fn = self._jitted[donate] = _jit_array_update(h, donate)
-            new_p, new_s, new_steps, new_count = fn(
-                [a.t for a in params],
-                [a.t for a in grads],
-                {k: [a.t for a in v] for k, v in slots.items()},
-                [a.t for a in steps],
-                count,
-            )
-        else:
-            import numpy as np
-
-            new_p, new_s, new_steps, new_count = _array_update(
-                np,
-                h,
-                [a.t for a in params],
-                [a.t for a in grads],
-                {k: [a.t for a in v] for k, v in slots.items()},
-                [a.t for a in steps],
-                count,
-            )
-            new_p = [_readonly(x) for x in new_p]
-            new_s = {k: [_readonly(x) for x in v] for k, v in new_s.items()}
-            new_steps = [_readonly(x) for x in new_steps]
-            new_count = _readonly(new_count)
-        new_ctx = ctx.with_variables(list(zip(names, new_p, strict=True)), adopt=True)
-        keys = self._keys
-        updated: list[tuple[str, Any]] = [("count", new_count)]
-        updated += [(keys[n][0], s) for n, s in zip(names, new_steps, strict=True)]
-        for slot, values in new_s.items():
-            i = h.slots.index(slot) + 1
-            updated += [(keys[n][i], x) for n, x in zip(names, values, strict=True)]
+        )
+        names = [p.name for p in pairs]
+        keys = [self._keys[n] for n in names]
+        updated: list[tuple[str, Any]] = [("count", new.count)]
+        updated += [(k[0], s) for k, s in zip(keys, new.steps, strict=True)]
+        for slot, values in new.slots.items():
+            i = slots.index(slot) + 1
+            updated += [(k[i], x) for k, x in zip(keys, values, strict=True)]
+        new_ctx = ctx.with_variables(list(zip(names, new.params, strict=True)), adopt=True)
         new_state = state.with_variables(updated, adopt=True)
         if donate:
-            donate_context(ctx, to=f"{h.kind}.step")
-            donate_context(state, to=f"{h.kind}.step")
+            donate_context(ctx, to=f"{self.hyper.kind}.step")
+            donate_context(state, to=f"{self.hyper.kind}.step")
         return new_ctx, new_state
 
-    def _gather(
-        self, ctx: RuntimeContext[Any], state: RuntimeContext[Any]
-    ) -> tuple[
-        list[str],
-        list[AnyTensor[Any]],
-        list[AnyTensor[Any]],
-        dict[str, list[AnyTensor[Any]]],
-        list[AnyTensor[Any]],
-    ]:
+    def _updater(self, library: Backend, donate: bool) -> Callable[[Update], Updated]:
+        updater = self._updaters.get((library, donate))
+        if updater is None:
+            updater = library.updater(self._rule, donate=donate)
+            self._updaters[(library, donate)] = updater
+        return updater
+
+    def _gather(self, ctx: RuntimeContext[Any], state: RuntimeContext[Any]) -> list[_Pair]:
         """Pair each gradient with its variable and state; collect every problem first."""
         problems: list[tuple[type[TorchLeanError], str]] = []
-        names: list[str] = []
-        params: list[AnyTensor[Any]] = []
-        grads: list[AnyTensor[Any]] = []
-        slots: dict[str, list[AnyTensor[Any]]] = {k: [] for k in self.hyper.slots}
-        steps: list[AnyTensor[Any]] = []
+        pairs: list[_Pair] = []
         for name, g in ctx.latest_gradients():
-            p = ctx.variable_entry(name)
-            if p is None:
-                problems.append(
-                    (UnknownNameError, f"gradient `{name}` has no variable of that name")
-                )
-                continue
-            if g.dims != p.dims:
-                problems.append(
-                    (
-                        ShapeMismatchError,
-                        f"gradient `{name}` has shape {g.dims} but variable `{name}`"
-                        f" has shape {p.dims}",
-                    )
-                )
-                continue
-            same_dtype = g.dtype == p.dtype
-            if g.library is not p.library or not same_dtype:
-                problems.append(
-                    (
-                        DTypeMismatchError,
-                        f"gradient `{name}` is {g.backend} {g.dtype} but variable `{name}`"
-                        f" is {p.backend} {p.dtype}",
-                    )
-                )
-                continue
-            keys = self._keys.get(name)
-            if keys is None:
-                keys = self._keys[name] = tuple(
-                    f"{slot}/{name}" for slot in ("step", *self.hyper.slots)
-                )
-            step = state.variable_entry(keys[0])
-            entries = [state.variable_entry(key) for key in keys[1:]]
-            if step is None or any(e is None for e in entries):
-                problems.append(
-                    (
-                        UnknownNameError,
-                        f"variable `{name}` has no optimizer state; build the state with"
-                        " init(ctx) from a context that has this variable",
-                    )
-                )
-                continue
-            bad = [e for e in entries if e is not None and e.dims != p.dims]
-            if bad:
-                problems.append(
-                    (
-                        ShapeMismatchError,
-                        f"optimizer state of `{name}` has shape {bad[0].dims} but variable"
-                        f" `{name}` has shape {p.dims}",
-                    )
-                )
-                continue
-            names.append(name)
-            params.append(p)
-            grads.append(g)
-            steps.append(step)
-            for slot, e in zip(self.hyper.slots, entries, strict=True):
-                assert e is not None
-                slots[slot].append(e)
+            pair = self._pair(name, g, ctx, state)
+            if isinstance(pair, _Pair):
+                pairs.append(pair)
+            else:
+                problems.append(pair)
         if problems:
             kind = problems[0][0]
             if len(problems) == 1:
@@ -315,7 +197,76 @@ class Optimizer:
             else:
                 text = f"{len(problems)} problems:\n" + "\n".join(f"- {m}" for _, m in problems)
             raise kind(f"optimizer step: {text}; nothing was updated")
-        return names, params, grads, slots, steps
+        return pairs
+
+    def _pair(
+        self,
+        name: str,
+        g: AnyTensor[Any],
+        ctx: RuntimeContext[Any],
+        state: RuntimeContext[Any],
+    ) -> _Pair | tuple[type[TorchLeanError], str]:
+        """The gradient ``g`` of ``name`` paired, or the problem that prevents it."""
+        p = ctx.variable_entry(name)
+        if p is None:
+            return UnknownNameError, f"gradient `{name}` has no variable of that name"
+        if g.dims != p.dims:
+            return ShapeMismatchError, (
+                f"gradient `{name}` has shape {g.dims} but variable `{name}` has shape {p.dims}"
+            )
+        if g.library is not p.library or g.dtype != p.dtype:
+            return DTypeMismatchError, (
+                f"gradient `{name}` is {g.backend} {g.dtype} but variable `{name}`"
+                f" is {p.backend} {p.dtype}"
+            )
+        keys = self._keys.get(name)
+        if keys is None:
+            keys = self._keys[name] = tuple(
+                f"{slot}/{name}" for slot in ("step", *self.hyper.slots)
+            )
+        step = state.variable_entry(keys[0])
+        entries = [state.variable_entry(key) for key in keys[1:]]
+        if step is None or any(e is None for e in entries):
+            return UnknownNameError, (
+                f"variable `{name}` has no optimizer state; build the state with"
+                " init(ctx) from a context that has this variable"
+            )
+        slots = tuple(e for e in entries if e is not None)
+        bad = [e for e in slots if e.dims != p.dims]
+        if bad:
+            return ShapeMismatchError, (
+                f"optimizer state of `{name}` has shape {bad[0].dims} but variable"
+                f" `{name}` has shape {p.dims}"
+            )
+        return _Pair(name, p, g, step, slots)
+
+
+def _one_library(pairs: list[_Pair], count: AnyTensor[Any]) -> Backend:
+    """The array library of the variables with gradients (the count's when none)."""
+    seen = {p.param.backend: p for p in pairs}
+    if len(seen) > 1:
+        where = ", ".join(f"{b} (e.g. `{p.name}`)" for b, p in seen.items())
+        raise BackendError(
+            f"optimizer step: the variables with gradients mix array libraries: {where};"
+            " nothing was updated"
+        )
+    return pairs[0].param.library if pairs else count.library
+
+
+def _refuse_aliases(library: Backend, pairs: list[_Pair]) -> None:
+    """Refuse to update one buffer twice in place (a tensor registered under two names)."""
+    seen: dict[Any, str] = {}
+    for pair in pairs:
+        key = library.buffer_key(pair.param.unchecked)
+        if key is None:
+            continue
+        other = seen.setdefault(key, pair.name)
+        if other is not pair.name:
+            raise TorchLeanError(
+                f"optimizer step: variables `{other}` and `{pair.name}` share one buffer,"
+                " which an in-place step would update twice; register a copy"
+                " (tensor.clone()) or pass donate=False; nothing was updated"
+            )
 
 
 # ---------------------------------------------------------------------- constructors
@@ -357,11 +308,43 @@ def sgd(
         "nesterov momentum requires a momentum and zero dampening",
     )
     return Optimizer(
-        Hyper("sgd", lr, momentum, dampening, nesterov, weight_decay, 0.0, 0.0, 0.0, False)
+        Hyper(
+            kind="sgd",
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+        )
     )
 
 
-def _adam_checks(lr: LR, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
+def adam(
+    lr: LR = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+) -> Optimizer:
+    """Adam, as ``torch.optim.Adam`` (L2 weight decay added to the gradient)."""
+    return _adam("adam", lr, betas, eps, weight_decay, amsgrad)
+
+
+def adamw(
+    lr: LR = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 1e-2,
+    amsgrad: bool = False,
+) -> Optimizer:
+    """AdamW, as ``torch.optim.AdamW`` (decoupled weight decay, default 1e-2)."""
+    return _adam("adamw", lr, betas, eps, weight_decay, amsgrad)
+
+
+def _adam(
+    kind: Kind, lr: LR, betas: tuple[float, float], eps: float, weight_decay: float, amsgrad: bool
+) -> Optimizer:
+    """Adam or AdamW after torch.optim's checks of the arguments."""
     _check_lr(lr)
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas must be a pair of numbers (beta1, beta2), got {betas!r}")
@@ -373,246 +356,13 @@ def _adam_checks(lr: LR, betas: tuple[float, float], eps: float, weight_decay: f
     _check(0.0 <= betas[0] < 1.0, f"invalid beta parameter at index 0: {betas[0]}")
     _check(0.0 <= betas[1] < 1.0, f"invalid beta parameter at index 1: {betas[1]}")
     _check(weight_decay >= 0.0, f"invalid weight_decay value: {weight_decay}")
-
-
-def adam(
-    lr: LR = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 0.0,
-    amsgrad: bool = False,
-) -> Optimizer:
-    """Adam, as ``torch.optim.Adam`` (L2 weight decay added to the gradient)."""
-    _adam_checks(lr, betas, eps, weight_decay)
-    return Optimizer(
-        Hyper("adam", lr, 0.0, 0.0, False, weight_decay, betas[0], betas[1], eps, amsgrad)
+    hyper = Hyper(
+        kind=kind,
+        lr=lr,
+        weight_decay=weight_decay,
+        beta1=betas[0],
+        beta2=betas[1],
+        eps=eps,
+        amsgrad=amsgrad,
     )
-
-
-def adamw(
-    lr: LR = 1e-3,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    weight_decay: float = 1e-2,
-    amsgrad: bool = False,
-) -> Optimizer:
-    """AdamW, as ``torch.optim.AdamW`` (decoupled weight decay, default 1e-2)."""
-    _adam_checks(lr, betas, eps, weight_decay)
-    return Optimizer(
-        Hyper("adamw", lr, 0.0, 0.0, False, weight_decay, betas[0], betas[1], eps, amsgrad)
-    )
-
-
-# ---------------------------------------------------------------------- backends
-
-
-def _zeros_like(backend: str, t: Any) -> tuple[Callable[[], Any], Any]:
-    if backend == "torch":
-        import torch
-
-        return (lambda: torch.zeros_like(t)), torch.zeros((), dtype=torch.float32, device=t.device)
-    if backend == "jax":
-        import jax.numpy as jnp
-
-        return (lambda: jnp.zeros_like(t)), jnp.zeros((), jnp.float32)
-    import numpy as np
-
-    return (lambda: np.zeros_like(t)), np.zeros((), np.float32)
-
-
-def _count_zero(backend: str, t: Any) -> Any:
-    if backend == "torch":
-        import torch
-
-        return torch.zeros((), dtype=torch.int64, device=t.device)
-    if backend == "jax":
-        import jax.numpy as jnp
-
-        return jnp.zeros((), jnp.int32)
-    import numpy as np
-
-    return np.zeros((), np.int64)
-
-
-def _refuse_aliases(names: list[str], params: list[AnyTensor[Any]]) -> None:
-    """Refuse to update one buffer twice in place (a tensor registered under two names)."""
-    seen: dict[int, str] = {}
-    for name, at in zip(names, params, strict=True):
-        t = at.unchecked
-        if t.numel() == 0:
-            continue
-        key = t.untyped_storage().data_ptr()
-        other = seen.setdefault(key, name)
-        if other is not name:
-            raise TorchLeanError(
-                f"optimizer step: variables `{other}` and `{name}` share one buffer, which an"
-                " in-place step would update twice; register a copy (tensor.clone()) or"
-                " pass donate=False; nothing was updated"
-            )
-
-
-def _readonly(x: Any) -> Any:
-    import numpy as np
-
-    from torchlean.runtime.backends import NUMPY
-
-    return NUMPY.adopt(np.asarray(x))
-
-
-def _torch_update(
-    h: Hyper,
-    lr: float,
-    params: list[Any],
-    grads: list[Any],
-    slots: dict[str, list[Any]],
-    steps: list[Any],
-    count: Any,
-    donate: bool,
-) -> tuple[list[Any], dict[str, list[Any]], list[Any], Any]:
-    import torch
-
-    if donate:
-        count.add_(1)
-    else:
-        params = [p.clone() for p in params]
-        slots = {k: [t.clone() for t in v] for k, v in slots.items()}
-        steps = [s.clone() for s in steps]
-        count = count + 1
-    grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
-    groups: dict[tuple[Any, Any], list[int]] = {}
-    for i, p in enumerate(params):
-        groups.setdefault((p.device, p.dtype), []).append(i)
-    with torch.no_grad():
-        for indices in groups.values():
-
-            def pick(xs: list[Any], ix: list[int] = indices) -> list[Any]:
-                return xs if len(ix) == len(xs) else [xs[i] for i in ix]
-
-            g_steps = pick(steps)
-            torch._foreach_add_(g_steps, 1)
-            if h.kind == "sgd":
-                _torch_sgd(h, lr, pick(params), pick(grads), slots, g_steps, pick)
-                continue
-            fused = torch._fused_adamw_ if h.kind == "adamw" else torch._fused_adam_
-            fused(
-                pick(params),
-                pick(grads),
-                pick(slots["exp_avg"]),
-                pick(slots["exp_avg_sq"]),
-                pick(slots["max_exp_avg_sq"]) if h.amsgrad else [],
-                g_steps,
-                lr=lr,
-                beta1=h.beta1,
-                beta2=h.beta2,
-                weight_decay=h.weight_decay,
-                eps=h.eps,
-                amsgrad=h.amsgrad,
-                maximize=False,
-            )
-    # The fused kernels write through data pointers without bumping version counters;
-    # bump them so every other context that shares a buffer sees the write.
-    torch._C._increment_version(params)
-    for values in slots.values():
-        torch._C._increment_version(values)
-    return params, slots, steps, count
-
-
-def _torch_sgd(
-    h: Hyper,
-    lr: float,
-    params: list[Any],
-    grads: list[Any],
-    slots: dict[str, list[Any]],
-    steps: list[Any],
-    pick: Callable[[list[Any]], list[Any]],
-) -> None:
-    import torch
-
-    def run(ix: list[int], first: bool) -> None:
-        bufs = [] if h.momentum == 0 else [pick(slots["momentum_buffer"])[i] for i in ix]
-        torch._fused_sgd_(
-            [params[i] for i in ix],
-            [grads[i] for i in ix],
-            bufs,
-            weight_decay=h.weight_decay,
-            momentum=h.momentum,
-            lr=lr,
-            dampening=h.dampening,
-            nesterov=h.nesterov,
-            maximize=False,
-            is_first_step=first,
-        )
-
-    everyone = list(range(len(params)))
-    if h.momentum == 0:
-        run(everyone, False)
-        return
-    # torch.optim.SGD starts a parameter's momentum buffer at its first gradient.
-    firsts = torch.stack(steps).eq(1).tolist()
-    for first in (True, False):
-        ix = [i for i in everyone if firsts[i] is first]
-        if ix:
-            run(ix, first)
-
-
-def _array_update(
-    xp: Any,
-    h: Hyper,
-    params: list[Any],
-    grads: list[Any],
-    slots: dict[str, list[Any]],
-    steps: list[Any],
-    count: Any,
-) -> tuple[list[Any], dict[str, list[Any]], list[Any], Any]:
-    """The torch.optim formulas on numpy or jax.numpy arrays, out of place."""
-    lr_value = h.lr(count) if callable(h.lr) else h.lr
-    new_p: list[Any] = []
-    new_s: dict[str, list[Any]] = {k: [] for k in slots}
-    new_steps: list[Any] = []
-    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-        t = steps[i] + 1
-        new_steps.append(t)
-        lr = xp.asarray(lr_value, dtype=p.dtype)
-        if h.kind == "sgd":
-            if h.weight_decay != 0:
-                g = g + h.weight_decay * p
-            if h.momentum != 0:
-                buf = slots["momentum_buffer"][i]
-                buf = xp.where(t == 1, g, h.momentum * buf + (1 - h.dampening) * g)
-                new_s["momentum_buffer"].append(buf)
-                g = g + h.momentum * buf if h.nesterov else buf
-            new_p.append(p - lr * g)
-            continue
-        if h.kind == "adamw":
-            p = p * (1 - lr * h.weight_decay)
-        elif h.weight_decay != 0:
-            g = g + h.weight_decay * p
-        m = slots["exp_avg"][i]
-        m = m + (g - m) * (1 - h.beta1)
-        v = slots["exp_avg_sq"][i] * h.beta2 + (1 - h.beta2) * g * g
-        new_s["exp_avg"].append(m)
-        new_s["exp_avg_sq"].append(v)
-        bc1 = 1 - xp.asarray(h.beta1, p.dtype) ** t.astype(p.dtype)
-        bc2 = 1 - xp.asarray(h.beta2, p.dtype) ** t.astype(p.dtype)
-        if h.amsgrad:
-            v = xp.maximum(slots["max_exp_avg_sq"][i], v)
-            new_s["max_exp_avg_sq"].append(v)
-        denom = xp.sqrt(v) / xp.sqrt(bc2) + h.eps
-        new_p.append(p - (lr / bc1) * (m / denom))
-    return new_p, new_s, new_steps, count + 1
-
-
-def _jit_array_update(h: Hyper, donate: bool) -> Any:
-    import jax
-    import jax.numpy as jnp
-
-    def update(
-        params: list[Any],
-        grads: list[Any],
-        slots: dict[str, list[Any]],
-        steps: list[Any],
-        count: Any,
-    ) -> Any:
-        return _array_update(jnp, h, params, grads, slots, steps, count)
-
-    return jax.jit(update, donate_argnums=(0, 2, 3, 4) if donate else ())
+    return Optimizer(hyper)

@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from torchlean.runtime.backends import NUMPY, backend_of
+
 __all__ = ["Schedule", "constant", "cosine_decay", "linear_warmup", "warmup_cosine"]
 
 Schedule = Callable[[Any], Any]
@@ -27,13 +29,12 @@ def _is_number(x: object) -> bool:
 
 
 def _xp(x: Any) -> Any:
-    if type(x).__module__.startswith(("jax", "jaxlib")):
-        import jax.numpy as jnp
-
-        return jnp
-    import numpy as np
-
-    return np
+    """The array namespace of ``x`` (``jax.numpy`` for a traced count; numpy otherwise)."""
+    try:
+        backend = backend_of(x)
+    except TypeError:
+        backend = NUMPY
+    return backend.array_namespace()
 
 
 def _minimum(x: Any, bound: float) -> Any:

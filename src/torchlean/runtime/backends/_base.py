@@ -3,20 +3,25 @@
 Reading map:
 - :class:`Backend` -- storing (``freeze``, ``adopt``, ``version``, ``check_intact``),
   describing (``dims``, ``dtype_name``, ``device``, ``stand_in``), converting
-  (``data``, ``to_numpy``, ``from_numpy``) and computing (``nonfinite``, ``add``,
-  ``zeros_like``).
+  (``data``, ``to_numpy``, ``from_numpy``), computing (``nonfinite``, ``add``,
+  ``zeros_like``) and training (``updater``, ``value_and_grad``, ``jit``, ``rng_state``:
+  what the optimizers, autograd and the training loop ask of a library).
 - :data:`UNKNOWN_DEVICES` -- device names that stand for "no device".
 - :func:`numpy_nonfinite`, :func:`short_repr` -- helpers the backends share.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
 from torchlean.errors import BackendError
 from torchlean.runtime.dtypes import EXTENDED_FLOATS, dtype_name
+
+if TYPE_CHECKING:
+    from torchlean.runtime.backends._update import Update, Updated, UpdateRule
 
 __all__ = ["NO_DEVICE", "TRACED", "UNKNOWN_DEVICES", "Backend", "numpy_nonfinite", "short_repr"]
 
@@ -126,6 +131,57 @@ class Backend:
     def scalar(self, value: float | int, dtype: str, like: Any) -> Any:
         """A fresh 0-d array of ``dtype`` holding ``value``, on ``like``'s device."""
         raise BackendError(f"the {self.name} backend cannot make arrays")
+
+    # ------------------------------------------------------------------ training
+
+    #: The dtype of step counters (an optimizer's ``count``, a checkpoint's step).
+    counter_dtype: str = "int64"
+
+    def buffer_key(self, x: Any) -> Hashable | None:
+        """An identity of the memory ``x``'s elements lie in, shared by every tensor over
+        the same buffer; ``None`` when ``x`` is empty or never written in place."""
+        return None
+
+    def updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
+        """A function that runs one update of the optimizer ``rule`` on this library.
+
+        ``donate=True``: it may write the parameters, slots, steps and count it is given
+        in place (their owners are donated by the caller). Build it once per optimizer
+        (a jax backend compiles it on the first call).
+        """
+        raise BackendError(f"the {self.name} backend cannot run optimizer updates")
+
+    def value_and_grad(
+        self, fn: Callable[[list[Any]], Any], values: list[Any], *, has_aux: bool
+    ) -> tuple[Any, list[Any]]:
+        """``(fn(values), gradient of its scalar loss with respect to each value)``.
+
+        ``fn`` returns the loss, or ``(loss, aux)`` with ``has_aux``; a value the loss
+        does not depend on gets zeros. The library's own autograd does the work.
+        """
+        raise BackendError(f"the {self.name} backend has no autograd")
+
+    def jit(self, fn: Callable[..., Any], *, donate_argnums: tuple[int, ...]) -> Any:
+        """``fn`` compiled by the library (its arguments ``donate_argnums`` donated), or
+        ``None`` when the library runs eagerly."""
+        return None
+
+    def to_device(self, x: Any, device: str) -> Any:
+        """``x`` on ``device`` (a canonical name, see :meth:`device`): ``x`` itself when it
+        is there or the library places arrays itself, else a copy."""
+        return x
+
+    def rng_state(self) -> np.ndarray[Any, Any] | None:
+        """The library's global random state as bytes (``None`` when it keeps none)."""
+        return None
+
+    def set_rng_state(self, state: Any) -> None:
+        """Restore a global random state :meth:`rng_state` returned (as saved and loaded)."""
+
+    def array_namespace(self) -> Any:
+        """The module of numpy-like functions (``where``, ``minimum``, ``cos``...) that
+        accept this library's arrays, traced ones included (numpy by default)."""
+        return np
 
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:

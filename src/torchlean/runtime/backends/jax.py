@@ -6,12 +6,14 @@ Reading map:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from torchlean.errors import BackendError
 from torchlean.runtime.backends._base import TRACED, Backend, numpy_nonfinite
+from torchlean.runtime.backends._update import Update, Updated, UpdateRule
 from torchlean.runtime.dtypes import dtype_name
 
 __all__ = ["JaxBackend"]
@@ -91,6 +93,45 @@ class JaxBackend(Backend):
 
     def scalar(self, value: float | int, dtype: str, like: Any) -> Any:
         return self.jnp.asarray(value, dtype=dtype)
+
+    # jax runs without 64-bit integers by default: counters (and checkpoints) use int32
+    counter_dtype = "int32"
+
+    def updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
+        """The optimizer's maths on ``jax.numpy`` as one jitted call (compiled on the first
+        update); ``donate=True`` donates the parameters, slots, steps and count."""
+        jnp = self.jnp
+
+        def pure(
+            params: list[Any],
+            grads: list[Any],
+            slots: dict[str, list[Any]],
+            steps: list[Any],
+            count: Any,
+        ) -> Updated:
+            return rule.arrays(jnp, Update(params, grads, slots, steps, count))
+
+        jitted = self.jax.jit(pure, donate_argnums=(0, 2, 3, 4) if donate else ())
+
+        def update(arrays: Update) -> Updated:
+            return jitted(*arrays)  # type: ignore[no-any-return]
+
+        return update
+
+    def value_and_grad(
+        self, fn: Callable[[list[Any]], Any], values: list[Any], *, has_aux: bool
+    ) -> tuple[Any, list[Any]]:
+        """``jax.value_and_grad`` over the list ``values`` (traceable by ``jax.jit``)."""
+        out, grads = self.jax.value_and_grad(fn, has_aux=has_aux)(values)
+        return out, list(grads)
+
+    def jit(self, fn: Callable[..., Any], *, donate_argnums: tuple[int, ...]) -> Any:
+        """``jax.jit(fn, donate_argnums=donate_argnums)``."""
+        return self.jax.jit(fn, donate_argnums=donate_argnums)
+
+    def array_namespace(self) -> Any:
+        """``jax.numpy``."""
+        return self.jnp
 
 
 def _device_name(device: Any) -> str:

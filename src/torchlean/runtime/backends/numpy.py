@@ -12,11 +12,15 @@ Reading map:
 
 from __future__ import annotations
 
-from typing import Any, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
 from torchlean.runtime.backends._base import Backend
+
+if TYPE_CHECKING:
+    from torchlean.runtime.backends._update import Update, Updated, UpdateRule
 
 __all__ = ["NUMPY", "NumpyBackend", "is_immutable"]
 
@@ -72,6 +76,14 @@ class NumpyBackend(Backend):
 
     def scalar(self, value: float | int, dtype: str, like: Any) -> Any:
         return np.asarray(value, dtype=dtype)
+
+    def updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
+        """The optimizer's maths on numpy, out of place (fresh arrays the context adopts)."""
+
+        def update(arrays: Update) -> Updated:
+            return rule.arrays(np, arrays)
+
+        return update
 
 
 def is_immutable(x: np.ndarray[Any, Any]) -> bool:

@@ -11,12 +11,14 @@ Reading map:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 
 from torchlean.errors import BackendError, InPlaceModificationError
 from torchlean.runtime.backends._base import Backend
+from torchlean.runtime.backends._update import Update, Updated, UpdateRule
 from torchlean.runtime.dtypes import EXTENDED_FLOATS, bits_dtype, numpy_dtype
 
 __all__ = ["TorchBackend"]
@@ -164,3 +166,99 @@ class TorchBackend(Backend):
 
     def scalar(self, value: float | int, dtype: str, like: Any) -> Any:
         return self.torch.tensor(value, dtype=getattr(self.torch, dtype), device=like.device)
+
+    # ------------------------------------------------------------------ training
+
+    def buffer_key(self, x: Any) -> Hashable | None:
+        """The start of ``x``'s storage (``None`` for an empty tensor)."""
+        if x.numel() == 0:
+            return None
+        return int(x.untyped_storage().data_ptr())
+
+    def updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
+        """The optimizer's fused kernels, one call per (device, dtype) group.
+
+        ``donate=True`` updates the given tensors in place, as torch.optim does;
+        ``donate=False`` updates clones. Either way the version counters of the written
+        tensors are bumped, so every other context sharing a buffer sees the write.
+        """
+        torch = self.torch
+
+        def update(arrays: Update) -> Updated:
+            params, slots, steps, count = arrays.params, arrays.slots, arrays.steps, arrays.count
+            lr = float(rule.lr(int(count.item())) if callable(rule.lr) else rule.lr)
+            if donate:
+                count.add_(1)
+            else:
+                params = [p.clone() for p in params]
+                slots = {k: [t.clone() for t in v] for k, v in slots.items()}
+                steps = [s.clone() for s in steps]
+                count = count + 1
+            grads = [g if g.is_contiguous() else g.contiguous() for g in arrays.grads]
+            groups: dict[tuple[Any, Any], list[int]] = {}
+            for i, p in enumerate(params):
+                groups.setdefault((p.device, p.dtype), []).append(i)
+            with torch.no_grad():
+                for indices in groups.values():
+
+                    def pick(xs: list[Any], ix: list[int] = indices) -> list[Any]:
+                        return xs if len(ix) == len(xs) else [xs[i] for i in ix]
+
+                    group_steps = pick(steps)
+                    torch._foreach_add_(group_steps, 1)
+                    group = Update(
+                        pick(params),
+                        pick(grads),
+                        {k: pick(v) for k, v in slots.items()},
+                        group_steps,
+                        count,
+                    )
+                    rule.in_place(torch, lr, group)
+            # The fused kernels write through data pointers without bumping version
+            # counters; bump them so every other context that shares a buffer sees it.
+            torch._C._increment_version(params)
+            for values in slots.values():
+                torch._C._increment_version(values)
+            return Updated(params, slots, steps, count)
+
+        return update
+
+    def value_and_grad(
+        self, fn: Callable[[list[Any]], Any], values: list[Any], *, has_aux: bool
+    ) -> tuple[Any, list[Any]]:
+        """``torch.autograd.grad`` on fresh requires-grad leaves sharing storage with
+        ``values`` (no copy); the loss and torch tensors in ``aux`` come back detached."""
+        torch = self.torch
+        from torch.utils import _pytree
+
+        leaves = [v.detach().requires_grad_(True) for v in values]
+        with torch.enable_grad():
+            out = fn(leaves)
+            loss, aux = out if has_aux else (out, None)
+            if not isinstance(loss, torch.Tensor):
+                raise TypeError(
+                    f"value_and_grad: fn must return a torch tensor, got {type(loss).__name__}"
+                )
+            if loss.requires_grad and leaves:
+                raw = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+            else:
+                raw = tuple(torch.zeros_like(leaf, requires_grad=False) for leaf in leaves)
+        grads = [g.detach() for g in raw]
+        value = loss.detach()
+        if has_aux:
+            aux = _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, aux)
+            return (value, aux), grads
+        return value, grads
+
+    def to_device(self, x: Any, device: str) -> Any:
+        """``x`` itself when it is on ``device``, else ``x.to(device)``."""
+        return x if str(x.device) == device else x.to(device)
+
+    def rng_state(self) -> np.ndarray[Any, Any] | None:
+        """``torch.get_rng_state()`` (the CPU generator) as numpy bytes."""
+        return self.torch.get_rng_state().numpy()
+
+    def set_rng_state(self, state: Any) -> None:
+        """``torch.set_rng_state`` from a tensor or an array of bytes."""
+        torch = self.torch
+        torch.set_rng_state(state if isinstance(state, torch.Tensor) else torch.tensor(state))

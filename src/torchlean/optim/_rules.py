@@ -1,0 +1,157 @@
+"""The update maths, once per optimizer, and the :class:`Rule` the backends run.
+
+Each optimizer is two functions: its maths for one parameter over an array namespace
+``xp`` (numpy or ``jax.numpy``: out of place, the formulas of ``torch.optim``), and its
+in-place form with torch's fused kernels (``torch._fused_sgd_``, ``torch._fused_adam_``,
+``torch._fused_adamw_``), which ``torch.optim`` itself runs. How each form runs on its
+library (jitted, in place, donated) is the backend's business
+(:meth:`~torchlean.runtime.backends.Backend.updater`).
+
+Reading map:
+- :func:`sgd_maths` / :func:`sgd_in_place` -- SGD with momentum, dampening, Nesterov.
+- :func:`adam_maths` / :func:`adam_in_place` -- Adam and AdamW, with amsgrad.
+- :class:`Rule` -- a :class:`Hyper` with its maths (a backends ``UpdateRule``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from torchlean.optim._hyper import LR, Hyper, Kind
+from torchlean.runtime.backends._update import Update, Updated
+
+__all__ = ["Rule", "adam_in_place", "adam_maths", "sgd_in_place", "sgd_maths"]
+
+#: ``maths(xp, hyper, lr, t, p, g, slots) -> (new p, new slots)`` for one parameter.
+Maths = Callable[[Any, Hyper, Any, Any, Any, Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
+#: ``in_place(torch, hyper, lr, update)``: the fused kernels on one (device, dtype) group.
+InPlace = Callable[[Any, Hyper, float, Update], None]
+
+
+def sgd_maths(
+    xp: Any, h: Hyper, lr: Any, t: Any, p: Any, g: Any, slots: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """One SGD step of parameter ``p`` (its ``t``-th), as ``torch.optim.SGD``."""
+    if h.weight_decay != 0:
+        g = g + h.weight_decay * p
+    if h.momentum == 0:
+        return p - lr * g, {}
+    buf = slots["momentum_buffer"]
+    # torch.optim.SGD starts a parameter's momentum buffer at its first gradient.
+    buf = xp.where(t == 1, g, h.momentum * buf + (1 - h.dampening) * g)
+    g = g + h.momentum * buf if h.nesterov else buf
+    return p - lr * g, {"momentum_buffer": buf}
+
+
+def adam_maths(
+    xp: Any, h: Hyper, lr: Any, t: Any, p: Any, g: Any, slots: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """One Adam (AdamW: decoupled weight decay) step, as ``torch.optim.Adam(W)``."""
+    if h.kind == "adamw":
+        p = p * (1 - lr * h.weight_decay)
+    elif h.weight_decay != 0:
+        g = g + h.weight_decay * p
+    m = slots["exp_avg"]
+    m = m + (g - m) * (1 - h.beta1)
+    v = slots["exp_avg_sq"] * h.beta2 + (1 - h.beta2) * g * g
+    new = {"exp_avg": m, "exp_avg_sq": v}
+    bc1 = 1 - xp.asarray(h.beta1, p.dtype) ** t.astype(p.dtype)
+    bc2 = 1 - xp.asarray(h.beta2, p.dtype) ** t.astype(p.dtype)
+    if h.amsgrad:
+        v = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
+    denom = xp.sqrt(v) / xp.sqrt(bc2) + h.eps
+    return p - (lr / bc1) * (m / denom), new
+
+
+def sgd_in_place(torch: Any, h: Hyper, lr: float, u: Update) -> None:
+    """``torch._fused_sgd_`` on one group (first steps apart, as torch.optim.SGD)."""
+
+    def run(ix: list[int], first: bool) -> None:
+        bufs = [] if h.momentum == 0 else [u.slots["momentum_buffer"][i] for i in ix]
+        torch._fused_sgd_(
+            [u.params[i] for i in ix],
+            [u.grads[i] for i in ix],
+            bufs,
+            weight_decay=h.weight_decay,
+            momentum=h.momentum,
+            lr=lr,
+            dampening=h.dampening,
+            nesterov=h.nesterov,
+            maximize=False,
+            is_first_step=first,
+        )
+
+    everyone = list(range(len(u.params)))
+    if h.momentum == 0:
+        run(everyone, False)
+        return
+    # torch.optim.SGD starts a parameter's momentum buffer at its first gradient.
+    firsts = torch.stack(u.steps).eq(1).tolist()
+    for first in (True, False):
+        ix = [i for i in everyone if firsts[i] is first]
+        if ix:
+            run(ix, first)
+
+
+def adam_in_place(torch: Any, h: Hyper, lr: float, u: Update) -> None:
+    """``torch._fused_adam_`` (``_fused_adamw_`` for AdamW) on one group."""
+    fused = torch._fused_adamw_ if h.kind == "adamw" else torch._fused_adam_
+    fused(
+        u.params,
+        u.grads,
+        u.slots["exp_avg"],
+        u.slots["exp_avg_sq"],
+        u.slots["max_exp_avg_sq"] if h.amsgrad else [],
+        u.steps,
+        lr=lr,
+        beta1=h.beta1,
+        beta2=h.beta2,
+        weight_decay=h.weight_decay,
+        eps=h.eps,
+        amsgrad=h.amsgrad,
+        maximize=False,
+    )
+
+
+#: Each optimizer's two forms.
+MATHS: Final[dict[Kind, tuple[Maths, InPlace]]] = {
+    "sgd": (sgd_maths, sgd_in_place),
+    "adam": (adam_maths, adam_in_place),
+    "adamw": (adam_maths, adam_in_place),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An optimizer's hyperparameters with its maths: what a backend's ``updater`` runs."""
+
+    hyper: Hyper
+
+    @property
+    def lr(self) -> LR:
+        """The learning rate, or a schedule ``lr(count)``."""
+        return self.hyper.lr
+
+    def arrays(self, xp: Any, u: Update) -> Updated:
+        """The update of every parameter with ``xp``, out of place; ``count`` + 1."""
+        h = self.hyper
+        maths = MATHS[h.kind][0]
+        lr_value = h.lr(u.count) if callable(h.lr) else h.lr
+        params: list[Any] = []
+        steps: list[Any] = []
+        slots: dict[str, list[Any]] = {k: [] for k in u.slots}
+        for i, (p, g) in enumerate(zip(u.params, u.grads, strict=True)):
+            t = u.steps[i] + 1
+            lr = xp.asarray(lr_value, dtype=p.dtype)
+            new_p, new_slots = maths(xp, h, lr, t, p, g, {k: v[i] for k, v in u.slots.items()})
+            params.append(new_p)
+            steps.append(t)
+            for k, value in new_slots.items():
+                slots[k].append(value)
+        return Updated(params, slots, steps, u.count + 1)
+
+    def in_place(self, lib: Any, lr: float, u: Update) -> None:
+        """The fused kernels of ``lib`` (torch) on one (device, dtype) group, in place."""
+        MATHS[self.hyper.kind][1](lib, self.hyper, lr, u)

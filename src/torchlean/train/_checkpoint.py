@@ -1,0 +1,157 @@
+"""Training checkpoints: one safetensors file per step, written and read whole.
+
+Reading map:
+- :func:`save_checkpoint` -- parameters (``model/<name>``), optimizer state
+  (``optim/<name>``), step (``train/step``) and each array library's random state
+  (``train/<library>_rng``: torch's CPU generator) in one file, written atomically.
+- :func:`load_checkpoint` -- the file into contexts shaped like the model and the state;
+  every missing, unexpected or mismatched tensor in one error.
+- :func:`latest_checkpoint` -- ``step-NNNNNN.safetensors`` of the highest step in a folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from torchlean._validate import require_int, require_path
+from torchlean.errors import ExpectationError
+from torchlean.runtime.backends import NUMPY, Backend, backend_of, libraries
+from torchlean.runtime.context import RuntimeContext, require_context
+from torchlean.runtime.dtypes import dtype_name
+
+__all__ = ["checkpoint_name", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+_CHECKPOINT = re.compile(r"^step-(\d+)\.safetensors$")
+_STEP = "train/step"
+
+
+def _rng_key(library: Backend) -> str:
+    return f"train/{library.name}_rng"
+
+
+def checkpoint_name(step: int) -> str:
+    """The file name of the checkpoint of ``step``: ``step-NNNNNN.safetensors``."""
+    return f"step-{step:06d}.safetensors"
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    ctx: RuntimeContext[Any],
+    state: RuntimeContext[Any],
+    step: int,
+) -> None:
+    """Write parameters, optimizer state, step and (torch) RNG state to one file.
+
+    The file is a safetensors file written atomically by :func:`torchlean.io.save`; the
+    names are ``model/<variable>``, ``optim/<state entry>``, ``train/step`` and, for
+    torch contexts, ``train/torch_rng``. Cost: O(total bytes).
+    """
+    require_path(path, "save_checkpoint")
+    require_context(ctx, "save_checkpoint")
+    require_context(state, "save_checkpoint", "state")
+    require_int(step, "save_checkpoint", "step")
+
+    from torchlean import io
+
+    items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx.latest_variables()]
+    items += [(f"optim/{n}", at.t) for n, at in state.latest_variables()]
+    items.append((_STEP, np.asarray(step, _library(ctx).counter_dtype)))
+    for library in dict.fromkeys(at.library for _, at in ctx.latest_variables()):
+        rng = library.rng_state()
+        if rng is not None:
+            items.append((_rng_key(library), rng))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    io.save(RuntimeContext.empty().register_variables(items), path)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    ctx: RuntimeContext[Any],
+    state: RuntimeContext[Any],
+) -> tuple[RuntimeContext[Any], RuntimeContext[Any], int]:
+    """Read a checkpoint into contexts shaped like ``ctx`` and ``state``.
+
+    Returns ``(ctx', state', step)``: ``ctx`` and ``state`` with the most recent entry
+    of each name replaced by the file's tensor (same array library and device as the
+    entry it replaces); restores torch's CPU random state when the file has one. Every
+    missing, unexpected or mismatched tensor is listed in one
+    :class:`~torchlean.errors.ExpectationError`. Cost: O(total bytes).
+    """
+    from torchlean import io
+
+    require_path(path, "load_checkpoint")
+    require_context(ctx, "load_checkpoint")
+    require_context(state, "load_checkpoint", "state")
+    library = _library(ctx)
+    tensors = io.load(path, backend=library.name).state_dict()
+    problems: list[str] = []
+    new_ctx = _fill(ctx, tensors, "model/", problems)
+    new_state = _fill(state, tensors, "optim/", problems)
+    known = {f"model/{n}" for n, _ in ctx.latest_variables()}
+    known |= {f"optim/{n}" for n, _ in state.latest_variables()}
+    known |= {_STEP} | {f"train/{name}_rng" for name in libraries()}
+    problems += [f"unexpected tensor `{n}`" for n in tensors if n not in known]
+    if _STEP not in tensors:
+        problems.append(f"missing tensor `{_STEP}`")
+    if problems:
+        raise ExpectationError(
+            f"checkpoint {os.fspath(path)} does not fit this model and optimizer: "
+            + "; ".join(problems)
+        )
+    step_value = tensors[_STEP]
+    step = int(backend_of(step_value).to_numpy(step_value))
+    rng = tensors.get(_rng_key(library))
+    if rng is not None:
+        library.set_rng_state(rng)
+    return new_ctx, new_state, step
+
+
+def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The ``step-NNNNNN.safetensors`` file of the highest step in ``folder``, or None."""
+    require_path(folder, "latest_checkpoint", "folder")
+    best: tuple[int, Path] | None = None
+    root = Path(folder)
+    if not root.is_dir():
+        return None
+    for child in root.iterdir():
+        m = _CHECKPOINT.match(child.name)
+        if m and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), child)
+    return None if best is None else best[1]
+
+
+def _library(ctx: RuntimeContext[Any]) -> Backend:
+    """The array library of the first variable (numpy for an empty context)."""
+    for _, at in ctx.latest_variables():
+        return at.library
+    return NUMPY
+
+
+def _fill(
+    template: RuntimeContext[Any],
+    tensors: Mapping[str, Any],
+    prefix: str,
+    problems: list[str],
+) -> RuntimeContext[Any]:
+    values = []
+    for name, at in template.latest_variables():
+        key = prefix + name
+        value = tensors.get(key)
+        if value is None:
+            problems.append(f"missing tensor `{key}`")
+            continue
+        dims = tuple(int(d) for d in value.shape)
+        dtype = dtype_name(value.dtype)
+        if dims != at.dims or dtype != at.dtype:
+            problems.append(
+                f"tensor `{key}` is {dtype} {dims} but {at.dtype} {at.dims} is expected"
+            )
+            continue
+        values.append((name, backend_of(value).to_device(value, at.device)))
+    return template.with_variables(values, adopt=True)
