@@ -294,13 +294,22 @@ def load_checkpoint(
     backend = _backend_name(ctx)
     loaded = io.load(path, backend=backend)
     tensors = loaded.state_dict()
-    problems: list[str] = []
-    new_ctx = _fill(ctx, tensors, "model/", path, problems)
-    new_state = _fill(state, tensors, "optim/", path, problems)
-    known = {f"model/{n}" for n, _ in ctx.latest_variables()}
-    known |= {f"optim/{n}" for n, _ in state.latest_variables()}
-    known |= {"train/step", "train/torch_rng"}
-    problems += [f"unexpected tensor `{n}`" for n in tensors if n not in known]
+    # names, shapes and dtypes: the one comparison of torchlean.io.expect
+    want = {f"model/{n}": at for n, at in ctx.latest_variables()}
+    want |= {f"optim/{n}": at for n, at in state.latest_variables()}
+    have = {n: t for n, t in tensors.items() if n not in ("train/step", "train/torch_rng")}
+    specs = {k: (at.dims, at.dtype) for k, at in want.items()}
+    report = io.compare(have, specs, dtypes=True, suggest=False)
+    missing, mismatched = set(report.missing), {m.name for m in report.mismatched}
+    problems = [
+        f"missing tensor `{k}`"
+        if k in missing
+        else f"tensor `{k}` is {dtype_name(have[k].dtype)} {tuple(int(d) for d in have[k].shape)}"
+        f" but {at.dtype} {at.dims} is expected"
+        for k, at in want.items()
+        if k in missing or k in mismatched
+    ]
+    problems += [f"unexpected tensor `{n}`" for n in report.unexpected]
     if "train/step" not in tensors:
         problems.append("missing tensor `train/step`")
     if problems:
@@ -308,6 +317,8 @@ def load_checkpoint(
             f"checkpoint {os.fspath(path)} does not fit this model and optimizer: "
             + "; ".join(problems)
         )
+    new_ctx = _fill(ctx, tensors, "model/")
+    new_state = _fill(state, tensors, "optim/")
     step = int(_to_numpy(tensors["train/step"]))
     if "train/torch_rng" in tensors and backend == "torch":
         import torch
@@ -358,26 +369,11 @@ def _to_numpy(x: Any) -> Any:
 
 
 def _fill(
-    template: RuntimeContext[Any],
-    tensors: Mapping[str, Any],
-    prefix: str,
-    path: str | os.PathLike[str],
-    problems: list[str],
+    template: RuntimeContext[Any], tensors: Mapping[str, Any], prefix: str
 ) -> RuntimeContext[Any]:
     values = []
     for name, at in template.latest_variables():
-        key = prefix + name
-        value = tensors.get(key)
-        if value is None:
-            problems.append(f"missing tensor `{key}`")
-            continue
-        dims = tuple(int(d) for d in value.shape)
-        dtype = dtype_name(value.dtype)
-        if dims != at.dims or dtype != at.dtype:
-            problems.append(
-                f"tensor `{key}` is {dtype} {dims} but {at.dtype} {at.dims} is expected"
-            )
-            continue
+        value = tensors[prefix + name]
         if at.backend == "torch" and str(value.device) != at.device:
             value = value.to(at.device)
         values.append((name, value))

@@ -23,14 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from torchlean.errors import FormatError, TorchLeanError
-from torchlean.widgets._summary import (
-    SAMPLE_LIMIT,
-    Summary,
-    format_bytes,
-    sample_blocks,
-    summarize_sources,
-)
+from torchlean._text import format_bytes
+from torchlean.errors import TorchLeanError
+from torchlean.widgets._summary import SAMPLE_LIMIT, Summary, sample_blocks, summarize_sources
 
 __all__ = [
     "UsageError",
@@ -149,33 +144,15 @@ class _FileSource:
         return "cpu"
 
     def head(self, n: int) -> np.ndarray[Any, Any]:
-        return np.asarray(self._fs._read(self._info, n)).reshape(-1)[:n]
+        return np.asarray(self._fs.read(self._info, n)).reshape(-1)[:n]
 
     def sample(self, limit: int) -> tuple[np.ndarray[Any, Any], bool]:
         shape = self.dims
         numel = math.prod(shape)
         if numel <= limit:
-            return np.asarray(self._fs._read(self._info, None)).reshape(-1), False
-        if self._fs.format == "safetensors":
-            return _sample_safetensors(self._fs.path, self._info.key, shape, limit), True
-        flat = np.asarray(self._fs._read(self._info, None)).reshape(-1)
+            return np.asarray(self._fs.read(self._info)).reshape(-1), False
+        if self._fs.sliceable:
+            with self._fs.blocks(self._info) as read:
+                return sample_blocks(read, shape, limit), True
+        flat = np.asarray(self._fs.read(self._info)).reshape(-1)
         return flat[:: -(-numel // limit)], True
-
-
-def _sample_safetensors(
-    path: str, key: str, shape: tuple[int, ...], limit: int
-) -> np.ndarray[Any, Any]:
-    """About ``limit`` elements of a big tensor, as evenly spaced contiguous blocks read
-    lazily from the file. Cost: O(limit) bytes read."""
-    from torchlean.io.safetensors import _open
-
-    with _open(path) as f:
-        view = f.get_slice(key)
-
-        def read(index: tuple[slice, ...]) -> Any:
-            try:
-                return view[index]
-            except Exception as e:  # a corrupt file found while reading
-                raise FormatError(f"{path}: cannot read tensor `{key}`: {e}") from None
-
-        return sample_blocks(read, shape, limit)
