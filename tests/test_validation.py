@@ -657,6 +657,12 @@ ROWS: list[Row] = [
     ),
     ("torchlean.io.compare", lambda d: tio.compare(CTX, [1]), TypeError, f"expect {EXPECT} list"),
     (
+        "torchlean.io.compare",
+        lambda d: tio.compare(CTX, {"w": (3,)}, suggest=1),  # type: ignore[arg-type]
+        TypeError,
+        "compare: suggest must be a bool, got 1",
+    ),
+    (
         "torchlean.io.expect.expected_specs",
         lambda d: ex.expected_specs(3),
         TypeError,

@@ -3,8 +3,10 @@
 ``show`` and ``check`` never load a safetensors file whole: they read its header with
 :func:`torchlean.io.inspect`, the first elements a preview needs, and for statistics a
 bounded sample made of evenly spaced contiguous blocks of the tensor
-(:func:`torchlean.widgets._summary.sample_blocks`). Other formats are read whole
-by ``inspect`` and sampled in memory.
+(:func:`torchlean.widgets._summary.sample_blocks` over
+:meth:`~torchlean.io.FileSummary.blocks`, which reads blocks from disk where the format
+can). Other formats are read whole by ``inspect`` and sampled in memory. Nothing here
+knows a file format: that is :mod:`torchlean.io`'s.
 
 Reading map:
 - :func:`load`, :func:`save` -- ``torchlean.io.load`` / ``torchlean.io.save``.

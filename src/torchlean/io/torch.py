@@ -6,7 +6,7 @@ than tensors and plain containers is refused with a
 
 Reading map:
 - :func:`load_pt` -- a state_dict file (bare, or wrapped as ``{"state_dict": ...}`` or
-  ``{"model_state_dict": ...}``) as a context; ``strip_prefix`` drops e.g. ``module.``.
+  ``{"model_state_dict": ...}``) as a context (``io.load`` strips prefixes).
 - :func:`save_pt` -- the variables as a state_dict of torch tensors (atomically).
 - :func:`from_module` -- ``RuntimeContext.from_module``: parameters and buffers.
 - :func:`load_into` -- ``RuntimeContext.load_into``: checked, all-or-nothing.
@@ -40,12 +40,7 @@ __all__ = ["FORMAT", "from_module", "load_into", "load_pt", "save_pt"]
 _WRAPPERS: Final = ("state_dict", "model_state_dict")
 
 
-def load_pt(
-    path: str | os.PathLike[str],
-    *,
-    backend: str = "numpy",
-    strip_prefix: str | None = None,
-) -> RuntimeContext[Any]:
+def load_pt(path: str | os.PathLike[str], *, backend: str = "numpy") -> RuntimeContext[Any]:
     """Read a PyTorch state_dict file as a context, with ``weights_only=True``.
 
     Variables are registered in the state_dict's order. Cost: O(total bytes).
@@ -104,13 +99,7 @@ def load_pt(
                 f"{where}: entry {name!r} is a {type(value).__name__}, not a tensor;"
                 " a state_dict maps names to tensors"
             )
-        if strip_prefix and name.startswith(strip_prefix):
-            name = name[len(strip_prefix) :]
         pairs.append((name, value.detach()))
-    names = [n for n, _ in pairs]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise FormatError(f"{where}: two entries are named `{dup}` after stripping the prefix")
     return build_context(pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path)
 
 
