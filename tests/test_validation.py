@@ -660,7 +660,7 @@ ROWS: list[Row] = [
         "torchlean.io.compare",
         lambda d: tio.compare(CTX, {"w": (3,)}, suggest=1),  # type: ignore[arg-type]
         TypeError,
-        "compare: suggest must be a bool, got 1",
+        "compare: suggest must be a bool, got int 1",
     ),
     (
         "torchlean.io.expect.expected_specs",
