@@ -682,6 +682,12 @@ ROWS: list[Row] = [
     ),
     ("torchlean.io.compare", lambda d: tio.compare(CTX, [1]), TypeError, f"expect {EXPECT} list"),
     (
+        "torchlean.io.compare",
+        lambda d: tio.compare(CTX, {"w": (3,)}, suggest=1),  # type: ignore[arg-type]
+        TypeError,
+        "compare: suggest must be a bool, got int 1",
+    ),
+    (
         "torchlean.io.expect.expected_specs",
         lambda d: ex.expected_specs(3),
         TypeError,
@@ -704,6 +710,54 @@ ROWS: list[Row] = [
         lambda d: tio.inspect(d / "w.safetensors").head("w", n=-1),
         ValueError,
         "head: n must be >= 0, got -1",
+    ),
+    (
+        "FileSummary.read",
+        lambda d: tio.inspect(d / "w.safetensors").read("w"),  # type: ignore[arg-type]
+        TypeError,
+        "read: info must be a TensorInfo, got str",
+    ),
+    (
+        "FileSummary.read",
+        lambda d: (s := tio.inspect(d / "w.safetensors")).read(s.entries[0], n=-1),
+        ValueError,
+        "read: n must be an int >= 0 or None, got -1",
+    ),
+    (
+        "FileSummary.blocks",
+        lambda d: tio.inspect(d / "w.safetensors").blocks(None),  # type: ignore[arg-type]
+        TypeError,
+        "blocks: info must be a TensorInfo, got NoneType",
+    ),
+    (
+        "torchlean.io.Format",
+        lambda d: tio.Format("toy", (".TOY",), save=print, load=print),
+        ValueError,
+        "Format: each suffix must be a lower-case str starting with '.', got '.TOY'",
+    ),
+    (
+        "torchlean.io.Format",
+        lambda d: tio.Format("toy", (".toy",), save=print, load=5),  # type: ignore[arg-type]
+        TypeError,
+        "Format: load must be callable, got 5",
+    ),
+    (
+        "torchlean.io.register_format",
+        lambda d: tio.register_format("toy"),  # type: ignore[arg-type]
+        TypeError,
+        "register_format expects a Format, got str",
+    ),
+    (
+        "torchlean.io.register_format",
+        lambda d: tio.register_format(tio.Format("npz", (".toy",), save=print, load=print)),
+        ValueError,
+        "register_format: a format named 'npz' is registered already",
+    ),
+    (
+        "torchlean.io.register_format",
+        lambda d: tio.register_format(tio.Format("toy", (".pth",), save=print, load=print)),
+        ValueError,
+        "register_format: suffix .pth already means format 'torch'",
     ),
     (
         "torchlean.io.safetensors.save_safetensors",

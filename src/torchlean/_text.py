@@ -1,9 +1,12 @@
-"""Small text helpers the messages and views share: one home for each.
+"""Small text helpers shared by every layer's messages and views (private).
+
+One home for three things messages need: a value shown shortly, a "did you mean" for
+a misspelt name, and a byte count a person can read.
 
 Reading map:
-- :func:`short_repr` -- ``repr(x)`` cut to a length an error message can quote.
-- :func:`did_you_mean` -- the "did you mean `a` or `b`?" hint for a misspelt name.
-- :func:`format_bytes` -- a byte count for people: ``512 B``, ``1.5 KiB``, ``3.2 GiB``.
+- :func:`short_repr` -- ``repr(x)``, cut to ``limit`` characters with ``...``.
+- :func:`did_you_mean` -- the candidates closest to a name (difflib), nearest first.
+- :func:`format_bytes` -- ``512 B``, ``1.5 KiB``, ``3.2 GiB``.
 """
 
 from __future__ import annotations
@@ -15,33 +18,25 @@ __all__ = ["did_you_mean", "format_bytes", "short_repr"]
 
 
 def short_repr(x: object, limit: int = 60) -> str:
-    """``repr(x)``, cut to ``limit`` characters (the last three being ``...``)."""
+    """``repr(x)``, or its first ``limit - 3`` characters followed by ``...`` when it is
+    longer than ``limit``. Cost: O(len(repr(x)))."""
     text = repr(x)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def did_you_mean(
     name: str, candidates: Iterable[str], *, n: int = 3, cutoff: float = 0.6
-) -> str | None:
-    """The hint ``did you mean `a` or `b`?`` for ``name``, or ``None`` when no candidate
-    is close.
-
-    The close candidates are :func:`difflib.get_close_matches`' (at most ``n``, similarity
-    at least ``cutoff``); when it finds none, the candidates that differ from ``name``
-    only by a ``module.``-style prefix (``w`` and ``fc.w``), the commonest near miss.
-    Cost: O(len(candidates) * len(name)).
-    """
-    names = list(candidates)
-    close = difflib.get_close_matches(name, names, n=n, cutoff=cutoff)
-    if not close:
-        close = [c for c in names if c.endswith("." + name) or name.endswith("." + c)][:n]
-    if not close:
-        return None
-    return "did you mean " + " or ".join(f"`{c}`" for c in close) + "?"
+) -> list[str]:
+    """At most ``n`` of ``candidates`` close to ``name`` (difflib's ratio at least
+    ``cutoff``), nearest first; ``[]`` when none is close. Cost: O(len(candidates))
+    comparisons."""
+    return difflib.get_close_matches(name, list(candidates), n=n, cutoff=cutoff)
 
 
-def format_bytes(n: int) -> str:
-    """``512 B``, ``1.5 KiB``, ``3.2 GiB``: binary units, one decimal, up to TiB."""
+def format_bytes(n: int | None) -> str:
+    """``512 B``, ``1.5 KiB``, ``3.2 GiB`` (binary units up to TiB); ``?`` for None."""
+    if n is None:
+        return "?"
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024:

@@ -4,6 +4,10 @@ Each takes the parsed arguments and returns an exit code; errors a user can fix 
 raised as :class:`~torchlean.errors.TorchLeanError` or :class:`OSError` and turned
 into one line by :func:`torchlean.cli.main`.
 
+The commands hold no format or rendering logic: files go through :mod:`torchlean.io`
+(atomic writes included), views through :mod:`torchlean.widgets`, and every comparison
+of names and shapes through :func:`torchlean.io.compare`.
+
 Reading map:
 - :func:`show` -- the terminal view, ``--html`` page or ``--json`` summary of a file.
 - :func:`convert` -- read, write, read back and compare; progress bar for big files.
@@ -17,9 +21,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,9 @@ import numpy as np
 
 from torchlean.cli import _files
 from torchlean.errors import FormatError, TorchLeanError
+from torchlean.io._atomic import atomic_path, atomic_write_bytes
+from torchlean.io.expect import compare
+from torchlean.runtime.dtypes import render_array
 from torchlean.widgets._format import format_number
 
 __all__ = ["check", "convert", "diff", "show"]
@@ -52,7 +58,7 @@ def show(args: argparse.Namespace) -> int:
         from torchlean.widgets import to_html_page
 
         page = to_html_page(summary, title=f"torchlean: {Path(args.path).name}")
-        _write_text(Path(args.html), page)
+        atomic_write_bytes(Path(args.html), page.encode("utf-8"))
         print(f"wrote {args.html}")
         return 0
     from rich.console import Console
@@ -62,17 +68,6 @@ def show(args: argparse.Namespace) -> int:
     console = Console(width=args.width, highlight=False, emoji=False)
     console.print(rich_renderable(summary))
     return 0
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ---------------------------------------------------------------------- convert
@@ -93,21 +88,17 @@ def convert(args: argparse.Namespace) -> int:
     show_bar = args.progress == "always" or (
         args.progress == "auto" and size >= PROGRESS_BYTES and sys.stderr.isatty()
     )
-    tmp = dst.with_name(f".{dst.stem}.converting{''.join(dst.suffixes) or '.tmp'}")
     with _Progress(show_bar, stages=4) as bar:
         bar.step(f"reading {src.name}")
         ctx = _files.load(src, fmt=from_format)
         bar.step(f"writing {dst.name}")
-        try:
+        # OUT is put in place only when what was written reads back as the same data
+        with atomic_path(dst) as tmp:
             _files.save(ctx, tmp, fmt=to_format)
             bar.step(f"reading back {dst.name}")
             back = _files.load(tmp, fmt=to_format)
             bar.step("comparing")
             notes = _compare_roundtrip(ctx, back, dst, advance=bar.advance)
-            os.replace(tmp, dst)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     for note in notes:
         print(note)
     n = len(dict(ctx.latest_variables()))
@@ -134,18 +125,20 @@ def _compare_roundtrip(
     ):
         a = dict(a_reg)
         b = dict(b_reg)
-        missing = [n for n in a if n not in b]
-        if missing:
-            problems.append(f"{kind}s lost: " + ", ".join(f"`{n}`" for n in missing))
+        report = _compare_shapes(b, a)
+        if report.missing:
+            problems.append(f"{kind}s lost: " + ", ".join(f"`{n}`" for n in report.missing))
+        reshaped = {m.name: m for m in report.mismatched}
         for name, at in a.items():
             bt = b.get(name)
             if bt is None:
                 continue
-            if bt.dims != at.dims:
-                problems.append(f"{kind} `{name}` came back with shape {bt.dims}, not {at.dims}")
+            m = reshaped.get(name)
+            if m is not None:
+                problems.append(f"{kind} `{name}` came back with shape {m.got}, not {m.expected}")
                 continue
-            x = _numeric(at.library.to_numpy(at.t))
-            y = _numeric(bt.library.to_numpy(bt.t))
+            x = render_array(at.library.to_numpy(at.t))
+            y = render_array(bt.library.to_numpy(bt.t))
             if advance is not None and total:
                 advance(math.prod(at.dims) / total)
             if not np.array_equal(x, y, equal_nan=x.dtype.kind in "fc" and y.dtype.kind in "fc"):
@@ -164,10 +157,13 @@ class ConversionError(TorchLeanError, ValueError):
     """A converted file that does not read back as what was written."""
 
 
-def _numeric(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    if a.dtype.kind == "V" or a.dtype.name.startswith(("bfloat", "float8")):
-        return a.astype(np.float32)
-    return a
+def _compare_shapes(have: Mapping[str, Any], want: Mapping[str, Any]) -> Any:
+    """The :func:`torchlean.io.compare` report of two name -> tensor mappings' shapes."""
+    return compare(
+        {n: at.dims for n, at in have.items()},
+        {n: at.dims for n, at in want.items()},
+        suggest=False,
+    )
 
 
 class _Progress:
@@ -242,15 +238,14 @@ def check(args: argparse.Namespace) -> int:
     else:
         want = read_expect_json(Path(args.expect_json))
         source = args.expect_json
-    missing = [n for n in want if n not in got]
-    unexpected = [n for n in got if n not in want]
-    mismatched = [n for n in want if n in got and tuple(got[n]) != tuple(want[n])]
-    for n in missing:
+    report = compare(got, want, suggest=False)
+    for n in report.missing:
         print(f"missing:    `{n}` (expected shape {tuple(want[n])})")
-    for n in unexpected:
+    for n in report.unexpected:
         print(f"unexpected: `{n}` with shape {tuple(got[n])}")
-    for n in mismatched:
-        print(f"mismatched: `{n}` has shape {tuple(got[n])} but {tuple(want[n])} is expected")
+    for m in report.mismatched:
+        print(f"mismatched: `{m.name}` has shape {m.got} but {m.expected} is expected")
+    missing, unexpected, mismatched = report.missing, report.unexpected, report.mismatched
     bad = len(missing) + len(unexpected) + len(mismatched)
     if bad:
         print(
@@ -333,19 +328,18 @@ def diff_contexts(a_ctx: Any, b_ctx: Any) -> dict[str, Any]:
     chunks of :data:`DIFF_CHUNK` elements."""
     a = dict(a_ctx.latest_variables())
     b = dict(b_ctx.latest_variables())
+    report = _compare_shapes(b, a)
     out: dict[str, Any] = {
-        "added": [[n, list(b[n].dims)] for n in b if n not in a],
-        "removed": [[n, list(a[n].dims)] for n in a if n not in b],
-        "reshaped": [],
+        "added": [[n, list(b[n].dims)] for n in report.unexpected],
+        "removed": [[n, list(a[n].dims)] for n in report.missing],
+        "reshaped": [[m.name, list(m.expected), list(m.got)] for m in report.mismatched],
         "changed": [],
         "unchanged": [],
     }
+    reshaped = {m.name for m in report.mismatched}
     for name, at in a.items():
         bt = b.get(name)
-        if bt is None:
-            continue
-        if at.dims != bt.dims:
-            out["reshaped"].append([name, list(at.dims), list(bt.dims)])
+        if bt is None or name in reshaped:
             continue
         changed, max_abs, max_rel = _tensor_change(
             at.library.to_numpy(at.t), bt.library.to_numpy(bt.t)
@@ -377,8 +371,8 @@ def _tensor_change(x: np.ndarray[Any, Any], y: np.ndarray[Any, Any]) -> tuple[in
 
     NaN against NaN counts as equal; NaN against a number as a change of NaN size.
     """
-    x = _numeric(np.asarray(x)).reshape(-1)
-    y = _numeric(np.asarray(y)).reshape(-1)
+    x = render_array(np.asarray(x)).reshape(-1)
+    y = render_array(np.asarray(y)).reshape(-1)
     changed = 0
     max_abs = 0.0
     max_rel = 0.0

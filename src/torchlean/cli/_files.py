@@ -3,8 +3,10 @@
 ``show`` and ``check`` never load a safetensors file whole: they read its header with
 :func:`torchlean.io.inspect`, the first elements a preview needs, and for statistics a
 bounded sample made of evenly spaced contiguous blocks of the tensor
-(:func:`torchlean.widgets._sources.sample_blocks`). Other formats are read whole
-by ``inspect`` and sampled in memory.
+(:func:`torchlean.widgets._sources.sample_blocks` over
+:meth:`~torchlean.io.FileSummary.blocks`, which reads blocks from disk where the format
+can). Other formats are read whole by ``inspect`` and sampled in memory. Nothing here
+knows a file format: that is :mod:`torchlean.io`'s.
 
 Reading map:
 - :func:`load`, :func:`save` -- ``torchlean.io.load`` / ``torchlean.io.save``.
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from torchlean._text import format_bytes
-from torchlean.errors import FormatError, TorchLeanError
+from torchlean.errors import TorchLeanError
 from torchlean.widgets import Summary, summarize_sources
 from torchlean.widgets._build import SAMPLE_LIMIT
 from torchlean.widgets._sources import sample_blocks
@@ -146,33 +148,15 @@ class _FileSource:
         return "cpu"
 
     def head(self, n: int) -> np.ndarray[Any, Any]:
-        return np.asarray(self._fs._read(self._info, n)).reshape(-1)[:n]
+        return np.asarray(self._fs.read(self._info, n)).reshape(-1)[:n]
 
     def sample(self, limit: int) -> tuple[np.ndarray[Any, Any], bool]:
         shape = self.dims
         numel = math.prod(shape)
         if numel <= limit:
-            return np.asarray(self._fs._read(self._info, None)).reshape(-1), False
-        if self._fs.format == "safetensors":
-            return _sample_safetensors(self._fs.path, self._info.key, shape, limit), True
-        flat = np.asarray(self._fs._read(self._info, None)).reshape(-1)
+            return np.asarray(self._fs.read(self._info)).reshape(-1), False
+        if self._fs.sliceable:
+            with self._fs.blocks(self._info) as read:
+                return sample_blocks(read, shape, limit), True
+        flat = np.asarray(self._fs.read(self._info)).reshape(-1)
         return flat[:: -(-numel // limit)], True
-
-
-def _sample_safetensors(
-    path: str, key: str, shape: tuple[int, ...], limit: int
-) -> np.ndarray[Any, Any]:
-    """About ``limit`` elements of a big tensor, as evenly spaced contiguous blocks read
-    lazily from the file. Cost: O(limit) bytes read."""
-    from torchlean.io.safetensors import _open
-
-    with _open(path) as f:
-        view = f.get_slice(key)
-
-        def read(index: tuple[slice, ...]) -> Any:
-            try:
-                return view[index]
-            except Exception as e:  # a corrupt file found while reading
-                raise FormatError(f"{path}: cannot read tensor `{key}`: {e}") from None
-
-        return sample_blocks(read, shape, limit)

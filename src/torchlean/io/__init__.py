@@ -12,21 +12,34 @@ suffix             format        what round-trips
 ``.pt``, ``.pth``  torch         a state_dict: the variables (most recent entry of each)
 =================  ============  ======================================================
 
+Every format is one :class:`Format` record in one table: its module's ``FORMAT``,
+registered below; ``save``/``load``/``inspect`` dispatch through the table only.
+Another format is one new module and one :func:`register_format` call (docs/io.md).
+
 Reading map:
 - :func:`save`, :func:`load`, :func:`inspect` -- the entry points.
+- :class:`Format`, :func:`register_format` -- the table of formats (:mod:`._format`).
 - :func:`check_expected`, :class:`ExpectReport` -- weights vs. what a model expects.
 - :class:`FileSummary`, :class:`TensorInfo` -- what :func:`inspect` returns.
 - One module per format: :mod:`.safetensors`, :mod:`.torchlean_json`, :mod:`.torch`,
-  :mod:`.npz`; atomic writes in :mod:`._atomic`.
+  :mod:`.npz`; the key layout safetensors and npz share in :mod:`._layout`; the zip
+  guard npz and torch share in :mod:`._zip`; atomic writes in :mod:`._atomic`; the one
+  name/shape/dtype comparison in :mod:`.expect`.
 """
 
 from __future__ import annotations
 
+from torchlean.io import npz as _npz
+from torchlean.io import safetensors as _safetensors
+from torchlean.io import torch as _torch
+from torchlean.io import torchlean_json as _torchlean_json
 from torchlean.io._api import FORMATS as FORMATS
 from torchlean.io._api import format_of as format_of
 from torchlean.io._api import inspect as inspect
 from torchlean.io._api import load as load
 from torchlean.io._api import save as save
+from torchlean.io._format import Format as Format
+from torchlean.io._format import register_format as register_format
 from torchlean.io._summary import FileSummary as FileSummary
 from torchlean.io._summary import TensorInfo as TensorInfo
 from torchlean.io.expect import ExpectReport as ExpectReport
@@ -34,10 +47,17 @@ from torchlean.io.expect import Mismatch as Mismatch
 from torchlean.io.expect import check_expected as check_expected
 from torchlean.io.expect import compare as compare
 
+# The built-in formats, in this order (the order error messages list them in).
+register_format(_safetensors.FORMAT)
+register_format(_torchlean_json.FORMAT)
+register_format(_torch.FORMAT)
+register_format(_npz.FORMAT)
+
 __all__ = [
     "FORMATS",
     "ExpectReport",
     "FileSummary",
+    "Format",
     "Mismatch",
     "TensorInfo",
     "check_expected",
@@ -45,5 +65,6 @@ __all__ = [
     "format_of",
     "inspect",
     "load",
+    "register_format",
     "save",
 ]

@@ -1,4 +1,9 @@
-"""``save``, ``load`` and ``inspect``: the format from the suffix, then its module.
+"""``save``, ``load`` and ``inspect``: the format from the suffix, then its record.
+
+Every format is a :class:`~torchlean.io._format.Format` in one table; nothing here
+knows a format by name. ``load`` strips prefixes and checks expectations the same way
+for every format, before reading tensor data when the format's ``inspect`` reads only
+a header.
 
 Reading map:
 - :func:`save`, :func:`load`, :func:`inspect` -- the public entry points.
@@ -9,43 +14,46 @@ Reading map:
 from __future__ import annotations
 
 import errno
-import math
 import os
 from pathlib import Path
 from typing import Any, Final
 
 from torchlean._validate import require_bool, require_path, require_str
-from torchlean.errors import FormatError
-from torchlean.io._summary import FileSummary, TensorInfo
+from torchlean.io._common import check_backend, check_regular_file
+from torchlean.io._format import Format, by_suffix, registered, summarize_loaded
+from torchlean.io._summary import FileSummary
+from torchlean.io.expect import check_expected
 from torchlean.runtime.context import RuntimeContext
 
 __all__ = ["FORMATS", "format_of", "inspect", "load", "save", "strip_names"]
 
+#: The built-in formats, in the order they are registered (:func:`register_format`
+#: adds more).
 FORMATS: Final = ("safetensors", "json", "torch", "npz")
-_SUFFIXES: Final = {
-    ".safetensors": "safetensors",
-    ".json": "json",
-    ".pt": "torch",
-    ".pth": "torch",
-    ".npz": "npz",
-}
+
+
+def _record(path: str | os.PathLike[str], format: str | None) -> Format:
+    table = {fmt.name: fmt for fmt in registered()}
+    if format is not None:
+        found = table.get(format) if isinstance(format, str) else None
+        if found is None:
+            raise ValueError(f"format must be one of {', '.join(table)}, got {format!r}")
+        return found
+    suffix = Path(path).suffix.lower()
+    suffixes = by_suffix()
+    fmt = suffixes.get(suffix)
+    if fmt is None:
+        raise ValueError(
+            f"{os.fspath(path)}: cannot tell the format from the suffix {suffix or '(none)'};"
+            f" use one of {', '.join(suffixes)} or pass format= ({', '.join(table)})"
+        )
+    return fmt
 
 
 def format_of(path: str | os.PathLike[str], format: str | None = None) -> str:
     """The format named by ``format`` or, when it is ``None``, by the path's suffix."""
     require_path(path, "format_of")
-    if format is not None:
-        if format not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
-        return format
-    suffix = Path(path).suffix.lower()
-    found = _SUFFIXES.get(suffix)
-    if found is None:
-        raise ValueError(
-            f"{os.fspath(path)}: cannot tell the format from the suffix {suffix or '(none)'};"
-            f" use one of {', '.join(_SUFFIXES)} or pass format= ({', '.join(FORMATS)})"
-        )
-    return found
+    return _record(path, format).name
 
 
 def save(
@@ -54,32 +62,17 @@ def save(
     """Write ``ctx`` to ``path`` atomically: the old file stays intact on any failure.
 
     ``format`` defaults to the suffix's (``.safetensors``, ``.json``, ``.pt``/``.pth``,
-    ``.npz``). Cost: O(total bytes).
+    ``.npz``, or a registered format's). Cost: O(total bytes).
     """
     if not isinstance(ctx, RuntimeContext):
         raise TypeError(f"save expects a RuntimeContext, got {type(ctx).__name__}")
     require_path(path, "save")
-    fmt = format_of(path, format)
+    fmt = _record(path, format)
     if os.path.isdir(path):
         raise IsADirectoryError(
             errno.EISDIR, "is a folder; save needs a file name", os.fspath(path)
         )
-    if fmt == "safetensors":
-        from torchlean.io.safetensors import save_safetensors
-
-        save_safetensors(ctx, path)
-    elif fmt == "json":
-        from torchlean.io.torchlean_json import save_json
-
-        save_json(ctx, path)
-    elif fmt == "npz":
-        from torchlean.io.npz import save_npz
-
-        save_npz(ctx, path)
-    else:
-        from torchlean.io.torch import save_pt
-
-        save_pt(ctx, path)
+    fmt.save(ctx, path)
 
 
 def load(
@@ -102,46 +95,26 @@ def load(
     every name that has it. Bad files raise :class:`~torchlean.errors.FormatError`.
     Cost: O(total bytes).
     """
-    from torchlean.io._common import check_backend, check_regular_file
-    from torchlean.io.expect import check_expected
-
     require_path(path, "load")
     check_backend(backend)
     require_bool(dtypes, "load", "dtypes")
     if strip_prefix is not None:
         require_str(strip_prefix, "load", "strip_prefix")
-    fmt = format_of(path, format)
+    fmt = _record(path, format)
     check_regular_file(path)
     where = os.fspath(path)
-    if fmt == "safetensors":
-        from torchlean.io.safetensors import inspect_safetensors, load_safetensors
-
-        if expect is not None:
-            summary = inspect_safetensors(path)
-            have = {
-                _strip(e.name, strip_prefix): (e.shape, e.dtype)
-                for e in summary.variables
-                if not e.shadowed
-            }
-            check_expected(have, expect, dtypes=dtypes, source=where)
-            expect = None
-        ctx = load_safetensors(path, backend=backend)
-    elif fmt == "json":
-        from torchlean.io.torchlean_json import load_json
-
-        ctx = load_json(path, backend=backend)
-    elif fmt == "npz":
-        from torchlean.io.npz import load_npz
-
-        ctx = load_npz(path, backend=backend)
-    else:
-        from torchlean.io.torch import load_pt
-
-        ctx = load_pt(path, backend=backend, strip_prefix=strip_prefix)
-        strip_prefix = None
+    if expect is not None and fmt.header_only_inspect:
+        summary = _inspect(path, fmt)
+        have = {
+            _strip(e.name, strip_prefix): (e.shape, e.dtype)
+            for e in summary.variables
+            if not e.shadowed
+        }
+        check_expected(have, expect, dtypes=dtypes, source=where)
+    ctx = fmt.load(path, backend=backend)
     if strip_prefix:
         ctx = strip_names(ctx, strip_prefix)
-    if expect is not None:
+    if expect is not None and not fmt.header_only_inspect:
         check_expected(ctx, expect, dtypes=dtypes, source=where)
     return ctx
 
@@ -183,51 +156,12 @@ def inspect(path: str | os.PathLike[str], *, format: str | None = None) -> FileS
     other formats are loaded whole. Cost: O(header) for safetensors, else O(file).
     """
     require_path(path, "inspect")
-    from torchlean.io._common import check_regular_file
-
-    fmt = format_of(path, format)
+    fmt = _record(path, format)
     check_regular_file(path)
-    if fmt == "safetensors":
-        from torchlean.io.safetensors import inspect_safetensors
+    return _inspect(path, fmt)
 
-        return inspect_safetensors(path)
-    ctx = load(path, format=fmt)
-    from torchlean.io._common import to_numpy
 
-    entries: list[TensorInfo] = []
-    arrays: dict[tuple[str, int], Any] = {}
-    for registry, pairs in (("variable", ctx.var_registry), ("gradient", ctx.gradients)):
-        seen: set[str] = set()
-        for i, (name, at) in enumerate(pairs):
-            a = to_numpy(at)
-            arrays[(registry, i)] = a
-            entries.append(
-                TensorInfo(
-                    name=name,
-                    registry=registry,  # type: ignore[arg-type]
-                    position=i,
-                    shadowed=name in seen,
-                    shape=at.dims,
-                    dtype=at.dtype,
-                    nbytes=math.prod(at.dims) * a.dtype.itemsize,
-                    key=f"{registry}/{i}",
-                )
-            )
-            seen.add(name)
-
-    def read(info: TensorInfo, n: int | None) -> Any:
-        a = arrays[(info.registry, info.position)]
-        return a if n is None else a.reshape(-1)[:n]
-
-    keeps_layout = fmt in ("npz",)
-    if fmt not in FORMATS:  # pragma: no cover
-        raise FormatError(f"{os.fspath(path)}: unknown format {fmt}")
-    return FileSummary(
-        path=os.fspath(path),
-        format=fmt,
-        entries=tuple(entries),
-        next_id=ctx.next_id if keeps_layout else None,
-        dtype=ctx.dtype,
-        layout="torchlean" if keeps_layout else None,
-        _read=read,
-    )
+def _inspect(path: str | os.PathLike[str], fmt: Format) -> FileSummary:
+    if fmt.inspect is not None:
+        return fmt.inspect(path)
+    return summarize_loaded(path, fmt, fmt.load(path, backend="numpy"))

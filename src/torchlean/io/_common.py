@@ -1,10 +1,14 @@
 """What every format shares: dtypes, arrays in and out of a context, error texts.
 
+Every conversion between array libraries goes through the backends' ``to_numpy`` and
+``from_numpy`` (:mod:`torchlean.runtime.backends`); none is written here.
+
 Reading map:
-- :func:`to_numpy` -- a stored tensor as a numpy array (bf16 through ``ml_dtypes``).
+- :func:`to_numpy` -- a stored tensor as a C-contiguous numpy array.
 - :func:`numpy_dtype` -- a numpy dtype from a canonical dtype name (``"bfloat16"`` too).
-- :func:`build_context` -- a context from entries read from a file, in the array library
-  asked for, without copying the arrays a reader just made.
+- :func:`build_context` -- a context from entries read from a file (arrays of any
+  library), in the array library asked for, without copying the arrays a reader just
+  made.
 - :func:`check_backend` -- refuse a ``backend=`` that names no array library.
 - :func:`check_regular_file` -- refuse directories, FIFOs, devices before reading.
 """
@@ -22,14 +26,14 @@ import numpy as np
 from torchlean.errors import BackendError, FormatError
 from torchlean.runtime import dtypes
 from torchlean.runtime.any_tensor import AnyTensor
-from torchlean.runtime.backends import backend_named, libraries
+from torchlean.runtime.backends import backend_named, backend_of, libraries
 from torchlean.runtime.context import RuntimeContext
 from torchlean.runtime.dtypes import dtype_name
 
 __all__ = ["build_context", "check_backend", "check_regular_file", "numpy_dtype", "to_numpy"]
 
 
-Entry = tuple[str, np.ndarray[Any, Any]]
+Entry = tuple[str, Any]
 
 
 def to_numpy(at: AnyTensor[Any]) -> np.ndarray[Any, Any]:
@@ -94,13 +98,15 @@ def build_context(
 ) -> RuntimeContext[Any]:
     """A context whose registries are ``variables`` and ``gradients`` (most recent first).
 
-    Entries that share one numpy array (``is``) share one tensor in the context. Cost:
-    O(n log n) plus one conversion per distinct array (none for numpy).
+    The arrays (numpy, or any library's, fresh: the context takes them over) become
+    arrays of ``backend``; those of another library go through numpy. Entries that share
+    one array (``is``) share one tensor in the context. Cost: O(n log n) plus one
+    conversion per distinct array of another library.
     """
     library = backend_named(backend)
     converted: dict[int, Any] = {}
 
-    def convert(kind: str, name: str, array: np.ndarray[Any, Any]) -> Any:
+    def convert(kind: str, name: str, array: Any) -> Any:
         value = converted.get(id(array))
         if value is None:
             got = dtype_name(array.dtype)
@@ -109,7 +115,10 @@ def build_context(
                     f"{os.fspath(path)}: {kind} `{name}` has dtype {got} but"
                     f" the file says the context holds {pin} only"
                 )
-            value = library.adopt(library.from_numpy(array, f"{kind} `{name}`"))
+            source = backend_of(array)
+            if source is not library:
+                array = library.from_numpy(source.to_numpy(array), f"{kind} `{name}`")
+            value = library.adopt(array)
             converted[id(array)] = value
         return value
 

@@ -4,26 +4,31 @@ Reading map:
 - :class:`TensorInfo` -- one entry: name, registry, position, shadowed or not, shape,
   dtype, byte size, and where it lies in the file.
 - :class:`FileSummary` -- every entry of a file, ``next_id`` and the pinned dtype, plus
-  lazy access to one tensor (:meth:`FileSummary.tensor`) or its first elements
-  (:meth:`FileSummary.head`).
+  lazy access to one tensor (:meth:`FileSummary.tensor`), its first elements
+  (:meth:`FileSummary.head`), one entry's data (:meth:`FileSummary.read`) and blocks of
+  it (:meth:`FileSummary.blocks`, read from disk alone where the format can).
 """
 
 from __future__ import annotations
 
-import difflib
+import contextlib
 import math
 import os
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
+from torchlean._text import did_you_mean, format_bytes
 from torchlean.errors import UnknownNameError
 
 __all__ = ["FileSummary", "TensorInfo"]
 
 Registry = Literal["variable", "gradient"]
+#: ``read(index)``: a block of one tensor, ``index`` a tuple of slices.
+Block = Callable[[tuple[slice, ...]], np.ndarray[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,10 @@ class FileSummary:
     #: ``None`` when the file has no torchlean layout (a plain state_dict).
     layout: str | None
     _read: Callable[[TensorInfo, int | None], np.ndarray[Any, Any]] = field(repr=False)
+    #: Opens an entry for reading blocks from the file, for formats that can.
+    _blocks: Callable[[TensorInfo], AbstractContextManager[Block]] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def variables(self) -> tuple[TensorInfo, ...]:
@@ -85,7 +94,7 @@ class FileSummary:
             if e.registry == registry and e.name == name:
                 return e
         names = sorted({e.name for e in self.entries if e.registry == registry})
-        close = difflib.get_close_matches(name, names, n=3)
+        close = did_you_mean(name, names)
         hint = ("; did you mean " + " or ".join(f"`{c}`" for c in close) + "?") if close else ""
         raise UnknownNameError(f"{self.path}: no {registry} `{name}`{hint}")
 
@@ -106,22 +115,41 @@ class FileSummary:
             raise ValueError(f"head: n must be >= 0, got {n}")
         return self._read(self.info(name, registry=registry), n)
 
+    def read(self, info: TensorInfo, n: int | None = None) -> np.ndarray[Any, Any]:
+        """The data of the entry ``info`` (one of :attr:`entries`, shadowed ones too):
+        whole, or its first ``n`` elements in flat order. Cost: as :meth:`head`."""
+        if not isinstance(info, TensorInfo):
+            raise TypeError(f"read: info must be a TensorInfo, got {type(info).__name__}")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"read: n must be an int >= 0 or None, got {n!r}")
+        return self._read(info, n)
+
+    @property
+    def sliceable(self) -> bool:
+        """True when :meth:`blocks` reads each block from the file without the rest."""
+        return self._blocks is not None
+
+    def blocks(self, info: TensorInfo) -> AbstractContextManager[Block]:
+        """A context manager giving ``read(index)``: ``tensor[index]`` (``index`` a
+        tuple of slices) of the entry ``info``, read from the file alone where
+        :attr:`sliceable`, else sliced from the whole tensor. Cost: O(block) per read
+        when sliceable, else O(tensor) once."""
+        if not isinstance(info, TensorInfo):
+            raise TypeError(f"blocks: info must be a TensorInfo, got {type(info).__name__}")
+        if self._blocks is not None:
+            return self._blocks(info)
+        whole = np.asarray(self._read(info, None))
+        return contextlib.nullcontext(lambda index: whole[index])
+
     def __str__(self) -> str:
-        lines = [f"{os.fspath(self.path)} ({self.format}, {_size(self.nbytes)})"]
+        lines = [f"{os.fspath(self.path)} ({self.format}, {format_bytes(self.nbytes)})"]
         if self.next_id is not None:
             pin = "" if self.dtype is None else f", dtype {self.dtype}"
             lines.append(f"next_id {self.next_id}{pin}")
         for e in self.entries:
             mark = " (shadowed)" if e.shadowed else ""
             shape = str(e.shape)
-            lines.append(f"{e.registry:8} {e.name}{mark}  {shape} {e.dtype}  {_size(e.nbytes)}")
+            lines.append(
+                f"{e.registry:8} {e.name}{mark}  {shape} {e.dtype}  {format_bytes(e.nbytes)}"
+            )
         return "\n".join(lines)
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover

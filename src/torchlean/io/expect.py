@@ -4,7 +4,13 @@
 and mismatched entry is listed in one :class:`~torchlean.errors.ExpectationError`, with
 "did you mean" for near misses (a ``module.`` prefix, a typo), before anything changes.
 
+:func:`compare` is the one comparison of names, shapes and dtypes in torchlean: behind
+``load(expect=...)``, ``check_expected``, ``load_into``, the CLI's ``check``,
+``convert`` (its read-back check) and ``diff``, and the training checkpoints. Each
+caller words the report its own way; none compares names or shapes itself.
+
 Reading map:
+- :func:`compare` -- the report of two sets of names to shapes (and dtypes).
 - :func:`check_expected` -- compare a context (or a file summary) with an expectation.
 - :class:`ExpectReport` -- what was found: ``missing``, ``unexpected``, ``mismatched``,
   ``suggestions``; ``ok`` and ``raise_if_bad``.
@@ -14,16 +20,17 @@ Reading map:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchlean._text import did_you_mean
+from torchlean._validate import require_bool
 from torchlean.errors import ExpectationError, InvalidShapeError
 from torchlean.runtime.dtypes import dtype_name
 from torchlean.spec.shape import Shape, as_dims
 
-__all__ = ["ExpectReport", "Mismatch", "check_expected", "expected_specs"]
+__all__ = ["ExpectReport", "Mismatch", "check_expected", "compare", "expected_specs"]
 
 Spec = tuple[tuple[int, ...], str | None]
 
@@ -147,7 +154,7 @@ def _suggest(name: str, candidates: list[str]) -> str | None:
     for c in candidates:
         if c == _PREFIX + name or name == _PREFIX + c:
             return c
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+    close = did_you_mean(name, candidates, n=1, cutoff=0.75)
     return close[0] if close else None
 
 
@@ -167,9 +174,21 @@ def check_expected(
 
 
 def compare(
-    weights: Any, expect: Any, *, dtypes: bool = False, source: str = "the weights"
+    weights: Any,
+    expect: Any,
+    *,
+    dtypes: bool = False,
+    source: str = "the weights",
+    suggest: bool = True,
 ) -> ExpectReport:
-    """Like :func:`check_expected`, returning the report without raising."""
+    """Like :func:`check_expected`, returning the report without raising.
+
+    ``missing`` and ``mismatched`` follow ``expect``'s order, ``unexpected`` follows
+    ``weights``'; a shape mismatch is reported before (and instead of) a dtype one.
+    ``suggest=False`` skips the "did you mean" search (difflib). Cost: O(n), plus
+    difflib over the unmatched names when ``suggest``.
+    """
+    require_bool(suggest, "compare", "suggest")
     have = expected_specs(weights, argument="weights")
     want = expected_specs(expect)
     missing = [n for n in want if n not in have]
@@ -184,7 +203,7 @@ def compare(
         elif dtypes and dtype is not None and got[1] is not None and got[1] != dtype:
             mismatched.append(Mismatch(name, "dtype", dtype, got[1]))
     suggestions: dict[str, str] = {}
-    for name in missing:
+    for name in missing if suggest else ():
         hint = _suggest(name, [u for u in unexpected if u not in suggestions.values()])
         if hint is not None:
             suggestions[name] = hint

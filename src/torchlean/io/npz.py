@@ -4,19 +4,20 @@ The most recent variable of each name is stored under its own name, as
 ``np.load(path)[name]`` expects. When a context has more (shadowed entries, gradients,
 a pinned dtype, ``next_id``), the same keys as in a safetensors file hold the extra
 entries (``__torchlean__/v/<i>``, ``__torchlean__/g/<j>``) and ``__torchlean__/layout``
-holds the layout JSON as bytes. ``bfloat16`` and other ``ml_dtypes`` types are stored
-as unsigned integers of their width with the dtype named in the layout.
+holds the layout JSON as bytes (:mod:`torchlean.io._layout`). ``bfloat16`` and other
+``ml_dtypes`` types are stored as unsigned integers of their width with the dtype named
+in the layout.
 
 Reading map:
 - :func:`save_npz` -- write a context (atomically, uncompressed).
 - :func:`load_npz` -- read one; a plain archive loads as variables in archive order.
-- :func:`check_zip_directory` -- what the zip directory must satisfy before anything is
-  inflated (the zip-bomb guard); :func:`_read_member` -- one bounded ``.npy`` read.
+- :func:`_read_member` -- one bounded ``.npy`` read, after the zip-bomb guard of
+  :mod:`torchlean.io._zip` checked the directory.
+- :data:`FORMAT` -- this module's :class:`~torchlean.io.Format` record.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -31,10 +32,12 @@ from torchlean._validate import require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
-from torchlean.io.safetensors import LAYOUT_VERSION, PREFIX, _plan, check_layout
+from torchlean.io._format import Format
+from torchlean.io._layout import PREFIX, check_layout, layout_object, plan
+from torchlean.io._zip import check_zip_directory
 from torchlean.runtime.context import RuntimeContext
 
-__all__ = ["load_npz", "save_npz"]
+__all__ = ["FORMAT", "load_npz", "save_npz"]
 
 LAYOUT_KEY: Final = PREFIX + "layout"
 
@@ -42,7 +45,7 @@ LAYOUT_KEY: Final = PREFIX + "layout"
 def save_npz(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     """Write the whole context to an ``.npz`` archive, atomically. Cost: O(total bytes)."""
     require_save_arguments(ctx, path, "save_npz")
-    tensors, variables, gradients = _plan(ctx)
+    tensors, variables, gradients = plan(ctx)
     dtypes: dict[str, str] = {}
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     for key, at in tensors.items():
@@ -51,14 +54,7 @@ def save_npz(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
             dtypes[key] = a.dtype.name
             a = a.view(f"u{a.dtype.itemsize}")
         arrays[key] = a
-    layout = {
-        "version": LAYOUT_VERSION,
-        "next_id": ctx.next_id,
-        "dtype": ctx.dtype,
-        "variables": variables,
-        "gradients": gradients,
-        "dtypes": dtypes,
-    }
+    layout = layout_object(ctx, variables, gradients) | {"dtypes": dtypes}
     arrays[LAYOUT_KEY] = np.frombuffer(json.dumps(layout).encode(), dtype=np.uint8)
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         for key, a in arrays.items():
@@ -66,72 +62,8 @@ def save_npz(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
                 np.lib.format.write_array(f, a, allow_pickle=False)
 
 
-# Deflate cannot inflate one byte to more than 1032; a member that claims more (or a
-# compressed size no deflate stream of its size needs) has a directory that lies.
-_DEFLATE_MAX_RATIO: Final = 1032
-_METHODS: Final = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
-_METHOD_NAMES: Final = {
-    zipfile.ZIP_BZIP2: "bzip2",
-    zipfile.ZIP_LZMA: "lzma",
-}
 _NUMERIC_KINDS: Final = "biufc"
 _CHUNK: Final = 1 << 24
-
-
-def check_zip_directory(
-    infos: list[zipfile.ZipInfo], size: int, where: str, *, npy: bool = True
-) -> None:
-    """Refuse what numpy and torch never write and what a zip bomb needs, from the zip
-    directory alone (before anything is inflated): exotic compression, encryption,
-    sizes no stored or deflated member can have, members beyond the archive's end,
-    overlapping members, repeated names, and (``npy=True``) names that are not
-    ``.npy``. Used for ``.npz`` and for torch's zip files. Cost: O(members)."""
-    names: set[str] = set()
-    spans: list[tuple[int, int, str]] = []
-    for info in infos:
-        name = info.filename
-        what = f"member `{name}`"
-        if npy and not name.endswith(".npy"):
-            raise FormatError(f"{where}: {what} is not a .npy array (an .npz holds only those)")
-        if name in names:
-            raise FormatError(f"{where}: two members are named `{name}`")
-        names.add(name)
-        if info.flag_bits & 0x1:
-            raise FormatError(f"{where}: {what} is encrypted")
-        method = _METHODS.get(info.compress_type)
-        if method is None:
-            shown = _METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
-            raise FormatError(
-                f"{where}: {what} is compressed with {shown}; only stored or deflated"
-                " members are read (what numpy and torch write)"
-            )
-        packed, full = info.compress_size, info.file_size
-        if method == "stored" and packed != full:
-            raise FormatError(
-                f"{where}: {what} is stored (not compressed) but the zip directory gives it"
-                f" {packed} bytes in the archive and {full} bytes unpacked"
-            )
-        if method == "deflated" and (
-            full > _DEFLATE_MAX_RATIO * packed + 1024 or packed > full + full // 1000 + 1024
-        ):
-            raise FormatError(
-                f"{where}: {what} claims {packed} compressed bytes inflate to {full} bytes,"
-                f" which deflate cannot do (at most {_DEFLATE_MAX_RATIO}:1); the zip"
-                " directory lies (a zip bomb?)"
-            )
-        end = info.header_offset + 30 + len(name.encode()) + packed
-        if end > size:
-            raise FormatError(
-                f"{where}: {what} claims {packed} bytes at offset {info.header_offset},"
-                f" past the end of the {size}-byte archive (truncated?)"
-            )
-        spans.append((info.header_offset, end, name))
-    spans.sort()
-    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
-        if start < end:
-            raise FormatError(
-                f"{where}: members `{first}` and `{second}` overlap in the archive (a zip bomb?)"
-            )
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray[Any, Any]:
@@ -247,3 +179,9 @@ def load_npz(path: str | os.PathLike[str], *, backend: str = "numpy") -> Runtime
     v = [(n, arrays[k]) for n, k in variables]
     g = [(n, arrays[k]) for n, k in gradients]
     return build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
+
+
+#: The ``.npz`` format: the whole context, exactly (the safetensors layout).
+FORMAT: Final = Format(
+    name="npz", suffixes=(".npz",), save=save_npz, load=load_npz, whole_context=True
+)

@@ -1,13 +1,11 @@
 """Whole contexts in safetensors files: the default checkpoint format.
 
-Layout (see docs/io.md): the most recent variable of each name is stored under its own
-name, so any safetensors reader (``safetensors.torch.load_file``) sees a usable
-``state_dict``. Everything else lives under the reserved key prefix ``__torchlean__/``:
-``__torchlean__/v/<i>`` for a shadowed variable entry at list position ``i``,
-``__torchlean__/g/<j>`` for the gradient entry at position ``j``. The header's
-``__metadata__`` holds ``"torchlean"``: a JSON object with ``version``, ``next_id``,
-``dtype`` (the pinned dtype or null) and the registries in Lean's list order, most
-recent first, as ``[name, key]`` pairs. Entries that hold one and the same tensor share
+Layout (see docs/io.md and :mod:`torchlean.io._layout`, shared with ``.npz``): the most
+recent variable of each name is stored under its own name, so any safetensors reader
+(``safetensors.torch.load_file``) sees a usable ``state_dict``; everything else lives
+under the reserved key prefix ``__torchlean__/``. The header's ``__metadata__`` holds
+``"torchlean"``: the layout JSON object (``version``, ``next_id``, ``dtype`` and the
+registries as ``[name, key]`` pairs). Entries that hold one and the same tensor share
 one key, so a name shadowed after ``set_variable`` costs no extra bytes.
 
 Reading map:
@@ -15,7 +13,9 @@ Reading map:
 - :func:`load_safetensors` -- read a context; without a ``torchlean`` entry in the
   metadata, a plain safetensors file loads as variables in the file's offset order.
 - :func:`inspect_safetensors` -- a header-only :class:`~torchlean.io.FileSummary`.
-- :data:`PREFIX`, :data:`LAYOUT_VERSION`.
+- :data:`FORMAT` -- this module's :class:`~torchlean.io.Format` record.
+- :data:`PREFIX`, :data:`LAYOUT_VERSION`, :func:`check_layout` -- from
+  :mod:`torchlean.io._layout`.
 """
 
 from __future__ import annotations
@@ -24,19 +24,22 @@ import contextlib
 import json
 import math
 import os
-import reprlib
+from collections.abc import Iterator
 from typing import Any, Final
 
 import numpy as np
 
 from torchlean._validate import require_save_arguments
-from torchlean.errors import BackendError, FormatError
+from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
-from torchlean.io._summary import FileSummary, TensorInfo
+from torchlean.io._format import Format
+from torchlean.io._layout import LAYOUT_VERSION, PREFIX, check_layout, layout_object, plan
+from torchlean.io._summary import Block, FileSummary, TensorInfo
 from torchlean.runtime.context import RuntimeContext
 
 __all__ = [
+    "FORMAT",
     "LAYOUT_VERSION",
     "PREFIX",
     "check_layout",
@@ -45,8 +48,6 @@ __all__ = [
     "save_safetensors",
 ]
 
-PREFIX: Final = "__torchlean__/"
-LAYOUT_VERSION: Final = 1
 _META_KEY: Final = "torchlean"
 
 _DTYPES: Final = {
@@ -69,37 +70,6 @@ _DTYPES: Final = {
 }
 
 
-def _plan(ctx: RuntimeContext[Any]) -> tuple[dict[str, Any], list[list[str]], list[list[str]]]:
-    """Assign a key to each entry; return key -> tensor and both registries' pairs."""
-    keys: dict[int, str] = {}
-    tensors: dict[str, Any] = {}
-    variables: list[list[str]] = []
-    gradients: list[list[str]] = []
-    entries = ctx.var_registry
-    seen: set[str] = set()
-    # First pass: the visible entry of each name gets its own name as key.
-    for name, at in entries:
-        if name in seen:
-            continue
-        seen.add(name)
-        if not name.startswith(PREFIX) and name != "__metadata__" and id(at) not in keys:
-            keys[id(at)] = name
-            tensors[name] = at
-    for i, (name, at) in enumerate(entries):
-        key = keys.get(id(at))
-        if key is None:
-            key = keys[id(at)] = f"{PREFIX}v/{i}"
-            tensors[key] = at
-        variables.append([name, key])
-    for j, (name, at) in enumerate(ctx.gradients):
-        key = keys.get(id(at))
-        if key is None:
-            key = keys[id(at)] = f"{PREFIX}g/{j}"
-            tensors[key] = at
-        gradients.append([name, key])
-    return tensors, variables, gradients
-
-
 def save_safetensors(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     """Write the whole context to ``path`` in the layout above, atomically.
 
@@ -108,14 +78,8 @@ def save_safetensors(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> 
     require_save_arguments(ctx, path, "save_safetensors")
     from safetensors import TensorSpec, serialize_file
 
-    tensors, variables, gradients = _plan(ctx)
-    layout = {
-        "version": LAYOUT_VERSION,
-        "next_id": ctx.next_id,
-        "dtype": ctx.dtype,
-        "variables": variables,
-        "gradients": gradients,
-    }
+    tensors, variables, gradients = plan(ctx)
+    layout = layout_object(ctx, variables, gradients)
     metadata = {"format": "pt", _META_KEY: json.dumps(layout, separators=(",", ":"))}
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     specs = {}
@@ -131,7 +95,7 @@ def save_safetensors(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> 
         serialize_file(specs, tmp, metadata=metadata)
 
 
-def _open(path: str | os.PathLike[str], framework: str = "numpy") -> Any:
+def _open(path: str | os.PathLike[str]) -> Any:
     from safetensors import safe_open
 
     with contextlib.suppress(ImportError):  # registers bfloat16 with numpy for safe_open
@@ -153,7 +117,7 @@ def _open(path: str | os.PathLike[str], framework: str = "numpy") -> Any:
             f" but only {size - 8} follow"
         )
     try:
-        return safe_open(where, framework=framework)
+        return safe_open(where, framework="numpy")
     except Exception as e:
         raise FormatError(f"{where}: not a valid safetensors file: {e}") from None
 
@@ -171,77 +135,6 @@ def _layout(
         return pairs, [], len(pairs), None, False
     variables, gradients, next_id, pin, _ = check_layout(os.fspath(path), text, keys)
     return variables, gradients, next_id, pin, True
-
-
-def check_layout(
-    where: str, text: str | bytes, keys: list[str]
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int, str | None, dict[str, Any]]:
-    """The layout JSON ``text`` checked against the file's tensor ``keys``: the
-    registries as ``(name, key)`` pairs, ``next_id``, the pinned dtype, and the whole
-    layout object. Anything wrong raises FormatError. Cost: O(len(text))."""
-    try:
-        layout = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        why = "nested too deeply" if isinstance(e, RecursionError) else e
-        raise FormatError(f"{where}: the torchlean metadata is not valid JSON: {why}") from None
-    if not isinstance(layout, dict):
-        raise FormatError(f"{where}: the torchlean metadata is not a JSON object")
-    version = layout.get("version")
-    if version != LAYOUT_VERSION or type(version) is not int:
-        raise FormatError(
-            f"{where}: torchlean layout version {version!r} is not supported"
-            f" (this torchlean reads version {LAYOUT_VERSION})"
-        )
-    next_id = layout.get("next_id")
-    if type(next_id) is not int or next_id < 0:
-        raise FormatError(f"{where}: next_id must be a non-negative int, got {next_id!r}")
-    pin = layout.get("dtype")
-    if pin is not None:
-        try:
-            known_pin = isinstance(pin, str) and numpy_dtype(pin).name == pin
-        except (TypeError, BackendError):
-            known_pin = False
-        if not known_pin:
-            raise FormatError(
-                f"{where}: the pinned dtype must be a dtype name or null, got {pin!r}"
-            )
-    known = set(keys)
-    used: set[str] = set()
-
-    def registry(field: str) -> list[tuple[str, str]]:
-        items = layout.get(field)
-        if not isinstance(items, list):
-            raise FormatError(f"{where}: the torchlean metadata has no `{field}` list")
-        out = []
-        for i, item in enumerate(items):
-            if (
-                not isinstance(item, list)
-                or len(item) != 2
-                or not all(isinstance(s, str) for s in item)
-            ):
-                raise FormatError(
-                    f"{where}: {field}[{i}] must be a [name, key] pair of strings,"
-                    f" got {reprlib.repr(item)}"
-                )
-            name, key = item
-            if key not in known:
-                raise FormatError(
-                    f"{where}: {field}[{i}] (`{name}`) refers to tensor `{key}`,"
-                    " which is not in the file"
-                )
-            used.add(key)
-            out.append((name, key))
-        return out
-
-    variables = registry("variables")
-    gradients = registry("gradients")
-    stray = [k for k in keys if k not in used]
-    if stray:
-        raise FormatError(
-            f"{where}: the torchlean metadata does not mention tensor"
-            f" {', '.join(f'`{k}`' for k in stray[:5])}"
-        )
-    return variables, gradients, next_id, pin, layout
 
 
 def _read_numpy(path: str | os.PathLike[str], keys: set[str]) -> dict[str, np.ndarray[Any, Any]]:
@@ -280,25 +173,15 @@ def load_safetensors(
 ) -> RuntimeContext[Any]:
     """Read a context written by :func:`save_safetensors` (or any safetensors file).
 
-    safetensors validates the header; numpy (and jax) arrays are then read with one
-    read into one fresh buffer, and torch tensors come from safetensors' torch reader.
-    Every tensor is read once, even when several entries share it. Cost: O(total bytes).
+    safetensors validates the header; the tensors are then read with one read into one
+    fresh buffer, as numpy arrays that the ``backend``'s ``from_numpy`` takes without a
+    copy where it can (numpy, torch). Every tensor is read once, even when several
+    entries share it. Cost: O(total bytes).
     """
     check_backend(backend)
-    with _open(path, "pt" if backend == "torch" else "numpy") as f:
+    with _open(path) as f:
         variables, gradients, next_id, pin, _ = _layout(path, f)
-        keys = {k for _, k in variables} | {k for _, k in gradients}
-        if backend == "torch":
-            arrays: dict[str, Any] = {}
-            for key in keys:
-                try:
-                    arrays[key] = f.get_tensor(key)
-                except Exception as e:
-                    raise FormatError(
-                        f"{os.fspath(path)}: cannot read tensor `{key}`: {e}"
-                    ) from None
-        else:
-            arrays = _read_numpy(path, keys)
+    arrays = _read_numpy(path, {k for _, k in variables} | {k for _, k in gradients})
     v = [(name, arrays[key]) for name, key in variables]
     g = [(name, arrays[key]) for name, key in gradients]
     return build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
@@ -358,6 +241,19 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
             except Exception as e:  # the file changed or was damaged since inspect
                 raise FormatError(f"{where}: cannot read tensor `{info.key}`: {e}") from None
 
+    @contextlib.contextmanager
+    def blocks(info: TensorInfo) -> Iterator[Block]:
+        with _open(where) as f:
+            view = f.get_slice(info.key)
+
+            def block(index: tuple[slice, ...]) -> np.ndarray[Any, Any]:
+                try:
+                    return np.asarray(view[index])
+                except Exception as e:  # a corrupt file found while reading
+                    raise FormatError(f"{where}: cannot read tensor `{info.key}`: {e}") from None
+
+            yield block
+
     return FileSummary(
         path=where,
         format="safetensors",
@@ -366,6 +262,7 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
         dtype=pin,
         layout="torchlean" if has_layout else None,
         _read=read,
+        _blocks=blocks,
     )
 
 
@@ -383,3 +280,15 @@ def _head(view: Any, shape: tuple[int, ...], n: int) -> np.ndarray[Any, Any]:
     rows = shape[j] if inner == 0 else min(shape[j], -(-n // inner))
     index = (0,) * j + (slice(0, rows),)
     return np.asarray(view[index]).reshape(-1)[:n]
+
+
+#: The safetensors format: the whole context, exactly; ``inspect`` reads the header only.
+FORMAT: Final = Format(
+    name="safetensors",
+    suffixes=(".safetensors",),
+    save=save_safetensors,
+    load=load_safetensors,
+    inspect=inspect_safetensors,
+    whole_context=True,
+    header_only_inspect=True,
+)

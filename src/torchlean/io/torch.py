@@ -6,16 +6,19 @@ than tensors and plain containers is refused with a
 
 Reading map:
 - :func:`load_pt` -- a state_dict file (bare, or wrapped as ``{"state_dict": ...}`` or
-  ``{"model_state_dict": ...}``) as a context; ``strip_prefix`` drops e.g. ``module.``.
+  ``{"model_state_dict": ...}``) as a context (``io.load`` strips prefixes).
 - :func:`save_pt` -- the variables as a state_dict of torch tensors (atomically).
 - :func:`from_module` -- ``RuntimeContext.from_module``: parameters and buffers.
 - :func:`load_into` -- ``RuntimeContext.load_into``: checked, all-or-nothing.
+- :data:`FORMAT` -- this module's :class:`~torchlean.io.Format` record.
+
+Tensors cross between torch and the other array libraries only through the backends'
+``to_numpy``/``from_numpy`` (bf16 and the other narrow floats included).
 """
 
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -25,30 +28,19 @@ from torchlean._validate import require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import build_context, check_backend
-from torchlean.runtime.context import RuntimeContext
+from torchlean.io._format import Format
+from torchlean.io._zip import check_zip_file
+from torchlean.io.expect import check_expected
+from torchlean.runtime.any_tensor import AnyTensor
+from torchlean.runtime.backends import backend_named
+from torchlean.runtime.context import RuntimeContext, require_context
 
-__all__ = ["from_module", "load_into", "load_pt", "save_pt"]
+__all__ = ["FORMAT", "from_module", "load_into", "load_pt", "save_pt"]
 
 _WRAPPERS: Final = ("state_dict", "model_state_dict")
 
 
-def _tensor_to_numpy(t: Any) -> np.ndarray[Any, Any]:
-    import torch
-
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)  # type: ignore[no-any-return]
-    return t.numpy()  # type: ignore[no-any-return]
-
-
-def load_pt(
-    path: str | os.PathLike[str],
-    *,
-    backend: str = "numpy",
-    strip_prefix: str | None = None,
-) -> RuntimeContext[Any]:
+def load_pt(path: str | os.PathLike[str], *, backend: str = "numpy") -> RuntimeContext[Any]:
     """Read a PyTorch state_dict file as a context, with ``weights_only=True``.
 
     Variables are registered in the state_dict's order. Cost: O(total bytes).
@@ -64,18 +56,7 @@ def load_pt(
     if os.path.getsize(path) == 0:
         raise FormatError(f"{where}: empty file, not a PyTorch file")
     # torch's zip reader allocates what the zip directory declares: check it first
-    try:
-        if zipfile.is_zipfile(path):  # (it can raise BadZipFile itself)
-            with zipfile.ZipFile(path) as zf:
-                infos: list[zipfile.ZipInfo] | None = zf.infolist()
-        else:
-            infos = None
-    except Exception as e:  # BadZipFile, NotImplementedError (a zip version), ...
-        raise FormatError(f"{where}: not a valid PyTorch file ({e})") from None
-    if infos is not None:
-        from torchlean.io.npz import check_zip_directory
-
-        check_zip_directory(infos, os.path.getsize(path), where, npy=False)
+    check_zip_file(path, where, what="PyTorch file")
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
@@ -118,13 +99,7 @@ def load_pt(
                 f"{where}: entry {name!r} is a {type(value).__name__}, not a tensor;"
                 " a state_dict maps names to tensors"
             )
-        if strip_prefix and name.startswith(strip_prefix):
-            name = name[len(strip_prefix) :]
-        pairs.append((name, _tensor_to_numpy(value)))
-    names = [n for n, _ in pairs]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise FormatError(f"{where}: two entries are named `{dup}` after stripping the prefix")
+        pairs.append((name, value.detach()))
     return build_context(pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path)
 
 
@@ -148,20 +123,21 @@ def save_pt(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     require_save_arguments(ctx, path, "save_pt")
     import torch
 
-    state = {name: _as_torch(at.t) for name, at in ctx.latest_variables()}
+    state = {name: _as_torch(at, "variable", name) for name, at in ctx.latest_variables()}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)  # through a Python file, so a failed write is an OSError
 
 
-def _as_torch(x: Any) -> Any:
+def _as_torch(at: AnyTensor[Any], kind: str, name: str) -> Any:
+    """The tensor of ``at`` as a torch tensor: itself (detached), or a copy of another
+    library's array made by the torch backend."""
     import torch
 
+    x = at.t
     if isinstance(x, torch.Tensor):
         return x.detach()
-    a = np.asarray(x)
-    if a.dtype.name == "bfloat16":
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(np.array(a, copy=True))
+    a = np.array(at.library.to_numpy(x), copy=True)
+    return backend_named("torch").from_numpy(a, f"{kind} `{name}`")
 
 
 def from_module(module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
@@ -171,10 +147,7 @@ def from_module(module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
     if not callable(getattr(module, "state_dict", None)):
         raise TypeError(f"from_module expects a torch nn.Module, got {type(module).__name__}")
     check_backend(backend)
-    state = module.state_dict()
-    if backend == "torch":
-        return RuntimeContext.from_state_dict({n: t.detach().clone() for n, t in state.items()})
-    pairs = [(n, _tensor_to_numpy(t).copy()) for n, t in state.items()]
+    pairs = [(n, t.detach().clone()) for n, t in module.state_dict().items()]
     return build_context(
         pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path="<module>"
     )
@@ -187,17 +160,17 @@ def load_into(ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = True) -> 
     an :class:`~torchlean.errors.ExpectationError` lists every problem and the module is
     left unchanged. Returns ``module``. Cost: O(total bytes).
     """
-    from torchlean.runtime.context import require_context
-
     require_context(ctx, "load_into")
     if not callable(getattr(module, "load_state_dict", None)):
         raise TypeError(f"load_into expects a torch nn.Module, got {type(module).__name__}")
     import torch
 
-    from torchlean.io.expect import check_expected
-
     check_expected(ctx, module, dtypes=dtypes, source="the context's variables")
-    state = {n: _as_torch(at.t) for n, at in ctx.latest_variables()}
+    state = {n: _as_torch(at, "variable", n) for n, at in ctx.latest_variables()}
     with torch.no_grad():
         module.load_state_dict(state, strict=True)
     return module
+
+
+#: The PyTorch format: a state_dict of the variables (the latest entry of each name).
+FORMAT: Final = Format(name="torch", suffixes=(".pt", ".pth"), save=save_pt, load=load_pt)

@@ -18,6 +18,7 @@ Reading map:
 - :func:`save_json` -- write the variables (most recent entry of each name).
 - :func:`load_json` -- read any of the three layouts.
 - :func:`parse_document` -- a parsed document to ``(name, array)`` pairs and ``meta``.
+- :data:`FORMAT` -- this module's :class:`~torchlean.io.Format` record.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from torchlean._validate import require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_write_bytes
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
+from torchlean.io._format import Format
 from torchlean.io._json_fast import Flat, fast_document
 from torchlean.runtime.context import RuntimeContext
-from torchlean.runtime.dtypes import dtype_name
+from torchlean.runtime.dtypes import dtype_name, is_extended_float
 
-__all__ = ["load_json", "parse_document", "save_json"]
+__all__ = ["FORMAT", "load_json", "parse_document", "save_json"]
 
 DEFAULT_DTYPE: Final = "float32"
 _LEAF_TYPES: Final = frozenset({int, float})
@@ -64,7 +66,7 @@ def _json_ready(name: str, a: np.ndarray[Any, Any], path: str) -> Any:
         if kind == "u" and a.dtype.itemsize == 8:
             return a.tolist()
         a = a.astype(np.int64)
-    elif kind == "f" or a.dtype.name in ("bfloat16",) or kind == "V":
+    elif kind == "f" or kind == "V" or is_extended_float(a.dtype.name):
         with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast
             a = a.astype(np.float64)
         if not np.isfinite(a).all():
@@ -511,3 +513,7 @@ def load_json(path: str | os.PathLike[str], *, backend: str = "numpy") -> Runtim
     check_backend(backend)
     pairs, _ = read_document(_read(path), os.fspath(path))
     return build_context(pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path)
+
+
+#: TorchLean's JSON format: the variables (the latest entry of each name).
+FORMAT: Final = Format(name="json", suffixes=(".json",), save=save_json, load=load_json)

@@ -90,13 +90,23 @@ def load_checkpoint(
     require_context(state, "load_checkpoint", "state")
     library = _library(ctx)
     tensors = io.load(path, backend=library.name).state_dict()
-    problems: list[str] = []
-    new_ctx = _fill(ctx, tensors, "model/", problems)
-    new_state = _fill(state, tensors, "optim/", problems)
-    known = {f"model/{n}" for n, _ in ctx.latest_variables()}
-    known |= {f"optim/{n}" for n, _ in state.latest_variables()}
-    known |= {_STEP} | {f"train/{name}_rng" for name in libraries()}
-    problems += [f"unexpected tensor `{n}`" for n in tensors if n not in known]
+    # names, shapes and dtypes: the one comparison of torchlean.io.expect
+    want = {f"model/{n}": at for n, at in ctx.latest_variables()}
+    want |= {f"optim/{n}": at for n, at in state.latest_variables()}
+    extra = {_STEP} | {f"train/{name}_rng" for name in libraries()}
+    have = {n: t for n, t in tensors.items() if n not in extra}
+    specs = {k: (at.dims, at.dtype) for k, at in want.items()}
+    report = io.compare(have, specs, dtypes=True, suggest=False)
+    missing, mismatched = set(report.missing), {m.name for m in report.mismatched}
+    problems = [
+        f"missing tensor `{k}`"
+        if k in missing
+        else f"tensor `{k}` is {dtype_name(have[k].dtype)} {tuple(int(d) for d in have[k].shape)}"
+        f" but {at.dtype} {at.dims} is expected"
+        for k, at in want.items()
+        if k in missing or k in mismatched
+    ]
+    problems += [f"unexpected tensor `{n}`" for n in report.unexpected]
     if _STEP not in tensors:
         problems.append(f"missing tensor `{_STEP}`")
     if problems:
@@ -104,6 +114,8 @@ def load_checkpoint(
             f"checkpoint {os.fspath(path)} does not fit this model and optimizer: "
             + "; ".join(problems)
         )
+    new_ctx = _fill(ctx, tensors, "model/")
+    new_state = _fill(state, tensors, "optim/")
     step_value = tensors[_STEP]
     step = int(backend_of(step_value).to_numpy(step_value))
     rng = tensors.get(_rng_key(library))
@@ -134,24 +146,11 @@ def _library(ctx: RuntimeContext[Any]) -> Backend:
 
 
 def _fill(
-    template: RuntimeContext[Any],
-    tensors: Mapping[str, Any],
-    prefix: str,
-    problems: list[str],
+    template: RuntimeContext[Any], tensors: Mapping[str, Any], prefix: str
 ) -> RuntimeContext[Any]:
+    """``template`` with each latest variable replaced by the checked tensor of the file."""
     values = []
     for name, at in template.latest_variables():
-        key = prefix + name
-        value = tensors.get(key)
-        if value is None:
-            problems.append(f"missing tensor `{key}`")
-            continue
-        dims = tuple(int(d) for d in value.shape)
-        dtype = dtype_name(value.dtype)
-        if dims != at.dims or dtype != at.dtype:
-            problems.append(
-                f"tensor `{key}` is {dtype} {dims} but {at.dtype} {at.dims} is expected"
-            )
-            continue
+        value = tensors[prefix + name]
         values.append((name, backend_of(value).to_device(value, at.device)))
     return template.with_variables(values, adopt=True)
