@@ -1160,7 +1160,6 @@ NO_ROW: dict[str, str] = {
     "torchlean.runtime.backends.backend_of": "any object is an argument (TypeError is its answer)",
     "torchlean.runtime.backends.libraries": "no arguments",
     "torchlean.runtime.backends.read_checked": "called by the runtime on its own entries",
-    "torchlean.runtime.any_tensor.Entry": "built by the runtime's registries only",
     "torchlean.runtime.any_tensor.fresh_entry": "called by the runtime on values it took",
     "torchlean.runtime.any_tensor.restamp": "called by the runtime's registries only",
     "torchlean.runtime.context.donate": "called by the optimizers on contexts they checked",

@@ -12,22 +12,26 @@ Representation (all of it immutable once published):
   :data:`CHUNK` names. Prepending copies at most one chunk and shares the rest; a chunk
   holds only strings, so Python's cycle collector stops tracking it, which keeps
   collections cheap in registries of millions of entries.
-- ``map``: an :class:`immutables.Map` (a C hash array mapped trie) from each name to an
-  :class:`Entry`: the first entry's tensor (an ``AnyTensor``) that also carries the values
-  of the name's older entries, run-length encoded: the entry's own value repeated
-  ``count`` times, then ``rest`` runs ``(value, count, older)``. A lookup reads the entry
-  itself; "set every entry of a name" collapses the runs into one, so it is O(log n)
-  whatever the number k of entries of that name.
+- ``map``: an :class:`immutables.Map` (a C hash array mapped trie) from each name to its
+  record, an :data:`~torchlean.runtime.any_tensor.Entry`: a plain tuple holding the first
+  entry's tensor (dims, tensor, version, library) and the values of the name's older
+  entries, run-length encoded: the entry's own value repeated ``count`` times, then
+  ``rest`` runs ``(record, count, older)``. A lookup reads the record itself; "set every
+  entry of a name" collapses the runs into one, so it is O(log n) whatever the number k
+  of entries of that name. A record of a numpy array holds only values the cycle
+  collector does not track, so Python stops tracking it: collections stay cheap however
+  many entries a registry holds (a torch tensor is tracked, so its record is too).
 - ``size``: the number of entries.
 
 The i-th entry of the Lean list is the i-th name of ``order`` paired with the next unused
 value in that name's runs; :meth:`Registry.entries` walks both in O(n).
 
 Reading map:
-- :class:`~torchlean.runtime.any_tensor.Entry` -- the ``AnyTensor`` stored for a name,
-  with its runs (built in :mod:`torchlean.runtime.any_tensor`).
-- :class:`Registry` -- ``push``, ``push_many``, ``head``, ``set_all``, ``replace_heads``,
-  ``entries``, ``names``, ``visible``, ``size``; :data:`EMPTY`.
+- :data:`~torchlean.runtime.any_tensor.Entry` -- the record stored for a name, with its
+  runs (built in :mod:`torchlean.runtime.any_tensor`, like the ``AnyTensor`` wrappers
+  :meth:`Registry.head` and :meth:`Registry.entries` hand out).
+- :class:`Registry` -- ``push``, ``push_many``, ``head``, ``record``, ``set_all``,
+  ``replace_heads``, ``entries``, ``names``, ``visible``, ``size``; :data:`EMPTY`.
 - :class:`DonatedRegistry` -- stands in for the registries of a donated context.
 """
 
@@ -38,7 +42,7 @@ from typing import Any, Final
 
 import immutables
 
-from torchlean.runtime.any_tensor import AnyTensor, Entry, restamp
+from torchlean.runtime.any_tensor import AnyTensor, Entry, as_tensor, restamp
 
 __all__ = ["CHUNK", "EMPTY", "DonatedRegistry", "Registry"]
 
@@ -67,16 +71,26 @@ class Registry:
         self.order = order
         self.size = size
 
-    def push(self, name: str, value: AnyTensor[Any]) -> Registry:
+    def push(self, name: str, value: AnyTensor[Any] | Entry) -> Registry:
         """Prepend an entry (Lean's ``(name, value) :: registry``). Cost: O(log n)."""
-        node = self.map.get(name)
+        mapping = self.map
+        node = mapping.get(name)
         if node is None:
             new = restamp(value, 1, None, 1)
         else:
-            new = restamp(value, 1, (node, node.count, node.rest), node.total + 1)
-        return Registry(self.map.set(name, new), _prepend(self.order, name), self.size + 1)
+            new = restamp(value, 1, (node, node[4], node[5]), node[6] + 1)
+        order = self.order
+        if order is not None and len(order[0]) < CHUNK:
+            order = ((name, *order[0]), order[1])
+        else:
+            order = ((name,), order)
+        registry: Registry = _new(Registry)
+        registry.map = mapping.set(name, new)
+        registry.order = order
+        registry.size = self.size + 1
+        return registry
 
-    def push_many(self, items: Iterable[tuple[str, AnyTensor[Any]]]) -> Registry:
+    def push_many(self, items: Iterable[tuple[str, AnyTensor[Any] | Entry]]) -> Registry:
         """Prepend entries in order (the last item ends up in front). Cost: O(m log n)."""
         order = self.order
         size = self.size
@@ -86,19 +100,25 @@ class Registry:
                 if node is None:
                     mutation[name] = restamp(value, 1, None, 1)
                 else:
-                    mutation[name] = restamp(
-                        value, 1, (node, node.count, node.rest), node.total + 1
-                    )
+                    mutation[name] = restamp(value, 1, (node, node[4], node[5]), node[6] + 1)
                 order = _prepend(order, name)
                 size += 1
             mapping = mutation.finish()
         return Registry(mapping, order, size)
 
-    def head(self, name: str) -> Entry | None:
+    def head(self, name: str) -> AnyTensor[Any] | None:
         """The first entry named ``name``, or ``None``. Cost: O(log n)."""
+        node = self.map.get(name)
+        return None if node is None else as_tensor(node)
+
+    def record(self, name: str) -> Entry | None:
+        """The record of ``name`` (its first entry and older runs), or ``None``.
+
+        Cost: O(log n).
+        """
         return self.map.get(name)
 
-    def set_all(self, name: str, value: AnyTensor[Any]) -> Registry:
+    def set_all(self, name: str, value: AnyTensor[Any] | Entry) -> Registry:
         """Give every entry named ``name`` the value ``value``, keeping the order.
 
         Returns ``self`` when the name is absent (Lean's list map changes nothing).
@@ -107,14 +127,14 @@ class Registry:
         node = self.map.get(name)
         if node is None:
             return self
-        new = restamp(value, node.total, None, node.total)
+        new = restamp(value, node[6], None, node[6])
         registry: Registry = _new(Registry)
         registry.map = self.map.set(name, new)
         registry.order = self.order
         registry.size = self.size
         return registry
 
-    def replace_heads(self, values: Iterable[tuple[str, AnyTensor[Any]]]) -> Registry:
+    def replace_heads(self, values: Iterable[tuple[str, AnyTensor[Any] | Entry]]) -> Registry:
         """Give the first entry of each name its new value; prepend absent names.
 
         Older entries of a name keep their values. Cost: O(m log n) for m values.
@@ -128,10 +148,10 @@ class Registry:
                     mutation[name] = restamp(at, 1, None, 1)
                     order = _prepend(order, name)
                     added += 1
-                elif node.count == 1:
-                    mutation[name] = restamp(at, 1, node.rest, node.total)
+                elif node[4] == 1:
+                    mutation[name] = restamp(at, 1, node[5], node[6])
                 else:
-                    mutation[name] = restamp(at, 1, (node, node.count - 1, node.rest), node.total)
+                    mutation[name] = restamp(at, 1, (node, node[4] - 1, node[5]), node[6])
             mapping = mutation.finish()
         return Registry(mapping, order, self.size + added)
 
@@ -143,23 +163,28 @@ class Registry:
             yield from chunk
 
     def entries(self) -> Iterator[tuple[str, AnyTensor[Any]]]:
-        """Every entry as ``(name, value)``, most recent first. Cost: O(n)."""
+        """Every entry as ``(name, value)``, most recent first. Cost: O(n).
+
+        Entries of one run (e.g. every entry of a name after :meth:`set_all`) are one
+        ``AnyTensor`` object, so a writer can store a shared tensor once.
+        """
         cursors: dict[str, list[Any]] = {}
         mapping = self.map
         for name in self.names():
             cursor = cursors.get(name)
             if cursor is None:
                 node = mapping[name]
-                if node.total == 1:
-                    yield name, node
+                if node[6] == 1:
+                    yield name, as_tensor(node)
                     continue
-                cursor = cursors[name] = [node, node.count, node.rest]
+                cursor = cursors[name] = [as_tensor(node), node[4], node[5]]
             yield name, cursor[0]
             cursor[1] -= 1
             if cursor[1] == 0 and cursor[2] is not None:
-                cursor[0], cursor[1], cursor[2] = cursor[2]
+                record, cursor[1], cursor[2] = cursor[2]
+                cursor[0] = as_tensor(record)
 
-    def visible(self) -> Iterator[tuple[str, Entry]]:
+    def visible(self) -> Iterator[tuple[str, AnyTensor[Any]]]:
         """The first entry of each name, names in the order they first appeared.
 
         Cost: O(n).
@@ -168,7 +193,7 @@ class Registry:
         names.reverse()
         mapping = self.map
         for name in dict.fromkeys(names):
-            yield name, mapping[name]
+            yield name, as_tensor(mapping[name])
 
     def __len__(self) -> int:
         return self.size

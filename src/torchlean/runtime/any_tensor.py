@@ -5,20 +5,26 @@ shapes stores each one in an existential wrapper that carries the shape beside i
 Python the wrapper does the same job at run time: it checks once, when it is built, that
 the tensor has the shape it claims, and it protects the tensor from writes.
 
-This module is the only place an ``AnyTensor`` (or the registry's :class:`Entry`, a
-subclass that also carries a name's older values) is built.
+This module is the only place an ``AnyTensor`` (or the registry's record of a name,
+an :data:`Entry`) is built.
 
 Reading map:
 - :class:`AnyTensor` -- ``s`` (the :class:`~torchlean.spec.Shape`) and ``t`` (the tensor);
   ``dims``, ``backend``, ``dtype``, ``device``, ``library`` (the :class:`Backend`).
-- :class:`Entry` -- the first entry of a name in a registry, with its older runs.
-- :func:`fresh_entry` -- wrap a value a context has just taken (protected already).
-- :func:`restamp` -- an entry with another position in a registry's runs.
+- :data:`Entry` -- a registry's record of a name: a plain tuple (first entry's tensor,
+  older runs), which the cycle collector does not track.
+- :func:`fresh_entry` -- the record of a value a context has just taken (protected).
+- :func:`restamp` -- a record with another position in a registry's runs.
+- :func:`as_tensor` -- the ``AnyTensor`` a record stands for; :func:`read_record` --
+  its tensor, checked against in-place writes.
+- :data:`LIBRARIES`, :data:`VERSION_READERS`, :func:`library_index` -- the backends
+  records name by index, and their version readers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Generic, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 from torchlean.errors import ShapeMismatchError
 from torchlean.runtime.backends import Backend, backend_of
@@ -127,56 +133,87 @@ class AnyTensor(Generic[ArrayT]):
 
 _new = object.__new__
 
-#: Older runs of a name's values in a registry: ``(value, count, older)`` or ``None``.
-Runs = tuple[AnyTensor[Any], int, "Runs"] | None
+#: A registry's record of a name (see :mod:`torchlean.runtime._registry`), a plain tuple
+#: ``(dims, tensor, version, library, count, rest, total)``: the first entry's tensor
+#: (its dims, the stored tensor, the version recorded when it was stored or ``None``, the
+#: index of its :class:`Backend` in :data:`LIBRARIES`), then ``count`` (entries, this
+#: one first, that have this value; 0 for a record in no registry yet), ``rest`` (the
+#: older runs) and ``total`` (the number of entries of the name). A tuple of atomic
+#: values is untracked by Python's cycle collector (numpy arrays, ints, tuples of ints
+#: and ``None`` are atomic for it), so a registry of millions of numpy entries adds
+#: almost nothing to every full collection.
+Entry = tuple[tuple[int, ...], Any, "int | None", int, int, "Runs", int]
+
+#: Older runs of a name's values in a registry: ``(record, count, older)`` or ``None``.
+Runs = tuple[Entry, int, "Runs"] | None
+
+#: Every backend a record names, by index (records hold the index, not the object, so
+#: that they stay untracked by the cycle collector).
+LIBRARIES: Final[list[Backend]] = []
+#: For each backend in :data:`LIBRARIES`, a fast reader of a stored value's current
+#: version (``None`` for an unversioned library).
+VERSION_READERS: Final[list[Callable[[Any], Any] | None]] = []
+_INDEX: Final[dict[Backend, int]] = {}
 
 
-class Entry(AnyTensor[Any]):
-    """The first entry of a name in a registry: its tensor, plus the older values.
-
-    ``count`` entries (this one first) have this entry's value; older ones follow in
-    ``rest``; ``total`` is the number of entries of the name. ``count == 0`` marks an
-    entry that is in no registry yet.
-    """
-
-    __slots__ = ("count", "rest", "total")
-    count: int
-    rest: Runs
-    total: int
+def library_index(backend: Backend) -> int:
+    """The index of ``backend`` in :data:`LIBRARIES` (added on first use). Cost: O(1)."""
+    index = _INDEX.get(backend)
+    if index is None:
+        index = _INDEX[backend] = len(LIBRARIES)
+        LIBRARIES.append(backend)
+        reader = None
+        if backend.versioned:
+            reader = getattr(backend, "_version_reader", None) or backend.version
+        VERSION_READERS.append(reader)
+    return index
 
 
 def fresh_entry(dims: tuple[int, ...], stored: Any, backend: Backend) -> Entry:
-    """An entry for a value a context has just taken (already protected), in no registry.
+    """The record of a value a context has just taken (already protected), in no registry.
 
-    Registries adopt a fresh entry as it is instead of copying it; callers publish it
-    in one registry only. Cost: O(1).
+    Cost: O(1).
     """
-    e: Entry = _new(Entry)
-    e._dims = dims
-    e._s = None
-    e._t = stored
-    e._backend = backend
-    e._version = backend.version(stored) if backend.versioned else None
-    e.count = 0
-    return e
+    index = _INDEX.get(backend)
+    if index is None:
+        index = library_index(backend)
+    version = backend.version(stored) if backend.versioned else None
+    return (dims, stored, version, index, 0, None, 0)
 
 
-def restamp(value: AnyTensor[Any], count: int, rest: Runs, total: int) -> Entry:
-    """``value`` as the first entry of a name with ``count``, ``rest`` and ``total``.
+def restamp(value: AnyTensor[Any] | Entry, count: int, rest: Runs, total: int) -> Entry:
+    """The record of ``value`` (a record or an ``AnyTensor``) as the first entry of a
+    name, with ``count``, ``rest`` and ``total``. The tensor is shared. Cost: O(1)."""
+    if type(value) is tuple:
+        return (value[0], value[1], value[2], value[3], count, rest, total)
+    assert isinstance(value, AnyTensor)
+    index = _INDEX.get(value._backend)
+    if index is None:
+        index = library_index(value._backend)
+    return (value._dims, value._t, value._version, index, count, rest, total)
 
-    A fresh entry is adopted as it is; any other value is copied into a new entry (the
-    tensor is shared). Cost: O(1).
+
+def as_tensor(record: Entry) -> AnyTensor[Any]:
+    """The ``AnyTensor`` a record stands for (a new wrapper; the tensor is shared).
+
+    Cost: O(1).
     """
-    if type(value) is Entry and value.count == 0:
-        e = value
-    else:
-        e = _new(Entry)
-        e._dims = value._dims
-        e._s = value._s
-        e._t = value._t
-        e._backend = value._backend
-        e._version = value._version
-    e.count = count
-    e.rest = rest
-    e.total = total
-    return e
+    at: AnyTensor[Any] = _new(AnyTensor)
+    at._dims = record[0]
+    at._s = None
+    at._t = record[1]
+    at._version = record[2]
+    at._backend = LIBRARIES[record[3]]
+    return at
+
+
+def read_record(record: Entry, what: str) -> Any:
+    """The tensor of ``record``; raises, naming ``what``, if it was written in place
+    since it was stored. Cost: O(1)."""
+    version = record[2]
+    if version is not None:
+        index = record[3]
+        reader = VERSION_READERS[index]
+        if reader is None or reader(record[1]) != version:
+            LIBRARIES[index].check_intact(record[1], version, what)
+    return record[1]

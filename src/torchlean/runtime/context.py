@@ -45,7 +45,15 @@ from torchlean.errors import (
     UnknownNameError,
 )
 from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry
-from torchlean.runtime.any_tensor import AnyTensor, ArrayT, Entry, fresh_entry
+from torchlean.runtime.any_tensor import (
+    LIBRARIES,
+    VERSION_READERS,
+    AnyTensor,
+    ArrayT,
+    Entry,
+    as_tensor,
+    fresh_entry,
+)
 from torchlean.runtime.backends import BY_TYPE, UNKNOWN_DEVICES, backend_of, read_checked
 from torchlean.runtime.dtypes import dtype_name
 from torchlean.spec.shape import ShapeLike, as_dims
@@ -247,7 +255,7 @@ class RuntimeContext(Generic[ArrayT]):
                 "register_variables expects a mapping or an iterable of (name, array)"
                 f" pairs, got {type(items).__name__}"
             )
-        taken: list[tuple[str, AnyTensor[Any]]] = []
+        taken: list[tuple[str, Entry]] = []
         probe = self  # carries the pin the values seen so far imply
         for i, pair in enumerate(pairs):
             if not isinstance(pair, tuple) or len(pair) != 2:
@@ -282,12 +290,15 @@ class RuntimeContext(Generic[ArrayT]):
                 _check_name(name, "variable")
             as_dims(shape)
             return None
-        if node._dims != (shape if type(shape) is tuple else as_dims(shape)):
+        if node[0] != (shape if type(shape) is tuple else as_dims(shape)):
             as_dims(shape)
             return None
-        if node._version is not None:
-            node._backend.check_intact(node._t, node._version, f"variable `{name}`")
-        return node._t  # type: ignore[no-any-return]
+        version = node[2]
+        if version is not None:
+            reader = VERSION_READERS[node[3]]
+            if reader is None or reader(node[1]) != version:
+                LIBRARIES[node[3]].check_intact(node[1], version, f"variable `{name}`")
+        return node[1]  # type: ignore[no-any-return]
 
     def set_variable(self, name: str, value: ArrayT) -> RuntimeContext[ArrayT]:
         """Give every variable named ``name`` the value ``value`` (shadowed ones too).
@@ -359,12 +370,15 @@ class RuntimeContext(Generic[ArrayT]):
                 _check_name(name, "gradient")
             as_dims(shape)
             return None
-        if node._dims != (shape if type(shape) is tuple else as_dims(shape)):
+        if node[0] != (shape if type(shape) is tuple else as_dims(shape)):
             as_dims(shape)
             return None
-        if node._version is not None:
-            node._backend.check_intact(node._t, node._version, f"gradient `{name}`")
-        return node._t  # type: ignore[no-any-return]
+        version = node[2]
+        if version is not None:
+            reader = VERSION_READERS[node[3]]
+            if reader is None or reader(node[1]) != version:
+                LIBRARIES[node[3]].check_intact(node[1], version, f"gradient `{name}`")
+        return node[1]  # type: ignore[no-any-return]
 
     def set_gradient(self, name: str, grad: ArrayT) -> RuntimeContext[ArrayT]:
         """Give every gradient named ``name`` the value ``grad``. Mirrors
@@ -416,13 +430,14 @@ class RuntimeContext(Generic[ArrayT]):
         """
         if type(name) is not str:
             _check_name(name, "gradient")
-        at, pin = self._take(grad, "gradient", name)
+        taken, pin = self._take(grad, "gradient", name)
         node = self._g.map.get(name)
         if node is None:
-            new = self._derive(self._v, self._g.push(name, at), self._next_id)
+            new = self._derive(self._v, self._g.push(name, taken), self._next_id)
             new._pin = pin
             return new
-        old = node
+        old = as_tensor(node)
+        at = as_tensor(taken)
         if old._dims != at._dims:
             raise ShapeMismatchError(
                 f"cannot accumulate into gradient `{name}`: it has shape {old._dims}"
@@ -520,12 +535,12 @@ class RuntimeContext(Generic[ArrayT]):
         """The most recent variable entry named ``name`` (with its shape, dtype, device
         and library), or ``None``. Cost: O(log n)."""
         _check_name(name, "variable")
-        return self._v.map.get(name)
+        return self._v.head(name)
 
     def gradient_entry(self, name: str) -> AnyTensor[ArrayT] | None:
         """The most recent gradient entry named ``name``, or ``None``. Cost: O(log n)."""
         _check_name(name, "gradient")
-        return self._g.map.get(name)
+        return self._g.head(name)
 
     @property
     def library(self) -> str | None:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from torchlean.errors import BackendError
 from torchlean.runtime._registry import EMPTY, Registry
-from torchlean.runtime.any_tensor import AnyTensor, fresh_entry
+from torchlean.runtime.any_tensor import Entry, fresh_entry
 from torchlean.runtime.backends import BY_TYPE, NUMPY, OPAQUE, backend_of
 from torchlean.runtime.context import RuntimeContext
 
@@ -158,7 +158,7 @@ def _keep_numpy(x: Any) -> Any:
     return NUMPY.freeze(x)
 
 
-def _wrap(leaf: Any, dims: tuple[int, ...]) -> AnyTensor[Any]:
+def _wrap(leaf: Any, dims: tuple[int, ...]) -> Entry:
     backend = BY_TYPE.get(type(leaf))
     if backend is None:
         try:

@@ -11,6 +11,7 @@ Reading map:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -166,6 +167,10 @@ class TorchBackend(Backend):
 
     def scalar(self, value: float | int, dtype: str, like: Any) -> Any:
         return self.torch.tensor(value, dtype=getattr(self.torch, dtype), device=like.device)
+
+    #: The current version of a stored tensor, read in C (a context compares it with the
+    #: version recorded at storing on every read; see :mod:`torchlean.runtime.any_tensor`).
+    _version_reader = operator.attrgetter("_version")
 
     # ------------------------------------------------------------------ training
 
