@@ -1092,6 +1092,7 @@ NO_ROW: dict[str, str] = {
     "torchlean.runtime.dtypes.render_array": "called by the views on numpy arrays they read",
     "torchlean.runtime.printing.context_to_string": "behind RuntimeContext.context_to_string",
     "torchlean.runtime.printing.pretty_tensor": "behind RuntimeContext.context_to_string",
+    "torchlean.runtime.printing.lean_scalar": "any value is an argument (prints its str)",
     "RuntimeContext.latest_variables": "no arguments",
     "RuntimeContext.latest_gradients": "no arguments",
     # no arguments (besides the context itself, which the method is called on)

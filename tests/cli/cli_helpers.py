@@ -9,7 +9,6 @@ import pytest
 
 from torchlean.cli import main
 
-
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "torchlean"
 MLP = FIXTURES / "mlp.json"
 CNN = FIXTURES / "cnn.json"
