@@ -6,7 +6,7 @@ alternate, and the medians are printed with ratios (torchlean time / baseline ti
 below 1 is faster). torchlean's save is atomic (temporary file, fsync, rename); the
 baselines write in place without fsync. Run:
 
-    PYTHONPATH=src /work/main/.venv/bin/python bench/io_gpt2.py
+    PYTHONPATH=src python bench/io_gpt2.py
 """
 
 from __future__ import annotations

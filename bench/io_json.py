@@ -4,7 +4,7 @@ Reference save: ``tensor.tolist()`` + ``json.dump(indent=2)``; reference load:
 ``json.load`` + ``np.array(..., dtype=float32)`` per tensor. Both write and read the same
 numbers (checked bit for bit). Run:
 
-    PYTHONPATH=src /work/main/.venv/bin/python bench/io_json.py
+    PYTHONPATH=src python bench/io_json.py
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ MODULES = [
     "torchlean.runtime.dtypes",
     "torchlean.runtime.pytree",
     "torchlean.io",
+    "torchlean.io.lean_json",
     "torchlean.widgets",
     "torchlean.autograd",
     "torchlean.optim",

@@ -25,6 +25,7 @@ import torchlean.cli as cli
 import torchlean.demo as demo
 import torchlean.io as tio
 import torchlean.io.expect as ex
+import torchlean.io.lean_json as lj
 import torchlean.optim as opt
 import torchlean.runtime as rt
 import torchlean.runtime.backends as bk
@@ -1136,6 +1137,30 @@ ROWS: list[Row] = [
         ValueError,
         "two_moons: n must be >= 2, got -1",
     ),
+    (
+        "torchlean.io.lean_json.parse",
+        lambda d: lj.parse(5),
+        TypeError,
+        "parse: data must be bytes or str, got int",
+    ),
+    (
+        "torchlean.io.lean_json.lean_view",
+        lambda d: lj.lean_view(5),
+        TypeError,
+        "lean_view: source must be a str or os.PathLike, got int 5",
+    ),
+    (
+        "torchlean.io.lean_json.lean_view",
+        lambda d: lj.lean_view(d / "missing.json"),
+        FileNotFoundError,
+        "[Errno 2] No such file or directory: '{d}/missing.json'",
+    ),
+    (
+        "torchlean.io.lean_json.float_of_scientific",
+        lambda d: lj.float_of_scientific(-1, True, 0),
+        ValueError,
+        "float_of_scientific: mantissa and exponent are natural numbers, got -1 and 0",
+    ),
 ]
 
 # Public callables with no row, and why none is needed.
@@ -1170,6 +1195,16 @@ NO_ROW: dict[str, str] = {
     "torchlean.runtime.dtypes.render_array": "called by the views on numpy arrays they read",
     "torchlean.runtime.printing.context_to_string": "behind RuntimeContext.context_to_string",
     "torchlean.runtime.printing.pretty_tensor": "behind RuntimeContext.context_to_string",
+    "torchlean.runtime.printing.lean_scalar": "any value is an argument (prints its str)",
+    # the model of Lean's importer: any JSON value is an argument; Lean's answer for a
+    # value of the wrong kind is none (None here) or a problem in the view
+    **{
+        f"torchlean.io.lean_json.{name}": "any JSON value is an argument (Lean answers none)"
+        for name in ("parse_tensor", "unwrap_params", "load_weights", "get_tensor", "lean_import")
+    },
+    "JsonNumber.to_float": "no arguments",
+    "LeanView.arrays": "no arguments",
+    "LeanView.format": "no arguments",
     "RuntimeContext.latest_variables": "no arguments",
     "RuntimeContext.latest_gradients": "no arguments",
     # no arguments (besides the context itself, which the method is called on)
@@ -1200,6 +1235,10 @@ NO_ROW: dict[str, str] = {
             "torchlean.runtime.Problem",
             "torchlean.runtime.check.EntryFacts",
             "torchlean.io.ExpectReport",
+            "torchlean.io.lean_json.JsonNumber",
+            "torchlean.io.lean_json.LeanFinding",
+            "torchlean.io.lean_json.LeanTensor",
+            "torchlean.io.lean_json.LeanView",
             "torchlean.io.FileSummary",
             "torchlean.io.Mismatch",
             "torchlean.io.TensorInfo",

@@ -9,24 +9,7 @@ import pytest
 
 from torchlean.cli import main
 
-
-def fixtures_dir() -> Path:
-    """``shared/fixtures/torchlean`` beside the repository (or $TORCHLEAN_FIXTURES)."""
-    override = os.environ.get("TORCHLEAN_FIXTURES")
-    if override:
-        return Path(override)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / "shared" / "fixtures" / "torchlean"
-        if candidate.is_dir():
-            return candidate
-    raise AssertionError(
-        "TorchLean fixtures not found: put shared/fixtures/torchlean beside the"
-        " repository or set TORCHLEAN_FIXTURES"
-    )
-
-
-FIXTURES = fixtures_dir()
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "torchlean"
 MLP = FIXTURES / "mlp.json"
 CNN = FIXTURES / "cnn.json"
 TRANSFORMER = FIXTURES / "transformer_encoder.json"

@@ -15,7 +15,6 @@ Reading map:
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import sys
 import tempfile
@@ -31,15 +30,8 @@ _MAX_SEED = 8192  # bytes: bigger hostile files are not seeds
 
 
 def fixtures_dir() -> Path:
-    """``shared/fixtures/torchlean`` beside the repository (or $TORCHLEAN_FIXTURES)."""
-    override = os.environ.get("TORCHLEAN_FIXTURES")
-    if override:
-        return Path(override)
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "fixtures" / "torchlean"
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("shared/fixtures/torchlean not found; set TORCHLEAN_FIXTURES")
+    """The TorchLean fixtures copied into the repository: ``tests/fixtures/torchlean``."""
+    return Path(__file__).resolve().parents[1] / "fixtures" / "torchlean"
 
 
 def _contexts() -> dict[str, object]:

@@ -34,6 +34,10 @@ def test_corpus_is_small_and_covers_every_format() -> None:
         "fixture_mlp.json",
         "fixture_transformer_encoder.json",
     ]
+    in_repo = Path(__file__).parents[1] / "fixtures" / "torchlean"
+    for name in fixtures:
+        copy = in_repo / name.removeprefix("fixture_")
+        assert (CORPUS / "json" / name).read_bytes() == copy.read_bytes(), name
 
 
 @pytest.mark.timeout(SECONDS + 240)

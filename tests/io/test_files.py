@@ -14,11 +14,7 @@ import torchlean.io as tio
 from torchlean import empty_context
 from torchlean.errors import FormatError, TorchLeanError
 
-FIXTURES = Path(
-    os.environ.get("TORCHLEAN_FIXTURES", Path(__file__).parents[3] / "shared/fixtures/torchlean")
-)
-if not FIXTURES.exists():
-    FIXTURES = Path("/work/shared/fixtures/torchlean")
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "torchlean"
 MALFORMED = Path(__file__).parent / "malformed"
 
 

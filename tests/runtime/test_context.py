@@ -181,14 +181,16 @@ def test_empty_name_and_zero_size_and_scalar() -> None:
     c = c.register_variable("s", np.float64(2.5))
     assert c.variable("s", ()).shape == ()
     c = c.register_variable("z", np.zeros((2, 0), np.float32))
-    assert rc.context_to_string(c) == "Context(vars: [z: [[], []], s: 2.5, : []], grads: [])"
+    assert rc.context_to_string(c) == "Context(vars: [z: [[], []], s: 2.500000, : []], grads: [])"
 
 
 # ---------------------------------------------------------------- context_to_string
 
 
 def test_context_to_string_seed_example(ctx: RuntimeContext) -> None:
-    assert rc.context_to_string(ctx) == "Context(vars: [x: [1.0, 2.0], w: 3.0], grads: [w: 0.1])"
+    assert rc.context_to_string(ctx) == (
+        "Context(vars: [x: [1.000000, 2.000000], w: 3.000000], grads: [w: 0.100000])"
+    )
 
 
 def test_context_to_string_nested_and_ints() -> None:
@@ -196,13 +198,13 @@ def test_context_to_string_nested_and_ints() -> None:
     c = c.register_variable("b", np.array([True, False]))
     assert (
         rc.context_to_string(c)
-        == "Context(vars: [b: [True, False], m: [[1, 2], [3, 4]]], grads: [])"
+        == "Context(vars: [b: [true, false], m: [[1, 2], [3, 4]]], grads: [])"
     )
 
 
 def test_context_to_string_shows_shadowed_entries() -> None:
     c = empty_context().register_variable("a", f32(1.0)).register_variable("a", f32(2.0))
-    assert rc.context_to_string(c) == "Context(vars: [a: 2.0, a: 1.0], grads: [])"
+    assert rc.context_to_string(c) == "Context(vars: [a: 2.000000, a: 1.000000], grads: [])"
 
 
 # ---------------------------------------------------------------- immutability

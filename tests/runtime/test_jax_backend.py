@@ -45,9 +45,9 @@ def test_shape_checked_lookups():
 @pytest.mark.parametrize(
     ("dtype", "name", "text"),
     [
-        (jnp.float32, "float32", "[1.5, -2.0]"),
-        (jnp.float16, "float16", "[1.5, -2.0]"),
-        (jnp.bfloat16, "bfloat16", "[1.5, -2.0]"),
+        (jnp.float32, "float32", "[1.500000, -2.000000]"),
+        (jnp.float16, "float16", "[1.500000, -2.000000]"),
+        (jnp.bfloat16, "bfloat16", "[1.500000, -2.000000]"),
         (jnp.int32, "int32", "[1, -2]"),
     ],
 )

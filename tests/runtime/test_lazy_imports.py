@@ -69,7 +69,9 @@ def test_importing_jax_after_torchlean_registers_the_context():
         print(out.variable_names(), out.context_to_string())
         """
     )
-    assert out.strip() == "['w', 'w'] Context(vars: [w: [1.0, 1.0], w: [2.0, 2.0]], grads: [])"
+    assert out.strip() == (
+        "['w', 'w'] Context(vars: [w: [1.000000, 1.000000], w: [2.000000, 2.000000]], grads: [])"
+    )
 
 
 def test_importing_torch_after_torchlean_registers_the_context():
@@ -88,7 +90,7 @@ def test_importing_torch_after_torchlean_registers_the_context():
         print(out.context_to_string())
         """
     )
-    assert out.strip() == "Context(vars: [w: [3.0, 3.0]], grads: [])"
+    assert out.strip() == "Context(vars: [w: [3.000000, 3.000000]], grads: [])"
 
 
 def test_libraries_imported_before_torchlean_are_registered_at_once():

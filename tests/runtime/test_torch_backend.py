@@ -273,13 +273,17 @@ def test_accumulate_gradient_refuses_another_dtype_library_or_device():
 @pytest.mark.parametrize(
     ("dtype", "name", "text"),
     [
-        (torch.float32, "float32", "[1.5, -2.0]"),
-        (torch.float64, "float64", "[1.5, -2.0]"),
-        (torch.float16, "float16", "[1.5, -2.0]"),
-        (torch.bfloat16, "bfloat16", "[1.5, -2.0]"),
+        (torch.float32, "float32", "[1.500000, -2.000000]"),
+        (torch.float64, "float64", "[1.500000, -2.000000]"),
+        (torch.float16, "float16", "[1.500000, -2.000000]"),
+        (torch.bfloat16, "bfloat16", "[1.500000, -2.000000]"),
         (torch.int64, "int64", "[1, -2]"),
         (torch.int8, "int8", "[1, -2]"),
-        (torch.complex64, "complex64", "[(1.5+0j), (-2+0j)]"),
+        (
+            torch.complex64,
+            "complex64",
+            "[(1.500000, 0.000000), (-2.000000, 0.000000)]",
+        ),
     ],
 )
 def test_dtypes_are_named_and_rendered(dtype, name, text):
@@ -291,20 +295,22 @@ def test_dtypes_are_named_and_rendered(dtype, name, text):
 
 def test_bfloat16_renders_the_exact_stored_value():
     ctx = ctx_with("w", torch.tensor([0.1], dtype=torch.bfloat16))
-    # bfloat16(0.1) is 0.10009765625; float32 prints it as its shortest repr.
-    assert ctx.context_to_string() == "Context(vars: [w: [0.100097656]], grads: [])"
+    # bfloat16(0.1) is 0.10009765625; Lean's %f of that value is 0.100098.
+    assert ctx.context_to_string() == "Context(vars: [w: [0.100098]], grads: [])"
 
 
 def test_bool_and_float8_render():
     ctx = ctx_with("b", torch.tensor([True, False])).register_variable(
         "f", torch.tensor([1.0, 0.5]).to(torch.float8_e4m3fn)
     )
-    assert ctx.context_to_string() == "Context(vars: [f: [1.0, 0.5], b: [True, False]], grads: [])"
+    assert ctx.context_to_string() == (
+        "Context(vars: [f: [1.000000, 0.500000], b: [true, false]], grads: [])"
+    )
 
 
 def test_a_conjugated_tensor_renders_its_values():
     ctx = ctx_with("c", torch.tensor([1 + 2j]).conj())
-    assert ctx.context_to_string() == "Context(vars: [c: [(1-2j)]], grads: [])"
+    assert ctx.context_to_string() == "Context(vars: [c: [(1.000000, -2.000000)]], grads: [])"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -412,7 +418,7 @@ def test_an_unpinned_context_mixes_libraries():
     )
     assert [at.backend for _, at in ctx.var_registry] == ["jax", "torch", "numpy"]
     assert ctx.context_to_string() == (
-        "Context(vars: [j: [1, 1], t: [1.0, 1.0], n: [1.0, 1.0]], grads: [])"
+        "Context(vars: [j: [1, 1], t: [1.000000, 1.000000], n: [1.000000, 1.000000]], grads: [])"
     )
 
 

@@ -177,9 +177,10 @@ def is_valid_context(ctx: RuntimeContext[Any]) -> bool:
 
 
 def context_to_string(ctx: RuntimeContext[Any]) -> str:
-    """``Context(vars: [w: 3.0, ...], grads: [...])`` with every value in full.
+    """``Context(vars: [w: 3.000000, ...], grads: [...])``, the text Lean prints.
 
-    Mirrors ``Runtime.contextToString`` (for debugging: it prints whole tensors).
+    Mirrors ``Runtime.contextToString`` (for debugging: it prints whole tensors); each
+    scalar as Lean's ``toString`` prints it (see :mod:`torchlean.runtime.printing`).
     Cost: O(total elements).
     """
     if type(ctx) is not RuntimeContext:
