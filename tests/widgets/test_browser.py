@@ -135,11 +135,20 @@ def test_chromium_renders_sections_counts_pills_and_an_opened_preview(tmp_path: 
     assert d.root.get("data-control") == "ran"  # scripts do run here
     sections = [a.get("data-section") for a in d.details if a.get("data-section")]
     assert sections == ["variables", "gradients"]
-    assert d.count_text == ["6", "3"]
+    lean = [text for cls, text in d.pills if cls == "tl-pill tl-lean"]
+    # TorchLean's header pills and section pills, in its words
+    assert lean[:5] == ["RuntimeContext", "vars=6", "grads=3", "next_id=6", "var_registry"]
+    counts = [text for cls, text in d.pills if cls == "tl-pill tl-count"]
+    assert counts == ["count=6", "count=3"]
     shapes = [text for cls, text in d.pills if cls == "tl-pill tl-shape"]
     sizes = [text for cls, text in d.pills if cls == "tl-pill tl-size"]
-    assert shapes[:3] == ["(5, 100)", "(4,)", "()"] and len(shapes) == 9
-    assert sizes[0] == "n=500 · 2.0 KiB" and len(sizes) == 9
+    assert shapes[:3] == ["shape=dim 5 (dim 100 (scalar))", "shape=dim 4 (scalar)", "shape=scalar"]
+    assert sizes[:3] == ["size=500", "size=4", "size=1"] and len(sizes) == len(shapes) == 9
+    dims = [text for cls, text in d.pills if cls == "tl-pill tl-dims"]
+    assert dims[:3] == ["(5, 100)", "(4,)", "()"]
+    # the opened entry: anyTensorHtml's pills, then the vector's cells
+    for pill in ("shape=[3]", "rank=1", "size=3", "vector len=3", "showing=3", "clipped=false"):
+        assert pill in lean
     assert d.open_preview_cells == ["0.5", "-1.25", "2"]
 
 
@@ -148,9 +157,10 @@ def test_escaped_names_run_no_script_in_chromium(tmp_path: Path) -> None:
     assert d.root.get("data-control") == "ran"
     assert "data-pwned" not in d.root
     assert d.scripts == 1  # the control script only
-    names = [text for cls, text in d.pills if cls == "tl-pill tl-shape"]
+    names = [text for cls, text in d.pills if cls == "tl-pill tl-dims"]
     assert names == ["(2,)", "(2, 3)", "(2, 3)"]
-    assert d.count_text == ["2", "1"]
+    counts = [text for cls, text in d.pills if cls == "tl-pill tl-count"]
+    assert counts == ["count=2", "count=1"]
     assert EVIL.startswith("<script>")
 
 

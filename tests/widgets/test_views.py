@@ -173,9 +173,11 @@ def test_rich_print_of_a_context_draws_both_tables() -> None:
     console = rich.console.Console(file=buffer, width=140, color_system=None)
     console.print(sample_context())
     out = buffer.getvalue()
-    assert "Variables (6)" in out and "Gradients (3)" in out
+    assert "Variables (6) · device cpu" in out and "Gradients (3) · dtype float32" in out
     assert "fc1.weight (shadowed)" in out
-    assert "! orphan-gradient" in out and "! shape-mismatch" in out and "! non-finite" in out
+    lines = out.splitlines()
+    flagged = [line.split()[1] for line in lines if line.startswith("!  ")]
+    assert flagged == ["bad", "ghost", "fc1.bias"]  # one mark per row with a problem
     assert "3 problems:" in out
     assert "yes (3.162)" in out  # the norm of the gradient of fc1.weight
 
@@ -236,8 +238,10 @@ def test_html_has_two_sections_with_counts_and_pills() -> None:
     p = _parse(fragment)
     sections = [a["data-section"] for t, a in p.tags if t == "details" and "data-section" in a]
     assert sections == ["variables", "gradients"]
-    counts = [a["data-count"] for t, a in p.tags if a.get("class") == "tl-count"]
+    counts = [a["data-count"] for t, a in p.tags if a.get("class") == "tl-pill tl-count"]
     assert counts == ["6", "3"]
+    for pill in ("vars=6", "grads=3", "next_id=6", "var_registry", "gradients", "count=6"):
+        assert pill in p.text
     rows = [a["data-name"] for t, a in p.tags if t == "li" and "data-name" in a]
     assert rows == [
         "embed",
@@ -252,7 +256,8 @@ def test_html_has_two_sections_with_counts_and_pills() -> None:
     ]
     classes = [a.get("class") for t, a in p.tags if t == "span"]
     assert classes.count("tl-pill tl-shape") == 9 and classes.count("tl-pill tl-size") == 9
-    assert "(4, 10)" in p.text and "n=40 · 160 B" in p.text and "shadowed" in p.text
+    assert "shape=dim 4 (dim 10 (scalar))" in p.text and "size=40" in p.text
+    assert "(4, 10)" in p.text and "160 B" in p.text and "shadowed" in p.text
 
 
 def test_html_is_self_contained() -> None:

@@ -15,6 +15,10 @@ Reading map:
 - :func:`as_summary` -- what the renderers call on what they are given.
 - ``_rows`` / ``_row`` / ``_stats`` / ``_norm`` -- one row: preview, statistics and, on
   a variable, the norm of its gradient; ``_attach`` puts each problem on its row.
+- ``_Reader`` -- rectangular blocks of a source: through its ``block`` method, else from
+  its first elements (at most :data:`HEAD_READ_LIMIT`).
+- ``_preview`` / ``_flat`` / ``_pretty`` -- TorchLean's widget preview of a tensor
+  (:class:`~torchlean.widgets.Preview`).
 """
 
 from __future__ import annotations
@@ -29,16 +33,32 @@ import numpy as np
 from torchlean.runtime.check import EntryFacts, Problem, check_entries
 from torchlean.runtime.dtypes import itemsize, render_array
 from torchlean.widgets._format import count, format_number
-from torchlean.widgets._model import GRID_COLS, GRID_ROWS, HEAD, Row, Stats, Summary
-from torchlean.widgets._sources import TensorSource, source_of
+from torchlean.widgets._model import (
+    GRID_COLS,
+    GRID_ROWS,
+    HEAD,
+    PREVIEW_COLS,
+    PREVIEW_DEPTH,
+    PREVIEW_ELEMS,
+    PREVIEW_ROWS,
+    PREVIEW_SLICES,
+    Preview,
+    Row,
+    Stats,
+    Summary,
+)
+from torchlean.widgets._sources import BLOCK, TensorSource, source_of
 
 if TYPE_CHECKING:
     from torchlean.runtime.context import RuntimeContext
 
-__all__ = ["SAMPLE_LIMIT", "as_summary", "summarize", "summarize_sources"]
+__all__ = ["HEAD_READ_LIMIT", "SAMPLE_LIMIT", "as_summary", "summarize", "summarize_sources"]
 
 #: Statistics of a tensor with more elements than this are computed on a sample.
 SAMPLE_LIMIT = 1 << 20
+#: A source without a ``block`` method is read through ``head``, at most this many
+#: first elements per tensor; a preview part beyond them is not shown.
+HEAD_READ_LIMIT = 1 << 18
 
 Entries = Sequence[tuple[str, TensorSource]]
 
@@ -226,28 +246,27 @@ def _row(
     numel = math.prod(dims)
     dtype = src.dtype
     size = _itemsize(dtype)
-    # The preview grid covers the first matrix (the last two axes); 1-D is one row.
-    if len(dims) >= 2:
-        rows_total, cols_total = dims[-2], dims[-1]
-    else:
-        rows_total, cols_total = 1, numel
-    cols = min(cols_total, GRID_COLS)
-    nrows = min(rows_total, GRID_ROWS)
-    if cols_total <= 4 * GRID_COLS:
-        want = nrows * cols_total
-    else:  # wide rows: read only the first row's leading values
-        want, nrows = cols, 1 if rows_total else 0
-    want = min(max(want, HEAD), numel)
-    head = _as_plain(src.head(want)) if numel else np.zeros(0)
-    first = tuple(format_number(v) for v in head[:HEAD].tolist())
-    grid: list[tuple[str, ...]] = []
+    read = _Reader(src, dims)
+    first: tuple[str, ...] = ()
+    grid: tuple[tuple[str, ...], ...] = ()
+    # The compact grid covers the first matrix (the last two axes); 1-D is one row.
+    rows_total, cols_total = (dims[-2], dims[-1]) if len(dims) >= 2 else (1, numel)
+    preview: Preview | None = None
     if numel:
-        if cols_total <= 4 * GRID_COLS:
-            for r in range(nrows):
-                line = head[r * cols_total : r * cols_total + cols]
-                grid.append(tuple(format_number(v) for v in line.tolist()))
+        head, _ = _flat(read, dims, (), HEAD)
+        first = head
+        lead: tuple[int | slice, ...] = tuple(0 for _ in dims[:-2])
+        if len(dims) >= 2:
+            block = read((*lead, slice(0, GRID_ROWS), slice(0, GRID_COLS)))
         else:
-            grid.append(tuple(format_number(v) for v in head[:cols].tolist()))
+            block = read((slice(0, GRID_COLS),) if dims else ())
+        if block is not None:
+            block = block.reshape(-1, min(cols_total, GRID_COLS))
+            grid = tuple(_cells(line) for line in block)
+    try:
+        preview = _preview(read, dims, (), PREVIEW_DEPTH)
+    except _Unread:
+        preview = None
     stats = _stats(src, limit) if numel else None
     return Row(
         registry=registry,
@@ -260,11 +279,144 @@ def _row(
         nbytes=None if size is None else numel * size,
         shadowed=shadowed,
         first=first,
-        grid=tuple(grid),
+        grid=grid,
         grid_more_rows=rows_total > len(grid) or math.prod(dims[:-2]) > 1,
-        grid_more_cols=cols_total > cols,
+        grid_more_cols=cols_total > min(cols_total, GRID_COLS),
         stats=stats,
+        preview=preview,
     )
+
+
+class _Unread(Exception):
+    """A part of the preview lies beyond what the source can read."""
+
+
+Index = tuple[int | slice, ...]
+
+
+class _Reader:
+    """Rectangular blocks ``t[index]`` of a source (an int or a ``slice(start, stop)``
+    per leading axes; the axes after the index are whole), as plain numpy arrays with
+    one axis per slice. Through the source's ``block`` method when it has one, else
+    from its first elements: read once, re-read doubled when a block lies further, up
+    to :data:`HEAD_READ_LIMIT` (a block beyond that raises ``_Unread``)."""
+
+    def __init__(self, src: TensorSource, dims: tuple[int, ...]) -> None:
+        self._src = src
+        self._dims = dims
+        self._block = getattr(src, BLOCK, None)
+        self._head: np.ndarray[Any, Any] = np.zeros(0)
+
+    def __call__(self, index: Index) -> np.ndarray[Any, Any]:
+        dims = self._dims
+        full = list(index) + [slice(0, d) for d in dims[len(index) :]]
+        spans = [
+            (i, i + 1) if isinstance(i, int) else (i.start, min(i.stop, d))
+            for i, d in zip(full, dims, strict=True)
+        ]
+        shape = tuple(b - a for (a, b), i in zip(spans, full, strict=True) if isinstance(i, slice))
+        if any(b <= a for a, b in spans):
+            return np.zeros(shape)
+        if self._block is not None:
+            raw = self._block(tuple(slice(a, b) for a, b in spans))
+            return _as_plain(raw).reshape(shape)
+        # the flat offset of the block's last element
+        last = sum((b - 1) * inner for (_, b), inner in zip(spans, _strides(dims), strict=True))
+        if last >= self._head.size:
+            numel = math.prod(dims)
+            if last >= HEAD_READ_LIMIT:
+                raise _Unread
+            want = min(numel, HEAD_READ_LIMIT, max(last + 1, 2 * self._head.size, PREVIEW_ELEMS))
+            self._head = _as_plain(self._src.head(want))
+        flat = np.ravel_multi_index(np.ix_(*(np.arange(a, b) for a, b in spans)), dims)
+        return self._head[flat].reshape(shape)
+
+
+def _strides(dims: tuple[int, ...]) -> list[int]:
+    return [math.prod(dims[k + 1 :]) for k in range(len(dims))]
+
+
+def _cells(values: np.ndarray[Any, Any]) -> tuple[str, ...]:
+    return tuple(format_number(v) for v in values.reshape(-1).tolist())
+
+
+def _preview(read: _Reader, dims: tuple[int, ...], at: tuple[int, ...], depth: int) -> Preview:
+    """TorchLean's ``tensorHtml`` of the slice ``t[at]``, ``depth`` levels left."""
+    sub = dims[len(at) :]
+    if depth == 0:
+        flat, clipped = _flat(read, dims, at, PREVIEW_ELEMS)
+        return Preview(
+            "nested", sub, pretty=_pretty(read, dims, at), flat=flat, flat_clipped=clipped
+        )
+    if not sub:
+        return Preview("scalar", sub, cells=(_cells(read(at)),))
+    if len(sub) == 1:
+        shown = read((*at, slice(0, PREVIEW_COLS)))
+        return Preview("vector", sub, cells=(_cells(shown),), clipped_cols=sub[0] > PREVIEW_COLS)
+    if len(sub) == 2:
+        block = read((*at, slice(0, PREVIEW_ROWS), slice(0, PREVIEW_COLS)))
+        return Preview(
+            "matrix",
+            sub,
+            cells=tuple(_cells(line) for line in block),
+            clipped_rows=sub[0] > PREVIEW_ROWS,
+            clipped_cols=sub[1] > PREVIEW_COLS,
+        )
+    slices = tuple(
+        _preview(read, dims, (*at, i), depth - 1) for i in range(min(sub[0], PREVIEW_SLICES))
+    )
+    flat, clipped = _flat(read, dims, at, PREVIEW_ELEMS)
+    return Preview(
+        "slices",
+        sub,
+        slices=slices,
+        clipped_slices=sub[0] > PREVIEW_SLICES,
+        flat=flat,
+        flat_clipped=clipped,
+    )
+
+
+def _flat(
+    read: _Reader, dims: tuple[int, ...], at: tuple[int, ...], n: int
+) -> tuple[tuple[str, ...], bool]:
+    """The first ``n`` values of ``t[at]`` in row-major order, and whether there are
+    more; one read of fewer than ``2 n`` elements."""
+    sub = dims[len(at) :]
+    size = math.prod(sub)
+    want = min(n, size)
+    if want == 0:
+        return (), size > n
+    index: tuple[int | slice, ...] = at
+    while len(sub) > 1 and math.prod(sub[1:]) >= want:  # the head lies in slice 0
+        index, sub = (*index, 0), sub[1:]
+    if sub:
+        inner = math.prod(sub[1:])
+        index = (*index, slice(0, -(-want // inner)))
+    return _cells(read(index).reshape(-1)[:want]), size > n
+
+
+def _pretty(read: _Reader, dims: tuple[int, ...], at: tuple[int, ...]) -> str:
+    """``Spec.pretty`` of ``t[at]`` (``[a, b]`` per axis), each axis cut to the
+    preview's limits: the last to :data:`PREVIEW_COLS`, the one before to
+    :data:`PREVIEW_ROWS`, the others to :data:`PREVIEW_SLICES`; ``...`` marks a cut."""
+    sub = dims[len(at) :]
+    limits = [PREVIEW_SLICES] * len(sub)
+    if sub:
+        limits[-1] = PREVIEW_COLS
+    if len(sub) >= 2:
+        limits[-2] = PREVIEW_ROWS
+    block = read(at + tuple(slice(0, k) for k in limits))
+    text = np.vectorize(format_number, otypes=[object])(block) if block.size else block
+
+    def go(a: Any, axis: int) -> str:
+        if axis == len(sub):
+            return str(a)
+        parts = [go(a[i], axis + 1) for i in range(a.shape[0])]
+        if sub[axis] > limits[axis]:
+            parts.append("...")
+        return "[" + ", ".join(parts) + "]"
+
+    return go(text, 0)
 
 
 def _as_plain(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

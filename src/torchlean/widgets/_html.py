@@ -1,14 +1,21 @@
 """The notebook view of a context: one self-contained piece of HTML.
 
-Like TorchLean's ``#runtime_ctx_view`` widget: two collapsible sections, Variables and
-Gradients, each with its count; each row is the name with a shape pill and a size pill
-and opens onto a preview of the values. Inline CSS only: no script, no network, no
-JavaScript framework. Every name and value is escaped with :func:`html.escape`.
+Everything TorchLean's ``#runtime_ctx_view`` widget shows: the header pills
+``vars=N``, ``grads=N``, ``next_id=N``; two collapsible sections ``var_registry`` and
+``gradients`` with ``count=N``; each row the name with ``shape=`` (Lean's
+``Shape.pretty``) and ``size=`` pills, opening onto ``anyTensorHtml``'s preview (a
+clipped vector or matrix, leading slices, the nested pretty form, a flat preview of the
+first 64 values) with its pills and wording. Added by the Python view: the title, the
+shape as a tuple, bytes, dtype, device, gradient norm, shadowed entries, statistics and
+problems. Inline CSS only: no script, no network, no JavaScript framework. Every name and
+value is escaped with :func:`html.escape`.
 
 Reading map:
 - :func:`to_html` -- the fragment (``RuntimeContext._repr_html_`` returns it).
 - :func:`to_html_page` -- the fragment in a complete HTML document (``show --html``).
-- ``_row`` / ``_size`` / ``_preview`` -- one entry: its pills and its preview.
+- ``_row`` / ``_details`` -- one entry: its pills, and what it opens onto.
+- ``_tensor`` / ``_body`` / ``_table`` / ``_flat`` -- the preview
+  (:class:`~torchlean.widgets.Preview`) as ``tensorHtml`` draws it.
 
 The data comes from :mod:`._build` (a :class:`~torchlean.widgets.Summary`); numbers and
 sizes are written by :mod:`._format`.
@@ -21,7 +28,7 @@ from typing import Any
 
 from torchlean.widgets._build import as_summary
 from torchlean.widgets._format import DONATED, format_number, format_size
-from torchlean.widgets._model import Row
+from torchlean.widgets._model import PREVIEW_ELEMS, Preview, Row, check_view_options
 
 __all__ = ["to_html", "to_html_page"]
 
@@ -68,39 +75,68 @@ background:#ffebe9;color:#82071e;border:1px solid #ffcecb}
 .tl-ctx .tl-problems ul{margin:2px 0 0 0;padding-left:18px}
 .tl-ctx .tl-ok{margin-top:10px;color:#116329}
 .tl-ctx .tl-sampled{color:#9a6700}
+.tl-ctx .tl-pills{display:flex;gap:6px;flex-wrap:wrap;margin:4px 0 6px 0}
+.tl-ctx .tl-pills .tl-pill{margin-left:0}
+.tl-ctx .tl-lean{background:#f6f8fa;color:#1f2328;border-color:#d0d7de}
+.tl-ctx .tl-tensor details{margin:4px 0 4px 8px}
+.tl-ctx .tl-tensor pre{white-space:pre-wrap;margin:4px 0;font-size:12px}
+.tl-ctx .tl-tensor code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;
+font-size:12px;word-break:break-all}
+.tl-ctx .tl-dim{color:#8c959f}
 """.replace("\n", "")
 
 
-def to_html(ctx: Any, *, open_sections: bool = True) -> str:
+def to_html(ctx: Any, *, open_sections: bool = True, filter: str | None = None) -> str:
     """One self-contained HTML fragment showing ``ctx`` (a
     :class:`~torchlean.RuntimeContext` or a :class:`~torchlean.widgets.Summary`).
 
-    Mirrors TorchLean's ``#runtime_ctx_view`` widget: Variables and Gradients as two
-    ``<details>`` sections with their counts; each entry a ``<details>`` whose summary is
-    the name with shape and size pills and whose body previews the values. Inline CSS, no
-    script. Every name and value is escaped. Cost: that of
-    :func:`~torchlean.widgets.summarize`.
+    Mirrors TorchLean's ``#runtime_ctx_view`` widget (``runtimeCtxHtml``): header pills
+    ``vars=N``, ``grads=N``, ``next_id=N``; sections ``var_registry`` and ``gradients``
+    with ``count=N``; each entry a ``<details>`` whose summary is the name with
+    ``shape=`` (``Shape.pretty``) and ``size=`` pills and whose body is
+    ``anyTensorHtml``'s preview, plus what the Python view adds (dtype, device, bytes,
+    gradient, statistics, problems). ``filter`` keeps the entries whose name a glob
+    matches (:meth:`~torchlean.widgets.Summary.select`). Inline CSS, no script. Every
+    name and value is escaped. Cost: that of :func:`~torchlean.widgets.summarize`.
     """
-    s = as_summary(ctx)
+    check_view_options("to_html", filter=filter, depth=None)
+    s = as_summary(ctx).select(filter)
     out: list[str] = ['<div class="tl-ctx">', f"<style>{_CSS}</style>"]
-    title = escape(s.title)
+    out.append(f'<div class="tl-title">{escape(s.title)}</div>')
+    pills = ['<span class="tl-pill tl-lean">RuntimeContext</span>']
+    if not s.donated:
+        pills.append(
+            f'<span class="tl-pill tl-lean" data-pill="vars">vars={len(s.variables)}</span>'
+        )
+        pills.append(
+            f'<span class="tl-pill tl-lean" data-pill="grads">grads={len(s.gradients)}</span>'
+        )
     if s.next_id is not None:
-        title += f' <span class="tl-note">next_id={s.next_id}</span>'
-    out.append(f'<div class="tl-title">{title}</div>')
+        pills.append(
+            f'<span class="tl-pill tl-lean" data-pill="next_id">next_id={s.next_id}</span>'
+        )
+    out.append(f'<div class="tl-pills">{" ".join(pills)}</div>')
     for note in s.notes:
         out.append(f'<div class="tl-note">{escape(note)}</div>')
+    if s.filter is not None and s.unfiltered is not None:
+        out.append(
+            f'<div class="tl-note" data-filter="{escape(s.filter, quote=True)}">filter'
+            f" <code>{escape(s.filter)}</code>: {len(s.variables)} of {s.unfiltered[0]}"
+            f" variables, {len(s.gradients)} of {s.unfiltered[1]} gradients</div>"
+        )
     if s.donated:  # its entries belong to the context the donating call returned
         out.append(f'<div class="tl-empty" data-donated="1">{escape(DONATED)}</div></div>')
         return "\n".join(out)
-    for label, key, rows in (
-        ("Variables", "variables", s.variables),
-        ("Gradients", "gradients", s.gradients),
+    for title, key, rows in (
+        ("var_registry", "variables", s.variables),
+        ("gradients", "gradients", s.gradients),
     ):
         attr = " open" if open_sections else ""
         out.append(f'<details class="tl-section" data-section="{key}"{attr}>')
         out.append(
-            f'<summary>{label}<span class="tl-count" data-count="{len(rows)}">'
-            f"{len(rows)}</span></summary>"
+            f'<summary><span class="tl-pill tl-lean">{title}</span>'
+            f'<span class="tl-pill tl-count" data-count="{len(rows)}">'
+            f"count={len(rows)}</span></summary>"
         )
         if rows:
             out.append('<ul class="tl-rows">')
@@ -121,24 +157,32 @@ def to_html(ctx: Any, *, open_sections: bool = True) -> str:
     return "\n".join(out)
 
 
-def to_html_page(ctx: Any, *, title: str = "torchlean context") -> str:
-    """A complete HTML document holding :func:`to_html` of ``ctx`` (for a file)."""
+def to_html_page(ctx: Any, *, title: str = "torchlean context", filter: str | None = None) -> str:
+    """A complete HTML document holding :func:`to_html` of ``ctx`` (for a file);
+    ``filter`` as in :func:`to_html`."""
+    if not isinstance(title, str):
+        raise TypeError(f"to_html_page: title must be a str, got {type(title).__name__}")
+    check_view_options("to_html_page", filter=filter, depth=None)
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{escape(title)}</title>\n"
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '</head>\n<body style="margin:16px;background:#fff">\n'
-        f"{to_html(ctx)}\n</body>\n</html>\n"
+        f"{to_html(ctx, filter=filter)}\n</body>\n</html>\n"
     )
 
 
 def _row(r: Row) -> str:
     cls = "tl-row tl-problem" if r.problems else "tl-row"
     pills = [
-        f'<span class="tl-pill tl-shape" title="shape">{escape(r.shape_text)}</span>',
-        f'<span class="tl-pill tl-size" title="elements, bytes">{_size(r)}</span>',
+        f'<span class="tl-pill tl-shape" title="{escape(r.shape_text)}">'
+        f"shape={escape(r.shape_pretty)}</span>",
+        f'<span class="tl-pill tl-size" title="elements">size={r.numel}</span>',
+        f'<span class="tl-pill tl-dims" title="shape">{escape(r.shape_text)}</span>',
         f'<span class="tl-pill tl-dtype" title="dtype">{escape(r.dtype)}</span>',
     ]
+    if r.nbytes is not None:
+        pills.append(f'<span class="tl-pill tl-bytes" title="bytes">{format_size(r.nbytes)}</span>')
     if r.registry == "variable" and not r.shadowed:
         if r.has_gradient:
             norm = ""
@@ -155,32 +199,27 @@ def _row(r: Row) -> str:
     summary = f'<span class="tl-name">{escape(r.name)}</span>' + "".join(pills)
     return (
         f'<li class="{cls}" data-name="{escape(r.name, quote=True)}"><details>'
-        f"<summary>{summary}</summary>{_preview(r)}</details></li>"
+        f"<summary>{summary}</summary>{_details(r)}</details></li>"
     )
 
 
-def _size(r: Row) -> str:
-    n = f"n={r.numel:,}"
-    if r.nbytes is None:
-        return escape(n)
-    return escape(f"{n} · {format_size(r.nbytes)}")
+def _pill(text: str) -> str:
+    return f'<span class="tl-pill tl-lean">{escape(text)}</span>'
 
 
-def _preview(r: Row) -> str:
+def _pills(*texts: str) -> str:
+    return f'<div class="tl-pills">{"".join(_pill(t) for t in texts)}</div>'
+
+
+def _bool(b: bool) -> str:
+    """A Lean ``Bool`` as ``toString`` writes it."""
+    return "true" if b else "false"
+
+
+def _details(r: Row) -> str:
     out = ['<div class="tl-preview">']
     out.append(f'<div class="tl-meta">{escape(r.registry)} · device {escape(r.device)}</div>')
-    if r.grid:
-        out.append('<table class="tl-grid">')
-        for line in r.grid:
-            cells = "".join(f"<td>{escape(v)}</td>" for v in line)
-            if r.grid_more_cols:
-                cells += '<td class="tl-more">…</td>'
-            out.append(f"<tr>{cells}</tr>")
-        if r.grid_more_rows:
-            out.append(f'<tr><td class="tl-more" colspan="{len(r.grid[0]) + 1}">⋮</td></tr>')
-        out.append("</table>")
-    else:
-        out.append('<div class="tl-meta">(no elements)</div>')
+    out.append(_tensor(r))
     s = r.stats
     if s is not None:
         parts = []
@@ -200,3 +239,87 @@ def _preview(r: Row) -> str:
         out.append(f'<div class="tl-msg">{escape(p.message)}</div>')
     out.append("</div>")
     return "".join(out)
+
+
+def _dims(dims: tuple[int, ...]) -> str:
+    """Lean's ``dimsString``: ``[2, 3]``; a scalar is ``[]``."""
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _tensor(r: Row) -> str:
+    """``anyTensorHtml``: the pills ``shape=[..]``, ``rank=``, ``size=``, then the body."""
+    head = _pills(f"shape={_dims(r.dims)}", f"rank={len(r.dims)}", f"size={r.numel}")
+    if r.preview is None:
+        body = (
+            '<div class="tl-meta">(no preview: the source reads only the first elements'
+            " of this tensor)</div>"
+        )
+    else:
+        body = _body(r.preview)
+    return f'<div class="tl-tensor">{head}{body}</div>'
+
+
+def _body(p: Preview) -> str:
+    """``tensorHtmlRec``: one node of the preview."""
+    if p.kind == "scalar":
+        return f"<div>{_pill('scalar')} <code>{escape(p.cells[0][0])}</code></div>"
+    if p.kind == "vector":
+        shown = len(p.cells[0]) if p.cells else 0
+        return _pills(
+            f"vector len={p.dims[0]}", f"showing={shown}", f"clipped={_bool(p.clipped_cols)}"
+        ) + _table(p)
+    if p.kind == "matrix":
+        n, m = p.dims
+        more = '<div class="tl-dim">... (more rows)</div>' if p.clipped_rows else ""
+        return (
+            _pills(
+                f"matrix {n}×{m}",
+                f"rows={len(p.cells)}",
+                f"clippedRows={_bool(p.clipped_rows)}",
+                f"clippedCols={_bool(p.clipped_cols)}",
+            )
+            + _table(p)
+            + more
+        )
+    if p.kind == "nested":
+        return (
+            "<div><details><summary>Pretty (nested)</summary>"
+            f"<pre>{escape(p.pretty)}</pre></details>{_flat(p)}</div>"
+        )
+    slices = "".join(
+        f"<details><summary>[{i}]</summary><div>{_body(child)}</div></details>"
+        for i, child in enumerate(p.slices)
+    )
+    more = '<div class="tl-dim">... (more slices)</div>' if p.clipped_slices else ""
+    summary = "".join(
+        _pill(t)
+        for t in (
+            f"leading slices={len(p.slices)}",
+            f"clipped={_bool(p.clipped_slices)}",
+            f"sliceShape={_dims(p.dims[1:])}",
+        )
+    )
+    return (
+        f"<div><details open><summary>{summary}</summary><div>{slices}{more}</div>"
+        f"</details>{_flat(p)}</div>"
+    )
+
+
+def _table(p: Preview) -> str:
+    more = '<td class="tl-more">...</td>' if p.clipped_cols else ""
+    lines = "".join(
+        "<tr>" + "".join(f"<td>{escape(v)}</td>" for v in line) + more + "</tr>" for line in p.cells
+    )
+    return f'<table class="tl-grid">{lines}</table>'
+
+
+def _flat(p: Preview) -> str:
+    """``renderFlatPreview``: the first values, ``, ...`` when clipped."""
+    if p.flat:
+        text = "[" + ", ".join(p.flat) + (", ..." if p.flat_clipped else "") + "]"
+    else:
+        text = "(empty?)"
+    return (
+        f"<details><summary>Flat preview (first {PREVIEW_ELEMS})</summary>"
+        f"<code>{escape(text)}</code></details>"
+    )

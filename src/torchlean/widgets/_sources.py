@@ -8,7 +8,7 @@ full copy.
 
 Reading map:
 - :class:`TensorSource` -- the protocol: ``dims``, ``dtype``, ``device``, ``head(n)``,
-  ``sample(limit)``.
+  ``sample(limit)``; optionally ``block(index)`` (:data:`BLOCK`), a rectangular block.
 - :func:`source_of` -- the source of a context's stored tensor.
 - :func:`sample_blocks`, :func:`block_index`, :data:`SAMPLE_BLOCKS` -- a sample made of
   evenly spaced contiguous blocks (for tensors that cannot be flattened for free).
@@ -25,7 +25,20 @@ import numpy as np
 if TYPE_CHECKING:
     from torchlean.runtime.any_tensor import AnyTensor
 
-__all__ = ["SAMPLE_BLOCKS", "TensorSource", "block_index", "sample_blocks", "source_of"]
+__all__ = [
+    "BLOCK",
+    "SAMPLE_BLOCKS",
+    "TensorSource",
+    "block_index",
+    "sample_blocks",
+    "source_of",
+]
+
+#: The name of a source's optional method ``block(index: tuple[slice, ...]) -> array``:
+#: the elements ``t[index]`` (one slice per axis, as ``t[index]`` in numpy). The widget
+#: preview of a slice beyond a tensor's first elements reads through it; a source without
+#: it is read through ``head`` (see :mod:`._build`).
+BLOCK = "block"
 
 #: A block sample of a big tensor is this many evenly spaced contiguous blocks.
 SAMPLE_BLOCKS = 64
@@ -51,6 +64,9 @@ class TensorSource(Protocol):
         """Every element when there are at most ``limit``, else a spread-out sample of
         about ``limit`` of them; and whether it is a sample."""
         ...
+
+    # Optional (not part of the protocol's required methods, so sources written before
+    # it still work): ``def block(self, index: tuple[slice, ...]) -> np.ndarray``.
 
 
 def source_of(at: AnyTensor[Any]) -> TensorSource:
@@ -109,6 +125,10 @@ class _AnyTensorSource:
             return sample_blocks(lambda index: self._numpy(t[index]), self._at.dims, limit), True
         step = -(-numel // limit)
         return self._numpy(flat[::step]), True
+
+    def block(self, index: tuple[slice, ...]) -> np.ndarray[Any, Any]:
+        """``t[index]`` (one slice per axis), sliced on the tensor's own library first."""
+        return np.asarray(self._numpy(self._at.t[index]))
 
 
 def sample_blocks(
