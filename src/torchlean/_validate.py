@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from torchlean._text import short_repr
+
 __all__ = [
     "require_bool",
     "require_callable",
@@ -24,8 +26,7 @@ __all__ = [
 
 
 def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return short_repr(value)
 
 
 def require_path(value: object, where: str, argument: str = "path") -> None:

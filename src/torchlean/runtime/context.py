@@ -34,10 +34,10 @@ counter is recorded, so a write in place is detected and every later read of it 
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal
 
+from torchlean._text import did_you_mean, short_repr
 from torchlean.errors import (
     BackendError,
     DTypeMismatchError,
@@ -160,7 +160,7 @@ class RuntimeContext(Generic[ArrayT]):
             if not isinstance(pair, tuple) or len(pair) != 2:
                 raise TypeError(
                     f"{kind} entry {i} must be a (name, array) pair, got"
-                    f" {type(pair).__name__} {_short(pair)}"
+                    f" {type(pair).__name__} {short_repr(pair)}"
                 )
             name, value = pair
             _check_name(name, kind)
@@ -259,11 +259,9 @@ class RuntimeContext(Generic[ArrayT]):
         probe = self  # carries the pin the values seen so far imply
         for i, pair in enumerate(pairs):
             if not isinstance(pair, tuple) or len(pair) != 2:
-                text = repr(pair)
-                text = text if len(text) <= 60 else text[:57] + "..."
                 raise TypeError(
                     f"register_variables: item {i} must be a (name, array) pair,"
-                    f" got {type(pair).__name__} {text}"
+                    f" got {type(pair).__name__} {short_repr(pair)}"
                 )
             name, value = pair
             _check_name(name, "variable")
@@ -642,7 +640,9 @@ class RuntimeContext(Generic[ArrayT]):
         return check_context(self)
 
     def context_to_string(self) -> str:
-        """``Context(vars: [w: 3.0, ...], grads: [...])`` with every value in full.
+        """``Context(vars: [w: 3.000000, ...], grads: [...])`` with every value in full,
+        each scalar printed as Lean's ``toString`` prints it (see
+        :mod:`torchlean.runtime.printing`).
 
         Mirrors ``Runtime.contextToString`` (for debugging: it prints whole tensors).
         Cost: O(total elements).
@@ -757,32 +757,22 @@ def require_context(value: object, where: str, argument: str = "ctx") -> None:
     """Raise a ``TypeError`` naming ``where`` and ``argument`` unless ``value`` is a
     :class:`RuntimeContext` (for the functions that take one). Cost: O(1)."""
     if not isinstance(value, RuntimeContext):
-        text = repr(value)
-        if len(text) > 60:
-            text = text[:57] + "..."
         raise TypeError(
-            f"{where}: {argument} must be a RuntimeContext, got {type(value).__name__} {text}"
+            f"{where}: {argument} must be a RuntimeContext, got {type(value).__name__}"
+            f" {short_repr(value)}"
         )
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_name(name: object, kind: str) -> None:
     if not isinstance(name, str):
-        text = repr(name)
-        if len(text) > 60:
-            text = text[:57] + "..."
-        raise TypeError(f"{kind} name must be a str, got {type(name).__name__} {text}")
+        raise TypeError(f"{kind} name must be a str, got {type(name).__name__} {short_repr(name)}")
 
 
 def _unknown_message(registry: Registry, kind: str, name: str) -> str:
     if registry.size == 0:
         return f"no {kind} `{name}`; the context has no {kind}s"
     names = list(registry.map.keys())
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    close = did_you_mean(name, names)
     if not close:
         # a `module.` prefix or a missing one is the commonest near miss
         close = [n for n in names if n.endswith("." + name) or name.endswith("." + n)][:3]

@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from torchlean._text import short_repr
 from torchlean.errors import BackendError
 from torchlean.runtime.backends._base import NO_DEVICE, TRACED, UNKNOWN_DEVICES, Backend
 from torchlean.runtime.backends.numpy import NUMPY
@@ -143,8 +144,6 @@ def read_checked(at: Any, what: str) -> Any:
 
 
 def _not_an_array(x: object) -> TypeError:
-    from torchlean.runtime.backends._base import short_repr
-
     return TypeError(
         f"expected an array (numpy.ndarray, torch.Tensor or jax.Array), "
         f"got {type(x).__module__}.{type(x).__qualname__} {short_repr(x)}"

@@ -7,7 +7,7 @@ Reading map:
   ``zeros_like``) and training (``updater``, ``value_and_grad``, ``jit``, ``rng_state``:
   what the optimizers, autograd and the training loop ask of a library).
 - :data:`UNKNOWN_DEVICES` -- device names that stand for "no device".
-- :func:`numpy_nonfinite`, :func:`short_repr` -- helpers the backends share.
+- :func:`numpy_nonfinite` -- NaN and infinity counts of a numpy array.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torchlean.runtime.dtypes import EXTENDED_FLOATS, dtype_name
 if TYPE_CHECKING:
     from torchlean.runtime.backends._update import Update, Updated, UpdateRule
 
-__all__ = ["NO_DEVICE", "TRACED", "UNKNOWN_DEVICES", "Backend", "numpy_nonfinite", "short_repr"]
+__all__ = ["NO_DEVICE", "TRACED", "UNKNOWN_DEVICES", "Backend", "numpy_nonfinite"]
 
 #: The device of a traced value (under ``jax.jit`` / ``jax.grad``): not known.
 TRACED: Final = "traced"
@@ -191,9 +191,3 @@ def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     nan = int(np.count_nonzero(np.isnan(array)))
     inf = int(np.count_nonzero(np.isinf(array)))
     return (nan, inf)
-
-
-def short_repr(x: object) -> str:
-    """``repr(x)``, cut to 60 characters."""
-    text = repr(x)
-    return text if len(text) <= 60 else text[:57] + "..."

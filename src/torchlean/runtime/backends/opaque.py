@@ -14,8 +14,9 @@ from typing import Any, Final
 
 import numpy as np
 
+from torchlean._text import short_repr
 from torchlean.errors import BackendError
-from torchlean.runtime.backends._base import NO_DEVICE, Backend, short_repr
+from torchlean.runtime.backends._base import NO_DEVICE, Backend
 from torchlean.runtime.dtypes import dtype_name
 
 __all__ = ["OPAQUE"]
