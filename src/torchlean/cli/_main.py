@@ -2,7 +2,8 @@
 
 A user's mistake (a missing file, an unknown format, a file that cannot be read, any
 :class:`~torchlean.errors.TorchLeanError` or :class:`OSError`) is one line on stderr
-and exit code 2, never a traceback. ``check`` exits 1 when the files disagree.
+and exit code 2, never a traceback; so is an optional library that is not installed
+(torch for a ``.pt`` file, ...): the line says what to ``pip install``. ``check`` exits 1 when the files disagree.
 
 Reading map:
 - :func:`main` -- ``main(argv) -> int``; the console script and ``python -m torchlean``.
@@ -235,6 +236,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TorchLeanError, OSError) as e:
         _fail(args.command, e)
         return 2
+    except ImportError as e:
+        if missing_dependency(e) is None:
+            raise
+        _fail(args.command, e)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -244,8 +250,27 @@ def _fail(command: str, e: BaseException) -> None:
     print(f"{PROG} {command}: error: {error_text(e)}", file=sys.stderr)
 
 
+#: The optional libraries and what installs them (``pip install 'torchlean[...]'``).
+OPTIONAL = {"torch": "torch", "jax": "jax", "matplotlib": "all", "ml_dtypes": "jax"}
+
+
+def missing_dependency(e: BaseException) -> str | None:
+    """``<library> is not installed: pip install 'torchlean[<extra>]'`` when ``e`` is the
+    import error of an optional library, else ``None``."""
+    if not isinstance(e, ImportError):
+        return None
+    name = (e.name or "").split(".")[0]
+    extra = OPTIONAL.get(name)
+    if extra is None:
+        return None
+    return f"{name} is not installed: pip install 'torchlean[{extra}]'"
+
+
 def error_text(e: BaseException) -> str:
     """One line saying what went wrong, for a user."""
+    missing = missing_dependency(e)
+    if missing is not None:
+        return missing
     if isinstance(e, OSError) and not isinstance(e, TorchLeanError):
         what = e.strerror or str(e) or type(e).__name__
         if e.filename is not None:
@@ -272,5 +297,10 @@ def _demo(rest: list[str]) -> int:
     try:
         return int(demo.cli_main(rest))
     except (TorchLeanError, OSError) as e:
+        _fail("demo", e)
+        return 2
+    except ImportError as e:
+        if missing_dependency(e) is None:
+            raise
         _fail("demo", e)
         return 2

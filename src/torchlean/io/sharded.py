@@ -323,7 +323,7 @@ def _read_index(path: Path) -> _Index:
     if layout is not None and not isinstance(layout, str):
         layout = json.dumps(layout)
     folder = path.parent
-    names = list(dict.fromkeys(weight_map.values()))
+    names = sorted(set(weight_map.values()))  # model-00001-of-..., model-00002-of-...
     return _Index(where, tuple(folder / n for n in names), dict(weight_map), layout)
 
 
