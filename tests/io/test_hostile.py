@@ -266,7 +266,10 @@ def _not_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     d = tmp / "dir.safetensors"
     d.mkdir()
     # a folder reads as sharded safetensors (torchlean.io.sharded): this one has none
-    cases["directory"] = (d, "is a directory without a *.safetensors.index.json or *.safetensors file")
+    cases["directory"] = (
+        d,
+        "is a directory without a *.safetensors.index.json or *.safetensors file",
+    )
     fifo = tmp / "fifo.json"
     os.mkfifo(fifo)
     cases["fifo"] = (fifo, "is a FIFO, not a regular file")

@@ -3,7 +3,8 @@
 A user's mistake (a missing file, an unknown format, a file that cannot be read, any
 :class:`~torchlean.errors.TorchLeanError` or :class:`OSError`) is one line on stderr
 and exit code 2, never a traceback; so is an optional library that is not installed
-(torch for a ``.pt`` file, ...): the line says what to ``pip install``. ``check`` exits 1 when the files disagree.
+(torch for a ``.pt`` file, ...): the line says what to ``pip install``. ``check`` exits
+1 when the files disagree.
 
 Reading map:
 - :func:`main` -- ``main(argv) -> int``; the console script and ``python -m torchlean``.
