@@ -42,7 +42,7 @@ from torchlean.errors import (
     ShapeMismatchError,
     UnknownNameError,
 )
-from torchlean.io import npz, safetensors, torchlean_json
+from torchlean.io import npz, safetensors, sharded, torchlean_json
 from torchlean.io import torch as io_torch
 
 F32 = np.ones(3, np.float32)
@@ -50,7 +50,10 @@ CTX = empty_context().register_variable("w", F32)
 GRAD = CTX.register_gradient("w", F32)
 PINNED = empty_context(dtype="float32").register_variable("w", F32)
 ARRAY = "expected an array (numpy.ndarray, torch.Tensor or jax.Array), got"
-SUFFIXES = ".safetensors, .json, .pt, .pth, .npz or pass format= (safetensors, json, torch, npz)"
+SUFFIXES = (
+    ".safetensors, .json, .pt, .pth, .npz, .safetensors.index.json or pass format="
+    " (safetensors, json, torch, npz, sharded)"
+)
 EXPECT = "must be a mapping of name to shape, a RuntimeContext or a torch nn.Module, got"
 
 
@@ -570,7 +573,7 @@ ROWS: list[Row] = [
         "torchlean.io.save",
         lambda d: tio.save(CTX, d / "x.safetensors", format="hdf5"),
         ValueError,
-        "format must be one of safetensors, json, torch, npz, got 'hdf5'",
+        "format must be one of safetensors, json, torch, npz, sharded, got 'hdf5'",
     ),
     (
         "torchlean.io.save",
@@ -655,7 +658,7 @@ ROWS: list[Row] = [
         "torchlean.io.format_of",
         lambda d: tio.format_of("x.npz", format=3),
         ValueError,
-        "format must be one of safetensors, json, torch, npz, got 3",
+        "format must be one of safetensors, json, torch, npz, sharded, got 3",
     ),
     (
         "torchlean.io.format_of",
@@ -765,6 +768,43 @@ ROWS: list[Row] = [
         lambda d: safetensors.save_safetensors(5, d / "x.safetensors"),
         TypeError,
         "save_safetensors: ctx must be a RuntimeContext, got int 5",
+    ),
+    (
+        "torchlean.io.save_sharded",
+        lambda d: tio.save_sharded(CTX, d / "s", max_shard_size="5 apples"),
+        ValueError,
+        "max_shard_size must be a number of bytes with an optional unit (B, KB, MB, GB, TB,"
+        " KiB, MiB, GiB, TiB), such as '5GB', got '5 apples'",
+    ),
+    (
+        "torchlean.io.save_sharded",
+        lambda d: sharded.save_sharded(5, d / "s"),  # type: ignore[arg-type]
+        TypeError,
+        "save_sharded: ctx must be a RuntimeContext, got int 5",
+    ),
+    (
+        "torchlean.io.sharded.staged",
+        lambda d: sharded.staged(CTX, d / "s", max_shard_size=0).__enter__(),
+        ValueError,
+        "max_shard_size must be at least 1 byte, got 0",
+    ),
+    (
+        "torchlean.io.sharded.parse_size",
+        lambda d: sharded.parse_size(True),
+        TypeError,
+        "max_shard_size must be an int or a str such as '5GB', got True",
+    ),
+    (
+        "torchlean.io.sharded.load_sharded",
+        lambda d: sharded.load_sharded(None),  # type: ignore[arg-type]
+        TypeError,
+        "load_sharded: path must be a str or os.PathLike, got NoneType None",
+    ),
+    (
+        "torchlean.io.sharded.inspect_sharded",
+        lambda d: sharded.inspect_sharded(d / "nothing-here"),
+        FileNotFoundError,
+        "[Errno 2] No such file or directory: '{d}/nothing-here'",
     ),
     (
         "torchlean.io.npz.save_npz",

@@ -14,6 +14,9 @@ Reading map:
 - :func:`run` -- the same as a function; returns a :class:`DemoResult`.
 - :func:`two_moons` -- the data set.
 - :func:`init_mlp` -- the parameters of the MLP 2-64-64-2 as a context.
+- ``_require``, ``_MissingDependency`` -- an optional library (matplotlib, torch,
+  jax), or one line saying what to install: without matplotlib the demo still trains and
+  writes the checkpoint and the weights, and says the plot needs ``torchlean[all]``.
 - ``_LIBRARIES`` -- the model written once per array library (torch, jax): one row each.
 """
 
@@ -31,8 +34,16 @@ from typing import Any, Final
 import numpy as np
 
 from torchlean._validate import require_int, require_path
+from torchlean.errors import TorchLeanError
 
 __all__ = ["DemoResult", "cli_main", "init_mlp", "run", "two_moons"]
+
+#: What to install for each optional library the demo uses.
+INSTALL: Final = {
+    "matplotlib": "pip install 'torchlean[all]'",
+    "torch": "pip install 'torchlean[torch]'",
+    "jax": "pip install 'torchlean[jax]'",
+}
 
 HIDDEN = 64
 TRAIN_POINTS = 512
@@ -50,8 +61,28 @@ class DemoResult:
     accuracy: float
     checkpoint: Path
     weights: Path
-    plot: Path
+    #: ``None`` when matplotlib is not installed (the plot is skipped, nothing else).
+    plot: Path | None
     seconds: float
+
+
+class _MissingDependency(TorchLeanError, ImportError):
+    """An optional library that is not installed; the message says what to install."""
+
+
+def _require(module: str, why: str) -> Any:
+    """The module ``module`` imported, or :class:`_MissingDependency` saying
+    ``<module> is not installed (needed <why>): pip install ...``."""
+    import importlib
+
+    if not isinstance(module, str) or module not in INSTALL:
+        raise ValueError(f"require: module must be one of {', '.join(INSTALL)}, got {module!r}")
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise _MissingDependency(
+            f"{module} is not installed (needed {why}): {INSTALL[module]}"
+        ) from None
 
 
 def two_moons(n: int, *, noise: float = 0.1, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -103,9 +134,7 @@ def init_mlp(backend: str, *, seed: int = SEED) -> Any:
 
 
 def _torch_convert(array: np.ndarray) -> Any:
-    import torch
-
-    return torch.from_numpy(array)
+    return _require("torch", "for the demo's torch backend").from_numpy(array)
 
 
 def _torch_model() -> tuple[Any, Any]:
@@ -125,7 +154,7 @@ def _torch_model() -> tuple[Any, Any]:
 
 @contextlib.contextmanager
 def _torch_one_thread() -> Iterator[None]:
-    import torch
+    torch = _require("torch", "for the demo's torch backend")
 
     # The model is tiny: one thread beats two that spin-wait on a busy machine.
     threads = torch.get_num_threads()
@@ -137,6 +166,7 @@ def _torch_one_thread() -> Iterator[None]:
 
 
 def _jax_convert(array: np.ndarray) -> Any:
+    _require("jax", "for the demo's jax backend")
     import jax.numpy as jnp
 
     return jnp.asarray(array)
@@ -235,8 +265,11 @@ def run(
     save_checkpoint(checkpoint, result.ctx, result.state, result.step)
     weights = out / "weights.json"
     io.save(result.ctx.clear_gradients(), weights)
-    plot = out / "loss.png"
-    _plot(plot, result.losses, logits, result.ctx, convert, x_test, y_test, backend)
+    plot: Path | None = out / "loss.png"
+    try:
+        _plot(out / "loss.png", result.losses, logits, result.ctx, convert, x_test, y_test, backend)
+    except _MissingDependency:
+        plot = None
     return DemoResult(
         result.ctx,
         result.state,
@@ -259,8 +292,7 @@ def _plot(
     y: np.ndarray,
     backend: str,
 ) -> None:
-    import matplotlib
-
+    matplotlib = _require("matplotlib", "to draw the demo's plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -347,5 +379,13 @@ def _main(args: argparse.Namespace) -> int:
     )
     console.print(f"checkpoint (parameters, AdamW state, step): {result.checkpoint}")
     console.print(f"weights (TorchLean JSON):                   {result.weights}")
-    console.print(f"loss curve and decision boundary (PNG):     {result.plot}")
+    if result.plot is None:
+        console.print(
+            "loss curve and decision boundary (PNG):     not drawn: matplotlib is not"
+            f" installed ({INSTALL['matplotlib']})",
+            markup=False,
+            soft_wrap=True,  # one line, whatever the width
+        )
+    else:
+        console.print(f"loss curve and decision boundary (PNG):     {result.plot}")
     return 0

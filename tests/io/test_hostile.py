@@ -265,7 +265,11 @@ def _not_files(tmp: Path) -> dict[str, tuple[Path, str]]:
     cases: dict[str, tuple[Path, str]] = {}
     d = tmp / "dir.safetensors"
     d.mkdir()
-    cases["directory"] = (d, "is a directory, not a regular file")
+    # a folder reads as sharded safetensors (torchlean.io.sharded): this one has none
+    cases["directory"] = (
+        d,
+        "is a directory without a *.safetensors.index.json or *.safetensors file",
+    )
     fifo = tmp / "fifo.json"
     os.mkfifo(fifo)
     cases["fifo"] = (fifo, "is a FIFO, not a regular file")

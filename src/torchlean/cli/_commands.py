@@ -30,7 +30,7 @@ import numpy as np
 
 from torchlean.cli import _files
 from torchlean.errors import FormatError, TorchLeanError
-from torchlean.io._atomic import atomic_path, atomic_write_bytes
+from torchlean.io._atomic import atomic_write_bytes
 from torchlean.io.expect import compare
 from torchlean.runtime.dtypes import render_array
 from torchlean.widgets._format import format_number
@@ -47,17 +47,17 @@ DIFF_CHUNK = 1 << 20
 
 
 def show(args: argparse.Namespace) -> int:
-    """``torchlean show PATH [--html OUT | --json]``."""
+    """``torchlean show PATH [--filter GLOB] [--depth N] [--width W] [--html OUT | --json]``."""
     summary = _files.summary(args.path, fmt=args.format)
     if args.json:
-        d = summary.to_dict()
+        d = summary.to_dict(filter=args.filter, depth=args.depth)
         d["path"] = str(args.path)
         print(json.dumps(d, indent=2, allow_nan=False))
         return 0
     if args.html:
         from torchlean.widgets import to_html_page
 
-        page = to_html_page(summary, title=f"torchlean: {Path(args.path).name}")
+        page = to_html_page(summary, title=f"torchlean: {Path(args.path).name}", filter=args.filter)
         atomic_write_bytes(Path(args.html), page.encode("utf-8"))
         print(f"wrote {args.html}")
         return 0
@@ -65,8 +65,9 @@ def show(args: argparse.Namespace) -> int:
 
     from torchlean.widgets import rich_renderable
 
-    console = Console(width=args.width, highlight=False, emoji=False)
-    console.print(rich_renderable(summary))
+    # piped output is 80 columns (rich's default); each row stays one line at any width
+    console = Console(width=args.width, highlight=False, emoji=False, soft_wrap=False)
+    console.print(rich_renderable(summary, filter=args.filter, depth=args.depth))
     return 0
 
 
@@ -83,7 +84,7 @@ def convert(args: argparse.Namespace) -> int:
     if src.resolve() == dst.resolve():
         raise _files.UsageError(f"IN and OUT are the same file: {src}")
     from_format = _files.check_format(src, args.from_format)
-    to_format = _files.check_format(dst, args.to_format)
+    to_format = _files.output_format(dst, args.to_format, args.max_shard_size)
     size = src.stat().st_size
     show_bar = args.progress == "always" or (
         args.progress == "auto" and size >= PROGRESS_BYTES and sys.stderr.isatty()
@@ -93,8 +94,7 @@ def convert(args: argparse.Namespace) -> int:
         ctx = _files.load(src, fmt=from_format)
         bar.step(f"writing {dst.name}")
         # OUT is put in place only when what was written reads back as the same data
-        with atomic_path(dst) as tmp:
-            _files.save(ctx, tmp, fmt=to_format)
+        with _files.written(ctx, dst, fmt=to_format, max_shard_size=args.max_shard_size) as tmp:
             bar.step(f"reading back {dst.name}")
             back = _files.load(tmp, fmt=to_format)
             bar.step("comparing")

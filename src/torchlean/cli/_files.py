@@ -1,7 +1,8 @@
 """How the CLI reads and writes checkpoints: through :mod:`torchlean.io`.
 
-``show`` and ``check`` never load a safetensors file whole: they read its header with
-:func:`torchlean.io.inspect`, the first elements a preview needs, and for statistics a
+``show`` and ``check`` never load a safetensors file (or a sharded checkpoint) whole:
+they read its header with :func:`torchlean.io.inspect`, the blocks a preview needs
+(:meth:`_FileSource.block`: the 10x12 corner of a wide matrix), and for statistics a
 bounded sample made of evenly spaced contiguous blocks of the tensor
 (:func:`torchlean.widgets._sources.sample_blocks` over
 :meth:`~torchlean.io.FileSummary.blocks`, which reads blocks from disk where the format
@@ -12,14 +13,18 @@ Reading map:
 - :func:`load`, :func:`save` -- ``torchlean.io.load`` / ``torchlean.io.save``.
 - :func:`summary` -- the :class:`~torchlean.widgets.Summary` of a file (lazy).
 - :func:`shapes` -- names to shapes of a file's visible variables (header only).
-- :func:`check_format` -- a format name or a path's suffix, checked.
+- :func:`check_format` -- a format name or a path's suffix, checked;
+  :func:`output_format` -- the same for ``convert``'s OUT (``--max-shard-size`` too).
+- :func:`written` -- write for ``convert``, put in place when the read-back agrees.
 - :class:`UsageError` -- a command line that asks for something impossible.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ import numpy as np
 
 from torchlean._text import format_bytes
 from torchlean.errors import TorchLeanError
+from torchlean.io._atomic import atomic_path
 from torchlean.widgets import Summary, summarize_sources
 from torchlean.widgets._build import SAMPLE_LIMIT
 from torchlean.widgets._sources import sample_blocks
@@ -35,9 +41,11 @@ __all__ = [
     "UsageError",
     "check_format",
     "load",
+    "output_format",
     "save",
     "shapes",
     "summary",
+    "written",
 ]
 
 
@@ -46,12 +54,18 @@ class UsageError(TorchLeanError, ValueError):
 
 
 def _exists(path: str | os.PathLike[str]) -> Path:
+    """``path``, which must exist (a folder too: a format that reads folders takes it,
+    the others refuse it)."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(2, "No such file or directory", str(p))
-    if p.is_dir():
-        raise IsADirectoryError(21, "Is a directory", str(p))
     return p
+
+
+def _reads_folders(format: str) -> bool:
+    from torchlean.io._format import registered
+
+    return any(f.name == format and f.directory for f in registered())
 
 
 def check_format(path: str | os.PathLike[str], fmt: str | None) -> str:
@@ -82,6 +96,48 @@ def save(ctx: Any, path: str | os.PathLike[str], *, fmt: str | None = None) -> N
     io.save(ctx, Path(path), format=check_format(path, fmt))
 
 
+def output_format(path: str | os.PathLike[str], fmt: str | None, max_shard_size: str | None) -> str:
+    """The format ``convert`` writes ``path`` in: :func:`check_format`'s, or with
+    ``--max-shard-size`` sharded safetensors (``path`` a folder or an index), the size
+    checked before anything is read."""
+    from torchlean.io import sharded
+
+    if max_shard_size is None:
+        return check_format(path, fmt)
+    try:
+        sharded.parse_size(max_shard_size)
+    except ValueError as e:
+        raise UsageError(f"--max-shard-size: {e}") from None
+    name = sharded.FORMAT.name
+    got = name if fmt is None and Path(path).suffix.lower() in ("", ".json") else None
+    got = got or check_format(path, fmt)
+    if got != name:
+        raise UsageError(
+            f"--max-shard-size writes sharded safetensors (a folder or a"
+            f" *{sharded.INDEX_SUFFIX}), not {got}"
+        )
+    return name
+
+
+@contextlib.contextmanager
+def written(
+    ctx: Any, path: str | os.PathLike[str], *, fmt: str, max_shard_size: str | None = None
+) -> Iterator[Path]:
+    """Write ``ctx`` for ``path`` in format ``fmt`` somewhere temporary and yield where
+    (to read it back); put it in place only when the ``with`` block ends well. Sharded
+    safetensors are staged as a whole folder (:func:`torchlean.io.sharded.staged`)."""
+    from torchlean.io import sharded
+
+    if fmt == sharded.FORMAT.name:
+        size = sharded.DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size
+        with sharded.staged(ctx, Path(path), max_shard_size=size) as index:
+            yield index
+        return
+    with atomic_path(path) as tmp:
+        save(ctx, tmp, fmt=fmt)
+        yield tmp
+
+
 def _inspect(path: str | os.PathLike[str], fmt: str | None) -> Any:
     from torchlean import io
 
@@ -102,7 +158,9 @@ def summary(
     gradients = [(e.name, _FileSource(fs, e)) for e in fs.gradients]
     n_v, n_g = len(variables), len(gradients)
     p = Path(path)
-    title = f"{p.name} ({fs.format}, {format_bytes(p.stat().st_size)}):"
+    # a format of several files (shards) says the bytes of its tensors, not of one file
+    size = fs.nbytes if _reads_folders(fs.format) else p.stat().st_size
+    title = f"{p.name} ({fs.format}, {format_bytes(size)}):"
     title += f" {n_v} variable{'s' if n_v != 1 else ''}"
     if n_g:
         title += f", {n_g} gradient{'s' if n_g != 1 else ''}"
@@ -149,6 +207,15 @@ class _FileSource:
 
     def head(self, n: int) -> np.ndarray[Any, Any]:
         return np.asarray(self._fs.read(self._info, n)).reshape(-1)[:n]
+
+    def block(self, index: tuple[slice, ...]) -> np.ndarray[Any, Any]:
+        """``tensor[index]`` (a tuple of slices): from the file alone where the format
+        can slice (safetensors reads only the block's rows, so a preview of a wide
+        matrix reads its corner); else sliced from the tensor ``inspect`` holds."""
+        if self._fs.sliceable:
+            with self._fs.blocks(self._info) as read:
+                return np.asarray(read(index))
+        return np.asarray(np.asarray(self._fs.read(self._info))[index])
 
     def sample(self, limit: int) -> tuple[np.ndarray[Any, Any], bool]:
         shape = self.dims

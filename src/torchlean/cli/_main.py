@@ -2,7 +2,9 @@
 
 A user's mistake (a missing file, an unknown format, a file that cannot be read, any
 :class:`~torchlean.errors.TorchLeanError` or :class:`OSError`) is one line on stderr
-and exit code 2, never a traceback. ``check`` exits 1 when the files disagree.
+and exit code 2, never a traceback; so is an optional library that is not installed
+(torch for a ``.pt`` file, ...): the line says what to ``pip install``. ``check`` exits
+1 when the files disagree.
 
 Reading map:
 - :func:`main` -- ``main(argv) -> int``; the console script and ``python -m torchlean``.
@@ -26,6 +28,23 @@ PROG = "torchlean"
 
 def _examples(*lines: str) -> str:
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return n
+
+
+def _width(text: str) -> int:
+    n = _non_negative(text)
+    if n < 20:
+        raise argparse.ArgumentTypeError(f"expected at least 20 columns, got {text!r}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,25 +72,52 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser(
         "show",
         help="show the variables and gradients of a checkpoint",
-        description="Show every entry of a checkpoint: name, shape, dtype, device, size, a"
-        " preview of the values (first values, min/max/mean, NaN/inf counts) and the"
-        " problems check() finds. Statistics of big tensors are computed on a bounded"
-        " sample, and marked ~ when they are.",
+        description="Show every entry of a checkpoint, one line each: name, shape, dtype,"
+        " device, size, a preview of the values (first values, min/max/mean, NaN/inf"
+        " counts), then the totals (parameters, bytes, per dtype) and the problems check()"
+        " finds. Names are never cut: at a narrow width the values are shortened, then"
+        " columns dropped. Statistics of big tensors are computed on a bounded sample, and"
+        " marked ~ when they are. PATH may be a sharded checkpoint's"
+        " *.safetensors.index.json or a folder of safetensors shards (headers only).",
         epilog=_examples(
             "torchlean show model.safetensors",
-            "torchlean show mlp.json --format torchlean-json",
+            "torchlean show mlp.json --format json",
+            "torchlean show resnet50.safetensors --filter 'layer4.*'",
+            "torchlean show resnet50.safetensors --depth 1   # one line per module",
+            "torchlean show model.safetensors.index.json     # a sharded checkpoint",
             "torchlean show model.safetensors --html model.html   # the notebook view",
-            "torchlean show model.safetensors --json | jq '.variables[].shape'",
+            "torchlean show model.safetensors --json | jq '.totals'",
         ),
         formatter_class=fmt,
     )
-    show.add_argument("path", metavar="PATH", help="the checkpoint to show")
+    show.add_argument("path", metavar="PATH", help="the checkpoint to show (a file or a folder)")
     show.add_argument("--format", help="the file's format (default: from its name)")
+    show.add_argument(
+        "--filter",
+        metavar="GLOB",
+        help="only the entries whose name matches GLOB ('layer1.*'; 'layer1' also keeps"
+        " everything under layer1.)",
+    )
+    show.add_argument(
+        "--depth",
+        type=_non_negative,
+        metavar="N",
+        help="one line per module prefix of N dot-separated parts, with its tensors,"
+        " parameters and bytes (0: the totals only)",
+    )
     out = show.add_mutually_exclusive_group()
     out.add_argument("--html", metavar="OUT.html", help="write the notebook view as an HTML page")
-    out.add_argument("--json", action="store_true", help="print a machine-readable summary as JSON")
+    out.add_argument(
+        "--json",
+        action="store_true",
+        help="print a machine-readable summary as JSON (with the totals; groups with --depth)",
+    )
     show.add_argument(
-        "--width", type=int, default=None, help="width of the terminal view in columns"
+        "--width",
+        type=_width,
+        default=None,
+        metavar="W",
+        help="width of the terminal view in columns (default: the terminal's, 80 when piped)",
     )
 
     convert = sub.add_parser(
@@ -84,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
             "torchlean convert mlp.json mlp.safetensors",
             "torchlean convert model.pt model.safetensors",
             "torchlean convert weights.bin weights.npz --from torch",
+            "torchlean convert model.safetensors out/ --max-shard-size 2GB",
+            "torchlean convert out/model.safetensors.index.json model.safetensors",
         ),
         formatter_class=fmt,
     )
@@ -92,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--from", dest="from_format", help="IN's format (default: its name)")
     convert.add_argument("--to", dest="to_format", help="OUT's format (default: its name)")
     convert.add_argument("--force", action="store_true", help="replace OUT when it exists already")
+    convert.add_argument(
+        "--max-shard-size",
+        metavar="SIZE",
+        help="write OUT as safetensors shards of at most SIZE each (5GB, 500MiB) and an"
+        " index, as save_pretrained does; OUT is a folder or a *.safetensors.index.json",
+    )
     convert.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
@@ -183,6 +237,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TorchLeanError, OSError) as e:
         _fail(args.command, e)
         return 2
+    except ImportError as e:
+        if missing_dependency(e) is None:
+            raise
+        _fail(args.command, e)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -192,8 +251,27 @@ def _fail(command: str, e: BaseException) -> None:
     print(f"{PROG} {command}: error: {error_text(e)}", file=sys.stderr)
 
 
+#: The optional libraries and what installs them (``pip install 'torchlean[...]'``).
+OPTIONAL = {"torch": "torch", "jax": "jax", "matplotlib": "all", "ml_dtypes": "jax"}
+
+
+def missing_dependency(e: BaseException) -> str | None:
+    """``<library> is not installed: pip install 'torchlean[<extra>]'`` when ``e`` is the
+    import error of an optional library, else ``None``."""
+    if not isinstance(e, ImportError):
+        return None
+    name = (e.name or "").split(".")[0]
+    extra = OPTIONAL.get(name)
+    if extra is None:
+        return None
+    return f"{name} is not installed: pip install 'torchlean[{extra}]'"
+
+
 def error_text(e: BaseException) -> str:
     """One line saying what went wrong, for a user."""
+    missing = missing_dependency(e)
+    if missing is not None:
+        return missing
     if isinstance(e, OSError) and not isinstance(e, TorchLeanError):
         what = e.strerror or str(e) or type(e).__name__
         if e.filename is not None:
@@ -220,5 +298,10 @@ def _demo(rest: list[str]) -> int:
     try:
         return int(demo.cli_main(rest))
     except (TorchLeanError, OSError) as e:
+        _fail("demo", e)
+        return 2
+    except ImportError as e:
+        if missing_dependency(e) is None:
+            raise
         _fail("demo", e)
         return 2

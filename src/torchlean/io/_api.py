@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any, Final
 
 from torchlean._validate import require_bool, require_path, require_str
-from torchlean.io._common import check_backend, check_regular_file
-from torchlean.io._format import Format, by_suffix, registered, summarize_loaded
+from torchlean.io._common import check_backend
+from torchlean.io._format import (
+    Format,
+    by_suffix,
+    check_input,
+    for_path,
+    registered,
+    summarize_loaded,
+)
 from torchlean.io._summary import FileSummary
 from torchlean.io.expect import check_expected
 from torchlean.runtime.context import RuntimeContext
@@ -29,7 +36,7 @@ __all__ = ["FORMATS", "format_of", "inspect", "load", "save", "strip_names"]
 
 #: The built-in formats, in the order they are registered (:func:`register_format`
 #: adds more).
-FORMATS: Final = ("safetensors", "json", "torch", "npz")
+FORMATS: Final = ("safetensors", "json", "torch", "npz", "sharded")
 
 
 def _record(path: str | os.PathLike[str], format: str | None) -> Format:
@@ -41,7 +48,7 @@ def _record(path: str | os.PathLike[str], format: str | None) -> Format:
         return found
     suffix = Path(path).suffix.lower()
     suffixes = by_suffix()
-    fmt = suffixes.get(suffix)
+    fmt = for_path(path)
     if fmt is None:
         raise ValueError(
             f"{os.fspath(path)}: cannot tell the format from the suffix {suffix or '(none)'};"
@@ -68,7 +75,7 @@ def save(
         raise TypeError(f"save expects a RuntimeContext, got {type(ctx).__name__}")
     require_path(path, "save")
     fmt = _record(path, format)
-    if os.path.isdir(path):
+    if os.path.isdir(path) and not fmt.directory:
         raise IsADirectoryError(
             errno.EISDIR, "is a folder; save needs a file name", os.fspath(path)
         )
@@ -101,7 +108,7 @@ def load(
     if strip_prefix is not None:
         require_str(strip_prefix, "load", "strip_prefix")
     fmt = _record(path, format)
-    check_regular_file(path)
+    check_input(fmt, path)
     where = os.fspath(path)
     if expect is not None and fmt.header_only_inspect:
         summary = _inspect(path, fmt)
@@ -157,7 +164,7 @@ def inspect(path: str | os.PathLike[str], *, format: str | None = None) -> FileS
     """
     require_path(path, "inspect")
     fmt = _record(path, format)
-    check_regular_file(path)
+    check_input(fmt, path)
     return _inspect(path, fmt)
 
 

@@ -11,6 +11,9 @@ Reading map:
 - :func:`register_format` -- add a format to the table (public as
   ``torchlean.io.register_format``).
 - :func:`registered` -- the table, in registration order; :func:`by_suffix`.
+- :func:`for_path` -- the format a path names: a folder's (``directory`` formats), else
+  the longest registered suffix its name ends with (``.safetensors.index.json`` before
+  ``.json``); :func:`check_input` -- refuse what the format cannot read.
 - :func:`summarize_loaded` -- the :class:`~torchlean.io.FileSummary` of a loaded
   context, for formats that have no header to read.
 """
@@ -29,7 +32,15 @@ if TYPE_CHECKING:
     from torchlean.io._summary import FileSummary
     from torchlean.runtime.context import RuntimeContext
 
-__all__ = ["Format", "by_suffix", "register_format", "registered", "summarize_loaded"]
+__all__ = [
+    "Format",
+    "by_suffix",
+    "check_input",
+    "for_path",
+    "register_format",
+    "registered",
+    "summarize_loaded",
+]
 
 Path = str | os.PathLike[str]
 
@@ -51,6 +62,8 @@ class Format:
       entries, ``next_id``, the pinned dtype), not only the latest variables.
     - ``header_only_inspect``: ``inspect`` reads no tensor data, so ``load(expect=...)``
       checks the expectation against it before reading any tensor.
+    - ``directory``: ``load`` and ``inspect`` also read a folder (a folder path means
+      this format when no other format reads folders), and ``save`` may write into one.
 
     The loader need not strip prefixes or check expectations: ``load`` does both for
     every format.
@@ -63,6 +76,7 @@ class Format:
     inspect: Callable[[Path], FileSummary] | None = None
     whole_context: bool = False
     header_only_inspect: bool = False
+    directory: bool = False
 
     def __post_init__(self) -> None:
         require_str(self.name, "Format", "name")
@@ -89,6 +103,7 @@ class Format:
             raise TypeError(f"Format: inspect must be callable or None, got {self.inspect!r}")
         require_bool(self.whole_context, "Format", "whole_context")
         require_bool(self.header_only_inspect, "Format", "header_only_inspect")
+        require_bool(self.directory, "Format", "directory")
 
 
 _TABLE: dict[str, Format] = {}
@@ -125,6 +140,34 @@ def registered() -> tuple[Format, ...]:
 def by_suffix() -> dict[str, Format]:
     """Each known suffix and its format, in registration order."""
     return {s: fmt for fmt in _TABLE.values() for s in fmt.suffixes}
+
+
+def for_path(path: Path) -> Format | None:
+    """The format ``path`` names by itself, or ``None``: for an existing folder the one
+    registered format with ``directory=True``; else the format of the longest registered
+    suffix the file name ends with (case-insensitive), so a two-part suffix such as
+    ``.safetensors.index.json`` wins over ``.json``. Cost: O(suffixes)."""
+    if os.path.isdir(path):
+        folders = [fmt for fmt in _TABLE.values() if fmt.directory]
+        if len(folders) == 1:
+            return folders[0]
+    name = os.path.basename(os.fspath(path)).lower()
+    best: Format | None = None
+    length = 0
+    for suffix, fmt in by_suffix().items():
+        if len(suffix) > length and len(name) > len(suffix) and name.endswith(suffix):
+            best, length = fmt, len(suffix)
+    return best
+
+
+def check_input(fmt: Format, path: Path) -> None:
+    """Refuse a path ``fmt`` cannot read before any reader opens it: a missing path, and
+    anything but a regular file (a folder too, unless ``fmt.directory``)."""
+    from torchlean.io._common import check_regular_file
+
+    if fmt.directory and os.path.isdir(path):
+        return
+    check_regular_file(path)
 
 
 def summarize_loaded(path: Path, fmt: Format, ctx: RuntimeContext[Any]) -> FileSummary:
