@@ -80,7 +80,7 @@ def shared_cases(lib: str) -> dict[str, RuntimeContext[Any]]:
 def test_a_donated_step_returns_a_usable_context(lib: str, case: str, tmp_path: Path) -> None:
     opt = optim.adam(lr=0.1)
     ref_ctx = shared_cases(lib)[case]
-    ref, ref_state = opt.step(ref_ctx, opt.init(ref_ctx), donate=False)
+    ref, _ = opt.step(ref_ctx, opt.init(ref_ctx), donate=False)
     ctx = shared_cases(lib)[case]
     new, state = opt.step(ctx, opt.init(ctx))
     usable(new, tmp_path)
