@@ -39,7 +39,7 @@ from torchlean.optim._rules import Rule
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import NUMPY, Backend
 from torchlean.runtime.backends._update import Update, Updated
-from torchlean.runtime.context import RuntimeContext, claim, require_context
+from torchlean.runtime.context import RuntimeContext, claim, require_context, stored_values
 
 __all__ = ["Optimizer", "adam", "adamw", "sgd"]
 
@@ -157,7 +157,7 @@ class Optimizer:
             ctx, state = claim(ctx, state, to=f"{self.hyper.kind}.step")
 
             def read(at: AnyTensor[Any]) -> Any:
-                return library.copy(at.t) if id(at) in fresh else at.t
+                return library.copy(at.t) if id(at.unchecked) in fresh else at.t
         else:
 
             def read(at: AnyTensor[Any]) -> Any:
@@ -263,10 +263,10 @@ def _one_library(pairs: list[_Pair], count: AnyTensor[Any]) -> Backend:
     return pairs[0].param.library if pairs else count.library
 
 
-#: A byte range of one entry: (first byte, one past the last, role, entry); role is
+#: A byte range of one entry: (first byte, one past the last, role, tensor); role is
 #: the parameter's name for a parameter the step updates, "" for another entry it
 #: writes (moments, step counters, count), None for an entry it does not write.
-_Span = tuple[int, int, "str | None", AnyTensor[Any]]
+_Span = tuple[int, int, "str | None", Any]
 
 
 def _unshared(
@@ -277,7 +277,7 @@ def _unshared(
     state: RuntimeContext[Any],
     keys: dict[str, tuple[str, ...]],
 ) -> set[int]:
-    """The entries of ``written`` (by ``id``) an in-place step must update as copies.
+    """The tensors of ``written`` (by ``id``) an in-place step must update as copies.
 
     Compares byte ranges (:meth:`Backend.buffer_range`): two parameters whose memory
     overlaps (one tensor under two names, ``qkv`` and its view ``qkv[2:6]``) are refused,
@@ -289,30 +289,28 @@ def _unshared(
     for a library that is never written in place (numpy).
     """
     spaces: dict[Any, list[_Span]] = {}
+    span_of = library.buffer_range
 
-    def add(at: AnyTensor[Any], role: str | None) -> bool:
-        span = library.buffer_range(at.unchecked) if at.library is library else None
+    def add(value: Any, role: str | None) -> bool:
+        span = span_of(value)
         if span is None:
             return False
-        spaces.setdefault(span[0], []).append((span[1], span[2], role, at))
+        spaces.setdefault(span[0], []).append((span[1], span[2], role, value))
         return True
 
     params = {id(p.param): p.name for p in pairs}
-    if not sum([add(at, params.get(id(at), "")) for at in written]):
+    if not sum([add(at.unchecked, params.get(id(at), "")) for at in written]):
         return set()
     heads = {p.name for p in pairs}
     state_heads = {"count"} | {key for p in pairs for key in keys[p.name]}
-    for registry, written_heads in (
-        (ctx.var_registry, heads),
-        (ctx.gradients, set()),
-        (state.var_registry, state_heads),
+    for source, gradients, written_heads in (
+        (ctx, False, heads),
+        (ctx, True, set()),
+        (state, False, state_heads),
     ):
-        seen: set[str] = set()
-        for name, at in registry:
-            if name in written_heads and name not in seen:
-                seen.add(name)  # the written entry itself, added above
-                continue
-            add(at, None)
+        for name, visible, value, backend in stored_values(source, gradients=gradients):
+            if backend is library and not (visible and name in written_heads):
+                add(value, None)  # (a written entry itself was added above)
     order = {p.name: i for i, p in enumerate(pairs)}
     fresh: set[int] = set()
     for spans in spaces.values():

@@ -23,7 +23,8 @@ Reading map:
   :meth:`RuntimeContext.with_variables` / :meth:`RuntimeContext.with_gradients`, the
   entries :meth:`RuntimeContext.latest_variables`, :meth:`RuntimeContext.variable_entry`
   (and the gradient forms), :meth:`RuntimeContext.from_registries` (Lean's structure
-  literal), :func:`donate` / :func:`claim` (atomic) / :func:`is_donated`.
+  literal), :func:`donate` / :func:`claim` (atomic) / :func:`is_donated`,
+  :func:`stored_values` (every stored value, unchecked, for buffer comparisons).
 
 Immutability of the tensors themselves: a numpy array is copied into a read-only buffer
 when it is stored, so neither the caller's array nor an array a lookup returns can
@@ -55,7 +56,13 @@ from torchlean.runtime.any_tensor import (
     as_tensor,
     fresh_entry,
 )
-from torchlean.runtime.backends import BY_TYPE, UNKNOWN_DEVICES, backend_of, read_checked
+from torchlean.runtime.backends import (
+    BY_TYPE,
+    UNKNOWN_DEVICES,
+    Backend,
+    backend_of,
+    read_checked,
+)
 from torchlean.runtime.dtypes import dtype_name
 from torchlean.spec.shape import ShapeLike, as_dims
 
@@ -744,6 +751,29 @@ def _donate(ctx: RuntimeContext[Any], to: str) -> None:
 
 #: Serialises donations: a claim checks and donates its contexts under it.
 _DONATION: Final = threading.Lock()
+
+
+def stored_values(
+    ctx: RuntimeContext[Any], *, gradients: bool = False
+) -> Iterator[tuple[str, bool, Any, Backend]]:
+    """Each stored value of the variables (or gradients) of ``ctx``, unchecked, as
+    ``(name, visible, tensor, backend)``: ``visible`` for the most recent entry of a name.
+
+    A value that several entries of a name share (after ``set_variable``) comes once as
+    the visible entry and once more as a shadowed one; the rest of a run of equal
+    entries is skipped. For the runtime layers that compare buffers (an in-place
+    optimizer step). Cost: O(distinct values), no wrapper built.
+    """
+    registry = ctx._g if gradients else ctx._v
+    for name, record in registry.map.items():
+        backend = LIBRARIES[record[3]]
+        yield name, True, record[1], backend
+        if record[4] > 1:
+            yield name, False, record[1], backend
+        runs = record[5]
+        while runs is not None:
+            older, _, runs = runs
+            yield name, False, older[1], LIBRARIES[older[3]]
 
 
 def is_donated(ctx: RuntimeContext[Any]) -> bool:

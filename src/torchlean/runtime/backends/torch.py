@@ -176,15 +176,22 @@ class TorchBackend(Backend):
     # ------------------------------------------------------------------ training
 
     def buffer_range(self, x: Any) -> tuple[Hashable, int, int] | None:
-        """``(device, first byte, one past the last)`` of the elements ``x`` reaches
+        """``(device index, first byte, one past the last)`` of the elements ``x`` reaches
         (strides included), from its data pointer: views of one storage and tensors over
         one memory through different storages (``torch.from_numpy`` of two slices of one
         array) compare alike. ``None`` for an empty tensor or one without data."""
-        if x.numel() == 0 or not self.has_data(x):
+        try:
+            start = x.data_ptr()
+        except RuntimeError:  # a tensor without storage (functorch, fake)
             return None
-        start = int(x.data_ptr())
+        if not start:  # a meta tensor (or an empty one)
+            return None
+        if x.is_contiguous():
+            return (x.get_device(), start, start + x.nbytes)
+        if x.numel() == 0:
+            return None
         reach = 1 + sum((n - 1) * abs(s) for n, s in zip(x.shape, x.stride(), strict=True))
-        return (x.device, start, start + reach * x.element_size())
+        return (x.get_device(), start, start + reach * x.element_size())
 
     def updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
         """The optimizer's fused kernels, one call per (device, dtype) group.
