@@ -1300,6 +1300,7 @@ NO_ROW: dict[str, str] = {
     "torchlean.runtime.any_tensor.fresh_entry": "called by the runtime on values it took",
     "torchlean.runtime.any_tensor.restamp": "called by the runtime's registries only",
     "torchlean.runtime.context.donate": "called by the optimizers on contexts they checked",
+    "torchlean.runtime.context.claim": "called by the optimizers and fit on contexts they checked",
     "torchlean.runtime.context.is_donated": "any context is an argument",
     "torchlean.runtime.context.require_context": "any object is an argument (TypeError answers)",
     "torchlean.runtime.dtypes.bits_dtype": "called by the backends with a table's item size",

@@ -39,8 +39,7 @@ from torchlean.optim._rules import Rule
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import NUMPY, Backend
 from torchlean.runtime.backends._update import Update, Updated
-from torchlean.runtime.context import RuntimeContext, require_context
-from torchlean.runtime.context import donate as donate_context
+from torchlean.runtime.context import RuntimeContext, claim, require_context, stored_values
 
 __all__ = ["Optimizer", "adam", "adamw", "sgd"]
 
@@ -147,16 +146,30 @@ class Optimizer:
                 "optimizer step: the state has no `count`; build it with init(ctx)"
             )
         library = _one_library(pairs, count)
-        if donate:
-            _refuse_aliases(library, pairs)
         slots = self.hyper.slots
+        params = [p.param for p in pairs]
+        slot_lists = [[p.slots[i] for p in pairs] for i in range(len(slots))]
+        steps = [p.step for p in pairs]
+        if donate:
+            # every entry the step writes in place, and whether each must be a copy
+            written = [*params, *(e for v in slot_lists for e in v), *steps, count]
+            fresh = _unshared(library, pairs, written, ctx, state, self._keys)
+            ctx, state = claim(ctx, state, to=f"{self.hyper.kind}.step")
+
+            def read(at: AnyTensor[Any]) -> Any:
+                return library.copy(at.t) if id(at.unchecked) in fresh else at.t
+        else:
+
+            def read(at: AnyTensor[Any]) -> Any:
+                return at.t
+
         new = self._updater(library, donate)(
             Update(
-                params=[p.param.t for p in pairs],
+                params=[read(p) for p in params],
                 grads=[p.grad.t for p in pairs],
-                slots={slot: [p.slots[i].t for p in pairs] for i, slot in enumerate(slots)},
-                steps=[p.step.t for p in pairs],
-                count=count.t,
+                slots={slot: [read(e) for e in slot_lists[i]] for i, slot in enumerate(slots)},
+                steps=[read(e) for e in steps],
+                count=read(count),
             )
         )
         names = [p.name for p in pairs]
@@ -168,9 +181,6 @@ class Optimizer:
             updated += [(k[i], x) for k, x in zip(keys, values, strict=True)]
         new_ctx = ctx.with_variables(list(zip(names, new.params, strict=True)), adopt=True)
         new_state = state.with_variables(updated, adopt=True)
-        if donate:
-            donate_context(ctx, to=f"{self.hyper.kind}.step")
-            donate_context(state, to=f"{self.hyper.kind}.step")
         return new_ctx, new_state
 
     def _updater(self, library: Backend, donate: bool) -> Callable[[Update], Updated]:
@@ -253,20 +263,89 @@ def _one_library(pairs: list[_Pair], count: AnyTensor[Any]) -> Backend:
     return pairs[0].param.library if pairs else count.library
 
 
-def _refuse_aliases(library: Backend, pairs: list[_Pair]) -> None:
-    """Refuse to update one buffer twice in place (a tensor registered under two names)."""
-    seen: dict[Any, str] = {}
-    for pair in pairs:
-        key = library.buffer_key(pair.param.unchecked)
-        if key is None:
-            continue
-        other = seen.setdefault(key, pair.name)
-        if other is not pair.name:
-            raise TorchLeanError(
-                f"optimizer step: variables `{other}` and `{pair.name}` share one buffer,"
-                " which an in-place step would update twice; register a copy"
-                " (tensor.clone()) or pass donate=False; nothing was updated"
-            )
+#: A byte range of one entry: (first byte, one past the last, role, tensor); role is
+#: the parameter's name for a parameter the step updates, "" for another entry it
+#: writes (moments, step counters, count), None for an entry it does not write.
+_Span = tuple[int, int, "str | None", Any]
+
+
+def _unshared(
+    library: Backend,
+    pairs: list[_Pair],
+    written: list[AnyTensor[Any]],
+    ctx: RuntimeContext[Any],
+    state: RuntimeContext[Any],
+    keys: dict[str, tuple[str, ...]],
+) -> set[int]:
+    """The tensors of ``written`` (by ``id``) an in-place step must update as copies.
+
+    Compares byte ranges (:meth:`Backend.buffer_range`): two parameters whose memory
+    overlaps (one tensor under two names, ``qkv`` and its view ``qkv[2:6]``) are refused,
+    since an in-place step would update the shared elements twice. Any other overlap of
+    a written entry -- with a shadowed entry, a gradient, an entry the step does not
+    update, another written entry -- makes that written entry a copy, so that every
+    entry of the returned contexts stays readable. Cost: O(n log n) over the n entries
+    of ``ctx`` and ``state`` when a written entry has a byte range; O(written entries)
+    for a library that is never written in place (numpy).
+    """
+    spaces: dict[Any, list[_Span]] = {}
+    span_of = library.buffer_range
+
+    def add(value: Any, role: str | None) -> bool:
+        span = span_of(value)
+        if span is None:
+            return False
+        spaces.setdefault(span[0], []).append((span[1], span[2], role, value))
+        return True
+
+    params = {id(p.param): p.name for p in pairs}
+    if not sum([add(at.unchecked, params.get(id(at), "")) for at in written]):
+        return set()
+    heads = {p.name for p in pairs}
+    state_heads = {"count"} | {key for p in pairs for key in keys[p.name]}
+    for source, gradients, written_heads in (
+        (ctx, False, heads),
+        (ctx, True, set()),
+        (state, False, state_heads),
+    ):
+        for name, visible, value, backend in stored_values(source, gradients=gradients):
+            if backend is library and not (visible and name in written_heads):
+                add(value, None)  # (a written entry itself was added above)
+    order = {p.name: i for i, p in enumerate(pairs)}
+    fresh: set[int] = set()
+    for spans in spaces.values():
+        spans.sort(key=lambda span: span[0])
+        cluster: list[_Span] = []
+        reach = 0
+        for span in [*spans, None]:
+            if span is not None and cluster and span[0] < reach:
+                cluster.append(span)
+                reach = max(reach, span[1])
+                continue
+            if len(cluster) > 1:
+                _resolve(cluster, fresh, order)
+            if span is not None:
+                cluster, reach = [span], span[1]
+    return fresh
+
+
+def _resolve(cluster: list[_Span], fresh: set[int], order: dict[str, int]) -> None:
+    """For one group of overlapping ranges: refuse two parameters that overlap; mark
+    every other written entry that overlaps something as a copy."""
+    for i, a in enumerate(cluster):
+        for b in cluster[i + 1 :]:
+            if a[0] >= b[1] or b[0] >= a[1]:
+                continue  # in one group, but these two do not overlap
+            if a[2] and b[2]:
+                first, second = sorted((a[2], b[2]), key=order.__getitem__)
+                raise TorchLeanError(
+                    f"optimizer step: variables `{first}` and `{second}` share one buffer,"
+                    " which an in-place step would update twice; register a copy"
+                    " (tensor.clone()) or pass donate=False; nothing was updated"
+                )
+            for span in (a, b):
+                if span[2] is not None:
+                    fresh.add(id(span[3]))
 
 
 # ---------------------------------------------------------------------- constructors

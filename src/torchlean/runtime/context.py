@@ -23,7 +23,8 @@ Reading map:
   :meth:`RuntimeContext.with_variables` / :meth:`RuntimeContext.with_gradients`, the
   entries :meth:`RuntimeContext.latest_variables`, :meth:`RuntimeContext.variable_entry`
   (and the gradient forms), :meth:`RuntimeContext.from_registries` (Lean's structure
-  literal), :func:`donate` / :func:`is_donated`.
+  literal), :func:`donate` / :func:`claim` (atomic) / :func:`is_donated`,
+  :func:`stored_values` (every stored value, unchecked, for buffer comparisons).
 
 Immutability of the tensors themselves: a numpy array is copied into a read-only buffer
 when it is stored, so neither the caller's array nor an array a lookup returns can
@@ -34,8 +35,9 @@ counter is recorded, so a write in place is detected and every later read of it 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Generic, Literal
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal
 
 from torchlean._text import did_you_mean, short_repr
 from torchlean.errors import (
@@ -54,14 +56,20 @@ from torchlean.runtime.any_tensor import (
     as_tensor,
     fresh_entry,
 )
-from torchlean.runtime.backends import BY_TYPE, UNKNOWN_DEVICES, backend_of, read_checked
+from torchlean.runtime.backends import (
+    BY_TYPE,
+    UNKNOWN_DEVICES,
+    Backend,
+    backend_of,
+    read_checked,
+)
 from torchlean.runtime.dtypes import dtype_name
 from torchlean.spec.shape import ShapeLike, as_dims
 
 if TYPE_CHECKING:
     from torchlean.runtime.check import CheckReport
 
-__all__ = ["RuntimeContext", "donate", "is_donated", "require_context"]
+__all__ = ["RuntimeContext", "claim", "donate", "is_donated", "require_context"]
 
 Kind = Literal["variable", "gradient"]
 
@@ -164,6 +172,8 @@ class RuntimeContext(Generic[ArrayT]):
                 )
             name, value = pair
             _check_name(name, kind)
+            if not name.isascii():
+                _check_new_name(name, kind)
             if isinstance(value, AnyTensor):
                 value = read_checked(value, f"{kind} `{name}`")
             at, self._pin = self._take(value, kind, name, adopt)
@@ -235,8 +245,8 @@ class RuntimeContext(Generic[ArrayT]):
         Mirrors ``Runtime.registerVariable``. An older variable of the same name stays,
         shadowed. Cost: O(log n) (plus a copy of a numpy array).
         """
-        if type(name) is not str:
-            _check_name(name, "variable")
+        if type(name) is not str or not name.isascii():
+            _check_new_name(name, "variable")
         at, pin = self._take(value, "variable", name)
         new = self._derive(self._v.push(name, at), self._g, self._next_id + 1)
         new._pin = pin
@@ -265,6 +275,8 @@ class RuntimeContext(Generic[ArrayT]):
                 )
             name, value = pair
             _check_name(name, "variable")
+            if not name.isascii():
+                _check_new_name(name, "variable")
             at, pin = probe._take(value, "variable", name)
             if pin is not probe._pin:
                 probe = probe._derive(probe._v, probe._g, probe._next_id)
@@ -304,8 +316,8 @@ class RuntimeContext(Generic[ArrayT]):
         Mirrors ``Runtime.setVariable``: the order is kept, the shape may change, and
         nothing changes when the name is absent. Cost: O(log n).
         """
-        if type(name) is not str:
-            _check_name(name, "variable")
+        if type(name) is not str or not name.isascii():
+            _check_new_name(name, "variable")
         at, pin = self._take(value, "variable", name)
         v = self._v.set_all(name, at)
         if v is self._v:
@@ -347,8 +359,8 @@ class RuntimeContext(Generic[ArrayT]):
         Mirrors ``Runtime.registerGradient``. To add into an existing gradient, use
         :meth:`accumulate_gradient`. Cost: O(log n).
         """
-        if type(name) is not str:
-            _check_name(name, "gradient")
+        if type(name) is not str or not name.isascii():
+            _check_new_name(name, "gradient")
         at, pin = self._take(grad, "gradient", name)
         new = self._derive(self._v, self._g.push(name, at), self._next_id)
         new._pin = pin
@@ -382,8 +394,8 @@ class RuntimeContext(Generic[ArrayT]):
         """Give every gradient named ``name`` the value ``grad``. Mirrors
         ``Runtime.setGradient`` (nothing changes when the name is absent). Cost: O(log n).
         """
-        if type(name) is not str:
-            _check_name(name, "gradient")
+        if type(name) is not str or not name.isascii():
+            _check_new_name(name, "gradient")
         at, pin = self._take(grad, "gradient", name)
         g = self._g.set_all(name, at)
         new = self._derive(self._v, g, self._next_id)
@@ -426,8 +438,8 @@ class RuntimeContext(Generic[ArrayT]):
         library raises :class:`~torchlean.errors.DTypeMismatchError` (no silent
         promotion). Cost: O(log n) plus the addition.
         """
-        if type(name) is not str:
-            _check_name(name, "gradient")
+        if type(name) is not str or not name.isascii():
+            _check_new_name(name, "gradient")
         taken, pin = self._take(grad, "gradient", name)
         node = self._g.map.get(name)
         if node is None:
@@ -706,6 +718,28 @@ def donate(ctx: RuntimeContext[Any], *, to: str) -> None:
     The caller promises that no one else needs ``ctx``; in return, ``to`` may reuse the
     buffers ``ctx`` held. Donating one context never affects another. Cost: O(1).
     """
+    with _DONATION:
+        _donate(ctx, to)
+
+
+def claim(*contexts: RuntimeContext[Any], to: str) -> tuple[RuntimeContext[Any], ...]:
+    """Donate ``contexts`` to ``to`` at once, atomically, before their buffers are reused.
+
+    Returns a live context equal to each (sharing its registries) for the caller's own
+    use. Raises :class:`~torchlean.errors.DonatedContextError`, donating none of them,
+    when one was already donated: of two threads claiming one context, exactly one gets
+    it (so an in-place update can never run twice on one buffer). Cost: O(1) each.
+    """
+    with _DONATION:
+        for ctx in contexts:
+            ctx._v.size  # noqa: B018 - raises DonatedContextError for a donated context
+        live = tuple(ctx._derive(ctx._v, ctx._g, ctx._next_id) for ctx in contexts)
+        for ctx in contexts:
+            _donate(ctx, to)
+    return live
+
+
+def _donate(ctx: RuntimeContext[Any], to: str) -> None:
     why = (
         f"this context was donated to {to} and can no longer be used;"
         " use the context that call returned"
@@ -713,6 +747,33 @@ def donate(ctx: RuntimeContext[Any], *, to: str) -> None:
     sentinel = DonatedRegistry(why)
     ctx._v = sentinel  # type: ignore[assignment]
     ctx._g = sentinel  # type: ignore[assignment]
+
+
+#: Serialises donations: a claim checks and donates its contexts under it.
+_DONATION: Final = threading.Lock()
+
+
+def stored_values(
+    ctx: RuntimeContext[Any], *, gradients: bool = False
+) -> Iterator[tuple[str, bool, Any, Backend]]:
+    """Each stored value of the variables (or gradients) of ``ctx``, unchecked, as
+    ``(name, visible, tensor, backend)``: ``visible`` for the most recent entry of a name.
+
+    A value that several entries of a name share (after ``set_variable``) comes once as
+    the visible entry and once more as a shadowed one; the rest of a run of equal
+    entries is skipped. For the runtime layers that compare buffers (an in-place
+    optimizer step). Cost: O(distinct values), no wrapper built.
+    """
+    registry = ctx._g if gradients else ctx._v
+    for name, record in registry.map.items():
+        backend = LIBRARIES[record[3]]
+        yield name, True, record[1], backend
+        if record[4] > 1:
+            yield name, False, record[1], backend
+        runs = record[5]
+        while runs is not None:
+            older, _, runs = runs
+            yield name, False, older[1], LIBRARIES[older[3]]
 
 
 def is_donated(ctx: RuntimeContext[Any]) -> bool:
@@ -766,6 +827,22 @@ def require_context(value: object, where: str, argument: str = "ctx") -> None:
 def _check_name(name: object, kind: str) -> None:
     if not isinstance(name, str):
         raise TypeError(f"{kind} name must be a str, got {type(name).__name__} {short_repr(name)}")
+
+
+def _check_new_name(name: object, kind: str) -> None:
+    """A name about to be stored: a str that every file format can store (valid
+    Unicode: no lone surrogate, which UTF-8 cannot encode). Called only for names that
+    are not ASCII (``str.isascii`` is the fast path). Cost: O(len(name))."""
+    _check_name(name, kind)
+    assert isinstance(name, str)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{kind} name {name!r} has a lone surrogate ({name[e.start]!r} at index"
+            f" {e.start}), which is not text and which no file format can store; decode"
+            " the name properly (e.g. bytes.decode('utf-8')) before registering it"
+        ) from None
 
 
 def _unknown_message(registry: Registry, kind: str, name: str) -> str:

@@ -2,10 +2,13 @@
 
 Reading map:
 - :func:`save_checkpoint` -- parameters (``model/<name>``), optimizer state
-  (``optim/<name>``), step (``train/step``) and each array library's random state
-  (``train/<library>_rng``: torch's CPU generator) in one file, written atomically.
+  (``optim/<name>``), step (``train/step``) and each array library's random states
+  (``train/<library>_rng``: torch's CPU generator; ``train/<library>_device_rng``: every
+  GPU's) in one file, written atomically; ``write_checkpoint`` adds the state the data
+  iterator started from (``train/data_rng``, written by ``fit``).
 - :func:`load_checkpoint` -- the file into contexts shaped like the model and the state;
-  every missing, unexpected or mismatched tensor in one error.
+  every missing, unexpected or mismatched tensor in one error. ``read_checkpoint`` and
+  ``restore_rng`` are its two halves (``fit`` restores in between).
 - :func:`latest_checkpoint` -- ``step-NNNNNN.safetensors`` of the highest step in a folder.
 """
 
@@ -29,10 +32,15 @@ __all__ = ["checkpoint_name", "latest_checkpoint", "load_checkpoint", "save_chec
 
 _CHECKPOINT = re.compile(r"^step-(\d+)\.safetensors$")
 _STEP = "train/step"
+_DATA_RNG = "train/data_rng"
 
 
 def _rng_key(library: Backend) -> str:
     return f"train/{library.name}_rng"
+
+
+def _device_rng_key(library: Backend) -> str:
+    return f"train/{library.name}_device_rng"
 
 
 def checkpoint_name(step: int) -> str:
@@ -46,26 +54,44 @@ def save_checkpoint(
     state: RuntimeContext[Any],
     step: int,
 ) -> None:
-    """Write parameters, optimizer state, step and (torch) RNG state to one file.
+    """Write parameters, optimizer state, step and random states to one file.
 
     The file is a safetensors file written atomically by :func:`torchlean.io.save`; the
     names are ``model/<variable>``, ``optim/<state entry>``, ``train/step`` and, for
-    torch contexts, ``train/torch_rng``. Cost: O(total bytes).
+    torch contexts, ``train/torch_rng`` (the CPU generator) and, once CUDA has been
+    started, ``train/torch_device_rng`` (one row per GPU). Cost: O(total bytes).
     """
     require_path(path, "save_checkpoint")
     require_context(ctx, "save_checkpoint")
     require_context(state, "save_checkpoint", "state")
     require_int(step, "save_checkpoint", "step")
+    write_checkpoint(path, ctx, state, step, data_rng=None)
 
+
+def write_checkpoint(
+    path: str | os.PathLike[str],
+    ctx: RuntimeContext[Any],
+    state: RuntimeContext[Any],
+    step: int,
+    *,
+    data_rng: np.ndarray[Any, Any] | None,
+) -> None:
+    """:func:`save_checkpoint` (arguments already checked), plus ``train/data_rng``: the
+    random state the training loop's data iterator started from (see ``fit``)."""
     from torchlean import io
 
     items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx.latest_variables()]
     items += [(f"optim/{n}", at.t) for n, at in state.latest_variables()]
-    items.append((_STEP, np.asarray(step, _library(ctx).counter_dtype)))
+    items.append((_STEP, np.asarray(step, context_library(ctx).counter_dtype)))
     for library in dict.fromkeys(at.library for _, at in ctx.latest_variables()):
         rng = library.rng_state()
         if rng is not None:
             items.append((_rng_key(library), rng))
+        rows = library.device_rng_state()
+        if rows is not None:
+            items.append((_device_rng_key(library), rows))
+    if data_rng is not None:
+        items.append((_DATA_RNG, data_rng))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     io.save(RuntimeContext.empty().register_variables(items), path)
 
@@ -79,21 +105,34 @@ def load_checkpoint(
 
     Returns ``(ctx', state', step)``: ``ctx`` and ``state`` with the most recent entry
     of each name replaced by the file's tensor (same array library and device as the
-    entry it replaces); restores torch's CPU random state when the file has one. Every
-    missing, unexpected or mismatched tensor is listed in one
+    entry it replaces); restores torch's CPU random state, and every GPU's, when the
+    file has them. Every missing, unexpected or mismatched tensor is listed in one
     :class:`~torchlean.errors.ExpectationError`. Cost: O(total bytes).
     """
-    from torchlean import io
-
     require_path(path, "load_checkpoint")
     require_context(ctx, "load_checkpoint")
     require_context(state, "load_checkpoint", "state")
-    library = _library(ctx)
+    new_ctx, new_state, step, rngs = read_checkpoint(path, ctx, state)
+    restore_rng(context_library(ctx), rngs)
+    return new_ctx, new_state, step
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str],
+    ctx: RuntimeContext[Any],
+    state: RuntimeContext[Any],
+) -> tuple[RuntimeContext[Any], RuntimeContext[Any], int, dict[str, Any]]:
+    """:func:`load_checkpoint` without restoring anything: also returns the random
+    states the file holds (``"cpu"``, ``"device"``, ``"data"``) for :func:`restore_rng`."""
+    from torchlean import io
+
+    library = context_library(ctx)
     tensors = io.load(path, backend=library.name).state_dict()
     # names, shapes and dtypes: the one comparison of torchlean.io.expect
     want = {f"model/{n}": at for n, at in ctx.latest_variables()}
     want |= {f"optim/{n}": at for n, at in state.latest_variables()}
-    extra = {_STEP} | {f"train/{name}_rng" for name in libraries()}
+    extra = {_STEP, _DATA_RNG} | {f"train/{name}_rng" for name in libraries()}
+    extra |= {f"train/{name}_device_rng" for name in libraries()}
     have = {n: t for n, t in tensors.items() if n not in extra}
     specs = {k: (at.dims, at.dtype) for k, at in want.items()}
     report = io.compare(have, specs, dtypes=True, suggest=False)
@@ -118,10 +157,24 @@ def load_checkpoint(
     new_state = _fill(state, tensors, "optim/")
     step_value = tensors[_STEP]
     step = int(backend_of(step_value).to_numpy(step_value))
-    rng = tensors.get(_rng_key(library))
-    if rng is not None:
-        library.set_rng_state(rng)
-    return new_ctx, new_state, step
+    rngs = {
+        kind: tensors[key]
+        for kind, key in (
+            ("cpu", _rng_key(library)),
+            ("device", _device_rng_key(library)),
+            ("data", _DATA_RNG),
+        )
+        if key in tensors
+    }
+    return new_ctx, new_state, step, rngs
+
+
+def restore_rng(library: Backend, rngs: Mapping[str, Any]) -> None:
+    """Restore the CPU and device random states :func:`read_checkpoint` returned."""
+    if "cpu" in rngs:
+        library.set_rng_state(rngs["cpu"])
+    if "device" in rngs:
+        library.set_device_rng_state(rngs["device"])
 
 
 def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
@@ -138,7 +191,7 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     return None if best is None else best[1]
 
 
-def _library(ctx: RuntimeContext[Any]) -> Backend:
+def context_library(ctx: RuntimeContext[Any]) -> Backend:
     """The array library of the first variable (numpy for an empty context)."""
     for _, at in ctx.latest_variables():
         return at.library

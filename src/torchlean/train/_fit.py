@@ -23,13 +23,15 @@ from torchlean._validate import require_callable, require_int, require_path
 from torchlean.autograd import value_and_grad
 from torchlean.errors import FormatError
 from torchlean.optim import Optimizer
-from torchlean.runtime.context import RuntimeContext, require_context
-from torchlean.runtime.context import donate as donate_context
+from torchlean.runtime.backends import Backend
+from torchlean.runtime.context import RuntimeContext, claim, require_context
 from torchlean.train._checkpoint import (
     checkpoint_name,
+    context_library,
     latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
+    read_checkpoint,
+    restore_rng,
+    write_checkpoint,
 )
 
 __all__ = ["FitResult", "fit"]
@@ -126,11 +128,22 @@ def fit(
         state = optimizer.init(ctx)
     start = 0
     source = _resume_source(resume, checkpoint_dir)
+    library = context_library(ctx)
+    rngs: dict[str, Any] = {}
     if source is not None:
-        ctx, state, start = load_checkpoint(source, ctx, state)
+        ctx, state, start, rngs = read_checkpoint(source, ctx, state)
+        if "data" in rngs:
+            library.set_rng_state(rngs["data"])  # the state the data iterator started from
+        else:  # a checkpoint without it: the iterator starts from the step's state
+            restore_rng(library, rngs)
+    # The data iterator (a shuffling DataLoader draws its order here) starts from this
+    # state; checkpoints keep it, so that a resumed run draws the same order.
+    periodic.data_rng = library.rng_state()
+    batches = _batches(data, start)
+    if "data" in rngs:
+        restore_rng(library, rngs)  # after skipping the batches already used
     result = FitResult(ctx, state, start)
     step_fn = _make_step(ctx, loss_fn, optimizer, frozen=frozen_names, donate=donate, jit=jit)
-    batches = _batches(data, start)
     bar = _Progress(description, steps, start, enabled=progress)
     try:
         for step in range(start, steps):
@@ -184,22 +197,53 @@ def _make_step(
     def compiled_step(
         c: Context, s: Context, args: tuple[Any, ...]
     ) -> tuple[Any, Context, Context]:
+        if donate:
+            # claimed first (two threads cannot both run it), every donated buffer once
+            c, s = claim(c, s, to="fit")
+            c, s = _distinct_buffers(library, c), _distinct_buffers(library, s)
         # without its old gradients the context keeps one layout: one compilation
         value, new_c, new_s = compiled(c.clear_gradients(), s, args)
-        if donate:
-            donate_context(c, to="fit")
-            donate_context(s, to="fit")
         return value, new_c, new_s
 
     return compiled_step
 
 
+def _distinct_buffers(library: Backend, ctx: Context) -> Context:
+    """``ctx`` with a copy in every variable entry whose memory overlaps an earlier
+    entry's (one array registered twice, a shadowed entry after ``set_variable``), so
+    that donating all its entries donates each buffer once. Cost: O(n log n)."""
+    spans = []
+    for i, (_, at) in enumerate(ctx.var_registry):
+        span = library.buffer_range(at.unchecked) if at.library is library else None
+        if span is not None:
+            spans.append((repr(span[0]), span[1], span[2], i))
+    spans.sort()
+    shared: set[int] = set()
+    reach: tuple[str, int] = ("", 0)
+    for space, start, stop, i in spans:
+        if space == reach[0] and start < reach[1]:
+            shared.add(i)
+        reach = (space, max(stop, reach[1]) if space == reach[0] else stop)
+    if not shared:
+        return ctx
+    entries = [
+        (name, library.copy(at.t) if i in shared else at.t)
+        for i, (name, at) in enumerate(ctx.var_registry)
+    ]
+    return RuntimeContext.from_registries(
+        entries,
+        [(name, at.t) for name, at in ctx.gradients],
+        next_id=ctx.next_id,
+        dtype=ctx.dtype,
+        adopt=True,
+    )
+
+
 def _batches(data: Data, start: int) -> Iterator[Any]:
+    """The batches from step ``start`` on; an iterable's iterator is made, and the
+    batches before ``start`` skipped, now (not at the first batch)."""
     if callable(data):
-        step = start
-        while True:
-            yield data(step)
-            step += 1
+        return _calls(data, start)
     iterator = iter(data)
     for i in range(start):
         try:
@@ -208,6 +252,17 @@ def _batches(data: Data, start: int) -> Iterator[Any]:
             raise ValueError(
                 f"resuming at step {start} needs {start} batches to skip, but the data has only {i}"
             ) from None
+    return _rest(iterator)
+
+
+def _calls(data: Callable[[int], Any], start: int) -> Iterator[Any]:
+    step = start
+    while True:
+        yield data(step)
+        step += 1
+
+
+def _rest(iterator: Iterator[Any]) -> Iterator[Any]:
     yield from iterator
     raise ValueError("the data ran out of batches before the last step")
 
@@ -215,7 +270,7 @@ def _batches(data: Data, start: int) -> Iterator[Any]:
 # ---------------------------------------------------------------------- every so often
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Periodic:
     """Evaluation every ``eval_every`` steps, checkpoints every ``checkpoint_every``
     steps; both after the last step too."""
@@ -225,6 +280,8 @@ class _Periodic:
     eval_every: int
     checkpoint_dir: str | os.PathLike[str] | None
     checkpoint_every: int
+    #: the random state the data iterator started from (kept in every checkpoint)
+    data_rng: Any = None
 
     @classmethod
     def checked(
@@ -261,7 +318,7 @@ class _Periodic:
             and (done % self.checkpoint_every == 0 or last)
         ):
             path = Path(self.checkpoint_dir) / checkpoint_name(done)
-            save_checkpoint(path, ctx, state, done)
+            write_checkpoint(path, ctx, state, done, data_rng=self.data_rng)
             result.checkpoints.append(path)
         return evaluated
 

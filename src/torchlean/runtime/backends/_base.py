@@ -137,9 +137,14 @@ class Backend:
     #: The dtype of step counters (an optimizer's ``count``, a checkpoint's step).
     counter_dtype: str = "int64"
 
-    def buffer_key(self, x: Any) -> Hashable | None:
-        """An identity of the memory ``x``'s elements lie in, shared by every tensor over
-        the same buffer; ``None`` when ``x`` is empty or never written in place."""
+    def buffer_range(self, x: Any) -> tuple[Hashable, int, int] | None:
+        """The memory ``x``'s elements lie in: ``(space, first byte, one past the last)``.
+
+        Two values whose ranges in one ``space`` (an address space: a device) intersect
+        may share elements. ``None`` when ``x`` has no elements, no data, or is never
+        written in place (an in-place update compares these ranges, see
+        :mod:`torchlean.optim`). Cost: O(ndim).
+        """
         return None
 
     def updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
@@ -177,6 +182,18 @@ class Backend:
 
     def set_rng_state(self, state: Any) -> None:
         """Restore a global random state :meth:`rng_state` returned (as saved and loaded)."""
+
+    def device_rng_state(self) -> np.ndarray[Any, Any] | None:
+        """The random state of every accelerator the library has started, one row per
+        device (``None`` when it keeps none or started none)."""
+        return None
+
+    def set_device_rng_state(self, state: Any) -> None:
+        """Restore what :meth:`device_rng_state` returned (one row per device)."""
+
+    def copy(self, x: Any) -> Any:
+        """A fresh copy of ``x`` (same shape, dtype and device) sharing no memory with it."""
+        return np.array(x, copy=True)
 
     def array_namespace(self) -> Any:
         """The module of numpy-like functions (``where``, ``minimum``, ``cos``...) that

@@ -6,7 +6,7 @@ Reading map:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
@@ -132,6 +132,23 @@ class JaxBackend(Backend):
     def array_namespace(self) -> Any:
         """``jax.numpy``."""
         return self.jnp
+
+    def buffer_range(self, x: Any) -> tuple[Hashable, int, int] | None:
+        """``(device, first byte, one past the last)`` of a single-device array's
+        buffer; a sharded array stands for its own buffers (``(id, 0, 1)``). ``None`` for
+        a tracer, a deleted or an empty array. Donating one buffer twice, or one another
+        entry still holds, is what this guards against."""
+        if isinstance(x, self._tracer) or x.is_deleted() or x.size == 0:
+            return None
+        try:
+            start = int(x.unsafe_buffer_pointer())
+        except Exception:  # sharded over several devices: no single pointer
+            return (("jax", id(x)), 0, 1)
+        return (self.device(x), start, start + int(x.nbytes))
+
+    def copy(self, x: Any) -> Any:
+        """``jnp.array(x, copy=True)`` (a new buffer)."""
+        return self.jnp.array(x, copy=True)
 
 
 def _device_name(device: Any) -> str:

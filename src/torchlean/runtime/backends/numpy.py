@@ -4,7 +4,8 @@ The stored array is a read-only array over a private ``bytes`` copy of the calle
 data, so neither the caller's array nor a looked-up array can be written, and numpy
 refuses to make it writeable again. An array that already lies over an immutable buffer
 (one a lookup returned) is stored without a copy. A fresh result handed over with
-``adopt`` (e.g. an optimizer's output) is made read-only without a copy.
+``adopt`` is stored over ``bytes`` too: without a copy when it already lies over
+``bytes`` (read from a file), with one otherwise (an optimizer's output).
 
 Reading map:
 - :data:`NUMPY` -- the backend; :func:`is_immutable` -- is an array over ``bytes``.
@@ -31,33 +32,30 @@ class NumpyBackend(Backend):
     def freeze(self, x: Any) -> Any:
         if type(x) is not np.ndarray:
             x = np.asarray(x)
-        elif x.base is not None and is_immutable(x):
+        elif x.base is not None and _private_bytes(x):
             return x  # already over an immutable buffer (e.g. from a lookup): no copy
         if x.dtype.hasobject:
             raise TypeError(
                 f"expected an array of numbers, got a numpy array of dtype {x.dtype}"
                 " (Python objects cannot be stored in a context)"
             )
-        # One copy into an immutable bytes object: an array over it is read-only and
-        # can never be made writeable again, whoever holds it.
-        return np.ndarray(x.shape, x.dtype, x.tobytes())  # positional: faster
+        data = x.tobytes()  # inlined _over_bytes: the hot path of register_variable
+        if len(data) == 1:
+            data += b"\0"
+        return np.ndarray(x.shape, x.dtype, data)  # positional: faster
 
     def adopt(self, x: Any) -> Any:
-        # A fresh array nobody else holds: every ndarray in its base chain is made
-        # read-only, so the view returned can never be made writeable again. Memory
-        # owned by something other than an array or an immutable ``bytes`` (a memory
-        # map, a bytearray) is copied instead.
-        if type(x) is not np.ndarray:
+        # A fresh array nobody else holds. One that already lies over an immutable
+        # ``bytes`` object (read from a file) is made read-only without a copy; any
+        # other (one that owns its memory: an optimizer's or an addition's result) is
+        # copied over ``bytes`` too: numpy lets whoever reaches the array that owns the
+        # memory (up the ``.base`` chain) make it writeable again, but never one over
+        # ``bytes``.
+        if type(x) is not np.ndarray or x.dtype.hasobject:
             return self.freeze(x)
-        chain = [x]
-        while isinstance(chain[-1].base, np.ndarray):
-            chain.append(chain[-1].base)
-        owner = chain[-1].base
-        if (owner is not None and type(owner) is not bytes) or x.dtype.hasobject:
-            return self.freeze(x)
-        for a in chain:
-            a.setflags(write=False)
-        return x.view()
+        if x.base is not None and _private_bytes(x):
+            return x
+        return _over_bytes(x)
 
     def dims(self, x: Any) -> tuple[int, ...]:
         return x.shape  # type: ignore[no-any-return]
@@ -84,6 +82,26 @@ class NumpyBackend(Backend):
             return rule.arrays(np, arrays)
 
         return update
+
+
+def _over_bytes(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """A read-only array over a private ``bytes`` copy of ``x`` (never made writeable
+    again, whoever holds it). A 1-byte array gets a 2-byte buffer: CPython hands out
+    one shared object for every 1-byte ``bytes``, and memory written through DLPack
+    (which ignores read-only flags) would otherwise change every such object."""
+    data = x.tobytes()
+    if len(data) == 1:
+        data += b"\0"  # a new 2-byte object, private to this array
+    return np.ndarray(x.shape, x.dtype, data)  # positional: faster
+
+
+def _private_bytes(x: np.ndarray[Any, Any]) -> bool:
+    """True when ``x`` lies over a ``bytes`` object that is not CPython's shared
+    1-byte object (see :func:`_over_bytes`)."""
+    base: object = x.base
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return type(base) is bytes and len(base) != 1
 
 
 def is_immutable(x: np.ndarray[Any, Any]) -> bool:

@@ -35,6 +35,7 @@ class TorchBackend(Backend):
 
         self.torch = torch
         self._bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+        _watch_optimizers(torch)
 
     # ------------------------------------------------------------------ storing
 
@@ -174,11 +175,23 @@ class TorchBackend(Backend):
 
     # ------------------------------------------------------------------ training
 
-    def buffer_key(self, x: Any) -> Hashable | None:
-        """The start of ``x``'s storage (``None`` for an empty tensor)."""
+    def buffer_range(self, x: Any) -> tuple[Hashable, int, int] | None:
+        """``(device index, first byte, one past the last)`` of the elements ``x`` reaches
+        (strides included), from its data pointer: views of one storage and tensors over
+        one memory through different storages (``torch.from_numpy`` of two slices of one
+        array) compare alike. ``None`` for an empty tensor or one without data."""
+        try:
+            start = x.data_ptr()
+        except RuntimeError:  # a tensor without storage (functorch, fake)
+            return None
+        if not start:  # a meta tensor (or an empty one)
+            return None
+        if x.is_contiguous():
+            return (x.get_device(), start, start + x.nbytes)
         if x.numel() == 0:
             return None
-        return int(x.untyped_storage().data_ptr())
+        reach = 1 + sum((n - 1) * abs(s) for n, s in zip(x.shape, x.stride(), strict=True))
+        return (x.get_device(), start, start + reach * x.element_size())
 
     def updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
         """The optimizer's fused kernels, one call per (device, dtype) group.
@@ -267,3 +280,61 @@ class TorchBackend(Backend):
         """``torch.set_rng_state`` from a tensor or an array of bytes."""
         torch = self.torch
         torch.set_rng_state(state if isinstance(state, torch.Tensor) else torch.tensor(state))
+
+    def device_rng_state(self) -> np.ndarray[Any, Any] | None:
+        """``torch.cuda.get_rng_state_all()`` as one row per GPU, when CUDA has been
+        started in this process (a process that never started it has drawn nothing from
+        it, and reading the state would start it)."""
+        cuda = self.torch.cuda
+        if not (cuda.is_available() and cuda.is_initialized()):
+            return None
+        return np.stack([s.numpy() for s in cuda.get_rng_state_all()])
+
+    def set_device_rng_state(self, state: Any) -> None:
+        """``torch.cuda.set_rng_state_all`` from one row per GPU; raises
+        :class:`~torchlean.errors.BackendError` when this process has fewer GPUs."""
+        torch = self.torch
+        rows = state if isinstance(state, torch.Tensor) else torch.tensor(np.asarray(state))
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if rows.shape[0] > have:
+            raise BackendError(
+                f"the checkpoint holds the random state of {rows.shape[0]} GPUs but this"
+                f" process sees {have}; resume on a machine with as many GPUs"
+            )
+        torch.cuda.set_rng_state_all([row.contiguous() for row in rows.to(torch.uint8)])
+
+    def copy(self, x: Any) -> Any:
+        """``x.clone()`` (detached)."""
+        return x.detach().clone()
+
+
+_WATCHING: list[Any] = []
+
+
+def _watch_optimizers(torch: Any) -> None:
+    """Make every ``torch.optim`` step visible to version counters (once per process).
+
+    torch's fused kernels (``Adam``/``AdamW``/``SGD``/``Adagrad`` with ``fused=True``)
+    and custom kernels of other optimizers write parameters through data pointers
+    without bumping their version counters, so a context holding a parameter would not
+    see the write. A global post-step hook bumps the counter of every parameter the
+    optimizer holds after each step, as the unfused kernels already do: the next read
+    through a context raises :class:`~torchlean.errors.InPlaceModificationError`.
+    Cost: one C call over the parameter list per optimizer step.
+    """
+    if _WATCHING:
+        return
+    increment = torch._C._increment_version
+
+    def bump(optimizer: Any, args: Any, kwargs: Any) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        try:
+            increment(params)
+        except RuntimeError:  # an inference tensor (no version counter) among them
+            for p in params:
+                if not p.is_inference():
+                    increment([p])
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    _WATCHING.append(register_optimizer_step_post_hook(bump))
