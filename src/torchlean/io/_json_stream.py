@@ -197,6 +197,7 @@ def read_region(
             else:
                 parsed: Any = parser.parse(numbers)
                 wide = np.frombuffer(parsed.as_buffer(of_type="d"), np.float64)
+                del parsed  # the parser is reused for the next block
                 block = narrow(wide, dtype, name, where, count)
         except FormatError:
             raise

@@ -678,7 +678,7 @@ def read_document(
 
 
 #: Files up to this size are read whole (the fast reader); bigger ones a tensor at a time.
-STREAM_ABOVE: Final = 16 << 20
+STREAM_ABOVE: Final = 4 << 20
 
 
 def _read_streaming(
@@ -749,7 +749,7 @@ def load_json(
     a name that is not a tensor (Lean ignores ``meta``). ``lean=True`` reads the file
     exactly as Lean does (:func:`torchlean.io.lean_json.lean_view`: Lean's number
     conversion, keys in Lean's order, ``meta`` ignored, float64 unless ``dtype`` says
-    otherwise); an entry no tensor shape reads is still an error. Files above 16 MB are
+    otherwise); an entry no tensor shape reads is still an error. Files above 4 MB are
     read a tensor at a time. Cost: O(file size); ``lean=True`` runs a pure-Python
     parser (about 1 MB/s).
     """
