@@ -1,23 +1,33 @@
 """TorchLean's JSON weight format, as read by Lean's ``NN.Runtime.PyTorch.Import.Core``.
 
-A document is ``{"params": {name: nested lists of numbers}, "meta": {...}}``. Three
-layouts are found in the wild, and all load:
-- ``meta`` as a format descriptor: ``{"format": "TorchLean.MLP", "dtype": "float32"}``;
-- ``meta`` per tensor: ``{name: {"shape": [...], "dtype": "torch.float32"}}`` (written
-  by TorchLean's state_dict exporter, and by :func:`save_json`);
-- a bare ``{name: nested lists}`` without the ``params`` wrapper.
-When ``meta`` gives a shape or dtype, the data must agree with it.
+A document is ``{"params": {name: nested lists of numbers}, "meta": {...}}``. The
+tensors are what Lean's importer sees (``unwrapParams``): ``params`` when it is an
+object, with every other top-level field merged over it (a field replaces the ``params``
+entry of its name), else the whole object. The ``meta`` object describes tensors and
+is none itself, in either of its two layouts: a format descriptor
+(``{"format": "TorchLean.MLP", "dtype": "float32"}``) or per tensor
+(``{name: {"shape": [...], "dtype": "torch.float32"}}``, written by TorchLean's
+state_dict adapter and by :func:`save_json`). When ``meta`` gives a shape or dtype,
+the data must agree with it. Where torchlean is stricter than Lean (a repeated key, an
+entry that is not a tensor, ``meta`` for a name that is no tensor) the error says so,
+and ``load_json(path, lean=True)`` reads the file exactly as Lean does.
 
-Numbers: each float is written as the shortest decimal that reads back, as a float64,
-exactly the float64 of the stored value (``tensor.tolist()`` + ``json.dump`` write the
-same numbers), so Lean's ``Float`` sees the very number PyTorch had. NaN and infinity
-are not JSON and are refused. Loading reads numbers as float64 (as Lean does) and rounds
-them to the tensor's dtype (float32 unless ``meta`` says otherwise).
+Numbers: Lean reads each number as a 64-bit ``Float``, truncating the decimal to 64
+bits before rounding to 53, which misreads Python's shortest float64 decimal about once
+in 8,000. So float64 values are written with 17 significant digits (always read back
+exactly), and values of narrower floats (float32, float16, bfloat16, fp8) as the
+shortest float64 decimal (read exactly: measured). NaN and infinity are not JSON and
+are refused. Loading reads numbers as float64 and rounds them to the tensor's dtype
+(``meta``'s, else ``dtype=``, float32 by default); integers are read exactly.
+
+Big files are written and read a tensor at a time (:mod:`._json_stream`).
 
 Reading map:
 - :func:`save_json` -- write the variables (most recent entry of each name).
 - :func:`load_json` -- read any of the three layouts.
 - :func:`parse_document` -- a parsed document to ``(name, array)`` pairs and ``meta``.
+- :func:`read_checkpoint` -- a ``.pt`` checkpoint read as TorchLean's state_dict adapter
+  reads it (``convert model.pt model.json``).
 - :data:`FORMAT` -- this module's :class:`~torchlean.io.Format` record.
 """
 
@@ -35,19 +45,26 @@ from typing import Any, Final
 
 import numpy as np
 
-from torchlean._validate import require_bool, require_save_arguments
+from torchlean._validate import require_bool, require_path, require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io import _atomic
 from torchlean.io import _json_stream as _stream
 from torchlean.io._atomic import atomic_path
-from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
+from torchlean.io._common import (
+    build_context,
+    check_backend,
+    check_regular_file,
+    numpy_dtype,
+    to_numpy,
+)
 from torchlean.io._format import Format
 from torchlean.io._json_fast import Flat, fast_document
 from torchlean.io._json_stream import tensor_pieces
+from torchlean.io._zip import check_zip_file
 from torchlean.runtime.context import RuntimeContext
 from torchlean.runtime.dtypes import dtype_name, is_extended_float
 
-__all__ = ["FORMAT", "load_json", "parse_document", "save_json"]
+__all__ = ["FORMAT", "load_json", "parse_document", "read_checkpoint", "save_json"]
 
 DEFAULT_DTYPE: Final = "float32"
 _LEAF_TYPES: Final = frozenset({int, float})
@@ -785,6 +802,87 @@ def _lean_pairs(
         else (name, t.values.astype(dtype))
         for name, t in view.tensors.items()
     ]
+
+
+# ---------------------------------------------------------------------------- .pt bridge
+
+_WRAPPERS: Final = ("state_dict", "model_state_dict")
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], *, strip_module: bool = True, backend: str = "numpy"
+) -> tuple[RuntimeContext[Any], tuple[str, ...]]:
+    """A PyTorch checkpoint read as TorchLean's state_dict adapter reads it, for writing
+    as TorchLean JSON; and what it left out.
+
+    Mirrors the script ``Export.PyTorch.StateDict.generateJsonBridgeScript`` emits:
+    ``torch.load(weights_only=True)``; a dict holding a dict under ``state_dict`` or
+    ``model_state_dict`` is unwrapped to it; a leading ``module.`` is removed from every
+    key (``strip_module``, as the script's default ``stripDataParallelPrefix``); entries
+    that are not tensors are skipped. Returns the context (one variable per tensor, in
+    the checkpoint's order) and one line per entry left out (a non-tensor, or a key that
+    a later key replaced after stripping, as the script's dict does). Memory: the
+    checkpoint is memory-mapped where torch allows. Cost: O(total bytes).
+    """
+    import pickle
+
+    import torch
+
+    require_path(path, "read_checkpoint")
+    check_backend(backend)
+    require_bool(strip_module, "read_checkpoint", "strip_module")
+    where = os.fspath(path)
+    check_regular_file(path)
+    if os.path.getsize(path) == 0:
+        raise FormatError(f"{where}: empty file, not a PyTorch file")
+    check_zip_file(path, where, what="PyTorch file")
+    try:
+        try:
+            obj = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, weights_only=True, map_location="cpu")  # legacy format
+    except pickle.UnpicklingError as e:
+        raise FormatError(
+            f"{where}: refused to load: the pickle needs more than tensors and plain"
+            f" containers, and is never run (weights_only=True): {str(e).splitlines()[0][:200]}"
+        ) from None
+    except Exception as e:
+        raise FormatError(
+            f"{where}: not a valid PyTorch file ({type(e).__name__}:"
+            f" {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+        ) from None
+    left_out: list[str] = []
+    if isinstance(obj, dict):
+        for key in _WRAPPERS:
+            if isinstance(obj.get(key), dict):
+                left_out.extend(f"`{k}` (beside `{key}`)" for k in obj if k != key)
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise FormatError(
+            f"{where}: expected a state_dict or a checkpoint holding one under `state_dict`"
+            f" or `model_state_dict`, got {type(obj).__name__}"
+        )
+    pairs: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            left_out.append(f"`{key}` ({type(value).__name__}, not a tensor)")
+            continue
+        name = str(key)
+        if strip_module and name.startswith("module."):
+            name = name[len("module.") :]
+        if name in pairs:
+            left_out.append(f"`{origin[name]}` (replaced by `{key}`, also named `{name}`)")
+            del pairs[name]
+        pairs[name] = value.detach().cpu()
+        origin[name] = str(key)
+    ctx = build_context(
+        list(pairs.items())[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path
+    )
+    return ctx, tuple(left_out)
 
 
 #: TorchLean's JSON format: the variables (the latest entry of each name).
