@@ -307,3 +307,13 @@ def test_a_bad_leaf_in_a_big_tensor_is_found_in_bounded_memory(tmp_path: Path) -
     message, peak_kib = done.stdout.strip().splitlines()
     assert message == f'{path}: tensor `w` has a non-numeric leaf at [{n}]: "x"'
     assert int(peak_kib) < 300 * 1024  # the old error path took ~1.9 GB
+
+
+def test_io_load_passes_the_json_options(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"params": {"w": [0.1], "w": [0.2]}}')
+    ctx = tio.load(path, lean=True, dtype="float64")
+    assert np.asarray(ctx["w"]).tolist() == [0.2]
+    st_path = tmp_path / "w.safetensors"
+    tio.save(empty_context().register_variable("w", np.ones(1, np.float32)), st_path)
+    with pytest.raises(ValueError, match="load: lean= do not apply to format 'safetensors'"):
+        tio.load(st_path, lean=True)

@@ -51,6 +51,9 @@ class Format:
       entries, ``next_id``, the pinned dtype), not only the latest variables.
     - ``header_only_inspect``: ``inspect`` reads no tensor data, so ``load(expect=...)``
       checks the expectation against it before reading any tensor.
+    - ``load_options``: the keyword options of :func:`torchlean.io.load` that ``load``
+      also takes (``("dtype", "lean")`` for TorchLean JSON); ``io.load`` refuses them
+      for other formats.
 
     The loader need not strip prefixes or check expectations: ``load`` does both for
     every format.
@@ -63,6 +66,7 @@ class Format:
     inspect: Callable[[Path], FileSummary] | None = None
     whole_context: bool = False
     header_only_inspect: bool = False
+    load_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         require_str(self.name, "Format", "name")
@@ -89,6 +93,12 @@ class Format:
             raise TypeError(f"Format: inspect must be callable or None, got {self.inspect!r}")
         require_bool(self.whole_context, "Format", "whole_context")
         require_bool(self.header_only_inspect, "Format", "header_only_inspect")
+        if not isinstance(self.load_options, tuple) or not all(
+            isinstance(o, str) for o in self.load_options
+        ):
+            raise TypeError(
+                f"Format: load_options must be a tuple of str, got {self.load_options!r}"
+            )
 
 
 _TABLE: dict[str, Format] = {}

@@ -886,4 +886,10 @@ def read_checkpoint(
 
 
 #: TorchLean's JSON format: the variables (the latest entry of each name).
-FORMAT: Final = Format(name="json", suffixes=(".json",), save=save_json, load=load_json)
+FORMAT: Final = Format(
+    name="json",
+    suffixes=(".json",),
+    save=save_json,
+    load=load_json,
+    load_options=("dtype", "lean"),
+)
