@@ -19,7 +19,12 @@ MALFORMED = Path(__file__).parent / "io" / "malformed"
     [
         ("ragged.json", "tensor `w` has ragged nesting: [1] has 1 elements but [0] has 2"),
         ("meta_shape.json", "tensor `w` has shape (2,) but meta says (3,)"),
-        ("duplicate_key.json", "duplicate key `w`"),
+        (
+            "duplicate_key.json",
+            "duplicate key `w`"
+            "; TorchLean's importer would accept the file (it keeps the last value);"
+            " load(path, lean=True) reads it as Lean does",
+        ),
         ("non_numeric.json", 'tensor `w` has a non-numeric leaf at [1]: "two"'),
         ("float_in_int.json", "tensor `w` has dtype int64 but holds 1.5 at [0]"),
         ("empty.json", "empty file, not JSON"),

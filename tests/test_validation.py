@@ -819,6 +819,12 @@ ROWS: list[Row] = [
         "save_json: ctx must be a RuntimeContext, got list [1]",
     ),
     (
+        "torchlean.io.torchlean_json.read_checkpoint",
+        lambda d: torchlean_json.read_checkpoint(None),  # type: ignore[arg-type]
+        TypeError,
+        "read_checkpoint: path must be a str or os.PathLike, got NoneType None",
+    ),
+    (
         "torchlean.io.torch.save_pt",
         lambda d: io_torch.save_pt(5, d / "x.pt"),
         TypeError,

@@ -34,6 +34,10 @@ _WEIGHTS_ONLY = (
 )
 
 # file -> the message after "<path>: " (a prefix where it ends in "...")
+LEAN_KEEPS_LAST = (
+    "; TorchLean's importer would accept the file (it keeps the last value);"
+    " load(path, lean=True) reads it as Lean does"
+)
 HOSTILE_CASES: dict[str, str] = {
     # safetensors: header lengths, offsets, dtypes, JSON of the header
     "st_claims_more.safetensors": _SAFETENSORS + "incomplete metadata, file not fully covered",
@@ -116,9 +120,11 @@ HOSTILE_CASES: dict[str, str] = {
     " 4611686018427387904])",
     "json_meta_65_dims.json": "meta shape of `w` is not a possible tensor shape: at most 64"
     " dimensions, fewer than 2**62 elements (got [0, 0, 0, 0, 0, 0, ...])",
-    "json_duplicate_meta.json": "duplicate key `w`",
-    "json_duplicate_params.json": "duplicate key `w`",
-    "json_null.json": "tensor `w` must be a number or nested lists of numbers, got null",
+    "json_duplicate_meta.json": "duplicate key `w`" + LEAN_KEEPS_LAST,
+    "json_duplicate_params.json": "duplicate key `w`" + LEAN_KEEPS_LAST,
+    "json_null.json": "tensor `w` must be a number or nested lists of numbers, got null"
+    "; TorchLean's importer would accept the file (its lookups skip null);"
+    " load(path, lean=True) reads it as Lean does",
     "json_meta_dtype_comma.json": "meta dtype `floa},2` is not a known dtype",
     "json_meta_dtype_syntax.json": "meta dtype of `w` `,orch.bool` is not a known dtype",
     "json_meta_dtype_struct.json": "meta dtype of `w` `f4,i4` is not a known dtype",

@@ -91,7 +91,15 @@ def convert(args: argparse.Namespace) -> int:
     )
     with _Progress(show_bar, stages=4) as bar:
         bar.step(f"reading {src.name}")
-        ctx = _files.load(src, fmt=from_format)
+        if from_format == "torch" and to_format == "json":
+            # as TorchLean's state_dict adapter: wrappers, `module.`, non-tensors skipped
+            from torchlean.io.torchlean_json import read_checkpoint
+
+            ctx, left_out = read_checkpoint(src)
+            for line in left_out:
+                print(f"left out: {line}", file=sys.stderr)
+        else:
+            ctx = _files.load(src, fmt=from_format)
         bar.step(f"writing {dst.name}")
         # OUT is put in place only when what was written reads back as the same data
         with _files.written(ctx, dst, fmt=to_format, max_shard_size=args.max_shard_size) as tmp:
@@ -230,7 +238,9 @@ class _Progress:
 
 
 def check(args: argparse.Namespace) -> int:
-    """``torchlean check PATH --expect OTHER | --expect-json FILE``."""
+    """``torchlean check PATH --expect OTHER | --expect-json FILE | --lean``."""
+    if args.lean:
+        return _check_lean(args.path)
     got = _files.shapes(args.path, fmt=args.format)
     if args.expect is not None:
         want = _files.shapes(args.expect, fmt=args.expect_format)
@@ -256,6 +266,18 @@ def check(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.path}: all {len(want)} entries agree with {source}")
     return 0
+
+
+def _check_lean(path: str) -> int:
+    """``check --lean``: what TorchLean's Lean importer sees (:mod:`torchlean.io.lean_json`)."""
+    from torchlean.io._common import check_regular_file
+    from torchlean.io.lean_json import lean_view
+
+    check_regular_file(path)
+    view = lean_view(path)
+    for line in view.format():
+        print(line)
+    return 0 if view.ok else 1
 
 
 def read_expect_json(path: Path) -> dict[str, tuple[int, ...]]:

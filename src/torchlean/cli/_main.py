@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples(
             "torchlean check model.safetensors --expect reference.pt",
             "torchlean check mlp.json --expect-json shapes.json",
+            "torchlean check mlp.json --lean",
             '   # shapes.json: {"layers.0.weight": [3, 2], "layers.0.bias": [3]}',
         ),
         formatter_class=fmt,
@@ -172,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     expect = check.add_mutually_exclusive_group(required=True)
     expect.add_argument("--expect", metavar="OTHER", help="a checkpoint to compare with")
     expect.add_argument("--expect-json", metavar="FILE", help="a JSON object of names to shapes")
+    expect.add_argument(
+        "--lean",
+        action="store_true",
+        help="read a JSON file as TorchLean's Lean importer does: the tensors it sees, with"
+        " shapes, and every problem with its place (exit 1 on a problem)",
+    )
     check.add_argument("--expect-format", help="OTHER's format (default: from its name)")
 
     diff = sub.add_parser(

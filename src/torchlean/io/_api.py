@@ -90,6 +90,8 @@ def load(
     expect: Any = None,
     dtypes: bool = False,
     strip_prefix: str | None = None,
+    dtype: str | None = None,
+    lean: bool = False,
 ) -> RuntimeContext[Any]:
     """Read a context from ``path``.
 
@@ -99,8 +101,10 @@ def load(
     name -- before any tensor data is read for safetensors -- and every problem is
     reported in one :class:`~torchlean.errors.ExpectationError` (``dtypes=True`` also
     compares dtypes). ``strip_prefix`` removes a prefix such as ``"module."`` from
-    every name that has it. Bad files raise :class:`~torchlean.errors.FormatError`.
-    Cost: O(total bytes).
+    every name that has it. ``dtype`` (tensors whose file names no dtype) and ``lean``
+    (read as TorchLean's Lean importer does) are TorchLean JSON's options
+    (:func:`torchlean.io.torchlean_json.load_json`). Bad files raise
+    :class:`~torchlean.errors.FormatError`. Cost: O(total bytes).
     """
     require_path(path, "load")
     check_backend(backend)
@@ -118,7 +122,13 @@ def load(
             if not e.shadowed
         }
         check_expected(have, expect, dtypes=dtypes, source=where)
-    ctx = fmt.load(path, backend=backend)
+    options = {
+        k: v for k, v in (("dtype", dtype), ("lean", lean)) if v is not None and v is not False
+    }
+    refused = [k for k in options if k not in fmt.load_options]
+    if refused:
+        raise ValueError(f"load: {'= and '.join(refused)}= do not apply to format {fmt.name!r}")
+    ctx = fmt.load(path, backend=backend, **options)
     if strip_prefix:
         ctx = strip_names(ctx, strip_prefix)
     if expect is not None and not fmt.header_only_inspect:

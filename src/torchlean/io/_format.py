@@ -64,6 +64,9 @@ class Format:
       checks the expectation against it before reading any tensor.
     - ``directory``: ``load`` and ``inspect`` also read a folder (a folder path means
       this format when no other format reads folders), and ``save`` may write into one.
+    - ``load_options``: the keyword options of :func:`torchlean.io.load` that ``load``
+      also takes (``("dtype", "lean")`` for TorchLean JSON); ``io.load`` refuses them
+      for other formats.
 
     The loader need not strip prefixes or check expectations: ``load`` does both for
     every format.
@@ -77,6 +80,7 @@ class Format:
     whole_context: bool = False
     header_only_inspect: bool = False
     directory: bool = False
+    load_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         require_str(self.name, "Format", "name")
@@ -104,6 +108,12 @@ class Format:
         require_bool(self.whole_context, "Format", "whole_context")
         require_bool(self.header_only_inspect, "Format", "header_only_inspect")
         require_bool(self.directory, "Format", "directory")
+        if not isinstance(self.load_options, tuple) or not all(
+            isinstance(o, str) for o in self.load_options
+        ):
+            raise TypeError(
+                f"Format: load_options must be a tuple of str, got {self.load_options!r}"
+            )
 
 
 _TABLE: dict[str, Format] = {}

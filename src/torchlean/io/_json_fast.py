@@ -170,7 +170,9 @@ def fast_document(data: bytes) -> dict[str, Any] | None:
             return None
         if "meta" in top_keys:
             m = top["meta"]
-            meta = m.as_dict() if isinstance(m, simdjson.Object) else m
+            if not isinstance(m, simdjson.Object):
+                return None  # a `meta` that is not an object is an entry (Lean merges it)
+            meta = m.as_dict()
             colons += _keys(meta)
     else:
         params = top
@@ -214,4 +216,4 @@ def fast_document(data: bytes) -> dict[str, Any] | None:
         at = end
     if found_colons + data.count(b":", at) != colons:
         return None
-    return {"params": values, "meta": meta}
+    return {"params": values, "meta": meta} if "meta" in top_keys else {"params": values}

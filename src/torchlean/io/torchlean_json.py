@@ -1,23 +1,33 @@
 """TorchLean's JSON weight format, as read by Lean's ``NN.Runtime.PyTorch.Import.Core``.
 
-A document is ``{"params": {name: nested lists of numbers}, "meta": {...}}``. Three
-layouts are found in the wild, and all load:
-- ``meta`` as a format descriptor: ``{"format": "TorchLean.MLP", "dtype": "float32"}``;
-- ``meta`` per tensor: ``{name: {"shape": [...], "dtype": "torch.float32"}}`` (written
-  by TorchLean's state_dict exporter, and by :func:`save_json`);
-- a bare ``{name: nested lists}`` without the ``params`` wrapper.
-When ``meta`` gives a shape or dtype, the data must agree with it.
+A document is ``{"params": {name: nested lists of numbers}, "meta": {...}}``. The
+tensors are what Lean's importer sees (``unwrapParams``): ``params`` when it is an
+object, with every other top-level field merged over it (a field replaces the ``params``
+entry of its name), else the whole object. The ``meta`` object describes tensors and
+is none itself, in either of its two layouts: a format descriptor
+(``{"format": "TorchLean.MLP", "dtype": "float32"}``) or per tensor
+(``{name: {"shape": [...], "dtype": "torch.float32"}}``, written by TorchLean's
+state_dict adapter and by :func:`save_json`). When ``meta`` gives a shape or dtype,
+the data must agree with it. Where torchlean is stricter than Lean (a repeated key, an
+entry that is not a tensor, ``meta`` for a name that is no tensor) the error says so,
+and ``load_json(path, lean=True)`` reads the file exactly as Lean does.
 
-Numbers: each float is written as the shortest decimal that reads back, as a float64,
-exactly the float64 of the stored value (``tensor.tolist()`` + ``json.dump`` write the
-same numbers), so Lean's ``Float`` sees the very number PyTorch had. NaN and infinity
-are not JSON and are refused. Loading reads numbers as float64 (as Lean does) and rounds
-them to the tensor's dtype (float32 unless ``meta`` says otherwise).
+Numbers: Lean reads each number as a 64-bit ``Float``, truncating the decimal to 64
+bits before rounding to 53, which misreads Python's shortest float64 decimal about once
+in 8,000. So float64 values are written with 17 significant digits (always read back
+exactly), and values of narrower floats (float32, float16, bfloat16, fp8) as the
+shortest float64 decimal (read exactly: measured). NaN and infinity are not JSON and
+are refused. Loading reads numbers as float64 and rounds them to the tensor's dtype
+(``meta``'s, else ``dtype=``, float32 by default); integers are read exactly.
+
+Big files are written and read a tensor at a time (:mod:`._json_stream`).
 
 Reading map:
 - :func:`save_json` -- write the variables (most recent entry of each name).
 - :func:`load_json` -- read any of the three layouts.
 - :func:`parse_document` -- a parsed document to ``(name, array)`` pairs and ``meta``.
+- :func:`read_checkpoint` -- a ``.pt`` checkpoint read as TorchLean's state_dict adapter
+  reads it (``convert model.pt model.json``).
 - :data:`FORMAT` -- this module's :class:`~torchlean.io.Format` record.
 """
 
@@ -30,20 +40,31 @@ import math
 import os
 import re
 import reprlib
+from collections.abc import Iterator
 from typing import Any, Final
 
 import numpy as np
 
-from torchlean._validate import require_save_arguments
+from torchlean._validate import require_bool, require_path, require_save_arguments
 from torchlean.errors import FormatError
-from torchlean.io._atomic import atomic_write_bytes
-from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
+from torchlean.io import _atomic
+from torchlean.io import _json_stream as _stream
+from torchlean.io._atomic import atomic_path
+from torchlean.io._common import (
+    build_context,
+    check_backend,
+    check_regular_file,
+    numpy_dtype,
+    to_numpy,
+)
 from torchlean.io._format import Format
 from torchlean.io._json_fast import Flat, fast_document
+from torchlean.io._json_stream import tensor_pieces
+from torchlean.io._zip import check_zip_file
 from torchlean.runtime.context import RuntimeContext
 from torchlean.runtime.dtypes import dtype_name, is_extended_float
 
-__all__ = ["FORMAT", "load_json", "parse_document", "save_json"]
+__all__ = ["FORMAT", "load_json", "parse_document", "read_checkpoint", "save_json"]
 
 DEFAULT_DTYPE: Final = "float32"
 _LEAF_TYPES: Final = frozenset({int, float})
@@ -52,62 +73,157 @@ _DTYPE_NAME: Final = re.compile(r"(torch\.)?[A-Za-z][A-Za-z0-9_]*")
 
 # ---------------------------------------------------------------------------- saving
 
+#: Float dtypes whose values Lean's reader gets exactly from the shortest float64
+#: decimal (orjson's): at most 24 significant bits (measured: every float16 and
+#: bfloat16 value, and 20 million random float32 ones; tests/io/test_json_lean.py).
+#: float64 values are written with 17 significant digits (``%.17g``), which Lean's
+#: reader (truncating to 64 bits before rounding to 53) always reads back exactly,
+#: where the shortest decimal is misread about once in 8,000.
+_SHORTEST_EXACT_BITS: Final = 24
 
-def _first_nonfinite(a: np.ndarray[Any, Any]) -> int:
-    return int(np.flatnonzero(~np.isfinite(a.reshape(-1)))[0])
 
+def _writer(name: str, a: np.ndarray[Any, Any], where: str) -> Any:
+    """A function ``(block, offset) -> bytes`` writing blocks of ``a`` as JSON lists of
+    numbers Lean reads as exactly the tensor's values; a FormatError for a dtype JSON
+    cannot hold, or (when the block is written) for a non-finite value."""
+    import orjson
 
-def _json_ready(name: str, a: np.ndarray[Any, Any], path: str) -> Any:
-    """``a`` as something orjson writes as nested lists of exact numbers."""
     kind = a.dtype.kind
+    numpy_option = orjson.OPT_SERIALIZE_NUMPY
     if kind == "b":
-        a = a.astype(np.int64)
-    elif kind in "iu":
-        if kind == "u" and a.dtype.itemsize == 8:
-            return a.tolist()
-        a = a.astype(np.int64)
-    elif kind == "f" or kind == "V" or is_extended_float(a.dtype.name):
+        return lambda block, offset: orjson.dumps(block.astype(np.uint8), option=numpy_option)
+    if kind in "iu":
+        return lambda block, offset: orjson.dumps(
+            block if block.dtype.itemsize == 8 else block.astype(np.int64), option=numpy_option
+        )
+    if not (kind == "f" or kind == "V" or is_extended_float(a.dtype.name)):
+        raise FormatError(
+            f"{where}: tensor `{name}` has dtype {a.dtype.name}, which TorchLean's JSON cannot hold"
+        )
+    exact17 = kind == "f" and np.finfo(a.dtype).nmant + 1 > _SHORTEST_EXACT_BITS
+
+    def text(block: np.ndarray[Any, Any], offset: int) -> bytes:
         with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast
-            a = a.astype(np.float64)
-        if not np.isfinite(a).all():
-            i = _first_nonfinite(a)
-            index = np.unravel_index(i, a.shape) if a.ndim else ()
-            value = a.reshape(-1)[i]
+            wide = block.astype(np.float64)
+        finite = np.isfinite(wide)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite.reshape(-1))[0])
+            at = offset + i
+            index = np.unravel_index(at, a.shape) if a.ndim else ()
             raise FormatError(
-                f"{path}: tensor `{name}` has {value} at flat index {i}"
+                f"{where}: tensor `{name}` has {wide.reshape(-1)[i]} at flat index {at}"
                 f" (index {tuple(int(x) for x in index)}); TorchLean's JSON holds finite"
                 " numbers only, so nothing was written"
             )
+        if not exact17:
+            return orjson.dumps(wide, option=numpy_option)
+        items = list(map("%.17g".__mod__, wide.reshape(-1).tolist()))
+        for d in reversed(wide.shape[1:]):
+            items = ["[" + ",".join(items[i : i + d]) + "]" for i in range(0, len(items), d)]
+        return ("[" + ",".join(items) + "]").encode()
+
+    return text
+
+
+def _tensor_text(name: str, a: np.ndarray[Any, Any], where: str) -> Iterator[bytes]:
+    text = _writer(name, a, where)
+    if a.ndim == 0:
+        yield text(a.reshape(1), 0)[1:-1]
+    elif a.size == 0:
+        yield json.dumps(np.empty(a.shape, np.uint8).tolist(), separators=(",", ":")).encode()
     else:
+        yield from tensor_pieces(a, text)
+
+
+def _name_text(name: str, where: str) -> bytes:
+    import orjson
+
+    try:
+        return orjson.dumps(name)  # raw UTF-8: Lean reads a \u surrogate pair as two NULs
+    except TypeError:
         raise FormatError(
-            f"{path}: tensor `{name}` has dtype {a.dtype.name}, which TorchLean's JSON cannot hold"
-        )
-    if a.ndim == 0 or a.size == 0:
-        return a.tolist()
-    return np.ascontiguousarray(a)
+            f"{where}: variable name {name!r} holds a lone surrogate, which UTF-8 (and so"
+            " TorchLean's JSON) cannot encode; nothing was written"
+        ) from None
+
+
+def _meta_optional(items: list[tuple[str, np.ndarray[Any, Any]]]) -> bool:
+    """Whether loading without ``meta`` gives these arrays back: float32, with shapes
+    their nested lists spell."""
+    return all(a.dtype == np.float32 and (a.size > 0 or a.ndim == 1) for _, a in items)
 
 
 def save_json(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
-    """Write ``params`` and per-tensor ``meta`` for the variables, atomically.
+    """Write ``params`` and per-tensor ``meta`` for the variables, atomically, a tensor
+    at a time.
 
     The most recent entry of each name is written, in first-registered order; gradients,
-    shadowed entries and ``next_id`` are not part of this format. Cost: O(total elements).
+    shadowed entries and ``next_id`` are not part of this format. Every number reads back
+    in Lean as exactly the tensor's value (float64 with 17 digits, narrower floats as the
+    shortest float64 decimal, integers exactly); names are raw UTF-8. A variable named
+    ``meta`` would be replaced in Lean by the top-level ``meta`` object (Lean's importer
+    merges every top-level field over ``params``): such a context is written without
+    ``meta`` when every variable is float32 with a shape its nested lists spell, and
+    refused otherwise. Memory: one piece of one tensor's text at a time. Cost: O(total
+    elements).
     """
     require_save_arguments(ctx, path, "save_json")
     import orjson
 
     where = os.fspath(path)
-    params: dict[str, Any] = {}
-    meta: dict[str, Any] = {}
-    for name, at in ctx.latest_variables():
-        a = to_numpy(at)
-        params[name] = _json_ready(name, a, where)
-        meta[name] = {"shape": list(a.shape), "dtype": f"torch.{a.dtype.name}"}
-    data = orjson.dumps(
-        {"params": params, "meta": meta},
-        option=orjson.OPT_SERIALIZE_NUMPY,
-    )
-    atomic_write_bytes(path, data)
+    items = [(name, to_numpy(at)) for name, at in ctx.latest_variables()]
+    names = [_name_text(name, where) for name, _ in items]
+    with_meta = True
+    if any(name == "meta" for name, _ in items):
+        if not _meta_optional(items):
+            raise FormatError(
+                f"{where}: a variable is named `meta`, and Lean's importer merges every"
+                " top-level field over `params`, so the `meta` object saved beside"
+                " `params` would replace it in Lean; without `meta` only float32"
+                " variables whose shape their nested lists spell load back as they are"
+                " (rename the variable, or convert the context to float32); nothing was"
+                " written"
+            )
+        with_meta = False
+    for name, a in items:
+        _writer(name, a, where)  # refuse a dtype before anything is written
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        out = _Buffered(f.fileno())
+        out.write(b'{"params":{')
+        for i, ((name, a), key) in enumerate(zip(items, names, strict=True)):
+            out.write(b"," + key + b":" if i else key + b":")
+            for piece in _tensor_text(name, a, where):
+                out.write(piece)
+        out.write(b"}")
+        if with_meta:
+            meta = {
+                name: {"shape": list(a.shape), "dtype": f"torch.{a.dtype.name}"}
+                for name, a in items
+            }
+            out.write(b',"meta":' + orjson.dumps(meta))
+        out.write(b"}")
+        out.flush()
+
+
+class _Buffered:
+    """Pieces of text gathered up to 4 MB, then written (through the atomic writer's
+    ``_write_all``, which retries short writes)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        if self.size >= 4 << 20:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            _atomic._write_all(self.fd, b"".join(self.parts))
+        self.parts, self.size = [], 0
 
 
 # ---------------------------------------------------------------------------- loading
@@ -209,7 +325,10 @@ def _parse(data: bytes, where: str) -> tuple[Any, bool]:
         try:
             json.loads(data, object_pairs_hook=_no_duplicates)
         except _Duplicate as e:
-            raise FormatError(f"{where}: duplicate key `{e.args[0]}`") from None
+            raise FormatError(
+                f"{where}: duplicate key `{e.args[0]}`; "
+                + _LEAN_HINT.format("it keeps the last value")
+            ) from None
     numbers_only = data.count(b'"') == 2 * (keys + strings) and (
         data.count(b"true") + data.count(b"false") + data.count(b"null") == literals
     )
@@ -270,15 +389,30 @@ def _explain(name: str, value: Any, where: str) -> FormatError:
         return None
 
     def walk(top: Any) -> FormatError | None:
-        # depth first, in document order, without recursion (the nesting may be deep)
-        stack: list[tuple[Any, tuple[int, ...]]] = [(top, ())]
+        # depth first, in document order, without recursion and with O(depth) memory:
+        # one (list, next index) pair per open list, never one per element
+        e = check(top, ())
+        if e is not None or type(top) is not list:
+            return e
+        stack: list[list[Any]] = [[top, 0]]
+        at: list[int] = []
         while stack:
-            x, at = stack.pop()
-            e = check(x, at)
+            frame = stack[-1]
+            items, i = frame
+            if i == len(items):
+                stack.pop()
+                if at:
+                    at.pop()
+                continue
+            frame[1] = i + 1
+            x = items[i]
+            here = (*at, i)
+            e = check(x, here)
             if e is not None:
                 return e
             if type(x) is list:
-                stack.extend((x[i], (*at, i)) for i in range(len(x) - 1, -1, -1))
+                at.append(i)
+                stack.append([x, 0])
         return None
 
     found = walk(value)
@@ -342,20 +476,7 @@ def _to_array(
                     f"{where}: tensor `{name}` has dtype {dtype.name} but holds"
                     f" {leaves[i]!r} at {_index(tuple(int(j) for j in idx)) or 'the top'}"
                 )
-            flat = np.array(leaves, dtype=np.int64)
-            if kind == "b":
-                if not np.isin(flat, (0, 1)).all():
-                    raise FormatError(
-                        f"{where}: tensor `{name}` has dtype bool but holds values other"
-                        " than 0 and 1"
-                    )
-                out = flat.astype(np.bool_)
-            else:
-                out = flat.astype(dtype)
-                if not np.array_equal(out.astype(np.int64), flat):
-                    raise FormatError(
-                        f"{where}: tensor `{name}` holds values out of range for {dtype.name}"
-                    )
+            out = _integers(leaves, dtype, name, where, 0)
         else:
             out = _narrow(np.array(leaves, dtype=np.float64), dtype, name, where)
     except OverflowError:
@@ -380,11 +501,30 @@ def _shaped(
     return flat.reshape(dims)
 
 
+def _integers(
+    leaves: list[Any], dtype: np.dtype[Any], name: str, where: str, offset: int
+) -> np.ndarray[Any, Any]:
+    """Python ints as an array of the integer (or bool) ``dtype``, exactly: a value out
+    of range raises FormatError (uint64 up to 2**64 - 1 included)."""
+    if dtype.kind == "b":
+        flat = np.array(leaves, dtype=np.int64) if leaves else np.zeros(0, np.int64)
+        if not np.isin(flat, (0, 1)).all():
+            raise FormatError(
+                f"{where}: tensor `{name}` has dtype bool but holds values other than 0 and 1"
+            )
+        return flat.astype(np.bool_)
+    info = np.iinfo(dtype)
+    if leaves and (min(leaves) < info.min or max(leaves) > info.max):
+        raise FormatError(f"{where}: tensor `{name}` holds values out of range for {dtype.name}")
+    return np.array(leaves, dtype=dtype)
+
+
 def _narrow(
-    wide: np.ndarray[Any, Any], dtype: np.dtype[Any], name: str, where: str
+    wide: np.ndarray[Any, Any], dtype: np.dtype[Any], name: str, where: str, offset: int = 0
 ) -> np.ndarray[Any, Any]:
     """Flat float64 values rounded to ``dtype`` (as numpy rounds); a finite number that
-    overflows ``dtype`` raises FormatError naming the tensor and the flat index."""
+    overflows ``dtype`` raises FormatError naming the tensor and the flat index (the
+    block's ``offset`` added)."""
     if dtype == np.float64:
         return wide
     with np.errstate(over="ignore"):
@@ -392,7 +532,8 @@ def _narrow(
     if dtype.kind != "c" and not np.isfinite(out).all():
         i = int(np.flatnonzero(~np.isfinite(out))[0])
         raise FormatError(
-            f"{where}: tensor `{name}` holds {float(wide[i])!r} at flat index {i}, which is out of"
+            f"{where}: tensor `{name}` holds {float(wide[i])!r} at flat index {offset + i}, which"
+            " is out of"
             f" range for {dtype.name}"
         )
     return out
@@ -436,41 +577,94 @@ def _agrees(data: tuple[int, ...], meta: tuple[int, ...]) -> bool:
     return bool(data) and data[-1] == 0 and meta[: len(data)] == data and math.prod(meta) == 0
 
 
-def parse_document(
-    doc: Any, where: str, numbers_only: bool = False
-) -> tuple[list[tuple[str, np.ndarray[Any, Any]]], dict[str, Any]]:
-    """The ``(name, array)`` pairs of a parsed document, in its order, and its ``meta``."""
+_LEAN_HINT: Final = (
+    "TorchLean's importer would accept the file ({}); load(path, lean=True) reads it as Lean does"
+)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a bool", str: "a string", dict: "an object"}.get(type(value), "a value")
+
+
+def _entries(doc: Any, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The entries Lean's importer sees (``unwrapParams``) and the ``meta`` object.
+
+    ``params``, when it is an object, with every other top-level field inserted over it
+    (a field replaces a ``params`` entry of the same name, as in Lean); otherwise the
+    whole object. The ``meta`` object (at the top level) describes the tensors and is no
+    tensor itself; a ``meta`` that is a list of numbers is a tensor, as in Lean.
+    """
     if not isinstance(doc, dict):
         raise FormatError(f"{where}: expected a JSON object of tensors, got a {type(doc).__name__}")
-    if "params" in doc:
-        params = doc["params"]
-        meta = doc.get("meta", {})
-        extra = [k for k in doc if k not in ("params", "meta")]
-        if not isinstance(params, dict):
-            raise FormatError(f"{where}: `params` must be an object of tensors")
-        if not isinstance(meta, dict):
-            raise FormatError(f"{where}: `meta` must be an object")
-        if extra:
-            raise FormatError(f"{where}: unexpected top-level key `{extra[0]}` beside `params`")
+    params = doc.get("params")
+    found = doc.get("meta")
+    meta: dict[str, Any] = found if isinstance(found, dict) else {}
+    if isinstance(params, dict):
+        entries = dict(params)
+        for key, value in doc.items():
+            if key == "params" or (key == "meta" and isinstance(value, dict)):
+                continue
+            entries[key] = value
+        if "meta" in params and isinstance(doc.get("meta"), dict):
+            raise FormatError(
+                f"{where}: tensor `meta` in `params` is replaced in Lean by the top-level"
+                " `meta` object (Lean's importer merges every top-level field over"
+                " `params`), so Lean cannot read it; rename the tensor or drop the `meta`"
+                " object"
+            )
     else:
-        params, meta = doc, {}
+        entries = {k: v for k, v in doc.items() if not (k == "meta" and isinstance(v, dict))}
+    return entries, meta
+
+
+def parse_document(
+    doc: Any,
+    where: str,
+    numbers_only: bool = False,
+    *,
+    dtype: np.dtype[Any] | None = None,
+    region: Any = None,
+) -> tuple[list[tuple[str, np.ndarray[Any, Any]]], dict[str, Any]]:
+    """The ``(name, array)`` pairs of a parsed document, in its order, and its ``meta``.
+
+    The tensors are the entries Lean's importer sees: ``params`` with every other
+    top-level field merged over it, or the bare object when ``params`` is not an object.
+    Stricter than Lean, with an error saying so: a non-tensor entry, and ``meta`` for a
+    name that is not a tensor. Tensors without a dtype in ``meta`` get ``dtype``
+    (float32 by default). ``region(value, name, dtype)`` reads a placeholder of the
+    streaming reader (``None`` for other values). Cost: O(size).
+    """
+    entries, meta = _entries(doc, where)
     descriptor_dtype = None
     per_tensor: dict[str, dict[str, Any]] = {}
     for key, value in meta.items():
         if isinstance(value, dict):
-            if key not in params:
-                raise FormatError(f"{where}: meta describes `{key}`, which is not in params")
+            if key not in entries:
+                raise FormatError(
+                    f"{where}: meta describes `{key}`, which is not in params; "
+                    + _LEAN_HINT.format("it ignores `meta`")
+                )
             per_tensor[key] = value
         elif key == "dtype":
             descriptor_dtype = _meta_dtype(value, where, "meta dtype")
+    default = descriptor_dtype or dtype or np.dtype(DEFAULT_DTYPE)
     out: list[tuple[str, np.ndarray[Any, Any]]] = []
-    for name, value in params.items():
+    for name, value in entries.items():
         info = per_tensor.get(name, {})
         if "dtype" in info:
-            dtype = _meta_dtype(info["dtype"], where, f"meta dtype of `{name}`")
+            want = _meta_dtype(info["dtype"], where, f"meta dtype of `{name}`")
         else:
-            dtype = descriptor_dtype or np.dtype(DEFAULT_DTYPE)
-        array = _to_array(name, value, dtype, where, numbers_only)
+            want = default
+        array = region(value, name, want) if region is not None else None
+        if array is None:
+            if value is None or type(value) in (bool, str, dict):
+                raise FormatError(
+                    f"{where}: tensor `{name}` must be a number or nested lists of numbers,"
+                    f" got {_show(value)}; " + _LEAN_HINT.format(f"its lookups skip {_kind(value)}")
+                )
+            array = _to_array(name, value, want, where, numbers_only)
         if "shape" in info:
             shape = _meta_shape(info["shape"], where, name)
             if not _agrees(array.shape, shape):
@@ -482,13 +676,8 @@ def parse_document(
     return out, meta
 
 
-def _read(path: str | os.PathLike[str]) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def read_document(
-    data: bytes, where: str
+    data: bytes, where: str, *, dtype: np.dtype[Any] | None = None
 ) -> tuple[list[tuple[str, np.ndarray[Any, Any]]], dict[str, Any]]:
     """The ``(name, array)`` pairs and ``meta`` of a TorchLean JSON text.
 
@@ -498,22 +687,209 @@ def read_document(
     fast = fast_document(data)
     if fast is not None:
         try:
-            return parse_document(fast, where, True)
+            return parse_document(fast, where, True, dtype=dtype)
         except _NeedExact:
             pass
     doc, numbers_only = _parse(data, where)
-    return parse_document(doc, where, numbers_only)
+    return parse_document(doc, where, numbers_only, dtype=dtype)
 
 
-def load_json(path: str | os.PathLike[str], *, backend: str = "numpy") -> RuntimeContext[Any]:
+#: Files up to this size are read whole (the fast reader); bigger ones a tensor at a time.
+STREAM_ABOVE: Final = 4 << 20
+
+
+def _read_streaming(
+    f: Any, size: int, where: str, dtype: np.dtype[Any] | None
+) -> tuple[list[tuple[str, np.ndarray[Any, Any]]], dict[str, Any]] | None:
+    """The pairs of a big file read a tensor at a time, or ``None`` when the file is not
+    one the streaming reader takes (then it is read whole)."""
+    try:
+        skeleton, regions = _stream.scan(f, size, where)
+    except _stream.Unclean as e:
+        if e.region is None:
+            return None
+        raise _stream.locate_problem(f, e.region, e.region.key, where) from None
+
+    def region(value: Any, name: str, want: np.dtype[Any]) -> np.ndarray[Any, Any] | None:
+        found = regions.get(value) if type(value) is str else None
+        if found is None:
+            return None
+        return _stream.read_region(f, found, want, name, where, _narrow, _integers)
+
+    doc, numbers_only = _parse(skeleton, where)
+    if type(doc) is dict and regions:
+        meta = doc.get("meta")
+        if isinstance(meta, dict) and any(type(v) is str and v in regions for v in _strings(meta)):
+            return None  # a big list inside meta: read the file whole
+    return parse_document(doc, where, numbers_only, dtype=dtype, region=region)
+
+
+def _strings(x: Any) -> Iterator[Any]:
+    stack = [x]
+    while stack:
+        y = stack.pop()
+        if type(y) is dict:
+            stack.extend(y.values())
+        elif type(y) is list:
+            stack.extend(y)
+        else:
+            yield y
+
+
+def _load_dtype(dtype: Any, default: str | None) -> np.dtype[Any] | None:
+    if dtype is None:
+        return None if default is None else np.dtype(default)
+    if not isinstance(dtype, str):
+        raise TypeError(f"load_json: dtype must be a dtype name (str) or None, got {dtype!r}")
+    try:
+        return _meta_dtype(dtype, "load_json", "dtype")
+    except FormatError as e:
+        raise ValueError(str(e)) from None
+
+
+def load_json(
+    path: str | os.PathLike[str],
+    *,
+    backend: str = "numpy",
+    dtype: str | None = None,
+    lean: bool = False,
+) -> RuntimeContext[Any]:
     """Read a TorchLean JSON file as a context: one variable per tensor, in file order.
 
-    Cost: O(file size).
+    The tensors are those Lean's importer sees: ``params`` with every other top-level
+    field merged over it, or the whole object when ``params`` is not an object.
+    ``dtype`` is the dtype of tensors that ``meta`` gives none (default float32: the
+    files come from float32 models, whose values float32 holds exactly; ``"float64"``
+    keeps every number as Lean's 64-bit ``Float`` reads it). By default three things
+    Lean accepts are refused, each with an error saying so: a repeated key (Lean keeps
+    the last), an entry that is not a tensor (Lean's lookups skip it), and ``meta`` for
+    a name that is not a tensor (Lean ignores ``meta``). ``lean=True`` reads the file
+    exactly as Lean does (:func:`torchlean.io.lean_json.lean_view`: Lean's number
+    conversion, keys in Lean's order, ``meta`` ignored, float64 unless ``dtype`` says
+    otherwise); an entry no tensor shape reads is still an error. Files above 4 MB are
+    read a tensor at a time. Cost: O(file size); ``lean=True`` runs a pure-Python
+    parser (about 1 MB/s).
     """
     check_backend(backend)
-    pairs, _ = read_document(_read(path), os.fspath(path))
+    require_bool(lean, "load_json", "lean")
+    want = _load_dtype(dtype, None)
+    where = os.fspath(path)
+    if lean:
+        pairs = _lean_pairs(path, where, want or np.dtype(np.float64))
+    else:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            found = _read_streaming(f, size, where, want) if size > STREAM_ABOVE else None
+            if found is None:
+                f.seek(0)
+                found = read_document(f.read(), where, dtype=want)
+        pairs = found[0]
     return build_context(pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path)
 
 
+def _lean_pairs(
+    path: str | os.PathLike[str], where: str, dtype: np.dtype[Any]
+) -> list[tuple[str, np.ndarray[Any, Any]]]:
+    from torchlean.io.lean_json import lean_view
+
+    view = lean_view(path)
+    if view.problems:
+        listed = "; ".join(f"{p.place}: {p.message}" for p in view.problems)
+        raise FormatError(f"{where}: Lean reads no tensor from some entries: {listed}")
+    return [
+        (name, _narrow(t.values.reshape(-1), dtype, name, where).reshape(t.shape))
+        if dtype.kind != "i" and dtype.kind != "u" and dtype.kind != "b"
+        else (name, t.values.astype(dtype))
+        for name, t in view.tensors.items()
+    ]
+
+
+# ---------------------------------------------------------------------------- .pt bridge
+
+_WRAPPERS: Final = ("state_dict", "model_state_dict")
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], *, strip_module: bool = True, backend: str = "numpy"
+) -> tuple[RuntimeContext[Any], tuple[str, ...]]:
+    """A PyTorch checkpoint read as TorchLean's state_dict adapter reads it, for writing
+    as TorchLean JSON; and what it left out.
+
+    Mirrors the script ``Export.PyTorch.StateDict.generateJsonBridgeScript`` emits:
+    ``torch.load(weights_only=True)``; a dict holding a dict under ``state_dict`` or
+    ``model_state_dict`` is unwrapped to it; a leading ``module.`` is removed from every
+    key (``strip_module``, as the script's default ``stripDataParallelPrefix``); entries
+    that are not tensors are skipped. Returns the context (one variable per tensor, in
+    the checkpoint's order) and one line per entry left out (a non-tensor, or a key that
+    a later key replaced after stripping, as the script's dict does). Memory: the
+    checkpoint is memory-mapped where torch allows. Cost: O(total bytes).
+    """
+    import pickle
+
+    import torch
+
+    require_path(path, "read_checkpoint")
+    check_backend(backend)
+    require_bool(strip_module, "read_checkpoint", "strip_module")
+    where = os.fspath(path)
+    check_regular_file(path)
+    if os.path.getsize(path) == 0:
+        raise FormatError(f"{where}: empty file, not a PyTorch file")
+    check_zip_file(path, where, what="PyTorch file")
+    try:
+        try:
+            obj = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, weights_only=True, map_location="cpu")  # legacy format
+    except pickle.UnpicklingError as e:
+        raise FormatError(
+            f"{where}: refused to load: the pickle needs more than tensors and plain"
+            f" containers, and is never run (weights_only=True): {str(e).splitlines()[0][:200]}"
+        ) from None
+    except Exception as e:
+        raise FormatError(
+            f"{where}: not a valid PyTorch file ({type(e).__name__}:"
+            f" {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+        ) from None
+    left_out: list[str] = []
+    if isinstance(obj, dict):
+        for key in _WRAPPERS:
+            if isinstance(obj.get(key), dict):
+                left_out.extend(f"`{k}` (beside `{key}`)" for k in obj if k != key)
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise FormatError(
+            f"{where}: expected a state_dict or a checkpoint holding one under `state_dict`"
+            f" or `model_state_dict`, got {type(obj).__name__}"
+        )
+    pairs: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            left_out.append(f"`{key}` ({type(value).__name__}, not a tensor)")
+            continue
+        name = str(key)
+        if strip_module and name.startswith("module."):
+            name = name[len("module.") :]
+        if name in pairs:
+            left_out.append(f"`{origin[name]}` (replaced by `{key}`, also named `{name}`)")
+            del pairs[name]
+        pairs[name] = value.detach().cpu()
+        origin[name] = str(key)
+    ctx = build_context(
+        list(pairs.items())[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path
+    )
+    return ctx, tuple(left_out)
+
+
 #: TorchLean's JSON format: the variables (the latest entry of each name).
-FORMAT: Final = Format(name="json", suffixes=(".json",), save=save_json, load=load_json)
+FORMAT: Final = Format(
+    name="json",
+    suffixes=(".json",),
+    save=save_json,
+    load=load_json,
+    load_options=("dtype", "lean"),
+)

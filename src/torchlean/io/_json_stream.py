@@ -1,0 +1,341 @@
+"""TorchLean JSON read and written a tensor at a time, in bounded memory.
+
+A big weight file is mostly the nested lists of its tensors; everything else (names,
+``meta``) is small. Reading: one pass over the file finds every string (memchr speed);
+the text between two strings that holds a big list after a key is a *region*, cut out
+and replaced by a placeholder string, so that what remains (the *skeleton*) is a small
+JSON document that the ordinary, exact parser reads with all its checks. A region is
+read later, in blocks of :data:`BLOCK` bytes, straight into the tensor's array: its
+numbers through simdjson (correctly rounded float64, or exact integers through orjson),
+its nesting checked from its brackets and commas (:func:`~._json_fast.skeleton_dims`).
+Peak memory: the output arrays, one block, and one byte per element of the tensor being
+read. Anything wrong in a big region is located by :func:`locate_problem`, which walks
+the brackets with O(depth) memory and names the index.
+
+Writing: :func:`tensor_pieces` yields a tensor's JSON text in pieces of at most
+:data:`PIECE` elements (rows of the leading dimensions), so the writer never holds more
+than one piece's text.
+
+Reading map:
+- :func:`scan` -- the skeleton of a file and its regions (:class:`Region`).
+- :func:`read_region` -- one region's numbers as an array of a dtype.
+- :func:`locate_problem` -- the first problem in a tensor's text, with its index.
+- :func:`tensor_pieces` -- a tensor's JSON text, piece by piece.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, Final
+
+import numpy as np
+
+from torchlean.errors import FormatError
+from torchlean.io._json_fast import skeleton_dims
+
+__all__ = ["BLOCK", "PIECE", "Region", "locate_problem", "read_region", "scan", "tensor_pieces"]
+
+#: Bytes read at a time.
+BLOCK: Final = 8 << 20
+#: A list longer than this (in bytes of text) after a key is read as a region.
+REGION_MIN: Final = 64 << 10
+#: Elements per piece of text written.
+PIECE: Final = 1 << 18
+
+_BLANK: Final = b" \t\n\r"
+_NUMBER_AND_BLANK: Final = b"0123456789.eE+- \t\n\r"
+_BRACKETS_TO_BLANK: Final = bytes.maketrans(b"[]", b"  ")
+
+
+class Unclean(Exception):
+    """The file is not one the streaming reader takes: a big stretch that is not a list
+    after a key (``region`` is ``None``), or a list after a key that is not followed by
+    ``,`` or ``}`` (``region``: where its text starts)."""
+
+    def __init__(self, region: Region | None = None) -> None:
+        super().__init__(region)
+        self.region = region
+
+
+@dataclass(frozen=True)
+class Region:
+    """A tensor's text in the file: bytes ``start`` (its ``[``) to ``end`` (after ``]``),
+    and the key it follows."""
+
+    start: int
+    end: int
+    key: str
+
+
+def _find(f: IO[bytes], needle: bytes, at: int, size: int) -> int:
+    """The offset of the first ``needle`` (one byte) at or after ``at``, or ``size``."""
+    while at < size:
+        f.seek(at)
+        block = f.read(BLOCK)
+        if not block:
+            break
+        i = block.find(needle)
+        if i >= 0:
+            return at + i
+        at += len(block)
+    return size
+
+
+def _read(f: IO[bytes], start: int, end: int) -> bytes:
+    f.seek(start)
+    return f.read(end - start)
+
+
+def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]:
+    """The skeleton of the file ``f`` (``size`` bytes): its text with every big list that
+    follows a key replaced by a placeholder string, and the placeholders' regions.
+
+    Raises :class:`Unclean` when a big stretch is not a list followed by ``,`` or ``}``
+    (the caller then locates the problem). Cost: O(size) at memchr speed, memory O(the
+    skeleton).
+    """
+    nonce = secrets.token_hex(8)
+    parts: list[bytes] = []
+    regions: dict[str, Region] = {}
+    pos = 0
+    last_key = ""
+    while True:
+        q = _find(f, b'"', pos, size)
+        if q - pos <= REGION_MIN:
+            parts.append(_read(f, pos, q))
+        else:
+            head = _read(f, pos, pos + 64).lstrip(_BLANK)
+            tail_start = max(pos, q - REGION_MIN)
+            tail = _read(f, tail_start, q)
+            close = tail.rfind(b"]")
+            if not head.startswith(b":") or not head[1:].lstrip(_BLANK).startswith(b"["):
+                raise Unclean()
+            start = pos + _read(f, pos, pos + 64).index(b"[")
+            if close < 0 or tail[close + 1 :].translate(None, _BLANK + b",}"):
+                raise Unclean(Region(start, q, last_key))
+            end = tail_start + close + 1
+            placeholder = f"\\u0000tl{nonce}:{len(regions)}"
+            regions[f"\0tl{nonce}:{len(regions)}"] = Region(start, end, last_key)
+            parts.append(_read(f, pos, start) + f'"{placeholder}"'.encode() + _read(f, end, q))
+        if q >= size:
+            break
+        # the string starting at q: find its closing quote (not escaped)
+        e = q + 1
+        while True:
+            e = _find(f, b'"', e, size)
+            if e >= size:
+                raise Unclean()  # unterminated: the exact parser says so
+            back = 0
+            while _read(f, e - back - 1, e - back) == b"\\":
+                back += 1
+            if back % 2 == 0:
+                break
+            e += 1
+        text = _read(f, q, e + 1)
+        parts.append(text)
+        if b"\\" not in text:
+            try:
+                last_key = text[1:-1].decode("utf-8")
+            except UnicodeDecodeError:
+                last_key = ""
+        pos = e + 1
+    return b"".join(parts), regions
+
+
+def read_region(
+    f: IO[bytes],
+    region: Region,
+    dtype: np.dtype[Any],
+    name: str,
+    where: str,
+    narrow: Callable[[np.ndarray[Any, Any], np.dtype[Any], str, str, int], np.ndarray[Any, Any]],
+    ints: Callable[[list[Any], np.dtype[Any], str, str, int], np.ndarray[Any, Any]],
+) -> np.ndarray[Any, Any]:
+    """The tensor in ``region`` as an array of ``dtype``, read a block at a time.
+
+    ``narrow(float64 values, dtype, name, where, offset)`` rounds a block of numbers;
+    ``ints(python ints, dtype, ...)`` makes integers exactly. Anything irregular raises
+    the FormatError :func:`locate_problem` gives. Cost: O(region) time; memory: the
+    output, one block, and one byte per element.
+    """
+    import orjson
+    import simdjson
+
+    parser = simdjson.Parser()
+    skeleton = bytearray()
+    blocks: list[np.ndarray[Any, Any]] = []
+    count = 0
+    carry = b""
+    at = region.start
+    while at < region.end or carry:
+        chunk = _read(f, at, min(at + BLOCK, region.end))
+        at += len(chunk)
+        text = carry + chunk
+        last = at >= region.end
+        if not last:
+            cut = text.rfind(b",")
+            if cut < 0:
+                carry = text
+                continue
+            carry, text = text[cut + 1 :], text[:cut]
+        else:
+            carry = b""
+        skeleton += text.translate(None, _NUMBER_AND_BLANK)
+        if not last:
+            skeleton += b","
+        numbers = b"[" + text.translate(_BRACKETS_TO_BLANK) + b"]"
+        try:
+            if dtype.kind in "iub":
+                values = orjson.loads(numbers)
+                if any(type(x) is not int for x in values):
+                    raise ValueError
+                block = ints(values, dtype, name, where, count)
+            else:
+                parsed: Any = parser.parse(numbers)
+                wide = np.frombuffer(parsed.as_buffer(of_type="d"), np.float64)
+                del parsed  # the parser is reused for the next block
+                block = narrow(wide, dtype, name, where, count)
+        except FormatError:
+            raise
+        except Exception:
+            raise locate_problem(f, region, name, where) from None
+        blocks.append(block)
+        count += block.size
+    dims = skeleton_dims(bytes(skeleton), count)
+    if dims is None:
+        raise locate_problem(f, region, name, where)
+    out = np.concatenate(blocks) if len(blocks) != 1 else blocks[0]
+    return out.reshape(dims)
+
+
+_STRUCTURE: Final = re.compile(rb"[\[\]]|[^\[\],0-9.eE+\-\s]")
+
+
+def _index(path: list[int] | tuple[int, ...]) -> str:
+    if len(path) > 12:
+        return f"{_index(path[:4])}...({len(path) - 8} more)...{_index(path[-4:])}"
+    return "".join(f"[{i}]" for i in path)
+
+
+def locate_problem(f: IO[bytes], region: Region, name: str, where: str) -> FormatError:
+    """The first problem in the tensor whose text starts at ``region.start``: a
+    non-numeric leaf or ragged nesting, with its index. Walks only brackets and
+    non-numeric characters (commas are counted in C), so memory is O(nesting depth)
+    whatever the tensor's size."""
+    path: list[int] = []  # the index at each open list
+    nonempty: list[bool] = []
+    first_len: dict[int, int] = {}
+    leaf_depth: int | None = None
+    at = region.start
+    f.seek(0, 2)
+    size = f.tell()
+
+    def ragged(message: str) -> FormatError:
+        return FormatError(f"{where}: tensor `{name}` has ragged nesting: {message}")
+
+    while at < size:
+        block = _read(f, at, min(at + BLOCK, size))
+        prev = 0
+        for m in _STRUCTURE.finditer(block):
+            p = m.start()
+            run = block[prev:p]
+            if path:
+                path[-1] += run.count(b",")
+                if run.translate(None, _BLANK + b","):  # a number
+                    nonempty[-1] = True
+                    if leaf_depth is None:
+                        leaf_depth = len(path)
+                    elif leaf_depth != len(path):
+                        return ragged(
+                            f"a number at {_index(path)} where the first element's nesting"
+                            " has a list"
+                        )
+            c = block[p : p + 1]
+            if c == b"[":
+                if path:
+                    nonempty[-1] = True
+                    if leaf_depth is not None and len(path) >= leaf_depth:
+                        return ragged(
+                            f"a list at {_index(path)} where the first element's nesting"
+                            " has a number"
+                        )
+                path.append(0)
+                nonempty.append(False)
+            elif c == b"]":
+                if not path:
+                    break
+                n = path[-1] + 1 if nonempty[-1] else 0
+                depth = len(path) - 1
+                want = first_len.setdefault(depth, n)
+                if n != want:
+                    here = path[:-1]
+                    return ragged(
+                        f"{_index(here)} has {n} elements but {_index([0] * len(here))} has {want}"
+                    )
+                path.pop()
+                nonempty.pop()
+                if not path:
+                    return FormatError(
+                        f"{where}: tensor `{name}` is not a regular array of numbers"
+                        f" (a malformed number, or text after it at byte {at + p + 1})"
+                    )
+            else:
+                leaf = _read(f, at + p, at + p + 40)
+                stop = min((i for i in (leaf.find(b","), leaf.find(b"]")) if i >= 0), default=40)
+                shown = leaf[:stop].decode("utf-8", "replace").strip()
+                return FormatError(
+                    f"{where}: tensor `{name}` has a non-numeric leaf at"
+                    f" {_index(path) or 'the top'}: {shown}"
+                )
+            prev = p + 1
+        if path:
+            path[-1] += block[prev:].count(b",")
+            if block[prev:].translate(None, _BLANK + b","):
+                nonempty[-1] = True
+        at += len(block)
+    return FormatError(f"{where}: tensor `{name}` is truncated (the file ends inside it)")
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def tensor_pieces(
+    a: np.ndarray[Any, Any], text: Callable[[np.ndarray[Any, Any], int], bytes]
+) -> Iterator[bytes]:
+    """The JSON text of ``a`` (ndim >= 1, size > 0) in pieces: ``text(block, offset)``
+    writes a block of whole rows (``offset``: its first element's flat index) as a
+    nested list; pieces hold at most :data:`PIECE` elements unless one innermost row is
+    longer. Cost: O(a.size)."""
+
+    def walk(sub: np.ndarray[Any, Any], offset: int) -> Iterator[bytes]:
+        if sub.size <= PIECE or sub.ndim == 1:
+            if sub.ndim == 1 and sub.size > PIECE:
+                yield b"["
+                for i in range(0, sub.size, PIECE):
+                    if i:
+                        yield b","
+                    yield text(sub[i : i + PIECE], offset + i)[1:-1]
+                yield b"]"
+            else:
+                yield text(sub, offset)
+            return
+        row = math.prod(sub.shape[1:])
+        yield b"["
+        if row <= PIECE:
+            k = max(1, PIECE // row)
+            for i in range(0, sub.shape[0], k):
+                if i:
+                    yield b","
+                yield text(sub[i : i + k], offset + i * row)[1:-1]
+        else:
+            for i in range(sub.shape[0]):
+                if i:
+                    yield b","
+                yield from walk(sub[i], offset + i * row)
+        yield b"]"
+
+    yield from walk(a, 0)
