@@ -50,7 +50,10 @@ CTX = empty_context().register_variable("w", F32)
 GRAD = CTX.register_gradient("w", F32)
 PINNED = empty_context(dtype="float32").register_variable("w", F32)
 ARRAY = "expected an array (numpy.ndarray, torch.Tensor or jax.Array), got"
-SUFFIXES = ".safetensors, .json, .pt, .pth, .npz or pass format= (safetensors, json, torch, npz)"
+SUFFIXES = (
+    ".safetensors, .json, .pt, .pth, .bin, .ckpt, .pth.tar, .npz or pass format="
+    " (safetensors, json, torch, npz)"
+)
 EXPECT = "must be a mapping of name to shape, a RuntimeContext or a torch nn.Module, got"
 
 
@@ -641,9 +644,9 @@ ROWS: list[Row] = [
     ),
     (
         "torchlean.io.inspect",
-        lambda d: tio.inspect(d / "x.bin"),
+        lambda d: tio.inspect(d / "x.weights"),
         ValueError,
-        f"{{d}}/x.bin: cannot tell the format from the suffix .bin; use one of {SUFFIXES}",
+        f"{{d}}/x.weights: cannot tell the format from the suffix .weights; use one of {SUFFIXES}",
     ),
     (
         "torchlean.io.inspect",

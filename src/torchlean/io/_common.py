@@ -11,6 +11,12 @@ Reading map:
   made.
 - :func:`check_backend` -- refuse a ``backend=`` that names no array library.
 - :func:`check_regular_file` -- refuse directories, FIFOs, devices before reading.
+- :func:`open_regular` -- open a file once, without blocking, and refuse what is not
+  a regular file; every loader reads everything from that one descriptor.
+- :func:`descriptor_path` -- a path that opens the very file a descriptor holds (for
+  libraries that want a name), whatever happens to the name meanwhile.
+- :func:`check_savable` -- refuse, before writing, what a format could write but not
+  read back (names that are not valid Unicode, NUL in names, dtypes it lacks).
 """
 
 from __future__ import annotations
@@ -19,18 +25,30 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
+from torchlean._text import printable
 from torchlean.errors import BackendError, FormatError
+from torchlean.io._atomic import file_kind
 from torchlean.runtime import dtypes
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import backend_named, backend_of, libraries
 from torchlean.runtime.context import RuntimeContext
 from torchlean.runtime.dtypes import dtype_name
 
-__all__ = ["build_context", "check_backend", "check_regular_file", "numpy_dtype", "to_numpy"]
+__all__ = [
+    "SAVABLE_DTYPES",
+    "build_context",
+    "check_backend",
+    "check_regular_file",
+    "check_savable",
+    "descriptor_path",
+    "numpy_dtype",
+    "open_regular",
+    "to_numpy",
+]
 
 
 Entry = tuple[str, Any]
@@ -68,18 +86,131 @@ def check_regular_file(path: str | os.PathLike[str]) -> None:
         raise
     if stat.S_ISREG(mode):
         return
-    kind = (
-        "a directory"
-        if stat.S_ISDIR(mode)
-        else "a FIFO"
-        if stat.S_ISFIFO(mode)
-        else "a device"
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "not a regular file"
+    raise FormatError(f"{where}: is {file_kind(mode)}, not a regular file")
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor of ``path``, opened once and without blocking (a FIFO put
+    there after a check cannot hang the reader); anything but a regular file is refused
+    with the error :func:`check_regular_file` gives. The caller closes it. Reading
+    everything from this one descriptor means a file replaced meanwhile (an atomic
+    save renames a new file over the name) is never mixed with the old one."""
+    where = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "No such file or directory", where) from None
+    except IsADirectoryError:
+        raise FormatError(f"{where}: is a directory, not a regular file") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FormatError(f"{where}: a symlink loop, not a file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FormatError(f"{where}: is {file_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def descriptor_path(fd: int, path: str | os.PathLike[str]) -> str:
+    """A name that opens the file ``fd`` holds: ``/proc/self/fd/N`` (Linux) or
+    ``/dev/fd/N`` (macOS, the BSDs), so a library that opens files by name reads the
+    same file as ``fd`` even when ``path`` is replaced meanwhile. Where neither
+    exists (Windows) it is ``path`` itself, and a save that replaces ``path`` during
+    the read can still be seen there."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        candidate = f"{folder}/{fd}"
+        try:
+            if os.path.samestat(os.stat(candidate), os.fstat(fd)):
+                return candidate
+        except OSError:
+            continue
+    return os.fspath(path)
+
+
+def check_savable(
+    ctx: RuntimeContext[Any],
+    path: str | os.PathLike[str],
+    *,
+    format: str,
+    allowed: frozenset[str] | None = None,
+    nul: bool = True,
+    unicode: bool = True,
+    everything: bool = True,
+) -> None:
+    """Refuse, before anything is written, a context that ``format`` would write but
+    could not read back: a name that is not valid Unicode (a lone surrogate; refused
+    when ``unicode``), a name holding NUL (when not ``nul``), a dtype outside
+    ``allowed`` (the format's dtype names; ``None``: any numeric dtype). Checks every entry
+    when ``everything``, else the latest variable of each name. Every problem is listed
+    in one :class:`~torchlean.errors.FormatError`. Cost: O(entries)."""
+    where = os.fspath(path)
+    problems: list[str] = []
+    entries = (
+        [("variable", n, at) for n, at in ctx.var_registry]
+        + [("gradient", n, at) for n, at in ctx.gradients]
+        if everything
+        else [("variable", n, at) for n, at in ctx.latest_variables()]
     )
-    raise FormatError(f"{where}: is {kind}, not a regular file")
+    known = SAVABLE_DTYPES
+    seen: set[tuple[str, str, str]] = set()
+    for kind, name, at in entries:
+        if (kind, name, at.dtype) in seen:  # shadowed entries: each problem once
+            continue
+        seen.add((kind, name, at.dtype))
+        shown = printable(name)
+        if unicode:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError as e:
+                problems.append(
+                    f"{kind} `{shown}` has a name that is not valid Unicode (a lone"
+                    f" surrogate at index {e.start})"
+                )
+                continue
+        if not nul and "\x00" in name:
+            problems.append(
+                f"{kind} `{shown}` has a NUL character in its name, which {format} cannot"
+                " store (a zip member name ends at NUL)"
+            )
+        dtype = _WIDENED.get(at.dtype, at.dtype)  # what to_numpy gives the format
+        if dtype not in (known if allowed is None else allowed):
+            problems.append(f"{kind} `{shown}` has dtype {dtype}, which {format} cannot store")
+    if problems:
+        head = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise FormatError(f"{where}: cannot save: {head}{more}; nothing was written")
+
+
+# dtypes numpy lacks that the torch backend's to_numpy widens (convert notes it)
+_WIDENED: Final = {"complex32": "complex64"}
+
+_NUMERIC: Final = frozenset(
+    {
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    }
+)
 
 
 def check_backend(backend: str) -> None:
@@ -125,3 +256,8 @@ def build_context(
     v = [(n, convert("variable", n, a)) for n, a in variables]
     g = [(n, convert("gradient", n, a)) for n, a in gradients]
     return RuntimeContext.from_registries(v, g, next_id=next_id, dtype=pin, adopt=True)
+
+
+#: The dtypes every whole-context format stores: numpy's numeric ones and the narrow
+#: floats of :data:`torchlean.runtime.dtypes.EXTENDED_FLOATS`.
+SAVABLE_DTYPES: Final = _NUMERIC | frozenset(dtypes.EXTENDED_FLOATS)

@@ -51,6 +51,10 @@ class Format:
       entries, ``next_id``, the pinned dtype), not only the latest variables.
     - ``header_only_inspect``: ``inspect`` reads no tensor data, so ``load(expect=...)``
       checks the expectation against it before reading any tensor.
+    - ``metadata``: ``save`` takes ``metadata=`` (a mapping of str to str) and
+      ``inspect`` reports the file's in :attr:`FileSummary.metadata`.
+    - ``nested``: ``load`` and ``inspect`` take ``key=`` (the nested state dict to read,
+      dotted for deeper levels) and ``flatten=`` (nested dicts as dotted names).
 
     The loader need not strip prefixes or check expectations: ``load`` does both for
     every format.
@@ -58,11 +62,13 @@ class Format:
 
     name: str
     suffixes: tuple[str, ...]
-    save: Callable[[RuntimeContext[Any], Path], None]
+    save: Callable[..., None]
     load: Callable[..., RuntimeContext[Any]]
-    inspect: Callable[[Path], FileSummary] | None = None
+    inspect: Callable[..., FileSummary] | None = None
     whole_context: bool = False
     header_only_inspect: bool = False
+    metadata: bool = False
+    nested: bool = False
 
     def __post_init__(self) -> None:
         require_str(self.name, "Format", "name")
@@ -89,6 +95,8 @@ class Format:
             raise TypeError(f"Format: inspect must be callable or None, got {self.inspect!r}")
         require_bool(self.whole_context, "Format", "whole_context")
         require_bool(self.header_only_inspect, "Format", "header_only_inspect")
+        require_bool(self.metadata, "Format", "metadata")
+        require_bool(self.nested, "Format", "nested")
 
 
 _TABLE: dict[str, Format] = {}
