@@ -147,7 +147,9 @@ def convert(args: argparse.Namespace) -> int:
             back = _files.load(tmp, fmt=to_format)
             bar.step("comparing")
             notes = _compare_roundtrip(ctx, back, dst, advance=bar.advance)
-            if carried and takes_metadata and _files.metadata(tmp, fmt=to_format) != carried:
+            written = _files.metadata(tmp, fmt=to_format) or {}
+            kept = carried if carried and takes_metadata else {}
+            if any(written.get(k) != v for k, v in kept.items()):
                 raise ConversionError(
                     f"the conversion to {dst} lost the file's metadata, nothing written"
                 )
@@ -172,12 +174,13 @@ def _dropped(ctx: Any, to_format: str) -> list[str]:
     """Notes on what a format that keeps only the latest variables leaves out."""
     if next(f for f in registered() if f.name == to_format).whole_context:
         return []
-    latest = dict(ctx.latest_variables())
-    shadowed = [n for n, at in ctx.var_registry if latest.get(n) is not at]
-    if not shadowed:
+    n = len(ctx.var_registry) - len(ctx.latest_variables())
+    if not n:
         return []
-    names = ", ".join(f"`{printable(n)}`" for n in dict.fromkeys(shadowed))
-    n = len(shadowed)
+    counts: dict[str, int] = {}
+    for name, _ in ctx.var_registry:
+        counts[name] = counts.get(name, 0) + 1
+    names = ", ".join(f"`{printable(k)}`" for k, c in counts.items() if c > 1)
     return [
         f"note: format {to_format} keeps the latest variable of each name only: {n} shadowed"
         f" entr{'ies' if n != 1 else 'y'} ({_shorten(names)}) and next_id were not written"

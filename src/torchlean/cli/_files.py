@@ -20,8 +20,10 @@ Reading map:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +103,19 @@ def load(
 
     p = _exists(path)
     name = check_format(p, fmt)
-    try:
+    with _memory(p):
         return io.load(p, format=name, backend="numpy", **nested(name, key, flatten, strict=strict))
+
+
+@contextlib.contextmanager
+def _memory(path: Path) -> Iterator[None]:
+    """A MemoryError while reading ``path`` as a one-line :class:`OutOfMemoryError`."""
+    try:
+        yield
     except MemoryError:
         raise OutOfMemoryError(
-            f"{p}: not enough memory to read it ({format_bytes(p.stat().st_size)} on disk);"
-            " `torchlean show` and `torchlean check` read a safetensors file without"
+            f"{path}: not enough memory to read it ({format_bytes(path.stat().st_size)} on"
+            " disk); `torchlean show` and `torchlean check` read a safetensors file without"
             " loading it"
         ) from None
 
@@ -142,7 +151,8 @@ def _inspect(
 
     p = _exists(path)
     name = check_format(p, fmt)
-    return io.inspect(p, format=name, **nested(name, key, flatten))
+    with _memory(p):
+        return io.inspect(p, format=name, **nested(name, key, flatten))
 
 
 class OutOfMemoryError(TorchLeanError, MemoryError):

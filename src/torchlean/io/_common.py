@@ -35,6 +35,7 @@ from torchlean.io._atomic import file_kind
 from torchlean.runtime import dtypes
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import backend_named, backend_of, libraries
+from torchlean.runtime.backends.numpy import is_immutable
 from torchlean.runtime.context import RuntimeContext
 from torchlean.runtime.dtypes import dtype_name
 
@@ -230,7 +231,9 @@ def build_context(
     """A context whose registries are ``variables`` and ``gradients`` (most recent first).
 
     The arrays (numpy, or any library's, fresh: the context takes them over) become
-    arrays of ``backend``; those of another library go through numpy. Entries that share
+    arrays of ``backend``; those of another library go through numpy. numpy arrays end
+    up over an immutable ``bytes`` object (a copy unless the reader made them so), so
+    numpy refuses to make them writeable again. Entries that share
     one array (``is``) share one tensor in the context. Cost: O(n log n) plus one
     conversion per distinct array of another library.
     """
@@ -250,6 +253,10 @@ def build_context(
             if source is not library:
                 array = library.from_numpy(source.to_numpy(array), f"{kind} `{name}`")
             value = library.adopt(array)
+            if isinstance(value, np.ndarray) and not is_immutable(value):
+                # a reader's own buffer: copy it into immutable bytes, so that no one
+                # can make the loaded array writeable again (setflags up the base chain)
+                value = library.freeze(value)
             converted[id(array)] = value
         return value
 

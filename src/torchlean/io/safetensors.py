@@ -207,6 +207,8 @@ class _File:
             with safe_open(descriptor_path(self.fd, self.where), framework="numpy"):
                 pass
         except Exception as e:
+            if "(os error 12)" in str(e):  # ENOMEM: no address space left to map the file
+                raise MemoryError(f"{self.where}: no memory left to map the file") from None
             raise FormatError(f"{self.where}: not a valid safetensors file: {e}") from None
 
     def read_at(self, offset: int, n: int) -> bytes:
