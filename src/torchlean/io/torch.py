@@ -51,7 +51,7 @@ from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import backend_named
 from torchlean.runtime.context import RuntimeContext, require_context
 
-__all__ = ["FORMAT", "from_module", "load_into", "load_pt", "save_pt"]
+__all__ = ["FORMAT", "from_module", "inspect_pt", "load_into", "load_pt", "save_pt"]
 
 _WRAPPERS: Final = ("state_dict", "model_state_dict")
 # Globals whose module does things (files, processes, code): the refusal never suggests
