@@ -175,9 +175,17 @@ def summary(
     fs = _inspect(path, fmt, key, flatten)
     # entries that share one tensor (a layout may point thousands at one) share what
     # was read: each distinct tensor is read and sampled once
+    # (only those are remembered: a sample of every tensor would add up)
+    uses: dict[tuple[str, str], int] = {}
+    for e in fs.entries:
+        uses[e.registry, e.key] = uses.get((e.registry, e.key), 0) + 1
     cache: dict[tuple[Any, ...], Any] = {}
-    variables = [(printable(e.name), _FileSource(fs, e, cache)) for e in fs.variables]
-    gradients = [(printable(e.name), _FileSource(fs, e, cache)) for e in fs.gradients]
+
+    def source(e: Any) -> _FileSource:
+        return _FileSource(fs, e, cache if uses[e.registry, e.key] > 1 else None)
+
+    variables = [(printable(e.name), source(e)) for e in fs.variables]
+    gradients = [(printable(e.name), source(e)) for e in fs.gradients]
     n_v, n_g = len(variables), len(gradients)
     p = Path(path)
     title = f"{printable(p.name)} ({fs.format}, {format_bytes(p.stat().st_size)}):"
@@ -218,11 +226,14 @@ class _FileSource:
     def __init__(self, fs: Any, info: Any, cache: dict[tuple[Any, ...], Any] | None = None) -> None:
         self._fs = fs
         self._info = info
-        self._cache = {} if cache is None else cache
+        self._cache = cache
 
     def _once(self, what: str, n: int, read: Any) -> Any:
-        """``read()``, remembered for every source over the same stored tensor."""
-        key = (self._info.registry == "gradient", self._info.key, what, n)
+        """``read()``, remembered for every source over the same stored tensor (when
+        this source has a cache: its tensor is shared by several entries)."""
+        if self._cache is None:
+            return read()
+        key = (self._info.registry, self._info.key, what, n)
         found = self._cache.get(key)
         if found is None:
             found = self._cache[key] = read()

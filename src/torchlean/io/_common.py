@@ -15,6 +15,8 @@ Reading map:
   a regular file; every loader reads everything from that one descriptor.
 - :func:`descriptor_path` -- a path that opens the very file a descriptor holds (for
   libraries that want a name), whatever happens to the name meanwhile.
+- :class:`Descriptor` -- a file kept open for lazy reads at offsets; :func:`read_block`
+  -- a block of a C-ordered tensor from reads of flat element ranges.
 - :func:`check_savable` -- refuse, before writing, what a format could write but not
   read back (names that are not valid Unicode, NUL in names, dtypes it lacks).
 """
@@ -22,9 +24,11 @@ Reading map:
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -41,6 +45,7 @@ from torchlean.runtime.dtypes import dtype_name
 
 __all__ = [
     "SAVABLE_DTYPES",
+    "Descriptor",
     "build_context",
     "check_backend",
     "check_regular_file",
@@ -48,6 +53,7 @@ __all__ = [
     "descriptor_path",
     "numpy_dtype",
     "open_regular",
+    "read_block",
     "to_numpy",
 ]
 
@@ -135,6 +141,66 @@ def descriptor_path(fd: int, path: str | os.PathLike[str]) -> str:
         except OSError:
             continue
     return os.fspath(path)
+
+
+def read_block(
+    shape: tuple[int, ...],
+    index: tuple[slice, ...],
+    elements: Callable[[int, int], np.ndarray[Any, Any]],
+) -> np.ndarray[Any, Any]:
+    """``tensor[index]`` (``index`` slices with positive steps over the leading axes)
+    of a C-ordered tensor of ``shape``, reading only the elements from the block's first
+    to its last: ``elements(first, count)``. Cost: O(that span)."""
+    if len(index) > len(shape):
+        raise IndexError(f"too many indices for a tensor of {len(shape)} dimensions")
+    full = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    ranges = []
+    for s, d in zip(full, shape, strict=True):
+        if not isinstance(s, slice):
+            raise TypeError(f"a block index is a tuple of slices, got {s!r}")
+        r = range(*s.indices(d))
+        if r.step < 0:
+            raise ValueError("a block index needs positive steps")
+        ranges.append(r)
+    sizes = tuple(len(r) for r in ranges)
+    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    if 0 in sizes:
+        return elements(0, 0).reshape(sizes)
+    first = sum(r[0] * st for r, st in zip(ranges, strides, strict=True))
+    last = sum(r[-1] * st for r, st in zip(ranges, strides, strict=True))
+    span = elements(first, last - first + 1)
+    step_bytes = tuple(r.step * st * span.itemsize for r, st in zip(ranges, strides, strict=True))
+    return np.lib.stride_tricks.as_strided(span, sizes, step_bytes, writeable=False).copy()
+
+
+class Descriptor:
+    """A file opened once with :func:`open_regular`, kept open for lazy reads (a
+    :class:`~torchlean.io.FileSummary` holds one): reads at offsets, closed by
+    :meth:`close` or when garbage-collected."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.where = os.fspath(path)
+        self.fd = open_regular(path)
+        self._close = weakref.finalize(self, os.close, self.fd)
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """Exactly ``n`` bytes at ``offset`` (one ``bytes`` object); FormatError when
+        the file ends first."""
+        if hasattr(os, "pread") and n <= 1 << 24:
+            data = os.pread(self.fd, n, offset)
+        else:
+            with open(self.fd, "rb", closefd=False) as f:  # one buffered read, one allocation
+                f.seek(offset)
+                data = f.read(n)
+        if len(data) != n:
+            raise FormatError(
+                f"{self.where}: truncated while reading: {len(data)} of {n} bytes at offset"
+                f" {offset} (the file changed while it was read?)"
+            )
+        return data
+
+    def close(self) -> None:
+        self._close()
 
 
 def check_savable(

@@ -32,7 +32,7 @@ import json
 import math
 import os
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import numpy as np
@@ -48,6 +48,7 @@ from torchlean.io._common import (
     descriptor_path,
     numpy_dtype,
     open_regular,
+    read_block,
     to_numpy,
 )
 from torchlean.io._format import Format
@@ -364,7 +365,7 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
         f.dtype_of(info.key)  # a dtype numpy cannot hold fails here, before any read
 
         def block(index: tuple[slice, ...]) -> np.ndarray[Any, Any]:
-            return _block(info.shape, index, lambda first, count: elements(info, first, count))
+            return read_block(info.shape, index, lambda first, count: elements(info, first, count))
 
         yield block
 
@@ -379,36 +380,6 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
         _blocks=blocks,
         metadata=user_metadata(f.metadata),
     )
-
-
-def _block(
-    shape: tuple[int, ...],
-    index: tuple[slice, ...],
-    elements: Callable[[int, int], np.ndarray[Any, Any]],
-) -> np.ndarray[Any, Any]:
-    """``tensor[index]`` (``index`` slices with positive steps over the leading axes)
-    of a C-ordered tensor of ``shape``, reading only the elements from the block's first
-    to its last: ``elements(first, count)``. Cost: O(that span)."""
-    if len(index) > len(shape):
-        raise IndexError(f"too many indices for a tensor of {len(shape)} dimensions")
-    full = tuple(index) + (slice(None),) * (len(shape) - len(index))
-    ranges = []
-    for s, d in zip(full, shape, strict=True):
-        if not isinstance(s, slice):
-            raise TypeError(f"a block index is a tuple of slices, got {s!r}")
-        r = range(*s.indices(d))
-        if r.step < 0:
-            raise ValueError("a block index needs positive steps")
-        ranges.append(r)
-    sizes = tuple(len(r) for r in ranges)
-    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
-    if 0 in sizes:
-        return elements(0, 0).reshape(sizes)
-    first = sum(r[0] * st for r, st in zip(ranges, strides, strict=True))
-    last = sum(r[-1] * st for r, st in zip(ranges, strides, strict=True))
-    span = elements(first, last - first + 1)
-    step_bytes = tuple(r.step * st * span.itemsize for r, st in zip(ranges, strides, strict=True))
-    return np.lib.stride_tricks.as_strided(span, sizes, step_bytes, writeable=False).copy()
 
 
 #: The safetensors format: the whole context, exactly; ``inspect`` reads the header only;

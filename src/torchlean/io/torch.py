@@ -24,9 +24,10 @@ Tensors cross between torch and the other array libraries only through the backe
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 import numpy as np
@@ -37,11 +38,14 @@ from torchlean.errors import BackendError, FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import (
     SAVABLE_DTYPES,
+    Descriptor,
     build_context,
     check_backend,
     check_savable,
     descriptor_path,
+    numpy_dtype,
     open_regular,
+    read_block,
 )
 from torchlean.io._format import Format
 from torchlean.io._summary import Block, FileSummary, TensorInfo
@@ -82,19 +86,23 @@ _NEVER_ALLOW: Final = frozenset(
 )
 
 
-def _read_object(path: str | os.PathLike[str], *, mmap: bool) -> Any:
-    """``torch.load(weights_only=True)`` of ``path``, opened once: the zip-bomb guard
-    and torch read the same open file. ``mmap=True`` maps a zip file's tensors
-    (``MAP_PRIVATE``, through :func:`descriptor_path`, so still the file that was
-    opened) instead of reading them; other files are read. Cost: O(file), or
-    O(pickle) mapped."""
+def _read_object(
+    path: str | os.PathLike[str], *, mmap: bool, fd: int | None = None
+) -> tuple[Any, dict[str, int] | None]:
+    """``torch.load(weights_only=True)`` of ``path``, opened once (or of the open
+    descriptor ``fd``, which stays open): the zip-bomb guard and torch read the same
+    open file. ``mmap=True`` maps a zip file's tensors (``MAP_PRIVATE``, through
+    :func:`descriptor_path`, so still the file that was opened) instead of reading
+    them, and also returns where each data record starts in the file; other files are
+    read (and ``None``). Cost: O(file), or O(pickle) mapped."""
     import pickle
 
     import torch
 
     where = os.fspath(path)
-    fd = open_regular(path)
-    with os.fdopen(fd, "rb") as f:
+    own = fd is None
+    fd = open_regular(path) if fd is None else fd
+    with open(fd, "rb", closefd=own) as f:
         if os.fstat(fd).st_size == 0:
             raise FormatError(f"{where}: empty file, not a PyTorch file")
         # torch's zip reader allocates what the zip directory declares: check it first
@@ -102,8 +110,10 @@ def _read_object(path: str | os.PathLike[str], *, mmap: bool) -> Any:
         name = descriptor_path(fd, path) if mmap and is_zip else None
         try:
             if name is not None and name != where:
-                return torch.load(name, weights_only=True, map_location="cpu", mmap=True)
-            return torch.load(f, weights_only=True, map_location="cpu")
+                records = _record_offsets(f)
+                obj = torch.load(name, weights_only=True, map_location="cpu", mmap=True)
+                return obj, records
+            return torch.load(f, weights_only=True, map_location="cpu"), None
         except pickle.UnpicklingError as e:
             raise _refusal(where, str(e)) from None
         except (RuntimeError, EOFError, OSError, ValueError) as e:
@@ -116,6 +126,51 @@ def _read_object(path: str | os.PathLike[str], *, mmap: bool) -> Any:
             raise FormatError(
                 f"{where}: not a valid PyTorch file ({type(e).__name__}: {_first_line(str(e))})"
             ) from None
+
+
+def _record_offsets(f: Any) -> dict[str, int]:
+    """Where the data of each ``.../data/<key>`` record of a torch zip file starts: the
+    local header's offset plus its 30 bytes, name and extra field (torch pads records
+    to 64 bytes there)."""
+    import zipfile
+
+    out: dict[str, int] = {}
+    f.seek(0)
+    with zipfile.ZipFile(f) as zf:
+        for info in zf.infolist():
+            if "/data/" not in info.filename or info.compress_type != zipfile.ZIP_STORED:
+                continue
+            f.seek(info.header_offset + 26)
+            lengths = f.read(4)
+            start = info.header_offset + 30 + int.from_bytes(lengths[:2], "little")
+            out[info.filename] = start + int.from_bytes(lengths[2:], "little")
+    f.seek(0)
+    return out
+
+
+def _file_offsets(tensors: list[Any], records: dict[str, int] | None) -> dict[int, int]:
+    """For each tensor (by position) of a mapped zip file, where its storage starts in
+    the file: torch maps the whole file once, so each storage's address less the
+    mapping's start is the data offset of one record. The start is found as the one
+    address that puts every storage on a record. Empty when unknown."""
+    import torch
+
+    if not records:
+        return {}
+    pointers = {
+        i: t.untyped_storage().data_ptr()
+        for i, t in enumerate(tensors)
+        if t.layout == torch.strided and t.untyped_storage().nbytes() > 0
+    }
+    if not pointers:
+        return {}
+    starts = set(records.values())
+    lowest = min(pointers.values())
+    for candidate in sorted(starts):
+        base = lowest - candidate
+        if all(p - base in starts for p in pointers.values()):
+            return {i: p - base for i, p in pointers.items()}
+    return {}
 
 
 def _refusal(where: str, text: str) -> FormatError:
@@ -281,7 +336,7 @@ def load_pt(
     """
     check_backend(backend)
     where = os.fspath(path)
-    obj = _read_object(path, mmap=False)
+    obj, _ = _read_object(path, mmap=False)
     pairs = _share_versions(_state_dict(obj, where, key=key, flatten=flatten))
     return build_context(pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path=path)
 
@@ -293,14 +348,22 @@ def inspect_pt(
     (``torch.load(mmap=True)`` where the file is a zip archive, as ``torch.save``
     writes): entries come from the pickle, and a preview or sample reads only the pages
     it touches. A mapped file must not be truncated while the summary is used (the
-    process would get SIGBUS). Cost: O(pickle), plus what is read."""
+    process would get SIGBUS). Contiguous tensors are read with ``pread`` from the file
+    that was opened, not through the mapping, so a show adds no resident pages; other
+    tensors are read through the mapping. Cost: O(pickle), plus what is read."""
     import torch
 
     where = os.fspath(path)
-    obj = _read_object(path, mmap=True)
-    pairs = _state_dict(obj, where, key=key, flatten=flatten)[::-1]
+    file = Descriptor(path)
+    try:
+        obj, records = _read_object(path, mmap=True, fd=file.fd)
+        pairs = _state_dict(obj, where, key=key, flatten=flatten)[::-1]
+    except BaseException:
+        file.close()
+        raise
     to_numpy = backend_named("torch").to_numpy
     tensors = [t for _, t in pairs]
+    offsets = _file_offsets(tensors, records)
     entries = tuple(
         TensorInfo(
             name=name,
@@ -315,17 +378,44 @@ def inspect_pt(
         for i, (name, t) in enumerate(pairs)
     )
 
+    def elements(info: TensorInfo) -> Callable[[int, int], np.ndarray[Any, Any]] | None:
+        """Reads of flat elements from the file itself (``pread``: the mapping is not
+        touched, so it adds nothing to the resident memory), where possible."""
+        t = tensors[info.position]
+        at = offsets.get(info.position)
+        try:
+            dtype = numpy_dtype(info.dtype)
+        except (TypeError, BackendError):
+            return None
+        if at is None or not t.is_contiguous():
+            return None
+        start = at + t.storage_offset() * t.element_size()
+
+        def read(first: int, count: int) -> np.ndarray[Any, Any]:
+            data = file.read_at(start + first * dtype.itemsize, count * dtype.itemsize)
+            return np.frombuffer(data, dtype=dtype)
+
+        return read
+
     def dense(info: TensorInfo) -> Any:
         t = tensors[info.position]
         return t.to_dense() if t.layout != torch.strided else t
 
     def read(info: TensorInfo, n: int | None) -> np.ndarray[Any, Any]:
+        numel = math.prod(info.shape)
+        direct = elements(info)
+        if direct is not None:
+            return direct(0, numel).reshape(info.shape) if n is None else direct(0, min(n, numel))
         t = dense(info)
         part = t if n is None else t.reshape(-1)[:n]
         return np.array(to_numpy(part), copy=True)
 
     @contextlib.contextmanager
     def blocks(info: TensorInfo) -> Iterator[Block]:
+        direct = elements(info)
+        if direct is not None:
+            yield lambda index: read_block(info.shape, index, direct)
+            return
         t = dense(info)
         yield lambda index: np.array(to_numpy(t[index]), copy=True)
 
