@@ -51,8 +51,8 @@ GRAD = CTX.register_gradient("w", F32)
 PINNED = empty_context(dtype="float32").register_variable("w", F32)
 ARRAY = "expected an array (numpy.ndarray, torch.Tensor or jax.Array), got"
 SUFFIXES = (
-    ".safetensors, .json, .pt, .pth, .npz, .safetensors.index.json or pass format="
-    " (safetensors, json, torch, npz, sharded)"
+    ".safetensors, .json, .pt, .pth, .bin, .ckpt, .pth.tar, .npz, .safetensors.index.json"
+    " or pass format= (safetensors, json, torch, npz, sharded)"
 )
 EXPECT = "must be a mapping of name to shape, a RuntimeContext or a torch nn.Module, got"
 
@@ -643,10 +643,60 @@ ROWS: list[Row] = [
         "load: dtypes must be a bool, got str 'yes'",
     ),
     (
-        "torchlean.io.inspect",
-        lambda d: tio.inspect(d / "x.bin"),
+        "torchlean.io.load",
+        lambda d: tio.load(d / "w.safetensors", key=3),
+        TypeError,
+        "load: key must be a str, got int 3",
+    ),
+    (
+        "torchlean.io.load",
+        lambda d: tio.load(d / "w.pt", key=""),
         ValueError,
-        f"{{d}}/x.bin: cannot tell the format from the suffix .bin; use one of {SUFFIXES}",
+        "load: key must not be empty",
+    ),
+    (
+        "torchlean.io.load",
+        lambda d: tio.load(d / "w.pt", flatten="yes"),
+        TypeError,
+        "load: flatten must be a bool, got str 'yes'",
+    ),
+    (
+        "torchlean.io.load",
+        lambda d: tio.load(d / "w.safetensors", key="model"),
+        ValueError,
+        "load: key= and flatten= pick a nested state dict, which formats torch have;"
+        " format 'safetensors' has none",
+    ),
+    (
+        "torchlean.io.save",
+        lambda d: tio.save(CTX, d / "m.safetensors", metadata=["a"]),
+        TypeError,
+        "save_safetensors: metadata must be a mapping of str to str, got list",
+    ),
+    (
+        "torchlean.io.save",
+        lambda d: tio.save(CTX, d / "m.safetensors", metadata={"a": 1}),
+        TypeError,
+        "save_safetensors: metadata must map str to str, got 'a': int",
+    ),
+    (
+        "torchlean.io.save",
+        lambda d: tio.save(CTX, d / "m.npz", metadata={"a": "b"}),
+        ValueError,
+        "save: metadata= is written by formats with a metadata header (safetensors); format"
+        " 'npz' has none",
+    ),
+    (
+        "torchlean.io.inspect",
+        lambda d: tio.inspect(d / "w.safetensors", flatten=1),
+        TypeError,
+        "inspect: flatten must be a bool, got int 1",
+    ),
+    (
+        "torchlean.io.inspect",
+        lambda d: tio.inspect(d / "x.weights"),
+        ValueError,
+        f"{{d}}/x.weights: cannot tell the format from the suffix .weights; use one of {SUFFIXES}",
     ),
     (
         "torchlean.io.inspect",
@@ -1390,6 +1440,7 @@ NO_ROW: dict[str, str] = {
     "torchlean.io.torchlean_json.load_json": "a loader behind io.load",
     "torchlean.io.torchlean_json.parse_document": "a loader behind io.load",
     "torchlean.io.torch.load_pt": "a loader behind io.load",
+    "torchlean.io.torch.inspect_pt": "a summary behind io.inspect",
 }
 
 

@@ -1,20 +1,23 @@
 """Small text helpers shared by every layer's messages and views (private).
 
-One home for three things messages need: a value shown shortly, a "did you mean" for
-a misspelt name, and a byte count a person can read.
+One home for the things messages need: a value shown shortly, a "did you mean" for
+a misspelt name, a byte count a person can read, and text from a file made safe to
+print on a terminal.
 
 Reading map:
 - :func:`short_repr` -- ``repr(x)``, cut to ``limit`` characters with ``...``.
 - :func:`did_you_mean` -- the candidates closest to a name (difflib), nearest first.
 - :func:`format_bytes` -- ``512 B``, ``1.5 KiB``, ``3.2 GiB``.
+- :func:`printable` -- control characters (ESC, BEL, ...) escaped visibly (``\\x1b``).
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
-__all__ = ["did_you_mean", "format_bytes", "short_repr"]
+__all__ = ["did_you_mean", "format_bytes", "printable", "short_repr"]
 
 
 def short_repr(x: object, limit: int = 60) -> str:
@@ -43,3 +46,26 @@ def format_bytes(n: int | None) -> str:
             return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+# C0 controls (TAB and newline too: a name is one line), DEL, C1 controls, and the
+# characters that reorder or hide text on a terminal (bidi overrides and isolates,
+# zero-width marks, line and paragraph separators), plus lone surrogates.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that would act on a terminal instead of showing
+    (ESC, BEL, other control characters, bidi overrides, lone surrogates) written as a
+    visible escape (``\\x1b`` for ESC, ``\\u202e`` for a right-to-left override). Text
+    without them comes
+    back as it is. Names read from a file go through this before they reach a
+    terminal. Cost: O(len(text))."""
+    return _UNPRINTABLE.sub(_escape, text) if _UNPRINTABLE.search(text) else text

@@ -16,6 +16,8 @@ Reading map:
 - :func:`check_format` -- a format name or a path's suffix, checked;
   :func:`output_format` -- the same for ``convert``'s OUT (``--max-shard-size`` too).
 - :func:`written` -- write for ``convert``, put in place when the read-back agrees.
+- :func:`metadata` -- a file's own metadata (safetensors' ``__metadata__``), or None.
+- :func:`nested` -- ``key=``/``flatten=`` for a file whose format takes them.
 - :class:`UsageError` -- a command line that asks for something impossible.
 """
 
@@ -30,17 +32,22 @@ from typing import Any
 
 import numpy as np
 
-from torchlean._text import format_bytes
+from torchlean._text import format_bytes, printable
 from torchlean.errors import TorchLeanError
 from torchlean.io._atomic import atomic_path
+from torchlean.io._format import registered
 from torchlean.widgets import Summary, summarize_sources
 from torchlean.widgets._build import SAMPLE_LIMIT
 from torchlean.widgets._sources import sample_blocks
 
 __all__ = [
+    "OutOfMemoryError",
     "UsageError",
     "check_format",
     "load",
+    "metadata",
+    "naming_target",
+    "nested",
     "output_format",
     "save",
     "shapes",
@@ -81,19 +88,62 @@ def check_format(path: str | os.PathLike[str], fmt: str | None) -> str:
         raise UsageError(str(e)) from None
 
 
-def load(path: str | os.PathLike[str], *, fmt: str | None = None) -> Any:
-    """The context stored in ``path`` (numpy arrays). Cost: O(file)."""
+def nested(
+    fmt: str, key: str | None = None, flatten: bool = False, *, strict: bool = True
+) -> dict[str, Any]:
+    """``key=``/``flatten=`` as keyword arguments for ``io.load``/``io.inspect`` of a
+    file in format ``fmt``: none when neither is asked for, or (``strict=False``, for
+    ``diff``) when the format has no nested state dicts."""
+    if key is None and not flatten:
+        return {}
+    record = next(f for f in registered() if f.name == fmt)
+    if not record.nested and not strict:
+        return {}
+    return {"key": key, "flatten": flatten}
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    key: str | None = None,
+    flatten: bool = False,
+    strict: bool = True,
+) -> Any:
+    """The context stored in ``path`` (numpy arrays). A file bigger than the memory
+    left is a one-line error naming it, not a MemoryError. Cost: O(file)."""
     from torchlean import io
 
     p = _exists(path)
-    return io.load(p, format=check_format(p, fmt), backend="numpy")
+    name = check_format(p, fmt)
+    with _memory(p):
+        return io.load(p, format=name, backend="numpy", **nested(name, key, flatten, strict=strict))
 
 
-def save(ctx: Any, path: str | os.PathLike[str], *, fmt: str | None = None) -> None:
+@contextlib.contextmanager
+def _memory(path: Path) -> Iterator[None]:
+    """A MemoryError while reading ``path`` as a one-line :class:`OutOfMemoryError`."""
+    try:
+        yield
+    except MemoryError:
+        raise OutOfMemoryError(
+            f"{path}: not enough memory to read it ({format_bytes(path.stat().st_size)} on"
+            " disk); `torchlean show` and `torchlean check` read a safetensors file without"
+            " loading it"
+        ) from None
+
+
+def save(
+    ctx: Any,
+    path: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write ``ctx`` to ``path`` (atomically, as ``io.save`` does). Cost: O(bytes)."""
     from torchlean import io
 
-    io.save(ctx, Path(path), format=check_format(path, fmt))
+    io.save(ctx, Path(path), format=check_format(path, fmt), metadata=metadata)
 
 
 def output_format(path: str | os.PathLike[str], fmt: str | None, max_shard_size: str | None) -> str:
@@ -121,7 +171,12 @@ def output_format(path: str | os.PathLike[str], fmt: str | None, max_shard_size:
 
 @contextlib.contextmanager
 def written(
-    ctx: Any, path: str | os.PathLike[str], *, fmt: str, max_shard_size: str | None = None
+    ctx: Any,
+    path: str | os.PathLike[str],
+    *,
+    fmt: str,
+    max_shard_size: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Iterator[Path]:
     """Write ``ctx`` for ``path`` in format ``fmt`` somewhere temporary and yield where
     (to read it back); put it in place only when the ``with`` block ends well. Sharded
@@ -133,34 +188,90 @@ def written(
         with sharded.staged(ctx, Path(path), max_shard_size=size) as index:
             yield index
         return
-    with atomic_path(path) as tmp:
-        save(ctx, tmp, fmt=fmt)
+    with atomic_path(path) as tmp, naming_target(tmp, Path(path)):
+        save(ctx, tmp, fmt=fmt, metadata=metadata)
         yield tmp
 
 
-def _inspect(path: str | os.PathLike[str], fmt: str | None) -> Any:
+@contextlib.contextmanager
+def naming_target(tmp: Path, dst: Path) -> Iterator[None]:
+    """An error raised while writing or reading back the temporary file ``tmp`` names
+    ``dst`` instead (a user never sees a temporary name)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None and os.fspath(e.filename) == os.fspath(tmp):
+            e.filename = os.fspath(dst)
+        raise
+    except TorchLeanError as e:
+        text = str(e)
+        if os.fspath(tmp) in text:
+            try:
+                renamed = type(e)(text.replace(os.fspath(tmp), os.fspath(dst)))
+            except TypeError:  # an error class with its own constructor
+                raise e from None
+            raise renamed from None
+        raise
+
+
+def metadata(path: str | os.PathLike[str], *, fmt: str | None = None) -> dict[str, str] | None:
+    """The file's own metadata (safetensors' ``__metadata__`` less torchlean's layout),
+    or None for a format that has none. Cost: O(header)."""
+    name = check_format(path, fmt)
+    record = next(f for f in registered() if f.name == name)
+    if not record.metadata:
+        return None
+    found = _inspect(path, name).metadata
+    return None if found is None else dict(found)
+
+
+def _inspect(
+    path: str | os.PathLike[str], fmt: str | None, key: str | None = None, flatten: bool = False
+) -> Any:
     from torchlean import io
 
     p = _exists(path)
-    return io.inspect(p, format=check_format(p, fmt))
+    name = check_format(p, fmt)
+    with _memory(p):
+        return io.inspect(p, format=name, **nested(name, key, flatten))
+
+
+class OutOfMemoryError(TorchLeanError, MemoryError):
+    """A file too big for the memory left (exit code 2, one line)."""
 
 
 def summary(
-    path: str | os.PathLike[str], *, fmt: str | None = None, sample_limit: int = SAMPLE_LIMIT
+    path: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    sample_limit: int = SAMPLE_LIMIT,
+    key: str | None = None,
+    flatten: bool = False,
 ) -> Summary:
     """The summary of the checkpoint in ``path``, entries in the file's order.
 
     Cost: for safetensors, the header plus O(sample_limit) elements per tensor read from
     disk, whatever the file's size; for other formats, O(file).
     """
-    fs = _inspect(path, fmt)
-    variables = [(e.name, _FileSource(fs, e)) for e in fs.variables]
-    gradients = [(e.name, _FileSource(fs, e)) for e in fs.gradients]
+    fs = _inspect(path, fmt, key, flatten)
+    # entries that share one tensor (a layout may point thousands at one) share what
+    # was read: each distinct tensor is read and sampled once
+    # (only those are remembered: a sample of every tensor would add up)
+    uses: dict[tuple[str, str], int] = {}
+    for e in fs.entries:
+        uses[e.registry, e.key] = uses.get((e.registry, e.key), 0) + 1
+    cache: dict[tuple[Any, ...], Any] = {}
+
+    def source(e: Any) -> _FileSource:
+        return _FileSource(fs, e, cache if uses[e.registry, e.key] > 1 else None)
+
+    variables = [(printable(e.name), source(e)) for e in fs.variables]
+    gradients = [(printable(e.name), source(e)) for e in fs.gradients]
     n_v, n_g = len(variables), len(gradients)
     p = Path(path)
     # a format of several files (shards) says the bytes of its tensors, not of one file
     size = fs.nbytes if _reads_folders(fs.format) else p.stat().st_size
-    title = f"{p.name} ({fs.format}, {format_bytes(size)}):"
+    title = f"{printable(p.name)} ({fs.format}, {format_bytes(size)}):"
     title += f" {n_v} variable{'s' if n_v != 1 else ''}"
     if n_g:
         title += f", {n_g} gradient{'s' if n_g != 1 else ''}"
@@ -174,12 +285,18 @@ def summary(
     )
 
 
-def shapes(path: str | os.PathLike[str], *, fmt: str | None = None) -> dict[str, tuple[int, ...]]:
+def shapes(
+    path: str | os.PathLike[str],
+    *,
+    fmt: str | None = None,
+    key: str | None = None,
+    flatten: bool = False,
+) -> dict[str, tuple[int, ...]]:
     """Names to shapes of the visible variables in ``path``, in the file's order.
 
     Cost: the header only for safetensors, else O(file).
     """
-    fs = _inspect(path, fmt)
+    fs = _inspect(path, fmt, key, flatten)
     visible = [e for e in fs.variables if not e.shadowed]
     return {e.name: tuple(e.shape) for e in reversed(visible)}
 
@@ -187,11 +304,23 @@ def shapes(path: str | os.PathLike[str], *, fmt: str | None = None) -> dict[str,
 class _FileSource:
     """A :class:`~torchlean.widgets.TensorSource` over one entry of an inspected file."""
 
-    __slots__ = ("_fs", "_info")
+    __slots__ = ("_cache", "_fs", "_info")
 
-    def __init__(self, fs: Any, info: Any) -> None:
+    def __init__(self, fs: Any, info: Any, cache: dict[tuple[Any, ...], Any] | None = None) -> None:
         self._fs = fs
         self._info = info
+        self._cache = cache
+
+    def _once(self, what: str, n: object, read: Any) -> Any:
+        """``read()``, remembered for every source over the same stored tensor (when
+        this source has a cache: its tensor is shared by several entries)."""
+        if self._cache is None:
+            return read()
+        key = (self._info.registry, self._info.key, what, n)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = read()
+        return found
 
     @property
     def dims(self) -> tuple[int, ...]:
@@ -206,18 +335,27 @@ class _FileSource:
         return "cpu"
 
     def head(self, n: int) -> np.ndarray[Any, Any]:
+        return self._once("head", n, lambda: self._head(n))  # type: ignore[no-any-return]
+
+    def _head(self, n: int) -> np.ndarray[Any, Any]:
         return np.asarray(self._fs.read(self._info, n)).reshape(-1)[:n]
 
     def block(self, index: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         """``tensor[index]`` (a tuple of slices): from the file alone where the format
         can slice (safetensors reads only the block's rows, so a preview of a wide
         matrix reads its corner); else sliced from the tensor ``inspect`` holds."""
+        return self._once("block", repr(index), lambda: self._block(index))  # type: ignore[no-any-return]
+
+    def _block(self, index: tuple[slice, ...]) -> np.ndarray[Any, Any]:
         if self._fs.sliceable:
             with self._fs.blocks(self._info) as read:
                 return np.asarray(read(index))
         return np.asarray(np.asarray(self._fs.read(self._info))[index])
 
     def sample(self, limit: int) -> tuple[np.ndarray[Any, Any], bool]:
+        return self._once("sample", limit, lambda: self._sample(limit))  # type: ignore[no-any-return]
+
+    def _sample(self, limit: int) -> tuple[np.ndarray[Any, Any], bool]:
         shape = self.dims
         numel = math.prod(shape)
         if numel <= limit:

@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from torchlean._text import printable
 from torchlean.errors import TorchLeanError
 
 __all__ = ["build_parser", "main"]
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
             "torchlean show resnet50.safetensors --filter 'layer4.*'",
             "torchlean show resnet50.safetensors --depth 1   # one line per module",
             "torchlean show model.safetensors.index.json     # a sharded checkpoint",
+            "torchlean show checkpoint.pth.tar --key state_dict_ema",
             "torchlean show model.safetensors --html model.html   # the notebook view",
             "torchlean show model.safetensors --json | jq '.totals'",
         ),
@@ -106,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         " parameters and bytes (0: the totals only)",
     )
     out = show.add_mutually_exclusive_group()
-    out.add_argument("--html", metavar="OUT.html", help="write the notebook view as an HTML page")
+    out.add_argument(
+        "--html",
+        metavar="OUT.html",
+        help="write the notebook view as an HTML page (- or /dev/stdout: to stdout)",
+    )
     out.add_argument(
         "--json",
         action="store_true",
@@ -119,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="width of the terminal view in columns (default: the terminal's, 80 when piped)",
     )
+    _nested_arguments(show)
 
     convert = sub.add_parser(
         "convert",
@@ -140,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--from", dest="from_format", help="IN's format (default: its name)")
     convert.add_argument("--to", dest="to_format", help="OUT's format (default: its name)")
     convert.add_argument("--force", action="store_true", help="replace OUT when it exists already")
+    _nested_arguments(convert)
     convert.add_argument(
         "--max-shard-size",
         metavar="SIZE",
@@ -180,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         " shapes, and every problem with its place (exit 1 on a problem)",
     )
     check.add_argument("--expect-format", help="OTHER's format (default: from its name)")
+    _nested_arguments(check)
 
     diff = sub.add_parser(
         "diff",
@@ -199,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--format-b", help="B's format (default: from its name)")
     diff.add_argument("--json", action="store_true", help="print the differences as JSON")
     diff.add_argument("--all", action="store_true", help="list the unchanged entries too")
+    _nested_arguments(diff)
 
     sub.add_parser(
         "demo",
@@ -207,6 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs torchlean.demo; see `torchlean demo --help`.",
     )
     return parser
+
+
+def _nested_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key",
+        metavar="KEY",
+        help="PyTorch files: the nested state dict to read (model, state_dict_ema;"
+        " dotted for deeper levels)",
+    )
+    parser.add_argument(
+        "--flatten",
+        action="store_true",
+        help="PyTorch files: read nested dicts of tensors as dotted names",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,6 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _fail(args.command, e)
         return 2
+    except MemoryError:
+        print(
+            f"{PROG} {args.command}: error: not enough memory for this file; show and check"
+            " read a safetensors file without loading it",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -275,17 +306,18 @@ def missing_dependency(e: BaseException) -> str | None:
 
 
 def error_text(e: BaseException) -> str:
-    """One line saying what went wrong, for a user."""
+    """One line saying what went wrong, for a user; control characters from names in
+    a file (ESC, BEL, ...) are escaped visibly, never sent to the terminal."""
     missing = missing_dependency(e)
     if missing is not None:
         return missing
     if isinstance(e, OSError) and not isinstance(e, TorchLeanError):
         what = e.strerror or str(e) or type(e).__name__
         if e.filename is not None:
-            return f"{e.filename}: {what[0].lower() + what[1:]}"
-        return what
+            return printable(f"{os.fspath(e.filename)}: {what[0].lower() + what[1:]}")
+        return printable(what)
     text = str(e) or type(e).__name__
-    return " ".join(text.split()) if "\n" in text else text
+    return printable(" ".join(text.split()) if "\n" in text else text)
 
 
 def _demo(rest: list[str]) -> int:

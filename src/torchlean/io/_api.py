@@ -13,12 +13,15 @@ Reading map:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from torchlean._validate import require_bool, require_path, require_str
+from torchlean.errors import FormatError
 from torchlean.io._common import check_backend
 from torchlean.io._format import (
     Format,
@@ -64,12 +67,21 @@ def format_of(path: str | os.PathLike[str], format: str | None = None) -> str:
 
 
 def save(
-    ctx: RuntimeContext[Any], path: str | os.PathLike[str], *, format: str | None = None
+    ctx: RuntimeContext[Any],
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
     """Write ``ctx`` to ``path`` atomically: the old file stays intact on any failure.
 
     ``format`` defaults to the suffix's (``.safetensors``, ``.json``, ``.pt``/``.pth``,
-    ``.npz``, or a registered format's). Cost: O(total bytes).
+    ``.npz``, or a registered format's). ``metadata`` (str to str) is written into a
+    safetensors header's ``__metadata__``; other formats have no place for it and
+    refuse it. Only a regular file is replaced (a symlink to one is followed); a
+    device, FIFO or folder is refused. What the format could not read back (a dtype it
+    lacks, a name it cannot store) is refused before anything is written.
+    Cost: O(total bytes).
     """
     if not isinstance(ctx, RuntimeContext):
         raise TypeError(f"save expects a RuntimeContext, got {type(ctx).__name__}")
@@ -79,7 +91,16 @@ def save(
         raise IsADirectoryError(
             errno.EISDIR, "is a folder; save needs a file name", os.fspath(path)
         )
-    fmt.save(ctx, path)
+    if metadata is None:
+        fmt.save(ctx, path)
+        return
+    if not fmt.metadata:
+        raise ValueError(
+            f"save: metadata= is written by formats with a metadata header"
+            f" ({', '.join(f.name for f in registered() if f.metadata)}); format"
+            f" {fmt.name!r} has none"
+        )
+    fmt.save(ctx, path, metadata=metadata)
 
 
 def load(
@@ -92,6 +113,8 @@ def load(
     strip_prefix: str | None = None,
     dtype: str | None = None,
     lean: bool = False,
+    key: str | None = None,
+    flatten: bool = False,
 ) -> RuntimeContext[Any]:
     """Read a context from ``path``.
 
@@ -103,8 +126,12 @@ def load(
     compares dtypes). ``strip_prefix`` removes a prefix such as ``"module."`` from
     every name that has it. ``dtype`` (tensors whose file names no dtype) and ``lean``
     (read as TorchLean's Lean importer does) are TorchLean JSON's options
-    (:func:`torchlean.io.torchlean_json.load_json`). Bad files raise
-    :class:`~torchlean.errors.FormatError`. Cost: O(total bytes).
+    (:func:`torchlean.io.torchlean_json.load_json`). ``key`` (PyTorch files) picks a
+    nested state dict -- ``"model"``, ``"state_dict_ema"``, dotted for deeper levels --
+    and ``flatten=True`` reads nested mappings as dotted names. Bad files raise
+    :class:`~torchlean.errors.FormatError`. The file is opened once and everything is
+    read from it, so a save that replaces ``path`` meanwhile is never mixed in; the
+    arrays are read into memory, never left mapped to the file. Cost: O(total bytes).
     """
     require_path(path, "load")
     check_backend(backend)
@@ -112,28 +139,70 @@ def load(
     if strip_prefix is not None:
         require_str(strip_prefix, "load", "strip_prefix")
     fmt = _record(path, format)
-    check_input(fmt, path)
-    where = os.fspath(path)
-    if expect is not None and fmt.header_only_inspect:
-        summary = _inspect(path, fmt)
-        have = {
-            _strip(e.name, strip_prefix): (e.shape, e.dtype)
-            for e in summary.variables
-            if not e.shadowed
-        }
-        check_expected(have, expect, dtypes=dtypes, source=where)
+    nested = _nested_options(fmt, key, flatten, "load")
     options = {
         k: v for k, v in (("dtype", dtype), ("lean", lean)) if v is not None and v is not False
     }
     refused = [k for k in options if k not in fmt.load_options]
     if refused:
         raise ValueError(f"load: {'= and '.join(refused)}= do not apply to format {fmt.name!r}")
-    ctx = fmt.load(path, backend=backend, **options)
+    check_input(fmt, path)
+    where = os.fspath(path)
+    with _lfs_hint(path):
+        if expect is not None and fmt.header_only_inspect:
+            summary = _inspect(path, fmt, nested)
+            have = {
+                _strip(e.name, strip_prefix): (e.shape, e.dtype)
+                for e in summary.variables
+                if not e.shadowed
+            }
+            check_expected(have, expect, dtypes=dtypes, source=where)
+        ctx = fmt.load(path, backend=backend, **nested, **options)
     if strip_prefix:
         ctx = strip_names(ctx, strip_prefix)
-    if expect is not None and not fmt.header_only_inspect:
+    if expect is not None:  # again for header-only formats: the file may have been replaced
         check_expected(ctx, expect, dtypes=dtypes, source=where)
     return ctx
+
+
+def _nested_options(fmt: Format, key: Any, flatten: Any, function: str) -> dict[str, Any]:
+    """``key=``/``flatten=`` checked, as keyword arguments for a format that takes them."""
+    if key is not None:
+        require_str(key, function, "key")
+        if not key:
+            raise ValueError(f"{function}: key must not be empty")
+    require_bool(flatten, function, "flatten")
+    if key is None and not flatten:
+        return {}
+    if not fmt.nested:
+        takes = ", ".join(f.name for f in registered() if f.nested)
+        raise ValueError(
+            f"{function}: key= and flatten= pick a nested state dict, which formats"
+            f" {takes} have; format {fmt.name!r} has none"
+        )
+    return {"key": key, "flatten": flatten}
+
+
+_LFS_MAGIC: Final = b"version https://git-lfs.github.com/spec/"
+
+
+@contextlib.contextmanager
+def _lfs_hint(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A FormatError about a file that is a Git LFS pointer says so, and what to run."""
+    try:
+        yield
+    except FormatError as e:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(_LFS_MAGIC))
+        except OSError:
+            raise e from None
+        if head != _LFS_MAGIC:
+            raise
+        raise FormatError(
+            f"{os.fspath(path)}: this looks like a Git LFS pointer, not the file itself;"
+            " run `git lfs pull` (in the repository it came from) to fetch the content"
+        ) from e
 
 
 def _strip(name: str, prefix: str | None) -> str:
@@ -165,20 +234,31 @@ def strip_names(ctx: RuntimeContext[Any], prefix: str) -> RuntimeContext[Any]:
     )
 
 
-def inspect(path: str | os.PathLike[str], *, format: str | None = None) -> FileSummary:
+def inspect(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    key: str | None = None,
+    flatten: bool = False,
+) -> FileSummary:
     """A summary of a saved file: every entry's name, registry, shadowing, shape, dtype
     and byte size, with lazy access to one tensor.
 
-    For safetensors only the header is read (milliseconds, whatever the file's size);
-    other formats are loaded whole. Cost: O(header) for safetensors, else O(file).
+    For safetensors only the header is read (milliseconds, whatever the file's size),
+    and its ``__metadata__`` is in :attr:`FileSummary.metadata`; a PyTorch file is
+    mapped (``torch.load(mmap=True)``), so only what is looked at is read; other
+    formats are loaded whole. ``key`` and ``flatten`` as for :func:`load`.
+    Cost: O(header) for safetensors, O(pickle) for PyTorch, else O(file).
     """
     require_path(path, "inspect")
     fmt = _record(path, format)
+    nested = _nested_options(fmt, key, flatten, "inspect")
     check_input(fmt, path)
-    return _inspect(path, fmt)
+    with _lfs_hint(path):
+        return _inspect(path, fmt, nested)
 
 
-def _inspect(path: str | os.PathLike[str], fmt: Format) -> FileSummary:
+def _inspect(path: str | os.PathLike[str], fmt: Format, nested: dict[str, Any]) -> FileSummary:
     if fmt.inspect is not None:
-        return fmt.inspect(path)
-    return summarize_loaded(path, fmt, fmt.load(path, backend="numpy"))
+        return fmt.inspect(path, **nested)
+    return summarize_loaded(path, fmt, fmt.load(path, backend="numpy", **nested))

@@ -9,6 +9,12 @@ so the rename itself survives a crash. On any failure the temporary file is remo
 the previous file is left exactly as it was, and an :class:`OSError` of the same class
 (``PermissionError``, ...) and ``errno`` is raised with ``filename`` set to the target.
 
+Only regular files are replaced. A target that exists and is anything else (a device
+such as ``/dev/null``, a FIFO, a socket, a directory) is refused before anything is
+written, with an :class:`OSError` naming it: a rename would put a regular file in its
+place. A symlink to a regular file (or a dangling one) is followed: the file it leads
+to is replaced and the link stays a link.
+
 A process killed with SIGKILL mid-write cannot remove its temporary folder
 ``.<name>.<pid>-<random>.tmp``. Such a folder never harms a later save (every save picks
 a fresh random name), and the next successful save of the same target removes the ones
@@ -19,20 +25,23 @@ Reading map:
 - :func:`atomic_path` -- a context manager that yields a temporary path to write to.
 - :func:`atomic_write_bytes` -- write a ``bytes`` object atomically.
 - :func:`stale_temporaries` -- the leftovers of killed writers of a target.
+- :func:`save_target` -- the regular file a save of a path replaces (symlinks followed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "stale_temporaries"]
+__all__ = ["atomic_path", "atomic_write_bytes", "file_kind", "save_target", "stale_temporaries"]
 
 _STARTED = time.time()
 
@@ -56,7 +65,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     ``target``; when it raises, the temporary file is removed and ``target`` is untouched.
     An :class:`OSError` from any step is raised again naming ``target`` (see module doc).
     """
-    target = Path(target)
+    shown = os.fspath(target)
+    target = save_target(target)
     folder = target.parent
     try:
         box = Path(
@@ -67,7 +77,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     except OSError as e:
         if "box" in locals():
             shutil.rmtree(box, ignore_errors=True)
-        raise _naming(e, target) from e
+        raise _naming(e, Path(shown)) from e
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -79,7 +89,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(box, ignore_errors=True)
         cause = _os_error_in(e)
         if cause is not None:
-            raise _naming(cause, target) from e
+            raise _naming(cause, Path(shown)) from e
         raise
     shutil.rmtree(box, ignore_errors=True)
     _sync_folder(folder)
@@ -91,6 +101,62 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes | memoryview)
     """Write ``data`` to ``target`` atomically (see :func:`atomic_path`). Cost: O(len)."""
     with atomic_path(target) as tmp, open(tmp, "wb") as f:
         _write_all(f.fileno(), data)
+
+
+def save_target(target: str | os.PathLike[str]) -> Path:
+    """The path a save of ``target`` writes: ``target`` itself, or the file its symlinks
+    lead to (the links are kept). A target that exists and is not a regular file is
+    refused with an :class:`OSError` (``EINVAL``, ``filename`` the target) that says
+    what it is. Cost: O(symlinks followed)."""
+    path = Path(target)
+    try:
+        st = os.stat(path)  # follows symlinks
+    except FileNotFoundError:
+        # a new file, or a dangling symlink: create what the link names
+        return Path(os.path.realpath(path)) if os.path.islink(path) else path
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise _refusal(path, "a symlink loop") from None
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        raise _refusal(path, file_kind(st.st_mode))
+    if not os.path.islink(path):
+        return path
+    real = Path(os.path.realpath(path))
+    try:
+        same = os.path.samestat(os.stat(real), st)
+    except OSError:
+        same = False
+    if not same:  # e.g. /dev/stdout -> /proc/self/fd/1 -> a deleted file
+        raise _refusal(path, "a link to a file that has no name to replace")
+    return real
+
+
+def file_kind(mode: int) -> str:
+    """``"a directory"``, ``"a FIFO"``, ``"a device"``, ... for an ``st_mode``."""
+    return (
+        "a directory"
+        if stat.S_ISDIR(mode)
+        else "a FIFO"
+        if stat.S_ISFIFO(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a regular file"
+        if stat.S_ISREG(mode)
+        else "not a regular file"
+    )
+
+
+def _refusal(path: Path, kind: str) -> OSError:
+    err = OSError(
+        errno.EINVAL,
+        f"is {kind}, not a regular file; a save writes a new regular file and would"
+        " replace it, so nothing was written",
+    )
+    err.filename = os.fspath(path)
+    return err
 
 
 def stale_temporaries(target: str | os.PathLike[str]) -> list[Path]:

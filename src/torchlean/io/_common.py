@@ -11,26 +11,51 @@ Reading map:
   made.
 - :func:`check_backend` -- refuse a ``backend=`` that names no array library.
 - :func:`check_regular_file` -- refuse directories, FIFOs, devices before reading.
+- :func:`open_regular` -- open a file once, without blocking, and refuse what is not
+  a regular file; every loader reads everything from that one descriptor.
+- :func:`descriptor_path` -- a path that opens the very file a descriptor holds (for
+  libraries that want a name), whatever happens to the name meanwhile.
+- :class:`Descriptor` -- a file kept open for lazy reads at offsets; :func:`read_block`
+  -- a block of a C-ordered tensor from reads of flat element ranges.
+- :func:`check_savable` -- refuse, before writing, what a format could write but not
+  read back (names that are not valid Unicode, NUL in names, dtypes it lacks).
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
-from collections.abc import Sequence
-from typing import Any
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import numpy as np
 
+from torchlean._text import printable
 from torchlean.errors import BackendError, FormatError
+from torchlean.io._atomic import file_kind
 from torchlean.runtime import dtypes
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import backend_named, backend_of, libraries
+from torchlean.runtime.backends.numpy import is_immutable
 from torchlean.runtime.context import RuntimeContext
 from torchlean.runtime.dtypes import dtype_name
 
-__all__ = ["build_context", "check_backend", "check_regular_file", "numpy_dtype", "to_numpy"]
+__all__ = [
+    "SAVABLE_DTYPES",
+    "Descriptor",
+    "build_context",
+    "check_backend",
+    "check_regular_file",
+    "check_savable",
+    "descriptor_path",
+    "numpy_dtype",
+    "open_regular",
+    "read_block",
+    "to_numpy",
+]
 
 
 Entry = tuple[str, Any]
@@ -68,18 +93,191 @@ def check_regular_file(path: str | os.PathLike[str]) -> None:
         raise
     if stat.S_ISREG(mode):
         return
-    kind = (
-        "a directory"
-        if stat.S_ISDIR(mode)
-        else "a FIFO"
-        if stat.S_ISFIFO(mode)
-        else "a device"
-        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "not a regular file"
+    raise FormatError(f"{where}: is {file_kind(mode)}, not a regular file")
+
+
+def open_regular(path: str | os.PathLike[str]) -> int:
+    """A read-only descriptor of ``path``, opened once and without blocking (a FIFO put
+    there after a check cannot hang the reader); anything but a regular file is refused
+    with the error :func:`check_regular_file` gives. The caller closes it. Reading
+    everything from this one descriptor means a file replaced meanwhile (an atomic
+    save renames a new file over the name) is never mixed with the old one."""
+    where = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags |= getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise FileNotFoundError(2, "No such file or directory", where) from None
+    except IsADirectoryError:
+        raise FormatError(f"{where}: is a directory, not a regular file") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise FormatError(f"{where}: a symlink loop, not a file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise FormatError(f"{where}: is {file_kind(mode)}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def descriptor_path(fd: int, path: str | os.PathLike[str]) -> str:
+    """A name that opens the file ``fd`` holds: ``/proc/self/fd/N`` (Linux) or
+    ``/dev/fd/N`` (macOS, the BSDs), so a library that opens files by name reads the
+    same file as ``fd`` even when ``path`` is replaced meanwhile. Where neither
+    exists (Windows) it is ``path`` itself, and a save that replaces ``path`` during
+    the read can still be seen there."""
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        candidate = f"{folder}/{fd}"
+        try:
+            if os.path.samestat(os.stat(candidate), os.fstat(fd)):
+                return candidate
+        except OSError:
+            continue
+    return os.fspath(path)
+
+
+def read_block(
+    shape: tuple[int, ...],
+    index: tuple[slice, ...],
+    elements: Callable[[int, int], np.ndarray[Any, Any]],
+) -> np.ndarray[Any, Any]:
+    """``tensor[index]`` (``index`` slices with positive steps over the leading axes)
+    of a C-ordered tensor of ``shape``, reading only the elements from the block's first
+    to its last: ``elements(first, count)``. Cost: O(that span)."""
+    if len(index) > len(shape):
+        raise IndexError(f"too many indices for a tensor of {len(shape)} dimensions")
+    full = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    ranges = []
+    for s, d in zip(full, shape, strict=True):
+        if not isinstance(s, slice):
+            raise TypeError(f"a block index is a tuple of slices, got {s!r}")
+        r = range(*s.indices(d))
+        if r.step < 0:
+            raise ValueError("a block index needs positive steps")
+        ranges.append(r)
+    sizes = tuple(len(r) for r in ranges)
+    strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
+    if 0 in sizes:
+        return elements(0, 0).reshape(sizes)
+    first = sum(r[0] * st for r, st in zip(ranges, strides, strict=True))
+    last = sum(r[-1] * st for r, st in zip(ranges, strides, strict=True))
+    span = elements(first, last - first + 1)
+    step_bytes = tuple(r.step * st * span.itemsize for r, st in zip(ranges, strides, strict=True))
+    return np.lib.stride_tricks.as_strided(span, sizes, step_bytes, writeable=False).copy()
+
+
+class Descriptor:
+    """A file opened once with :func:`open_regular`, kept open for lazy reads (a
+    :class:`~torchlean.io.FileSummary` holds one): reads at offsets, closed by
+    :meth:`close` or when garbage-collected."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.where = os.fspath(path)
+        self.fd = open_regular(path)
+        self._close = weakref.finalize(self, os.close, self.fd)
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """Exactly ``n`` bytes at ``offset`` (one ``bytes`` object); FormatError when
+        the file ends first."""
+        if hasattr(os, "pread") and n <= 1 << 24:
+            data = os.pread(self.fd, n, offset)
+        else:
+            with open(self.fd, "rb", closefd=False) as f:  # one buffered read, one allocation
+                f.seek(offset)
+                data = f.read(n)
+        if len(data) != n:
+            raise FormatError(
+                f"{self.where}: truncated while reading: {len(data)} of {n} bytes at offset"
+                f" {offset} (the file changed while it was read?)"
+            )
+        return data
+
+    def close(self) -> None:
+        self._close()
+
+
+def check_savable(
+    ctx: RuntimeContext[Any],
+    path: str | os.PathLike[str],
+    *,
+    format: str,
+    allowed: frozenset[str] | None = None,
+    nul: bool = True,
+    unicode: bool = True,
+    everything: bool = True,
+) -> None:
+    """Refuse, before anything is written, a context that ``format`` would write but
+    could not read back: a name that is not valid Unicode (a lone surrogate; refused
+    when ``unicode``), a name holding NUL (when not ``nul``), a dtype outside
+    ``allowed`` (the format's dtype names; ``None``: any numeric dtype). Checks every entry
+    when ``everything``, else the latest variable of each name. Every problem is listed
+    in one :class:`~torchlean.errors.FormatError`. Cost: O(entries)."""
+    where = os.fspath(path)
+    problems: list[str] = []
+    entries = (
+        [("variable", n, at) for n, at in ctx.var_registry]
+        + [("gradient", n, at) for n, at in ctx.gradients]
+        if everything
+        else [("variable", n, at) for n, at in ctx.latest_variables()]
     )
-    raise FormatError(f"{where}: is {kind}, not a regular file")
+    known = SAVABLE_DTYPES
+    seen: set[tuple[str, str, str]] = set()
+    for kind, name, at in entries:
+        if (kind, name, at.dtype) in seen:  # shadowed entries: each problem once
+            continue
+        seen.add((kind, name, at.dtype))
+        shown = printable(name)
+        if unicode:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError as e:
+                problems.append(
+                    f"{kind} `{shown}` has a name that is not valid Unicode (a lone"
+                    f" surrogate at index {e.start})"
+                )
+                continue
+        if not nul and "\x00" in name:
+            problems.append(
+                f"{kind} `{shown}` has a NUL character in its name, which {format} cannot"
+                " store (a zip member name ends at NUL)"
+            )
+        dtype = _WIDENED.get(at.dtype, at.dtype)  # what to_numpy gives the format
+        if dtype not in (known if allowed is None else allowed):
+            problems.append(f"{kind} `{shown}` has dtype {dtype}, which {format} cannot store")
+    if problems:
+        head = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise FormatError(f"{where}: cannot save: {head}{more}; nothing was written")
+
+
+# dtypes numpy lacks that the torch backend's to_numpy widens (convert notes it)
+_WIDENED: Final = {"complex32": "complex64"}
+
+_NUMERIC: Final = frozenset(
+    {
+        "bool",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+    }
+)
 
 
 def check_backend(backend: str) -> None:
@@ -99,7 +297,9 @@ def build_context(
     """A context whose registries are ``variables`` and ``gradients`` (most recent first).
 
     The arrays (numpy, or any library's, fresh: the context takes them over) become
-    arrays of ``backend``; those of another library go through numpy. Entries that share
+    arrays of ``backend``; those of another library go through numpy. numpy arrays end
+    up over an immutable ``bytes`` object (a copy unless the reader made them so), so
+    numpy refuses to make them writeable again. Entries that share
     one array (``is``) share one tensor in the context. Cost: O(n log n) plus one
     conversion per distinct array of another library.
     """
@@ -119,9 +319,21 @@ def build_context(
             if source is not library:
                 array = library.from_numpy(source.to_numpy(array), f"{kind} `{name}`")
             value = library.adopt(array)
+            if isinstance(value, np.ndarray) and not is_immutable(value):
+                # a reader's own buffer: copy it into immutable bytes, so that no one
+                # can make the loaded array writeable again (setflags up the base chain)
+                value = library.freeze(value)
             converted[id(array)] = value
         return value
 
     v = [(n, convert("variable", n, a)) for n, a in variables]
     g = [(n, convert("gradient", n, a)) for n, a in gradients]
-    return RuntimeContext.from_registries(v, g, next_id=next_id, dtype=pin, adopt=True)
+    try:
+        return RuntimeContext.from_registries(v, g, next_id=next_id, dtype=pin, adopt=True)
+    except ValueError as e:  # a name no context holds (a lone surrogate)
+        raise FormatError(f"{os.fspath(path)}: {e}") from None
+
+
+#: The dtypes every whole-context format stores: numpy's numeric ones and the narrow
+#: floats of :data:`torchlean.runtime.dtypes.EXTENDED_FLOATS`.
+SAVABLE_DTYPES: Final = _NUMERIC | frozenset(dtypes.EXTENDED_FLOATS)

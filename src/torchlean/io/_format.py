@@ -67,6 +67,10 @@ class Format:
     - ``load_options``: the keyword options of :func:`torchlean.io.load` that ``load``
       also takes (``("dtype", "lean")`` for TorchLean JSON); ``io.load`` refuses them
       for other formats.
+    - ``metadata``: ``save`` takes ``metadata=`` (a mapping of str to str) and
+      ``inspect`` reports the file's in :attr:`FileSummary.metadata`.
+    - ``nested``: ``load`` and ``inspect`` take ``key=`` (the nested state dict to read,
+      dotted for deeper levels) and ``flatten=`` (nested dicts as dotted names).
 
     The loader need not strip prefixes or check expectations: ``load`` does both for
     every format.
@@ -74,13 +78,15 @@ class Format:
 
     name: str
     suffixes: tuple[str, ...]
-    save: Callable[[RuntimeContext[Any], Path], None]
+    save: Callable[..., None]
     load: Callable[..., RuntimeContext[Any]]
-    inspect: Callable[[Path], FileSummary] | None = None
+    inspect: Callable[..., FileSummary] | None = None
     whole_context: bool = False
     header_only_inspect: bool = False
     directory: bool = False
     load_options: tuple[str, ...] = ()
+    metadata: bool = False
+    nested: bool = False
 
     def __post_init__(self) -> None:
         require_str(self.name, "Format", "name")
@@ -114,6 +120,8 @@ class Format:
             raise TypeError(
                 f"Format: load_options must be a tuple of str, got {self.load_options!r}"
             )
+        require_bool(self.metadata, "Format", "metadata")
+        require_bool(self.nested, "Format", "nested")
 
 
 _TABLE: dict[str, Format] = {}

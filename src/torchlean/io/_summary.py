@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from torchlean._text import did_you_mean, format_bytes
+from torchlean._text import did_you_mean, format_bytes, printable
 from torchlean.errors import UnknownNameError
 
 __all__ = ["FileSummary", "TensorInfo"]
@@ -69,6 +69,9 @@ class FileSummary:
     _blocks: Callable[[TensorInfo], AbstractContextManager[Block]] | None = field(
         default=None, repr=False
     )
+    #: The file's own metadata (safetensors' ``__metadata__`` less torchlean's layout);
+    #: ``None`` for formats that have none.
+    metadata: dict[str, str] | None = None
 
     @property
     def variables(self) -> tuple[TensorInfo, ...]:
@@ -146,10 +149,13 @@ class FileSummary:
         if self.next_id is not None:
             pin = "" if self.dtype is None else f", dtype {self.dtype}"
             lines.append(f"next_id {self.next_id}{pin}")
+        for k, v in (self.metadata or {}).items():
+            lines.append(f"metadata {printable(k)}: {printable(v)}")
         for e in self.entries:
             mark = " (shadowed)" if e.shadowed else ""
             shape = str(e.shape)
             lines.append(
-                f"{e.registry:8} {e.name}{mark}  {shape} {e.dtype}  {format_bytes(e.nbytes)}"
+                f"{e.registry:8} {printable(e.name)}{mark}  {shape} {e.dtype}"
+                f"  {format_bytes(e.nbytes)}"
             )
         return "\n".join(lines)

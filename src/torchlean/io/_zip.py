@@ -8,7 +8,7 @@ archive's end or overlapping ones are refused with a
 
 Reading map:
 - :func:`check_zip_directory` -- the checks, on a list of ``ZipInfo``.
-- :func:`check_zip_file` -- the checks on a file when it is a zip archive (torch's).
+- :func:`check_zip_file` -- the checks on an open file when it is a zip archive (torch's).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import os
 import zipfile
-from typing import Final
+from typing import BinaryIO, Final
 
 from torchlean.errors import FormatError
 
@@ -88,15 +88,23 @@ def check_zip_directory(
             )
 
 
-def check_zip_file(path: str | os.PathLike[str], where: str, *, what: str) -> None:
-    """When ``path`` is a zip archive, check its directory (``npy=False``); a file that
-    is not a zip archive passes. A damaged directory is a FormatError saying the file
-    is not a valid ``what``. Cost: O(members)."""
+def check_zip_file(file: BinaryIO, where: str, *, what: str) -> bool:
+    """When the open ``file`` is a zip archive, check its directory (``npy=False``) and
+    return True; a file that is not a zip archive passes (False). A damaged directory
+    is a FormatError saying the file is not a valid ``what``. The reader then reads the
+    same open file, so the file checked is the file read. Leaves the position at 0.
+    Cost: O(members)."""
     try:
-        if not zipfile.is_zipfile(path):  # (it can raise BadZipFile itself)
-            return
-        with zipfile.ZipFile(path) as zf:
+        size = os.fstat(file.fileno()).st_size
+        file.seek(0)
+        if not zipfile.is_zipfile(file):  # (it can raise BadZipFile itself)
+            return False
+        file.seek(0)
+        with zipfile.ZipFile(file) as zf:
             infos = zf.infolist()
     except Exception as e:  # BadZipFile, NotImplementedError (a zip version), ...
         raise FormatError(f"{where}: not a valid {what} ({e})") from None
-    check_zip_directory(infos, os.path.getsize(path), where, npy=False)
+    finally:
+        file.seek(0)
+    check_zip_directory(infos, size, where, npy=False)
+    return True

@@ -31,11 +31,19 @@ import numpy as np
 from torchlean._validate import require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_path
-from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
+from torchlean.io._common import (
+    build_context,
+    check_backend,
+    check_savable,
+    numpy_dtype,
+    open_regular,
+    to_numpy,
+)
 from torchlean.io._format import Format
 from torchlean.io._layout import PREFIX, check_layout, layout_object, plan
 from torchlean.io._zip import check_zip_directory
 from torchlean.runtime.context import RuntimeContext
+from torchlean.runtime.dtypes import EXTENDED_FLOATS
 
 __all__ = ["FORMAT", "load_npz", "save_npz"]
 
@@ -43,14 +51,21 @@ LAYOUT_KEY: Final = PREFIX + "layout"
 
 
 def save_npz(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
-    """Write the whole context to an ``.npz`` archive, atomically. Cost: O(total bytes)."""
+    """Write the whole context to an ``.npz`` archive, atomically.
+
+    Names with NUL or a lone surrogate and dtypes that are not numbers (strings, dates)
+    are refused before anything is written: the archive could not hold or give them
+    back. Cost: O(total bytes)."""
     require_save_arguments(ctx, path, "save_npz")
+    check_savable(ctx, path, format="npz", nul=False)
     tensors, variables, gradients = plan(ctx)
     dtypes: dict[str, str] = {}
     arrays: dict[str, np.ndarray[Any, Any]] = {}
     for key, at in tensors.items():
         a = to_numpy(at)
-        if a.dtype.kind == "V" or type(a.dtype).__module__.startswith("ml_dtypes"):
+        if a.dtype.name in EXTENDED_FLOATS or a.dtype.kind == "V":
+            # numpy writes an ml_dtypes type under a descriptor it cannot read back
+            # (float8_e5m2 as '<f1'): store the bits, name the dtype in the layout
             dtypes[key] = a.dtype.name
             a = a.view(f"u{a.dtype.itemsize}")
         arrays[key] = a
@@ -63,7 +78,6 @@ def save_npz(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
 
 
 _NUMERIC_KINDS: Final = "biufc"
-_CHUNK: Final = 1 << 24
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray[Any, Any]:
@@ -93,17 +107,14 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.n
                 f"{where}: {what} holds {info.file_size - header} data bytes but its header"
                 f" says shape {shape} of {dtype.name}, which is {nbytes} bytes"
             )
-        buf = np.empty(nbytes, dtype=np.uint8)
-        got = 0
-        while got < nbytes:
-            chunk = m.read(min(_CHUNK, nbytes - got))
-            if not chunk:
-                raise FormatError(f"{where}: {what} ends after {got} of {nbytes} data bytes")
-            buf[got : got + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-            got += len(chunk)
+        # one immutable bytes object (numpy refuses to make arrays over it writeable);
+        # the size was checked against the directory, itself bounded by the archive
+        data = m.read(nbytes)
+        if len(data) != nbytes:
+            raise FormatError(f"{where}: {what} ends after {len(data)} of {nbytes} data bytes")
         if m.read(1):  # reaching the end also checks the CRC
             raise FormatError(f"{where}: {what} has bytes after its data")
-    array = buf.view(dtype)
+    array = np.frombuffer(data, dtype=dtype)
     return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
@@ -111,7 +122,7 @@ def _read_archive(path: str | os.PathLike[str], where: str) -> dict[str, np.ndar
     """Every member of the archive as an array; nothing in it is unpickled, and no
     member is inflated past the size its ``.npy`` header implies. Cost: O(total bytes)."""
     arrays: dict[str, np.ndarray[Any, Any]] = {}
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:  # opened once, read from this file only
         size = os.fstat(f.fileno()).st_size
         try:
             with zipfile.ZipFile(f) as zf:
@@ -148,8 +159,6 @@ def load_npz(path: str | os.PathLike[str], *, backend: str = "numpy") -> Runtime
     """
     check_backend(backend)
     where = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{where}: no such file")
     arrays = _read_archive(path, where)
     raw = arrays.pop(LAYOUT_KEY, None)
     if raw is None:

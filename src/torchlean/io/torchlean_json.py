@@ -53,14 +53,12 @@ from torchlean.io._atomic import atomic_path
 from torchlean.io._common import (
     build_context,
     check_backend,
-    check_regular_file,
     numpy_dtype,
     to_numpy,
 )
 from torchlean.io._format import Format
 from torchlean.io._json_fast import Flat, fast_document
 from torchlean.io._json_stream import tensor_pieces
-from torchlean.io._zip import check_zip_file
 from torchlean.runtime.context import RuntimeContext
 from torchlean.runtime.dtypes import dtype_name, is_extended_float
 
@@ -824,35 +822,16 @@ def read_checkpoint(
     a later key replaced after stripping, as the script's dict does). Memory: the
     checkpoint is memory-mapped where torch allows. Cost: O(total bytes).
     """
-    import pickle
 
     import torch
 
     require_path(path, "read_checkpoint")
     check_backend(backend)
     require_bool(strip_module, "read_checkpoint", "strip_module")
+    from torchlean.io.torch import read_object
+
     where = os.fspath(path)
-    check_regular_file(path)
-    if os.path.getsize(path) == 0:
-        raise FormatError(f"{where}: empty file, not a PyTorch file")
-    check_zip_file(path, where, what="PyTorch file")
-    try:
-        try:
-            obj = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, weights_only=True, map_location="cpu")  # legacy format
-    except pickle.UnpicklingError as e:
-        raise FormatError(
-            f"{where}: refused to load: the pickle needs more than tensors and plain"
-            f" containers, and is never run (weights_only=True): {str(e).splitlines()[0][:200]}"
-        ) from None
-    except Exception as e:
-        raise FormatError(
-            f"{where}: not a valid PyTorch file ({type(e).__name__}:"
-            f" {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
-        ) from None
+    obj, _ = read_object(path, mmap=True)
     left_out: list[str] = []
     if isinstance(obj, dict):
         for key in _WRAPPERS:

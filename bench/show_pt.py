@@ -1,0 +1,110 @@
+"""``torchlean show`` of a ``.pt`` file beside its safetensors twin: wall time and peak RSS.
+
+Writes a ~200 MB state_dict (``--mb``) twice -- ``torch.save`` and safetensors, the same
+tensors -- then runs ``python -m torchlean show PATH --width 120`` on each, in fresh
+processes, side by side, ``--repeat`` times, and prints the median wall time and the
+median peak RSS (``ru_maxrss`` of the child). Also the cost of the old way of reading a
+``.pt`` for ``show`` (``torch.load`` of the whole file, then a summary), measured the
+same way, and the floor every ``.pt`` reader pays: importing torch. Since ``inspect``
+maps a ``.pt`` (``torch.load(mmap=True)``) and reads what the view samples with
+``pread``, a show of it costs the torch import plus about what the safetensors twin
+costs.
+
+    PYTHONPATH=src python bench/show_pt.py [--mb 200] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# the pre-mmap path: the whole file read with torch.load, then summarised in memory
+_FULL = (
+    "import sys, torch, torchlean.io as tio\n"
+    "from torchlean.widgets import summarize\n"
+    "ctx = tio.load(sys.argv[1])\n"
+    "summarize(ctx)\n"
+)
+
+
+_WRITE = (
+    "import sys, torch\n"
+    "from safetensors.torch import save_file\n"
+    "folder, mb = sys.argv[1], int(sys.argv[2])\n"
+    "per = 4 << 20\n"  # 4 M float32 = 16 MiB per tensor
+    "n = max(1, (mb << 20) // (per * 4))\n"
+    "t = {f'blocks.{i}.weight': torch.full((2048, per // 2048), 0.01 * (i + 1))"
+    " for i in range(n)}\n"
+    "t['embed'] = torch.arange(1 << 20, dtype=torch.float32).reshape(1024, 1024)\n"
+    "torch.save(t, folder + '/model.pt')\n"
+    "save_file(t, folder + '/model.safetensors')\n"
+)
+
+
+def _write(folder: Path, mb: int) -> tuple[Path, Path]:
+    """The twin files, written by a child process (this one stays small: a child's peak
+    RSS as wait4 reports it includes what it was forked from)."""
+    subprocess.run([sys.executable, "-c", _WRITE, str(folder), str(mb)], check=True)
+    return folder / "model.pt", folder / "model.safetensors"
+
+
+def _run(argv: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one child process."""
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(argv)}")
+    return wall, usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def _median(argv: list[str], repeat: int) -> tuple[float, float]:
+    runs = [_run(argv) for _ in range(repeat)]
+    return statistics.median(w for w, _ in runs), statistics.median(r for _, r in runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        pt, st = _write(Path(tmp), args.mb)
+        show = [sys.executable, "-m", "torchlean", "show"]
+        rows = [
+            ("show model.safetensors", _median([*show, str(st), "--width", "120"], args.repeat)),
+            ("show model.pt (mapped)", _median([*show, str(pt), "--width", "120"], args.repeat)),
+            (
+                "torch.load + summarize .pt",
+                _median([sys.executable, "-c", _FULL, str(pt)], args.repeat),
+            ),
+            ("floor: import torch", _median([sys.executable, "-c", "import torch"], args.repeat)),
+        ]
+        print(
+            f"file: {pt.stat().st_size / 2**20:.0f} MiB (.pt),"
+            f" {st.stat().st_size / 2**20:.0f} MiB (.safetensors)"
+        )
+        print(f"{'':30} {'wall (median)':>14} {'peak RSS (median)':>18}")
+        for label, (wall, rss) in rows:
+            print(f"{label:30} {wall:12.2f} s {rss:15.0f} MiB")
+        (w_st, r_st), (w_pt, r_pt) = rows[0][1], rows[1][1]
+        print(f"ratio .pt / safetensors: wall {w_pt / w_st:.2f}x, peak RSS {r_pt / r_st:.2f}x")
+        w_torch, r_torch = rows[3][1]
+        print(
+            f"show model.pt above the torch import: wall {w_pt - w_torch:+.2f} s,"
+            f" peak RSS {r_pt - r_torch:+.0f} MiB (safetensors: {w_st:.2f} s, {r_st:.0f} MiB)"
+        )
+
+
+if __name__ == "__main__":
+    main()
