@@ -133,6 +133,10 @@ class JaxBackend(Backend):
         """``jax.numpy``."""
         return self.jnp
 
+    def adopt_all(self, values: list[Any]) -> list[Any]:
+        """The values as they are (jax arrays are immutable)."""
+        return list(values)
+
 
 def _device_name(device: Any) -> str:
     platform = device.platform
