@@ -129,7 +129,8 @@ class Optimizer:
         for i, (name, _) in enumerate(floats):
             items.append((f"step/{name}", steps[i]))
             items.extend((f"{slot}/{name}", slots[slot][i]) for slot in self.hyper.slots)
-        return RuntimeContext.empty().register_variables(items)
+        # fresh arrays, stored as they are (views of a flat buffer stay views)
+        return RuntimeContext.empty().with_variables(items, adopt=True)
 
     # ------------------------------------------------------------------ step
 

@@ -48,6 +48,7 @@ class Plan:
     """The pairing of one layout of gradients, variables and optimizer state."""
 
     __slots__ = (
+        "aliasing",
         "checked",
         "dims",
         "dtypes",
@@ -72,6 +73,7 @@ class Plan:
         self.state_libraries: list[int] = []
         self.dtypes: list[Any] = []
         self.library: Backend | None = None
+        self.aliasing = True  # whether donation needs the alias check
         #: the parameters the donation alias check passed for (held, as torch.optim holds them)
         self.checked: list[Any] | None = None
 
@@ -107,6 +109,8 @@ class Plan:
         plan.dims, plan.libraries = params.dims, params.libraries
         plan.state_dims, plan.state_libraries = entries.dims, entries.libraries
         plan.dtypes = list(map(_DTYPE, params.tensors))
+        # a library whose buffers are never written in place (jax) has no aliases to check
+        plan.aliasing = any(library.buffer_key(t) is not None for t in params.tensors)
         if donate:
             plan.checked = params.tensors
         return plan
@@ -143,7 +147,7 @@ class Plan:
         dtypes = list(map(_DTYPE, params.tensors))
         if dtypes != self.dtypes or list(map(_DTYPE, grads.tensors)) != dtypes:
             return None
-        if donate:
+        if donate and self.aliasing:
             checked = self.checked
             if checked is None or not all(map(operator.is_, checked, params.tensors)):
                 return None  # new parameter tensors: the pairing path checks aliases again

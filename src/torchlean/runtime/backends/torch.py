@@ -233,11 +233,13 @@ class TorchBackend(Backend):
         self, fn: Callable[[list[Any]], Any], values: list[Any], *, has_aux: bool
     ) -> tuple[Any, list[Any]]:
         """``torch.autograd.grad`` on fresh requires-grad leaves sharing storage with
-        ``values`` (no copy); the loss and torch tensors in ``aux`` come back detached."""
+        ``values`` (no copy; values that tile a flat buffer are views of one leaf, the
+        buffer, see :meth:`grad_leaves`); the loss and torch tensors in ``aux`` come back
+        detached."""
         torch = self.torch
         from torch.utils import _pytree
 
-        leaves = [v.detach().requires_grad_(True) for v in values]
+        leaves, roots, spread = self.grad_leaves(values)
         with torch.enable_grad():
             out = fn(leaves)
             loss, aux = out if has_aux else (out, None)
@@ -245,11 +247,11 @@ class TorchBackend(Backend):
                 raise TypeError(
                     f"value_and_grad: fn must return a torch tensor, got {type(loss).__name__}"
                 )
-            if loss.requires_grad and leaves:
-                raw = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+            if loss.requires_grad and roots:
+                raw = torch.autograd.grad(loss, roots, allow_unused=True, materialize_grads=True)
             else:
-                raw = tuple(torch.zeros_like(leaf, requires_grad=False) for leaf in leaves)
-        grads = [g.detach() for g in raw]
+                raw = tuple(torch.zeros_like(root, requires_grad=False) for root in roots)
+        grads = spread([g.detach() for g in raw])
         value = loss.detach()
         if has_aux:
             aux = _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, aux)
@@ -378,6 +380,64 @@ class TorchBackend(Backend):
                 return facts.run_in_place(self, rule, lr, params, grads, slots, steps, count)
 
         return update
+
+
+    def grad_leaves(
+        self, values: list[Any]
+    ) -> tuple[list[Any], list[Any], Callable[[list[Any]], list[Any]]]:
+        """``(leaves, roots, spread)`` for differentiating with respect to ``values``.
+
+        Each value gets a fresh requires-grad leaf sharing its storage, except values
+        that tile one flat buffer (:meth:`flat_base`): the buffer becomes one root and
+        their leaves are views of it, so autograd returns one flat gradient for them.
+        ``spread(gradients of roots)`` gives one gradient per value (views of a flat
+        gradient for a flat buffer's values).
+        """
+        torch = self.torch
+        n = len(values)
+        bases = list(map(_BASE, values))
+        if all(map(operator.is_, bases, itertools.repeat(None, n))):
+            plain = [v.detach().requires_grad_(True) for v in values]
+            return plain, plain, _same
+        by_base: dict[int, list[int]] = {}
+        for i, base in enumerate(bases):
+            if base is not None:
+                by_base.setdefault(id(base), []).append(i)
+        leaves: list[Any] = [None] * n
+        roots: list[Any] = []
+        layout: list[list[int]] = []
+        with torch.enable_grad():
+            for ix in by_base.values():
+                group = [values[i] for i in ix]
+                base = self.flat_base(group)
+                if base is None:
+                    continue
+                root = base.detach().requires_grad_(True)
+                for i, view in zip(ix, _views(root, group), strict=True):
+                    leaves[i] = view
+                roots.append(root)
+                layout.append(ix)
+        for i, leaf in enumerate(leaves):
+            if leaf is None:
+                leaves[i] = values[i].detach().requires_grad_(True)
+                roots.append(leaves[i])
+                layout.append([i])
+
+        def spread(raw: list[Any]) -> list[Any]:
+            out: list[Any] = [None] * n
+            for g, ix in zip(raw, layout, strict=True):
+                if len(ix) == 1 and g.shape == values[ix[0]].shape:
+                    out[ix[0]] = g
+                    continue
+                for i, view in zip(ix, _views(g.contiguous(), [values[i] for i in ix]), strict=True):
+                    out[i] = view
+            return out
+
+        return leaves, roots, spread
+
+
+def _same(xs: list[Any]) -> list[Any]:
+    return xs
 
 
 _BASE = operator.attrgetter("_base")
