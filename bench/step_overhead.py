@@ -29,10 +29,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from optim_step import gpt2_shapes  # noqa: E402
-
-from torchlean import RuntimeContext, optim  # noqa: E402
-from torchlean.autograd import value_and_grad  # noqa: E402
+from optim_step import gpt2_shapes
+from torchlean import RuntimeContext, optim
+from torchlean.autograd import value_and_grad
 
 Variants = dict[str, Callable[[], Any]]
 
@@ -77,7 +76,9 @@ def optimizer_variants() -> Variants:
             ctx = optim.flatten(ctx)
             flat_grad = torch.cat([gr.reshape(-1) for gr in grads.values()])
             views = flat_grad.split([gr.numel() for gr in grads.values()])
-            gradients = [(k, v.view(gr.shape)) for (k, gr), v in zip(grads.items(), views)]
+            gradients = [
+                (k, v.view(gr.shape)) for (k, gr), v in zip(grads.items(), views, strict=True)
+            ]
         else:
             gradients = [(k, gr.clone()) for k, gr in grads.items()]
         ctx = ctx.with_gradients(gradients, adopt=True)
@@ -218,7 +219,8 @@ def main() -> None:
     report("AdamW step, GPT-2's 148 tensors (tiny)", med, "torch AdamW(fused=True).step()")
     if not args.skip_train:
         med = measure(train_variants(), args.repeat, args.inner)
-        report("training step, MLP 32-64-64-10, batch 16", med, "nn.Module + AdamW(fused=True) loop")
+        base = "nn.Module + AdamW(fused=True) loop"
+        report("training step, MLP 32-64-64-10, batch 16", med, base)
     if not args.skip_jax:
         med = measure(jax_variants(), args.repeat, args.inner)
         report("jax AdamW step, GPT-2's 148 arrays (tiny)", med, "optax.adamw update under jax.jit")

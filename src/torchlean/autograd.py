@@ -139,10 +139,10 @@ def value_and_grad(
                 new = new.accumulate_gradient(name, at)
             return out, new
         old = _bulk.heads(ctx, names, gradients=True)
-        if old is not None and old.dims == dims and len(set(old.libraries)) <= 1:
-            if not names or _bulk.library(old.libraries[0]) is library:
-                fresh = library.adopt_all(raw)
-                return out, _bulk.replace_heads_trusted(ctx, names, fresh, gradients=True, read=old)
+        same = old is not None and old.dims == dims and len(set(old.libraries)) <= 1
+        if same and old is not None and (not names or _bulk.library(old.libraries[0]) is library):
+            fresh = library.adopt_all(raw)
+            return out, _bulk.replace_heads_trusted(ctx, names, fresh, gradients=True, read=old)
         return out, ctx.with_gradients(list(zip(names, raw, strict=True)), adopt=True)
 
     transformed.__name__ = f"value_and_grad({getattr(fn, '__name__', 'fn')})"
@@ -174,8 +174,8 @@ class _Layouts:
                 and last[1] == read.libraries
                 and last[2] == dtypes
             ):
-                names, library, pick = last[3], last[4], last[5]
-                return names, library, pick(read.tensors), pick(read.dims)
+                names, library, chosen = last[3], last[4], last[5]
+                return names, library, chosen(read.tensors), chosen(read.dims)
         names = differentiable_names(ctx, self.frozen)
         library = _library_of_names(ctx, names)
         values = ctx.state_dict()  # every entry read and checked

@@ -90,8 +90,7 @@ def flatten(
             views = library.flatten([t for _, t in members])
         except BackendError as e:
             raise BackendError(
-                f"flatten: variable `{names[0]}` is a {library.name} {dtype} array on"
-                f" {device}: {e}"
+                f"flatten: variable `{names[0]}` is a {library.name} {dtype} array on {device}: {e}"
             ) from None
         items += zip(names, views, strict=True)
         if state is None:

@@ -381,7 +381,6 @@ class TorchBackend(Backend):
 
         return update
 
-
     def grad_leaves(
         self, values: list[Any]
     ) -> tuple[list[Any], list[Any], Callable[[list[Any]], list[Any]]]:
@@ -429,7 +428,8 @@ class TorchBackend(Backend):
                 if len(ix) == 1 and g.shape == values[ix[0]].shape:
                     out[ix[0]] = g
                     continue
-                for i, view in zip(ix, _views(g.contiguous(), [values[i] for i in ix]), strict=True):
+                likes = [values[i] for i in ix]
+                for i, view in zip(ix, _views(g.contiguous(), likes), strict=True):
                     out[i] = view
             return out
 
