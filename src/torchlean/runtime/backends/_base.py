@@ -217,6 +217,25 @@ class Backend:
         learns about the tensors (groups, flat buffers) while they stay the same."""
         return self.updater(rule, donate=donate)
 
+    def capture(self, fn: Callable[[], Any], *, like: Any) -> tuple[Any, Callable[[], None]] | None:
+        """Record the kernels ``fn`` launches, once, for replay (a CUDA graph on torch
+        CUDA tensors): ``(what fn returned, replay)``, or ``None`` when the library cannot
+        record on ``like``'s device (``fn`` is then not called). A replay reruns the
+        kernels on the same memory and runs no Python."""
+        return None
+
+    def bump_versions(self, values: list[Any]) -> None:
+        """Record a write to each value done behind the library's back (a replayed
+        recording): every context holding one of them then refuses to read it."""
+
+    def copy(self, x: Any) -> Any:
+        """A fresh copy of ``x`` (``x`` itself for a library whose arrays are immutable)."""
+        return x
+
+    def copy_into(self, dst: Any, src: Any) -> None:
+        """Write ``src``'s elements into ``dst`` (same shape and dtype)."""
+        raise BackendError(f"the {self.name} backend cannot write arrays in place")
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

@@ -85,6 +85,10 @@ class NumpyBackend(Backend):
 
         return update
 
+    def copy(self, x: Any) -> Any:
+        """``np.array(x)`` (a writable copy)."""
+        return np.array(x)
+
 
 def is_immutable(x: np.ndarray[Any, Any]) -> bool:
     """True when no one can ever write ``x``'s memory: it is owned by a ``bytes`` object."""

@@ -435,6 +435,31 @@ class TorchBackend(Backend):
 
         return leaves, roots, spread
 
+    def capture(self, fn: Callable[[], Any], *, like: Any) -> tuple[Any, Callable[[], None]] | None:
+        """A CUDA graph of ``fn`` when ``like`` is a CUDA tensor (``torch.cuda.graph``),
+        else ``None``. ``fn`` must not synchronize (no ``.item()``)."""
+        torch = self.torch
+        if like.device.type != "cuda":
+            return None
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(like.device)
+        with torch.cuda.graph(graph):
+            out = fn()
+        return out, graph.replay
+
+    def bump_versions(self, values: list[Any]) -> None:
+        """``torch._C._increment_version`` of each tensor."""
+        self.torch._C._increment_version(values)
+
+    def copy(self, x: Any) -> Any:
+        """``x.detach().clone()``."""
+        return x.detach().clone()
+
+    def copy_into(self, dst: Any, src: Any) -> None:
+        """``dst.copy_(src)`` without recording autograd history."""
+        with self.torch.no_grad():
+            dst.copy_(src)
+
 
 def _same(xs: list[Any]) -> list[Any]:
     return xs
