@@ -1,18 +1,22 @@
-"""A whole training step, context-based vs the idiomatic loop, torch and jax.
+"""A whole training step, context-based vs the idiomatic loop, eager and captured, torch and jax.
 
-Model: MLP 784-1024-1024-10 (ReLU), cross-entropy, AdamW(lr=1e-3), batch 256, random
-data. Variants, run interleaved in one process on their own copies of the same weights:
+Model: MLP 784-1024-1024-10 (ReLU), cross-entropy, AdamW(lr=1e-3), random data, at each
+``--batch`` (default 256 and 8192). Variants, run interleaved in one process on their own
+copies of the same weights (medians of synchronized steps on a GPU):
 
-- torch, idiomatic: ``nn.Sequential`` + ``torch.optim.AdamW`` (default implementation, and
-  ``fused=True``): ``zero_grad``, forward, ``backward``, ``step``.
+- torch, idiomatic: ``nn.Sequential`` + ``torch.optim.AdamW(fused=True)``: ``zero_grad``,
+  forward, ``backward``, ``step``; on CUDA also the same step captured in a CUDA graph
+  (plain PyTorch: static inputs, ``capturable=True``, replayed);
 - torch, torchlean: ``value_and_grad(loss)(ctx, x, y)`` then ``adamw.step(ctx, state)``
-  (the default: donation, fused kernel).
-- jax, optax: ``jax.jit`` of value_and_grad + ``optax.adamw`` update, params donated.
+  (the default: donation, fused kernel), the same on flat storage, and the captured step
+  (:class:`torchlean.train.CapturedStep`: a CUDA graph on CUDA, eager on the CPU);
+- jax, optax: ``jax.jit`` of value_and_grad + ``optax.adamw`` update, params donated;
 - jax, torchlean: ``jax.jit`` of ``value_and_grad`` + ``adamw.step`` on contexts (as
   ``torchlean.train.fit`` runs it), contexts donated.
 
 Prints the median step time of each and the ratio to its baseline.
-Run: PYTHONPATH=src python bench/train_step.py [--repeat 30] [--skip-jax] [--threads N]
+Run: PYTHONPATH=src python bench/train_step.py [--device cuda] [--batch 256 8192]
+     [--repeat 30] [--skip-jax] [--threads N] [--sizes 784 1024 1024 10]
 """
 
 from __future__ import annotations
@@ -27,41 +31,42 @@ from typing import Any
 import numpy as np
 
 SIZES = (784, 1024, 1024, 10)
-BATCH = 256
 
 
-def weights() -> dict[str, np.ndarray]:
+def weights(sizes: tuple[int, ...]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     out: dict[str, np.ndarray] = {}
-    for i, (a, b) in enumerate(itertools.pairwise(SIZES)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         bound = 1 / np.sqrt(a)
         out[f"{2 * i}.weight"] = rng.uniform(-bound, bound, (b, a)).astype(np.float32)
         out[f"{2 * i}.bias"] = rng.uniform(-bound, bound, b).astype(np.float32)
     return out
 
 
-def torch_variants() -> dict[str, Callable[[], Any]]:
+def torch_variants(sizes: tuple[int, ...], batch: int, device: str) -> dict[str, Callable[[], Any]]:
     import torch
     import torch.nn.functional as F
 
     from torchlean import RuntimeContext, optim
     from torchlean.autograd import value_and_grad
+    from torchlean.train import CapturedStep
 
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, SIZES[0], generator=g)
-    y = torch.randint(0, SIZES[-1], (BATCH,), generator=g)
-    w = weights()
+    x = torch.randn(batch, sizes[0], generator=g).to(device)
+    y = torch.randint(0, sizes[-1], (batch,), generator=g).to(device)
+    w = weights(sizes)
+    cuda = device.startswith("cuda")
 
-    def module_loop(**kw: Any) -> Callable[[], Any]:
-        model = torch.nn.Sequential(
-            torch.nn.Linear(784, 1024),
-            torch.nn.ReLU(),
-            torch.nn.Linear(1024, 1024),
-            torch.nn.ReLU(),
-            torch.nn.Linear(1024, 10),
-        )
+    def module(**kw: Any) -> tuple[Any, Any]:
+        layers: list[Any] = []
+        for a, b in itertools.pairwise(sizes):
+            layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+        model = torch.nn.Sequential(*layers[:-1]).to(device)
         model.load_state_dict({k: torch.tensor(v) for k, v in w.items()})
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **kw)
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True, **kw)
+
+    def module_loop() -> Callable[[], Any]:
+        model, opt = module()
 
         def step() -> Any:
             opt.zero_grad()
@@ -72,16 +77,54 @@ def torch_variants() -> dict[str, Callable[[], Any]]:
 
         return step
 
-    def loss_fn(ctx: Any, x: Any, y: Any) -> Any:
-        h = torch.relu(F.linear(x, ctx["0.weight"], ctx["0.bias"]))
-        h = torch.relu(F.linear(h, ctx["2.weight"], ctx["2.bias"]))
-        return F.cross_entropy(F.linear(h, ctx["4.weight"], ctx["4.bias"]), y)
+    def module_graph() -> Callable[[], Any]:
+        # the recipe of torch's CUDA graph docs: warm up on a side stream, then capture
+        model, opt = module(capturable=True)
+        static_x, static_y = x.clone(), y.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(static_x), static_y).backward()
+                opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            static_loss = F.cross_entropy(model(static_x), static_y)
+            static_loss.backward()
+            opt.step()
 
-    def context_loop() -> Callable[[], Any]:
+        def step() -> Any:
+            static_x.copy_(x)
+            static_y.copy_(y)
+            graph.replay()
+            return static_loss.detach().clone()
+
+        return step
+
+    names = [f"{2 * i}" for i in range(len(sizes) - 1)]
+
+    def loss_fn(ctx: Any, x: Any, y: Any) -> Any:
+        h = x
+        for i, name in enumerate(names):
+            h = F.linear(h, ctx[f"{name}.weight"], ctx[f"{name}.bias"])
+            if i < len(names) - 1:
+                h = torch.relu(h)
+        return F.cross_entropy(h, y)
+
+    def context(flat: bool) -> tuple[Any, Any, Any]:
         opt = optim.adamw(lr=1e-3)
-        ctx = RuntimeContext.from_state_dict({k: torch.tensor(v) for k, v in w.items()})
+        ctx = RuntimeContext.from_state_dict({k: torch.tensor(v).to(device) for k, v in w.items()})
+        if flat:
+            ctx = optim.flatten(ctx)
+        return opt, ctx, opt.init(ctx)
+
+    def context_loop(flat: bool) -> Callable[[], Any]:
+        opt, ctx, state = context(flat)
         grad_fn = value_and_grad(loss_fn)
-        box = [ctx, opt.init(ctx)]
+        box = [ctx, state]
 
         def step() -> Any:
             loss, c = grad_fn(box[0], x, y)
@@ -90,14 +133,30 @@ def torch_variants() -> dict[str, Callable[[], Any]]:
 
         return step
 
-    return {
-        "torch nn.Module + AdamW (default)": module_loop(),
-        "torch nn.Module + AdamW(fused=True)": module_loop(fused=True),
-        "torch torchlean context + adamw": context_loop(),
+    def captured(flat: bool) -> Callable[[], Any]:
+        opt, ctx, state = context(flat)
+        run = CapturedStep(loss_fn, opt)
+        box = [ctx, state]
+
+        def step() -> Any:
+            loss, box[0], box[1] = run(box[0], box[1], (x, y))
+            return loss
+
+        return step
+
+    variants = {"nn.Module + AdamW(fused=True), eager": module_loop()}
+    if cuda:
+        variants["nn.Module + AdamW(fused), CUDA graph"] = module_graph()
+    variants |= {
+        "torchlean value_and_grad + step": context_loop(False),
+        "torchlean, flat storage": context_loop(True),
+        "torchlean CapturedStep" + ("" if cuda else " (eager on CPU)"): captured(False),
+        "torchlean CapturedStep, flat storage": captured(True),
     }
+    return variants
 
 
-def jax_variants() -> dict[str, Callable[[], Any]]:
+def jax_variants(sizes: tuple[int, ...], batch: int) -> dict[str, Callable[[], Any]]:
     import jax
     import jax.numpy as jnp
     import optax
@@ -106,39 +165,42 @@ def jax_variants() -> dict[str, Callable[[], Any]]:
     from torchlean.autograd import value_and_grad
 
     key = jax.random.PRNGKey(1)
-    x = jax.random.normal(key, (BATCH, SIZES[0]))
-    y = jax.random.randint(key, (BATCH,), 0, SIZES[-1])
+    x = jax.random.normal(key, (batch, sizes[0]))
+    y = jax.random.randint(key, (batch,), 0, sizes[-1])
+    n = len(sizes) - 1
 
     def forward(p: Any, x: Any) -> Any:
-        h = jax.nn.relu(x @ p["0.weight"].T + p["0.bias"])
-        h = jax.nn.relu(h @ p["2.weight"].T + p["2.bias"])
-        return h @ p["4.weight"].T + p["4.bias"]
+        h = x
+        for i in range(n):
+            h = h @ p[f"{2 * i}.weight"].T + p[f"{2 * i}.bias"]
+            if i < n - 1:
+                h = jax.nn.relu(h)
+        return h
 
     def loss_p(p: Any, x: Any, y: Any) -> Any:
         return optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean()
 
     def optax_loop() -> Callable[[], Any]:
         tx = optax.adamw(1e-3, weight_decay=1e-2)
-        params = {k: jnp.asarray(v) for k, v in weights().items()}
-        box = [params, tx.init(params)]
+        params = {k: jnp.asarray(v) for k, v in weights(sizes).items()}
+        box = [params, jax.tree.map(jnp.array, tx.init(params))]
 
-        @jax.jit
         def update(p: Any, s: Any, x: Any, y: Any) -> Any:
             loss, g = jax.value_and_grad(loss_p)(p, x, y)
             u, s = tx.update(g, s, p)
             return loss, optax.apply_updates(p, u), s
 
-        update = jax.jit(update, donate_argnums=(0, 1))
+        jitted = jax.jit(update, donate_argnums=(0, 1))
 
         def step() -> Any:
-            loss, box[0], box[1] = update(box[0], box[1], x, y)
+            loss, box[0], box[1] = jitted(box[0], box[1], x, y)
             return loss
 
         return step
 
     def context_loop() -> Callable[[], Any]:
         opt = optim.adamw(lr=1e-3)
-        ctx = RuntimeContext.from_state_dict({k: jnp.asarray(v) for k, v in weights().items()})
+        ctx = RuntimeContext.from_state_dict({k: jnp.asarray(v) for k, v in weights(sizes).items()})
         grad_fn = value_and_grad(lambda c, x, y: loss_p(c.state_dict(), x, y))
 
         def pure(c: Any, s: Any, x: Any, y: Any) -> Any:
@@ -163,13 +225,13 @@ def jax_variants() -> dict[str, Callable[[], Any]]:
 
 def measure(variants: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
     for f in variants.values():
-        for _ in range(3):
+        for _ in range(4):
             float(f())
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeat):
         for name, f in variants.items():
             t0 = time.perf_counter()
-            float(f())  # waits for the result
+            float(f())  # waits for the result (a device sync)
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -177,28 +239,41 @@ def measure(variants: dict[str, Callable[[], Any]], repeat: int) -> dict[str, fl
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, nargs="+", default=[256, 8192])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--skip-jax", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sizes = tuple(args.sizes)
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(
-        f"MLP {'-'.join(map(str, SIZES))}, batch {BATCH}, AdamW; torch {torch.__version__}"
-        f" ({torch.get_num_threads()} threads); medians of {args.repeat} interleaved steps"
+        f"MLP {'-'.join(map(str, sizes))}, AdamW, on {where}; torch {torch.__version__};"
+        f" medians of {args.repeat} interleaved synchronized steps"
     )
-    med = measure(torch_variants(), args.repeat)
-    base = med["torch nn.Module + AdamW (default)"]
-    for name, m in med.items():
-        print(f"{name:40s} {m * 1e3:8.2f} ms   ratio to nn.Module loop {m / base:5.3f}x")
-    if not args.skip_jax:
-        med = measure(jax_variants(), args.repeat)
-        base = med["jax optax.adamw loop (jit)"]
+    for batch in args.batch:
+        med = measure(torch_variants(sizes, batch, args.device), args.repeat)
+        base = med["nn.Module + AdamW(fused=True), eager"]
+        print(f"\n  batch {batch}")
         for name, m in med.items():
-            print(f"{name:40s} {m * 1e3:8.2f} ms   ratio to optax loop {m / base:5.3f}x")
+            print(f"  {name:44s} {m * 1e3:8.3f} ms   {m / base:6.3f}x eager nn.Module")
+        graph = med.get("nn.Module + AdamW(fused), CUDA graph")
+        ours = med.get("torchlean CapturedStep")
+        if graph is not None and ours is not None:
+            print(f"  {'torchlean CapturedStep / CUDA-graph nn.Module':44s} {ours / graph:20.3f}x")
+    if not args.skip_jax:
+        import jax
+
+        print(f"\n  jax {jax.__version__} on {jax.devices()[0]}")
+        for batch in args.batch:
+            med = measure(jax_variants(sizes, batch), args.repeat)
+            base = med["jax optax.adamw loop (jit)"]
+            for name, m in med.items():
+                print(f"  batch {batch:5d} {name:38s} {m * 1e3:8.3f} ms   {m / base:6.3f}x optax")
 
 
 if __name__ == "__main__":

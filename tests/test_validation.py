@@ -893,6 +893,30 @@ ROWS: list[Row] = [
         "from_module expects a torch nn.Module, got int",
     ),
     # -- optim
+    (
+        "torchlean.optim.flatten",
+        lambda d: opt.flatten(5),  # type: ignore[call-overload]
+        TypeError,
+        "flatten: ctx must be a RuntimeContext, got int 5",
+    ),
+    (
+        "torchlean.optim.flatten",
+        lambda d: opt.flatten(RuntimeContext.empty(), frozen=3),  # type: ignore[call-overload]
+        TypeError,
+        "flatten: frozen must be a name or glob pattern (str) or a sequence of them, got 3",
+    ),
+    (
+        "torchlean.train.CapturedStep",
+        lambda d: tr.CapturedStep(lambda c: 0, "sgd"),  # type: ignore[arg-type]
+        TypeError,
+        "CapturedStep: optimizer must be a torchlean Optimizer, got str",
+    ),
+    (
+        "CapturedStep.eager",
+        lambda d: tr.CapturedStep(lambda c: 0, opt.sgd()).eager(5, 5, ()),  # type: ignore[arg-type]
+        TypeError,
+        "value_and_grad(<lambda>): ctx must be a RuntimeContext, got int 5",
+    ),
     ("torchlean.optim.sgd", lambda d: opt.sgd(lr=-1.0), ValueError, "invalid learning rate: -1.0"),
     (
         "torchlean.optim.sgd",

@@ -100,6 +100,7 @@ def ours(
     schedule: Any,
     backend: str,
     donate: bool,
+    flat: bool = False,
 ) -> dict[str, np.ndarray]:
     init, grads = data()
     conv = CONVERT[backend]
@@ -107,17 +108,26 @@ def ours(
         kwargs = {**kwargs, "lr": schedule}
     opt = make(**kwargs)
     ctx = RuntimeContext.from_state_dict({k: conv(v) for k, v in init.items()})
+    if flat:
+        ctx = optim.flatten(ctx)
     state = opt.init(ctx)
     for g in grads:
         ctx = ctx.clear_gradients()
-        for k in SHAPES:
-            ctx = ctx.register_gradient(k, conv(g[k]))
+        if flat:  # one flat gradient, as value_and_grad gives it for a flat context
+            views = torch.cat([g[k].reshape(-1) for k in SHAPES]).split(
+                [g[k].numel() for k in SHAPES]
+            )
+            items = [(k, v.view(g[k].shape)) for k, v in zip(SHAPES, views, strict=True)]
+            ctx = ctx.with_gradients(items, adopt=True)
+        else:
+            for k in SHAPES:
+                ctx = ctx.register_gradient(k, conv(g[k]))
         ctx, state = opt.step(ctx, state, donate=donate)
     assert int(np.asarray(state["count"])) == STEPS
     return {k: np.asarray(v) for k, v in ctx.state_dict().items()}
 
 
-@pytest.mark.parametrize("backend", ["torch", "numpy", "jax"])
+@pytest.mark.parametrize("backend", ["torch", "torch-flat", "numpy", "jax"])
 @pytest.mark.parametrize(
     ("case", "torch_cls", "kwargs", "make", "schedule"), CASES, ids=[c[0] for c in CASES]
 )
@@ -125,8 +135,10 @@ def test_matches_torch_optim(
     case: str, torch_cls: Any, kwargs: dict[str, Any], make: Any, schedule: Any, backend: str
 ) -> None:
     expected = reference(torch_cls, kwargs, schedule)
+    flat = backend == "torch-flat"
+    backend = backend.removesuffix("-flat")
     for donate in (True, False) if backend == "torch" else (backend == "jax",):
-        got = ours(make, kwargs, schedule, backend, donate)
+        got = ours(make, kwargs, schedule, backend, donate, flat)
         for name in SHAPES:
             np.testing.assert_allclose(
                 got[name],

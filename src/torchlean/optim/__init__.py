@@ -11,11 +11,16 @@ Reading map:
 - :func:`sgd`, :func:`adam`, :func:`adamw` -- the optimizers (:mod:`torchlean.optim._optimizer`).
 - :class:`Optimizer` -- ``init``, ``step(ctx, state, *, donate=True)``, ``lr_at``.
 - :class:`Hyper` -- the hyperparameters, keyword-only (:mod:`torchlean.optim._hyper`).
+- :func:`flatten` -- flat storage: each (device, dtype) group of variables as views of
+  one buffer, so that gradients, moments and the step run over whole buffers
+  (:mod:`torchlean.optim._flat`).
+- :mod:`torchlean.optim._plan` -- the pairing of a step, made once per layout.
 - :mod:`torchlean.optim._rules` -- the update maths, once per optimizer.
 - :mod:`torchlean.optim.schedules` -- :func:`cosine_decay`, :func:`linear_warmup`,
   :func:`warmup_cosine`, :func:`constant`.
 """
 
+from torchlean.optim._flat import flatten as flatten
 from torchlean.optim._hyper import Hyper as Hyper
 from torchlean.optim._optimizer import Optimizer as Optimizer
 from torchlean.optim._optimizer import adam as adam
@@ -33,6 +38,7 @@ __all__ = [
     "adamw",
     "constant",
     "cosine_decay",
+    "flatten",
     "linear_warmup",
     "sgd",
     "warmup_cosine",

@@ -35,6 +35,7 @@ from torchlean.errors import (
     UnknownNameError,
 )
 from torchlean.optim._hyper import LR, Hyper, Kind
+from torchlean.optim._plan import Plans
 from torchlean.optim._rules import Rule
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import NUMPY, Backend
@@ -70,6 +71,8 @@ class Optimizer:
         self._updaters: dict[tuple[Backend, bool], Callable[[Update], Updated]] = {}
         # the state's entry names of each parameter name: ("step/p", "exp_avg/p", ...)
         self._keys: dict[str, tuple[str, ...]] = {}
+        # the pairings of recent layouts, reused step after step (optim/_plan.py)
+        self._plans = Plans(self._rule)
 
     def __repr__(self) -> str:
         h = self.hyper
@@ -101,19 +104,32 @@ class Optimizer:
         counterpart: none. Cost: O(total elements) to allocate the moments.
         """
         require_context(ctx, "optimizer init")
-        items: list[tuple[str, Any]] = []
-        count: Any = None
-        for name, at in ctx.latest_variables():
-            if not at.dtype.startswith(_FLOAT_KINDS):
-                continue
-            t, library = at.t, at.library
-            if count is None:
-                count = library.scalar(0, library.counter_dtype, t)
-            items.append((f"step/{name}", library.scalar(0.0, "float32", t)))
-            items.extend((f"{slot}/{name}", library.zeros_like(t)) for slot in self.hyper.slots)
-        if count is None:
+        floats = [(n, at) for n, at in ctx.latest_variables() if at.dtype.startswith(_FLOAT_KINDS)]
+        by_library: dict[Backend, list[int]] = {}
+        for i, (_, at) in enumerate(floats):
+            by_library.setdefault(at.library, []).append(i)
+        values = [at.t for _, at in floats]
+        # per library at once: counters and moments of a flat buffer are flat too
+        steps: list[Any] = [None] * len(floats)
+        slots: dict[str, list[Any]] = {slot: [None] * len(floats) for slot in self.hyper.slots}
+        for library, ix in by_library.items():
+            likes = [values[i] for i in ix]
+            for i, x in zip(ix, library.scalars(0.0, "float32", likes), strict=True):
+                steps[i] = x
+            for slot in self.hyper.slots:
+                for i, x in zip(ix, library.zeros_like_all(likes), strict=True):
+                    slots[slot][i] = x
+        if floats:
+            library = floats[0][1].library
+            count = library.scalar(0, library.counter_dtype, values[0])
+        else:
             count = NUMPY.scalar(0, NUMPY.counter_dtype, None)
-        return RuntimeContext.empty().register_variables([("count", count), *items])
+        items: list[tuple[str, Any]] = [("count", count)]
+        for i, (name, _) in enumerate(floats):
+            items.append((f"step/{name}", steps[i]))
+            items.extend((f"{slot}/{name}", slots[slot][i]) for slot in self.hyper.slots)
+        # fresh arrays, stored as they are (views of a flat buffer stay views)
+        return RuntimeContext.empty().with_variables(items, adopt=True)
 
     # ------------------------------------------------------------------ step
 
@@ -139,6 +155,9 @@ class Optimizer:
             raise TypeError(f"optimizer step: donate must be a bool, got {donate!r}")
         if ctx is state:
             raise TorchLeanError("optimizer step: ctx and state must be different contexts")
+        planned = self._plans.step(self, ctx, state, donate)
+        if planned is not None:
+            return planned
         pairs = self._gather(ctx, state)
         count = state.variable_entry("count")
         if count is None:
@@ -326,6 +345,18 @@ def _unshared(
                 _resolve(cluster, fresh, order)
             if span is not None:
                 cluster, reach = [span], span[1]
+    # A written entry that shares a version counter with an entry the step does not
+    # write (disjoint views of one storage: the step counters init makes, a frozen half
+    # of a flat buffer) is a copy too: an in-place write would bump the other's counter.
+    counters: dict[Any, list[_Span]] = {}
+    for spans in spaces.values():
+        for span in spans:
+            key = library.version_space(span[3])
+            if key is not None:
+                counters.setdefault(key, []).append(span)
+    for group in counters.values():
+        if any(span[2] is None for span in group):
+            fresh.update(id(span[3]) for span in group if span[2] is not None)
     return fresh
 
 

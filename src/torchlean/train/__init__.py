@@ -13,6 +13,8 @@ Reading map:
   (``train/step``) and the array library's random state (``train/torch_rng`` for torch
   contexts) (:mod:`torchlean.train._checkpoint`).
 - :func:`latest_checkpoint` -- the checkpoint of the highest step in a folder.
+- :class:`CapturedStep` -- the whole step recorded once and replayed (a CUDA graph on
+  torch CUDA tensors), ``fit(..., capture=True)`` (:mod:`torchlean.train._captured`).
 
 Batches: ``data`` is either a callable ``data(step) -> batch`` (the batch of step
 ``step``, counted from 0: deterministic data makes resuming exact) or an iterable of
@@ -20,10 +22,18 @@ batches, of which a resumed run skips the ``step`` batches already used. A batch
 tuple of arguments for ``loss_fn(ctx, *batch)`` (anything else is one argument).
 """
 
+from torchlean.train._captured import CapturedStep as CapturedStep
 from torchlean.train._checkpoint import latest_checkpoint as latest_checkpoint
 from torchlean.train._checkpoint import load_checkpoint as load_checkpoint
 from torchlean.train._checkpoint import save_checkpoint as save_checkpoint
 from torchlean.train._fit import FitResult as FitResult
 from torchlean.train._fit import fit as fit
 
-__all__ = ["FitResult", "fit", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CapturedStep",
+    "FitResult",
+    "fit",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+]

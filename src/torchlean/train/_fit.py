@@ -4,7 +4,8 @@ Reading map:
 - :func:`fit` -- checks its arguments, resumes, then runs one step per batch.
 - :class:`FitResult` -- what it returns.
 - ``_make_step`` -- the step: ``value_and_grad`` then ``optimizer.step``, compiled as one
-  call where the array library compiles (:meth:`Backend.jit`: jax).
+  call where the array library compiles (:meth:`Backend.jit`: jax), recorded and
+  replayed with ``capture`` (:class:`~torchlean.train._captured.CapturedStep`).
 - ``_Periodic`` -- what runs every so many steps: evaluation and checkpoints.
 - ``_batches`` -- the batch of each step from a callable or an iterable.
 - ``_Progress`` -- the rich progress bar with the loss and the last evaluation.
@@ -25,6 +26,7 @@ from torchlean.errors import FormatError
 from torchlean.optim import Optimizer
 from torchlean.runtime.backends import Backend
 from torchlean.runtime.context import RuntimeContext, claim, require_context
+from torchlean.train._captured import CapturedStep
 from torchlean.train._checkpoint import (
     checkpoint_name,
     context_library,
@@ -77,6 +79,7 @@ def fit(
     progress: bool = True,
     donate: bool = True,
     jit: bool = True,
+    capture: bool = False,
     description: str = "training",
 ) -> FitResult:
     """Train ``ctx`` for ``steps`` steps in all; return the final context and state.
@@ -87,6 +90,11 @@ def fit(
     place: the ``ctx`` and ``state`` you pass are donated (see :mod:`torchlean.optim`);
     with ``donate=False`` they stay valid. On jax contexts the whole step is one
     ``jax.jit`` call when ``jit`` is true (the loss must then be traceable).
+    ``capture=True`` (opt-in, needs ``donate=True`` and a number as learning rate)
+    records the whole step once and replays it (a CUDA graph on torch CUDA tensors; see
+    :class:`~torchlean.train.CapturedStep`): batch shapes must then stay fixed. On jax
+    it is the ``jax.jit`` step; where nothing can record (torch on the CPU) the step
+    runs eagerly.
 
     ``eval_fn(ctx)`` runs every ``eval_every`` steps and after the last one.
     ``checkpoint_every`` > 0 writes ``checkpoint_dir/step-NNNNNN.safetensors`` every that
@@ -143,7 +151,19 @@ def fit(
     if "data" in rngs:
         restore_rng(library, rngs)  # after skipping the batches already used
     result = FitResult(ctx, state, start)
-    step_fn = _make_step(ctx, loss_fn, optimizer, frozen=frozen_names, donate=donate, jit=jit)
+    if not isinstance(capture, bool):
+        raise TypeError(f"fit: capture must be a bool, got {capture!r}")
+    if capture and not donate:
+        raise ValueError("fit: capture=True replays the step in place, which needs donate=True")
+    step_fn = _make_step(
+        ctx,
+        loss_fn,
+        optimizer,
+        frozen=frozen_names,
+        donate=donate,
+        jit=jit or capture,
+        capture=capture,
+    )
     bar = _Progress(description, steps, start, enabled=progress)
     try:
         for step in range(start, steps):
@@ -170,9 +190,11 @@ def _make_step(
     frozen: tuple[str, ...],
     donate: bool,
     jit: bool,
+    capture: bool = False,
 ) -> StepFn:
     """One training step: gradients, then the optimizer; one compiled call where the
-    (single) array library of ``ctx`` compiles and ``jit`` is true."""
+    (single) array library of ``ctx`` compiles and ``jit`` is true; recorded and replayed
+    (:class:`CapturedStep`) with ``capture`` where the library does not compile."""
     grad_fn = value_and_grad(loss_fn, frozen=frozen)
 
     def eager_step(c: Context, s: Context, args: tuple[Any, ...]) -> tuple[Any, Context, Context]:
@@ -181,6 +203,11 @@ def _make_step(
         return value, c, s
 
     libraries = {at.library for _, at in ctx.latest_variables()}
+    captured = CapturedStep(loss_fn, optimizer, frozen=frozen) if capture else None
+    if captured is not None and not any(
+        library.jit(_nothing, donate_argnums=()) for library in libraries
+    ):
+        return captured
     if not jit or len(libraries) != 1:
         return eager_step
 
@@ -237,6 +264,11 @@ def _distinct_buffers(library: Backend, ctx: Context) -> Context:
         dtype=ctx.dtype,
         adopt=True,
     )
+
+
+def _nothing() -> None:
+    """A function to ask a library whether it compiles (``Backend.jit`` gives ``None``
+    when it runs eagerly)."""
 
 
 def _batches(data: Data, start: int) -> Iterator[Any]:

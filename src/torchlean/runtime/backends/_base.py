@@ -200,6 +200,61 @@ class Backend:
         accept this library's arrays, traced ones included (numpy by default)."""
         return np
 
+    # ------------------------------------------------------------------ bulk (fast paths)
+
+    def adopt_all(self, values: list[Any]) -> list[Any]:
+        """:meth:`adopt` of each value (fresh results an optimizer step hands a context)."""
+        return [self.adopt(x) for x in values]
+
+    def scalars(self, value: float | int, dtype: str, likes: list[Any]) -> list[Any]:
+        """A fresh 0-d array of ``dtype`` holding ``value`` on each of ``likes``' devices
+        (an optimizer's per-parameter step counters). Cost: O(len(likes))."""
+        return [self.scalar(value, dtype, x) for x in likes]
+
+    def zeros_like_all(self, values: list[Any]) -> list[Any]:
+        """:meth:`zeros_like` of each value; a library with flat buffers gives values that
+        tile one buffer zeros that tile one buffer too (see :meth:`flat_base`)."""
+        return [self.zeros_like(x) for x in values]
+
+    def flat_base(self, values: list[Any]) -> Any | None:
+        """The one contiguous 1-d buffer that ``values`` (views of it, in order) tile
+        exactly, or ``None`` when they do not (or the library has no views)."""
+        return None
+
+    def flatten(self, values: list[Any]) -> list[Any]:
+        """Copies of ``values`` that are views tiling one fresh contiguous buffer, in order
+        (same shapes, dtype and device; see :func:`torchlean.optim.flatten`)."""
+        raise BackendError(
+            f"the {self.name} backend keeps no flat buffers (flat storage needs torch tensors)"
+        )
+
+    def planned_updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
+        """An updater like :meth:`updater` for a caller that hands it the same layout step
+        after step (a cached plan, :mod:`torchlean.optim._plan`): it may remember what it
+        learns about the tensors (groups, flat buffers) while they stay the same."""
+        return self.updater(rule, donate=donate)
+
+    def capture(self, fn: Callable[[], Any], *, like: Any) -> tuple[Any, Callable[[], None]] | None:
+        """Record the kernels ``fn`` launches, once, for replay (a CUDA graph on torch
+        CUDA tensors): ``(what fn returned, replay)``, or ``None`` when the library cannot
+        record on ``like``'s device (``fn`` is then not called). A replay reruns the
+        kernels on the same memory and runs no Python."""
+        return None
+
+    def bump_versions(self, values: list[Any]) -> None:
+        """Record a write to each value done behind the library's back (a replayed
+        recording): every context holding one of them then refuses to read it."""
+
+    def version_space(self, x: Any) -> Hashable | None:
+        """What ``x`` shares its version counter with (tensors with equal keys may bump
+        each other's counter with any write), or ``None`` for a library without version
+        counters."""
+        return None
+
+    def copy_into(self, dst: Any, src: Any) -> None:
+        """Write ``src``'s elements into ``dst`` (same shape and dtype)."""
+        raise BackendError(f"the {self.name} backend cannot write arrays in place")
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

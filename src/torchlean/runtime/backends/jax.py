@@ -150,6 +150,10 @@ class JaxBackend(Backend):
         """``jnp.array(x, copy=True)`` (a new buffer)."""
         return self.jnp.array(x, copy=True)
 
+    def adopt_all(self, values: list[Any]) -> list[Any]:
+        """The values as they are (jax arrays are immutable)."""
+        return list(values)
+
 
 def _device_name(device: Any) -> str:
     platform = device.platform

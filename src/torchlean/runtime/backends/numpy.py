@@ -83,6 +83,10 @@ class NumpyBackend(Backend):
 
         return update
 
+    def copy(self, x: Any) -> Any:
+        """``np.array(x)`` (a writable copy)."""
+        return np.array(x)
+
 
 def _over_bytes(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """A read-only array over a private ``bytes`` copy of ``x`` (never made writeable

@@ -11,6 +11,7 @@ Reading map:
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -245,11 +246,13 @@ class TorchBackend(Backend):
         self, fn: Callable[[list[Any]], Any], values: list[Any], *, has_aux: bool
     ) -> tuple[Any, list[Any]]:
         """``torch.autograd.grad`` on fresh requires-grad leaves sharing storage with
-        ``values`` (no copy); the loss and torch tensors in ``aux`` come back detached."""
+        ``values`` (no copy; values that tile a flat buffer are views of one leaf, the
+        buffer, see :meth:`grad_leaves`); the loss and torch tensors in ``aux`` come back
+        detached."""
         torch = self.torch
         from torch.utils import _pytree
 
-        leaves = [v.detach().requires_grad_(True) for v in values]
+        leaves, roots, spread = self.grad_leaves(values)
         with torch.enable_grad():
             out = fn(leaves)
             loss, aux = out if has_aux else (out, None)
@@ -257,11 +260,11 @@ class TorchBackend(Backend):
                 raise TypeError(
                     f"value_and_grad: fn must return a torch tensor, got {type(loss).__name__}"
                 )
-            if loss.requires_grad and leaves:
-                raw = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+            if loss.requires_grad and roots:
+                raw = torch.autograd.grad(loss, roots, allow_unused=True, materialize_grads=True)
             else:
-                raw = tuple(torch.zeros_like(leaf, requires_grad=False) for leaf in leaves)
-        grads = [g.detach() for g in raw]
+                raw = tuple(torch.zeros_like(root, requires_grad=False) for root in roots)
+        grads = spread([g.detach() for g in raw])
         value = loss.detach()
         if has_aux:
             aux = _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, aux)
@@ -307,6 +310,199 @@ class TorchBackend(Backend):
         """``x.clone()`` (detached)."""
         return x.detach().clone()
 
+    # ------------------------------------------------------------------ bulk (fast paths)
+
+    def adopt_all(self, values: list[Any]) -> list[Any]:
+        """The values as they are (an inference tensor is cloned, as :meth:`adopt` does)."""
+        if any(map(self.torch.Tensor.is_inference, values)):
+            return [self.adopt(x) for x in values]
+        return list(values)
+
+    def scalars(self, value: float | int, dtype: str, likes: list[Any]) -> list[Any]:
+        """0-d views of one buffer per (device, dtype) of ``likes``, in order (so that a
+        planned step adds 1 to every counter of a group in one kernel; see
+        :meth:`planned_updater`)."""
+        torch = self.torch
+        out: list[Any] = [None] * len(likes)
+        by_device: dict[tuple[Any, Any], list[int]] = {}
+        for i, x in enumerate(likes):
+            by_device.setdefault((x.device, x.dtype), []).append(i)
+        for (device, _), ix in by_device.items():
+            base = torch.full((len(ix),), value, dtype=getattr(torch, dtype), device=device)
+            for i, view in zip(ix, base.unbind(0), strict=True):
+                out[i] = view
+        return out
+
+    def zeros_like_all(self, values: list[Any]) -> list[Any]:
+        """Zeros like each value; the values that tile one flat buffer get views of one
+        buffer of zeros (an optimizer's moments of a flat context are flat too)."""
+        torch = self.torch
+        out: list[Any] = [None] * len(values)
+        by_base: dict[int, list[int]] = {}
+        for i, x in enumerate(values):
+            if x._base is not None:
+                by_base.setdefault(id(x._base), []).append(i)
+        for ix in by_base.values():
+            group = [values[i] for i in ix]
+            base = self.flat_base(group)
+            if base is not None:
+                for i, view in zip(ix, _views(torch.zeros_like(base), group), strict=True):
+                    out[i] = view
+        return [torch.zeros_like(x) if o is None else o for x, o in zip(values, out, strict=True)]
+
+    def flat_base(self, values: list[Any]) -> Any | None:
+        """The contiguous 1-d tensor whose views ``values`` are, tiling it exactly in order
+        (each contiguous, of its dtype), or ``None``. Cost: a few C-level passes."""
+        if not values:
+            return None
+        base = values[0]._base
+        if base is None or base.dim() != 1 or not base.is_contiguous():
+            return None
+        n = len(values)
+        if not all(map(operator.is_, map(_BASE, values), itertools.repeat(base, n))):
+            return None
+        if not all(map(operator.is_, map(_DTYPE, values), itertools.repeat(base.dtype, n))):
+            return None
+        tensor = self.torch.Tensor
+        numels = list(map(tensor.numel, values))
+        start = base.storage_offset()
+        offsets = list(itertools.accumulate(numels, initial=start))
+        if offsets[-1] - start != base.numel() or offsets[:-1] != list(
+            map(tensor.storage_offset, values)
+        ):
+            return None
+        if not all(map(tensor.is_contiguous, values)):
+            return None
+        return base
+
+    def flatten(self, values: list[Any]) -> list[Any]:
+        """Copies of ``values`` (one device and dtype) as views of one fresh buffer."""
+        torch = self.torch
+        if not values:
+            return []
+        with torch.no_grad():
+            base = torch.cat([x.detach().reshape(-1) for x in values])
+        return _views(base, values)
+
+    def planned_updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
+        """The fused kernels with what stays true between steps remembered: the (device,
+        dtype) groups, the flat buffers a group's parameters, moments and counters tile
+        (one kernel over each buffer instead of one list entry per tensor), and the
+        buffer its step counters tile (one ``add_`` instead of a ``_foreach_add_``).
+
+        What is remembered is tied to the tensors themselves (weak references) and the
+        counters' version; any other tensor, or a counter written elsewhere, is looked at
+        afresh. ``donate=True`` also gathers step counters that tile no buffer into one
+        (the state then holds views of it), as :meth:`scalars` makes them.
+        """
+        torch = self.torch
+        known: list[_Facts | None] = [None]
+
+        def update(arrays: Update) -> Updated:
+            params, grads, slots, steps, count = arrays
+            tensors = list(itertools.chain(params, *slots.values(), steps))
+            facts = known[0]
+            if facts is None or not facts.holds(tensors):
+                facts = known[0] = _Facts.learn(self, params, slots, steps, tensors)
+            lr = float(rule.lr(int(count.item())) if callable(rule.lr) else rule.lr)
+            if donate:
+                count.add_(1)
+            else:
+                count = count + 1
+            if not all(map(torch.Tensor.is_contiguous, grads)):
+                grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+            with torch.no_grad():
+                if not donate:
+                    # the copies are what the next step is likely to be given
+                    facts, params, slots, steps = facts.copied(self, params, slots, steps)
+                    known[0] = facts
+                return facts.run_in_place(self, rule, lr, params, grads, slots, steps, count)
+
+        return update
+
+    def grad_leaves(
+        self, values: list[Any]
+    ) -> tuple[list[Any], list[Any], Callable[[list[Any]], list[Any]]]:
+        """``(leaves, roots, spread)`` for differentiating with respect to ``values``.
+
+        Each value gets a fresh requires-grad leaf sharing its storage, except values
+        that tile one flat buffer (:meth:`flat_base`): the buffer becomes one root and
+        their leaves are views of it, so autograd returns one flat gradient for them.
+        ``spread(gradients of roots)`` gives one gradient per value (views of a flat
+        gradient for a flat buffer's values).
+        """
+        torch = self.torch
+        n = len(values)
+        bases = list(map(_BASE, values))
+        if all(map(operator.is_, bases, itertools.repeat(None, n))):
+            plain = [v.detach().requires_grad_(True) for v in values]
+            return plain, plain, _same
+        by_base: dict[int, list[int]] = {}
+        for i, base in enumerate(bases):
+            if base is not None:
+                by_base.setdefault(id(base), []).append(i)
+        leaves: list[Any] = [None] * n
+        roots: list[Any] = []
+        layout: list[list[int]] = []
+        with torch.enable_grad():
+            for ix in by_base.values():
+                group = [values[i] for i in ix]
+                base = self.flat_base(group)
+                if base is None:
+                    continue
+                root = base.detach().requires_grad_(True)
+                for i, view in zip(ix, _views(root, group), strict=True):
+                    leaves[i] = view
+                roots.append(root)
+                layout.append(ix)
+        for i, leaf in enumerate(leaves):
+            if leaf is None:
+                leaves[i] = values[i].detach().requires_grad_(True)
+                roots.append(leaves[i])
+                layout.append([i])
+
+        def spread(raw: list[Any]) -> list[Any]:
+            out: list[Any] = [None] * n
+            for g, ix in zip(raw, layout, strict=True):
+                if len(ix) == 1 and g.shape == values[ix[0]].shape:
+                    out[ix[0]] = g
+                    continue
+                likes = [values[i] for i in ix]
+                for i, view in zip(ix, _views(g.contiguous(), likes), strict=True):
+                    out[i] = view
+            return out
+
+        return leaves, roots, spread
+
+    def capture(self, fn: Callable[[], Any], *, like: Any) -> tuple[Any, Callable[[], None]] | None:
+        """A CUDA graph of ``fn`` when ``like`` is a CUDA tensor (``torch.cuda.graph``),
+        else ``None``. ``fn`` must not synchronize (no ``.item()``)."""
+        torch = self.torch
+        if like.device.type != "cuda":
+            return None
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(like.device)
+        with torch.cuda.graph(graph):
+            out = fn()
+        return out, graph.replay
+
+    def bump_versions(self, values: list[Any]) -> None:
+        """``torch._C._increment_version`` of each tensor."""
+        self.torch._C._increment_version(values)
+
+    def version_space(self, x: Any) -> Hashable | None:
+        """The storage ``x`` views: views of one storage share one version counter, so a
+        write through any of them makes every context holding another refuse to read it."""
+        try:
+            return (x.device, x.untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):  # no storage (meta, fake, functorch)
+            return None
+
+    def copy_into(self, dst: Any, src: Any) -> None:
+        """``dst.copy_(src)`` without recording autograd history."""
+        with self.torch.no_grad():
+            dst.copy_(src)
+
 
 _WATCHING: list[Any] = []
 
@@ -338,3 +534,190 @@ def _watch_optimizers(torch: Any) -> None:
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     _WATCHING.append(register_optimizer_step_post_hook(bump))
+
+
+def _same(xs: list[Any]) -> list[Any]:
+    return xs
+
+
+_BASE = operator.attrgetter("_base")
+_DTYPE = operator.attrgetter("dtype")
+
+
+def _views(buffer: Any, likes: list[Any]) -> list[Any]:
+    """Views of the 1-d ``buffer`` shaped like each of ``likes``, in order."""
+    parts = buffer.split([x.numel() for x in likes])
+    return [p.view(x.shape) for p, x in zip(parts, likes, strict=True)]
+
+
+class _Group:
+    """The tensors of one (device, dtype) group, as list indices; its flat buffers."""
+
+    __slots__ = ("flat", "ix", "slot_bases", "step", "steps_base", "steps_version")
+
+    def __init__(self, ix: list[int] | None) -> None:
+        self.ix = ix  # None: every tensor
+        self.flat: Any = None  # the parameters' buffer when the whole group is flat
+        self.slot_bases: dict[str, Any] = {}
+        self.step: Any = None  # the counter the flat kernel reads (all counters agree)
+        self.steps_base: Any = None  # the buffer the group's counters tile
+        self.steps_version: int | None = None
+
+    def pick(self, xs: list[Any]) -> list[Any]:
+        ix = self.ix
+        return xs if ix is None else [xs[i] for i in ix]
+
+
+class _Facts:
+    """What a planned torch updater knows about one layout of tensors."""
+
+    __slots__ = ("groups", "refs")
+
+    # ``refs`` holds the tensors themselves (as torch.optim holds its parameters and
+    # state): identity is then a sound test of "the same tensors".
+    def __init__(self, refs: list[Any], groups: list[_Group]) -> None:
+        self.refs = refs
+        self.groups = groups
+
+    def holds(self, tensors: list[Any]) -> bool:
+        """True for the very tensors it learned, counters not written elsewhere since."""
+        refs = self.refs
+        if len(refs) != len(tensors):
+            return False
+        if not all(map(operator.is_, refs, tensors)):
+            return False
+        return all(
+            g.steps_base is None or g.steps_base._version == g.steps_version for g in self.groups
+        )
+
+    @classmethod
+    def learn(
+        cls,
+        backend: TorchBackend,
+        params: list[Any],
+        slots: dict[str, list[Any]],
+        steps: list[Any],
+        tensors: list[Any],
+    ) -> _Facts:
+
+        by_key: dict[tuple[Any, Any], list[int]] = {}
+        for i, p in enumerate(params):
+            by_key.setdefault((p.device, p.dtype), []).append(i)
+        groups = [_Group(None if len(ix) == len(params) else ix) for ix in by_key.values()]
+        for group in groups:
+            base = backend.flat_base(group.pick(steps))
+            group.steps_base = base
+            group.steps_version = None if base is None else base._version
+            flat = backend.flat_base(group.pick(params))
+            if flat is None or base is None:
+                continue
+            bases = {k: backend.flat_base(group.pick(v)) for k, v in slots.items()}
+            if any(b is None for b in bases.values()):
+                continue
+            first = group.pick(steps)[0]
+            if not bool((base == first).all()):  # one sync, when the layout is learned
+                continue
+            group.flat, group.slot_bases, group.step = flat, bases, first
+        return cls(tensors, groups)
+
+    def run_in_place(
+        self,
+        backend: TorchBackend,
+        rule: UpdateRule,
+        lr: float,
+        params: list[Any],
+        grads: list[Any],
+        slots: dict[str, list[Any]],
+        steps: list[Any],
+        count: Any,
+    ) -> Updated:
+        torch = backend.torch
+        written: list[Any] = []
+        for group in self.groups:
+            group_steps = group.pick(steps)
+            if group.steps_base is not None:
+                group.steps_base.add_(1)
+                group.steps_version = group.steps_base._version
+            else:
+                # Counters that tile no buffer (a state read from a file, some parameters
+                # without a gradient) are replaced, not written: views of one new buffer
+                # (one add per step from the next on), and no counter another entry
+                # shares is bumped.
+                group_steps = list(torch.stack(group_steps).add_(1).unbind(0))
+                if group.ix is None:
+                    steps = group_steps
+                else:
+                    steps = list(steps)
+                    for i, view in zip(group.ix, group_steps, strict=True):
+                        steps[i] = view
+            if group.flat is not None:
+                flat_grad = backend.flat_base(group.pick(grads))
+                if flat_grad is not None and flat_grad.device == group.flat.device:
+                    rule.in_place(
+                        torch,
+                        lr,
+                        Update(
+                            [group.flat],
+                            [flat_grad],
+                            {k: [b] for k, b in group.slot_bases.items()},
+                            [group.step],
+                            count,
+                        ),
+                    )
+                    written.append(group.flat)
+                    written.extend(group.slot_bases.values())
+                    continue
+            group_params = group.pick(params)
+            group_slots = {k: group.pick(v) for k, v in slots.items()}
+            rule.in_place(
+                torch, lr, Update(group_params, group.pick(grads), group_slots, group_steps, count)
+            )
+            written.extend(group_params)
+            for values in group_slots.values():
+                written.extend(values)
+        # The fused kernels write through data pointers without bumping version
+        # counters; bump them so every other context that shares a buffer sees it.
+        torch._C._increment_version(written)
+        return Updated(params, slots, steps, count)
+
+    def copied(
+        self,
+        backend: TorchBackend,
+        params: list[Any],
+        slots: dict[str, list[Any]],
+        steps: list[Any],
+    ) -> tuple[_Facts, list[Any], dict[str, list[Any]], list[Any]]:
+        """Copies of the tensors with the same layout (a flat buffer copied as one), and
+        the facts of the copies."""
+
+        params, steps = list(params), list(steps)
+        slots = {k: list(v) for k, v in slots.items()}
+        groups: list[_Group] = []
+        for group in self.groups:
+            copy = _Group(group.ix)
+            ix = group.ix if group.ix is not None else range(len(params))
+            copy.flat = _copy_into(params, ix, group.flat)
+            copy.slot_bases = {k: _copy_into(slots[k], ix, group.slot_bases.get(k)) for k in slots}
+            copy.steps_base = _copy_into(steps, ix, group.steps_base)
+            if copy.steps_base is not None:
+                copy.steps_version = copy.steps_base._version
+            if group.flat is not None:
+                copy.step = steps[next(iter(ix))]
+            else:
+                copy.flat, copy.slot_bases = None, {}
+            groups.append(copy)
+        tensors = list(itertools.chain(params, *slots.values(), steps))
+        return _Facts(tensors, groups), params, slots, steps
+
+
+def _copy_into(xs: list[Any], ix: Any, base: Any) -> Any:
+    """Replace ``xs[i]`` for ``i`` in ``ix`` by copies: views of one copy of ``base`` when
+    given (the tensors tile it), else clones. Returns the copied base (or ``None``)."""
+    if base is None:
+        for i in ix:
+            xs[i] = xs[i].clone()
+        return None
+    copy = base.clone()
+    for i, view in zip(ix, _views(copy, [xs[i] for i in ix]), strict=True):
+        xs[i] = view
+    return copy

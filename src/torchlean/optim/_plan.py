@@ -1,0 +1,237 @@
+"""The cached pairing plan of an optimizer step: pair once per layout, then run.
+
+Pairing each gradient with its variable and optimizer state, with every check and
+every problem in one message, is per-tensor Python work (:meth:`Optimizer._gather`).
+A training loop hands the step the same layout every time, so the pairing is done once
+and remembered as a :class:`Plan`: the gradient names, the state keys, and what the
+checks saw (dims, array libraries, dtypes). A later step reads the registries with
+C-level loops (:mod:`torchlean.runtime._bulk`), compares what it reads with the plan
+(whole lists at once) and, when everything agrees, hands the arrays to the backend's
+:meth:`~torchlean.runtime.backends.Backend.planned_updater` and replaces the entries
+with the trusted batch edit. Anything that differs (a name, a shape, a dtype, a library,
+a tensor written in place, new parameter tensors under donation) falls back to the
+pairing path, which explains every problem, and a new plan is made from it.
+
+Reading map:
+- :class:`Plans` -- what an :class:`~torchlean.optim.Optimizer` keeps: a few recent
+  plans and the planned updaters; :meth:`Plans.step` is the step's fast path.
+- :class:`Plan` -- one layout: :meth:`Plan.build` (after the pairing path's checks),
+  :meth:`Plan.run` (``None`` when the contexts do not fit it).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from torchlean.runtime import _bulk
+from torchlean.runtime.backends import Backend
+from torchlean.runtime.backends._update import Update, Updated, UpdateRule
+from torchlean.runtime.context import RuntimeContext, claim
+
+if TYPE_CHECKING:
+    from torchlean.optim._optimizer import Optimizer, _Pair
+
+__all__ = ["Plan", "Plans"]
+
+_DTYPE = operator.attrgetter("dtype")
+#: How many layouts an optimizer remembers (e.g. two models trained side by side).
+_KEEP = 4
+
+Context = RuntimeContext[Any]
+
+
+class Plan:
+    """The pairing of one layout of gradients, variables and optimizer state."""
+
+    __slots__ = (
+        "aliasing",
+        "checked",
+        "dims",
+        "dtypes",
+        "gradient_names",
+        "keys",
+        "libraries",
+        "library",
+        "names",
+        "sizes",
+        "slots",
+        "state_dims",
+        "state_libraries",
+    )
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.gradient_names: list[str] = []  # the list object latest_names last gave
+        self.keys: list[str] = []  # step keys, then each slot's keys, then "count"
+        self.slots: tuple[str, ...] = ()
+        self.dims: list[tuple[int, ...]] = []
+        self.state_dims: list[tuple[int, ...]] = []
+        self.libraries: list[int] = []
+        self.state_libraries: list[int] = []
+        self.dtypes: list[Any] = []
+        self.library: Backend | None = None
+        self.aliasing = True  # whether donation needs the alias check
+        #: the parameters the donation alias check passed for (held, as torch.optim holds them)
+        self.checked: list[Any] | None = None
+        #: the entry counts of the contexts the check passed for: a new entry (a shadowed
+        #: one holding a parameter's buffer, say) makes the pairing path check again
+        self.sizes: tuple[int, int, int] | None = None
+
+    @classmethod
+    def build(cls, opt: Optimizer, ctx: Context, state: Context, *, donate: bool) -> Plan | None:
+        """The plan of this layout, after the pairing path's checks (which raise every
+        problem at once); ``None`` for a layout the plan does not cover."""
+        from torchlean.optim._optimizer import _one_library
+
+        pairs = opt._gather(ctx, state)
+        count = state.variable_entry("count")
+        if count is None or not pairs:
+            return None
+        library = _one_library(pairs, count)
+        if donate and _needs_copies(opt, library, pairs, count, ctx, state):
+            return None  # the pairing path updates the shared buffers as copies
+        plan = cls()
+        plan.names = [p.name for p in pairs]
+        plan.slots = opt.hyper.slots
+        keys = [opt._keys[n] for n in plan.names]
+        plan.keys = [k[0] for k in keys]
+        for i in range(len(plan.slots)):
+            plan.keys += [k[i + 1] for k in keys]
+        plan.keys.append("count")
+        params = _bulk.heads(ctx, plan.names)
+        grads = _bulk.heads(ctx, plan.names, gradients=True)
+        entries = _bulk.heads(state, plan.keys)
+        if params is None or grads is None or entries is None:
+            return None  # written in place: the pairing path says which
+        if len(set(entries.libraries)) != 1 or _bulk.library(entries.libraries[0]) is not library:
+            return None
+        plan.library = library
+        plan.dims, plan.libraries = params.dims, params.libraries
+        plan.state_dims, plan.state_libraries = entries.dims, entries.libraries
+        plan.dtypes = list(map(_DTYPE, params.tensors))
+        # a library whose buffers are never written in place (jax) has no aliases to check
+        plan.aliasing = any(library.buffer_range(t) is not None for t in params.tensors)
+        if donate:
+            plan.checked = params.tensors
+            plan.sizes = _sizes(ctx, state)
+        return plan
+
+    def run(
+        self,
+        ctx: Context,
+        state: Context,
+        donate: bool,
+        updater: Callable[[Update], Updated],
+        where: str,
+    ) -> tuple[Context, Context] | None:
+        """The step, when ``ctx`` and ``state`` have this plan's layout; else ``None``."""
+        names = self.names
+        listed = _bulk.latest_names(ctx, gradients=True)
+        if listed is not self.gradient_names:
+            if listed != names:
+                return None
+            self.gradient_names = listed
+        grads = _bulk.heads(ctx, names, gradients=True)
+        params = _bulk.heads(ctx, names)
+        entries = _bulk.heads(state, self.keys)
+        if grads is None or params is None or entries is None:
+            return None
+        if not (
+            grads.dims == self.dims
+            and params.dims == self.dims
+            and entries.dims == self.state_dims
+            and grads.libraries == self.libraries
+            and params.libraries == self.libraries
+            and entries.libraries == self.state_libraries
+        ):
+            return None
+        dtypes = list(map(_DTYPE, params.tensors))
+        if dtypes != self.dtypes or list(map(_DTYPE, grads.tensors)) != dtypes:
+            return None
+        if donate and self.aliasing:
+            checked = self.checked
+            if checked is None or not all(map(operator.is_, checked, params.tensors)):
+                return None  # new parameter tensors: the pairing path checks aliases again
+            if self.sizes != _sizes(ctx, state):
+                return None  # new entries: they may hold a buffer the step writes
+        if donate:
+            # claimed before anything is written: of two threads, exactly one steps
+            ctx, state = claim(ctx, state, to=where)
+        n = len(names)
+        values = entries.tensors
+        slots = {slot: values[n * (i + 1) : n * (i + 2)] for i, slot in enumerate(self.slots)}
+        new = updater(Update(params.tensors, grads.tensors, slots, values[:n], values[-1]))
+        library = self.library
+        assert library is not None
+        new_ctx = _bulk.replace_heads_trusted(
+            ctx, names, library.adopt_all(new.params), read=params
+        )
+        updated = list(new.steps)
+        for slot in self.slots:
+            updated += new.slots[slot]
+        updated.append(new.count)
+        new_state = _bulk.replace_heads_trusted(
+            state, self.keys, library.adopt_all(updated), read=entries
+        )
+        if donate and self.aliasing:
+            self.checked = list(new.params)
+            self.sizes = _sizes(new_ctx, new_state)
+        return new_ctx, new_state
+
+
+def _sizes(ctx: Context, state: Context) -> tuple[int, int, int]:
+    return (ctx.context_size(), ctx.gradient_count(), state.context_size())
+
+
+def _needs_copies(
+    opt: Optimizer, library: Backend, pairs: list[_Pair], count: Any, ctx: Context, state: Context
+) -> bool:
+    """True when a donated step must update some buffer as a copy, or refuses: the
+    pairing path's byte-range check (:func:`torchlean.optim._optimizer._unshared`),
+    which raises for parameters sharing memory."""
+    from torchlean.optim._optimizer import _unshared
+
+    slots = [e for p in pairs for e in p.slots]
+    written = [*(p.param for p in pairs), *slots, *(p.step for p in pairs), count]
+    return bool(_unshared(library, pairs, written, ctx, state, opt._keys))
+
+
+class Plans:
+    """An optimizer's recent plans and planned updaters."""
+
+    __slots__ = ("plans", "rule", "updaters")
+
+    def __init__(self, rule: UpdateRule) -> None:
+        self.rule = rule
+        self.plans: list[Plan] = []
+        self.updaters: dict[tuple[Backend, bool], Callable[[Update], Updated]] = {}
+
+    def step(
+        self, opt: Optimizer, ctx: Context, state: Context, donate: bool
+    ) -> tuple[Context, Context] | None:
+        """The step through a plan (a remembered one, else one made now); ``None`` when
+        no plan covers these contexts (the pairing path then runs and explains)."""
+        where = f"{opt.hyper.kind}.step"
+        for plan in self.plans:
+            out = plan.run(ctx, state, donate, self._updater(plan, donate), where)
+            if out is not None:
+                if plan is not self.plans[0]:
+                    self.plans.remove(plan)
+                    self.plans.insert(0, plan)
+                return out
+        new = Plan.build(opt, ctx, state, donate=donate)
+        if new is None:
+            return None
+        self.plans = [new, *[p for p in self.plans if p.names != new.names]][:_KEEP]
+        return new.run(ctx, state, donate, self._updater(new, donate), where)
+
+    def _updater(self, plan: Plan, donate: bool) -> Callable[[Update], Updated]:
+        library = plan.library
+        assert library is not None
+        updater = self.updaters.get((library, donate))
+        if updater is None:
+            updater = library.planned_updater(self.rule, donate=donate)
+            self.updaters[(library, donate)] = updater
+        return updater

@@ -1,0 +1,157 @@
+"""Whole-registry reads and a trusted batch replace, for the hot path of a training step.
+
+An optimizer step reads the most recent entry of a few hundred names and replaces them
+with tensors it wrote in place. The public batch edits
+(:meth:`~torchlean.runtime.context.RuntimeContext.with_variables`) validate and wrap
+every value one by one; the functions here do the same work with C-level loops over
+the registry's records, for callers that already checked the layout once (a cached plan,
+see :mod:`torchlean.optim._plan`). Every read is still checked against in-place writes.
+
+Reading map:
+- :func:`latest_names` -- the names of the most recent entries, first-registered order,
+  cached per registry layout (O(1) when the names did not change).
+- :func:`heads` -- the tensors, dims and library indices of the most recent entry of
+  each name, checked against in-place writes; ``None`` when a name is missing or a
+  tensor was written (the caller then takes its explaining path).
+- :func:`library` -- the backend a :attr:`Heads.libraries` index names.
+- :func:`replace_heads_trusted` -- a new context whose most recent entries of ``names``
+  hold ``values``: tensors of the same library and dims as the entries they replace
+  (written in place, or copies), adopted as they are.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from torchlean.runtime._registry import Order, Registry
+from torchlean.runtime.any_tensor import LIBRARIES, VERSION_READERS
+from torchlean.runtime.backends import Backend
+from torchlean.runtime.context import RuntimeContext
+
+__all__ = ["Heads", "heads", "latest_names", "library", "replace_heads_trusted"]
+
+_LIBRARY = operator.itemgetter(3)
+
+
+class Heads(NamedTuple):
+    """The most recent entry of each of some names, read and checked."""
+
+    tensors: list[Any]
+    dims: list[tuple[int, ...]]
+    #: the index of each entry's backend (equal indices: the same array library)
+    libraries: list[int]
+    #: the registry's records (for :func:`replace_heads_trusted`)
+    records: list[Any]
+
+
+def _registry(ctx: RuntimeContext[Any], gradients: bool) -> Registry:
+    # a donated context's registry raises DonatedContextError on the first attribute read
+    registry: Registry = ctx._g if gradients else ctx._v
+    registry.map  # noqa: B018
+    return registry
+
+
+# One remembered answer per registry kind: (order object, names). The order of a
+# registry is shared by every context derived by replacing heads, so a training loop
+# hits it at every step.
+_NAMES: dict[bool, tuple[Order, int, list[str]]] = {}
+
+
+def latest_names(ctx: RuntimeContext[Any], *, gradients: bool = False) -> list[str]:
+    """The names of the most recent entries, in first-registered order (the names of
+    :meth:`RuntimeContext.latest_variables` / ``latest_gradients``).
+
+    Cost: O(1) when the registry's names are those of the previous call (a registry
+    derived by replacing heads), else O(n). The list returned must not be changed.
+    """
+    registry = _registry(ctx, gradients)
+    order = registry.order
+    cached = _NAMES.get(gradients)
+    if cached is not None and cached[0] is order and cached[1] == registry.size:
+        return cached[2]
+    names = list(registry.names())
+    names.reverse()
+    if len(names) != len(registry.map):
+        names = list(dict.fromkeys(names))
+    _NAMES[gradients] = (order, registry.size, names)
+    return names
+
+
+def heads(
+    ctx: RuntimeContext[Any], names: Sequence[str], *, gradients: bool = False
+) -> Heads | None:
+    """The tensor, dims and library of the most recent entry of each name.
+
+    ``None`` when a name has no entry or a tensor was written in place since it was
+    stored: the caller then reads the context through its public, explaining methods.
+    Cost: O(m) C-level steps for m names.
+    """
+    mapping = _registry(ctx, gradients).map
+    try:
+        records = list(map(mapping.__getitem__, names))
+    except KeyError:
+        return None
+    if not records:
+        return Heads([], [], [], [])
+    dims, tensors, versions, libraries = list(zip(*records, strict=True))[:4]
+    first = libraries[0]
+    if libraries.count(first) == len(libraries):
+        reader = VERSION_READERS[first]
+        if reader is not None and tuple(map(reader, tensors)) != versions:
+            return None
+    else:
+        for record in records:
+            version = record[2]
+            if version is not None:
+                reader = VERSION_READERS[record[3]]
+                if reader is None or reader(record[1]) != version:
+                    return None
+    return Heads(list(tensors), list(dims), list(libraries), records)
+
+
+def replace_heads_trusted(
+    ctx: RuntimeContext[Any],
+    names: Sequence[str],
+    values: Sequence[Any],
+    *,
+    gradients: bool = False,
+    read: Heads | None = None,
+) -> RuntimeContext[Any]:
+    """``ctx`` with the most recent entry of each name holding the value of that name.
+
+    Trusted: every name has an entry, and each value is a fresh result (stored without a
+    copy) of the same array library and dims as the entry it replaces, e.g. the tensor
+    an optimizer step wrote in place. Versions are recorded anew, so later writes are
+    detected. Older, shadowed entries keep their values. ``read``: what :func:`heads`
+    returned for these names of this context (saves reading the records again).
+    Cost: O(m log n) for m names, in C-level loops.
+    """
+    registry = _registry(ctx, gradients)
+    mapping = registry.map
+    records = read.records if read is not None else list(map(mapping.get, names))
+    libraries = read.libraries if read is not None else list(map(_LIBRARY, records))
+    if libraries and libraries.count(libraries[0]) == len(libraries):
+        reader = VERSION_READERS[libraries[0]]
+        versions = [None] * len(values) if reader is None else list(map(reader, values))
+    else:
+        versions = [
+            None if VERSION_READERS[i] is None else VERSION_READERS[i](v)  # type: ignore[misc]
+            for i, v in zip(libraries, values, strict=True)
+        ]
+    new = [
+        (r[0], v, version, r[3], 1, r[5], r[6])
+        if r[4] == 1
+        else (r[0], v, version, r[3], 1, (r, r[4] - 1, r[5]), r[6])
+        for r, v, version in zip(records, values, versions, strict=True)
+    ]
+    registry = Registry(mapping.update(zip(names, new, strict=True)), registry.order, registry.size)
+    if gradients:
+        return ctx._derive(ctx._v, registry, ctx._next_id)
+    return ctx._derive(registry, ctx._g, ctx._next_id)
+
+
+def library(index: int) -> Backend:
+    """The backend a :attr:`Heads.libraries` index names. Cost: O(1)."""
+    return LIBRARIES[index]

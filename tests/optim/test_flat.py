@@ -1,0 +1,153 @@
+"""Flat storage: one buffer per (device, dtype), and every promise of a context kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torchlean import RuntimeContext, io, optim
+from torchlean.autograd import value_and_grad
+from torchlean.errors import BackendError, DonatedContextError, InPlaceModificationError
+from torchlean.widgets import to_html
+
+
+def weights() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {
+        "fc1.weight": torch.randn(8, 4, generator=g),
+        "fc1.bias": torch.randn(8, generator=g),
+        "fc2.weight": torch.randn(3, 8, generator=g),
+        "fc2.bias": torch.randn(3, generator=g),
+    }
+
+
+def loss(ctx: RuntimeContext[Any], x: Any, y: Any) -> Any:
+    h = torch.relu(F.linear(x, ctx["fc1.weight"], ctx["fc1.bias"]))
+    return F.cross_entropy(F.linear(h, ctx["fc2.weight"], ctx["fc2.bias"]), y)
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(16, 4, generator=g), torch.randint(0, 3, (16,), generator=g)
+
+
+def flat_context() -> RuntimeContext[Any]:
+    ctx = RuntimeContext.from_state_dict({k: v.clone() for k, v in weights().items()})
+    return optim.flatten(ctx.register_variable("steps_seen", torch.tensor(3)))
+
+
+def test_flat_variables_are_views_of_one_buffer_in_order() -> None:
+    ctx = flat_context()
+    views = [ctx[k] for k in weights()]
+    base = views[0]._base
+    assert base is not None and base.dim() == 1 and base.numel() == 32 + 8 + 24 + 3
+    assert all(v._base is base for v in views)
+    assert [v.storage_offset() for v in views] == [0, 32, 40, 64]
+    for k, v in weights().items():
+        assert torch.equal(ctx[k], v)
+    assert ctx["steps_seen"]._base is None  # integers stay out
+
+
+def test_training_matches_torch_adamw_and_the_gradient_is_one_buffer() -> None:
+    x, y = batch()
+    params = {k: v.clone().requires_grad_(True) for k, v in weights().items()}
+    reference = torch.optim.AdamW(params.values(), lr=0.01, weight_decay=0.1)
+    for _ in range(10):
+        reference.zero_grad()
+        loss(params, x, y).backward()
+        reference.step()
+    for donate in (True, False):
+        ctx = flat_context()
+        opt = optim.adamw(lr=0.01, weight_decay=0.1)
+        state = opt.init(ctx)
+        assert state["exp_avg/fc1.weight"]._base is state["exp_avg/fc2.bias"]._base is not None
+        for _ in range(10):
+            _, ctx = value_and_grad(loss)(ctx, x, y)
+            grads = [ctx.gradient(k) for k in weights()]
+            assert grads[0]._base is not None and all(g._base is grads[0]._base for g in grads)
+            ctx, state = opt.step(ctx, state, donate=donate)
+        for k, p in params.items():
+            np.testing.assert_allclose(ctx[k].numpy(), p.detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert ctx["fc2.bias"]._base is not None  # still flat after the steps
+
+
+def test_a_write_to_one_variable_is_seen_as_a_write_to_its_whole_buffer() -> None:
+    ctx = flat_context()
+    ctx["fc1.bias"].add_(1)
+    for name in weights():
+        with pytest.raises(InPlaceModificationError, match="modified in place"):
+            ctx.variable(name)
+    assert int(ctx["steps_seen"]) == 3
+
+
+def test_donation_rules_are_unchanged() -> None:
+    x, y = batch()
+    ctx = flat_context()
+    opt = optim.adamw(lr=0.01)
+    state = opt.init(ctx)
+    _, with_grad = value_and_grad(loss)(ctx, x, y)
+    kept = {k: v.clone() for k, v in with_grad.state_dict().items()}
+    new, _ = opt.step(with_grad, state, donate=False)
+    for k, v in with_grad.state_dict().items():
+        assert torch.equal(v, kept[k])
+    assert new["fc1.weight"]._base is not ctx["fc1.weight"]._base  # a copied buffer
+    opt.step(with_grad, state)
+    with pytest.raises(DonatedContextError):
+        with_grad.variable("fc1.weight")
+    with pytest.raises(InPlaceModificationError):
+        ctx.variable("fc1.weight")  # shares the buffer the donated step wrote
+
+
+def test_save_load_and_views_as_for_any_context(tmp_path: Path) -> None:
+    x, y = batch()
+    ctx = flat_context()
+    opt = optim.adamw(lr=0.01)
+    state = opt.init(ctx)
+    _, ctx = value_and_grad(loss)(ctx, x, y)
+    ctx, state = opt.step(ctx, state)
+    for what, c in (("model", ctx), ("state", state)):
+        path = tmp_path / f"{what}.safetensors"
+        io.save(c, path)
+        back = io.load(path, backend="torch")
+        for k, v in c.state_dict().items():
+            assert torch.equal(back[k], v), k
+    assert ctx.check().ok
+    assert "fc1.weight" in repr(ctx) and "fc1.weight" in to_html(ctx)
+    back_ctx = io.load(tmp_path / "model.safetensors", backend="torch")
+    back_state = io.load(tmp_path / "state.safetensors", backend="torch")
+    flat, flat_state = optim.flatten(back_ctx, back_state)
+    assert flat["fc1.weight"]._base is not None and back_ctx["fc1.weight"]._base is None
+    assert flat_state["exp_avg/fc1.weight"]._base is flat_state["exp_avg/fc2.bias"]._base
+    assert flat_state["step/fc1.weight"]._base is not None
+
+
+def test_frozen_variables_stay_out_of_the_buffer() -> None:
+    ctx = optim.flatten(RuntimeContext.from_state_dict(weights()), frozen="fc1.*")
+    assert ctx["fc1.weight"]._base is None and ctx["fc2.weight"]._base is not None
+    x, y = batch()
+    opt = optim.adam(lr=0.01)
+    state = opt.init(ctx)
+    _, ctx = value_and_grad(loss, frozen="fc1.*")(ctx, x, y)
+    ctx, state = opt.step(ctx, state)
+    assert torch.equal(ctx["fc1.weight"], weights()["fc1.weight"])
+
+
+def test_one_buffer_per_device_and_dtype() -> None:
+    ctx = RuntimeContext.from_state_dict(
+        {"a": torch.ones(2), "h": torch.ones(3, dtype=torch.float64), "b": torch.ones(1)}
+    )
+    flat = optim.flatten(ctx)
+    assert flat["a"]._base is flat["b"]._base and flat["h"]._base is not flat["a"]._base
+
+
+def test_a_library_without_flat_buffers_is_refused() -> None:
+    with pytest.raises(BackendError, match="variable `w` is a jax float32 array on cpu"):
+        optim.flatten(RuntimeContext.from_state_dict({"w": jnp.ones(2)}))
+    with pytest.raises(TypeError, match="flatten: frozen must be"):
+        optim.flatten(RuntimeContext.empty(), frozen=3)  # type: ignore[arg-type]
