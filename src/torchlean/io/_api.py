@@ -36,7 +36,7 @@ __all__ = ["FORMATS", "format_of", "inspect", "load", "save", "strip_names"]
 
 #: The built-in formats, in the order they are registered (:func:`register_format`
 #: adds more).
-FORMATS: Final = ("safetensors", "json", "torch", "npz", "sharded")
+FORMATS: Final = ("safetensors", "json", "torch", "npz", "sharded", "dcp")
 
 
 def _record(path: str | os.PathLike[str], format: str | None) -> Format:
@@ -64,22 +64,48 @@ def format_of(path: str | os.PathLike[str], format: str | None = None) -> str:
 
 
 def save(
-    ctx: RuntimeContext[Any], path: str | os.PathLike[str], *, format: str | None = None
+    ctx: RuntimeContext[Any],
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,
+    distributed: bool = False,
 ) -> None:
     """Write ``ctx`` to ``path`` atomically: the old file stays intact on any failure.
 
     ``format`` defaults to the suffix's (``.safetensors``, ``.json``, ``.pt``/``.pth``,
-    ``.npz``, or a registered format's). Cost: O(total bytes).
+    ``.npz``, or a registered format's). ``distributed=True``, called on every process
+    of a process group, writes a checkpoint folder in which each process writes its own
+    shards (the ``distributed`` format, ``"dcp"``: see docs/distributed.md).
+    Cost: O(total bytes).
     """
     if not isinstance(ctx, RuntimeContext):
         raise TypeError(f"save expects a RuntimeContext, got {type(ctx).__name__}")
     require_path(path, "save")
+    require_bool(distributed, "save", "distributed")
+    if distributed:
+        fmt = _distributed(format)
+        fmt.save(ctx, path)
+        return
     fmt = _record(path, format)
     if os.path.isdir(path) and not fmt.directory:
         raise IsADirectoryError(
             errno.EISDIR, "is a folder; save needs a file name", os.fspath(path)
         )
     fmt.save(ctx, path)
+
+
+def _distributed(format: str | None) -> Format:
+    """The format ``distributed=True`` writes: ``format``'s if given, else the first
+    registered ``distributed`` format."""
+    choices = [fmt for fmt in registered() if fmt.distributed]
+    if format is not None:
+        choices = [fmt for fmt in choices if fmt.name == format]
+    if not choices:
+        raise ValueError(
+            f"save: distributed=True needs a distributed format, got format={format!r}"
+            f" (distributed formats: {', '.join(f.name for f in registered() if f.distributed)})"
+        )
+    return choices[0]
 
 
 def load(
@@ -90,6 +116,7 @@ def load(
     expect: Any = None,
     dtypes: bool = False,
     strip_prefix: str | None = None,
+    like: RuntimeContext[Any] | None = None,
 ) -> RuntimeContext[Any]:
     """Read a context from ``path``.
 
@@ -99,8 +126,10 @@ def load(
     name -- before any tensor data is read for safetensors -- and every problem is
     reported in one :class:`~torchlean.errors.ExpectationError` (``dtypes=True`` also
     compares dtypes). ``strip_prefix`` removes a prefix such as ``"module."`` from
-    every name that has it. Bad files raise :class:`~torchlean.errors.FormatError`.
-    Cost: O(total bytes).
+    every name that has it. ``like`` (a context; distributed formats only, called on
+    every process) loads each entry laid out as the template's entry of its name (a
+    DTensor's mesh and placements), on any number of processes. Bad files raise
+    :class:`~torchlean.errors.FormatError`. Cost: O(total bytes).
     """
     require_path(path, "load")
     check_backend(backend)
@@ -110,6 +139,14 @@ def load(
     fmt = _record(path, format)
     check_input(fmt, path)
     where = os.fspath(path)
+    if like is not None:
+        if not isinstance(like, RuntimeContext):
+            raise TypeError(f"load: like must be a RuntimeContext, got {type(like).__name__}")
+        if not fmt.distributed:
+            raise ValueError(
+                f"load: like= needs a distributed format (a checkpoint folder), and"
+                f" {where} is {fmt.name}"
+            )
     if expect is not None and fmt.header_only_inspect:
         summary = _inspect(path, fmt)
         have = {
@@ -118,7 +155,11 @@ def load(
             if not e.shadowed
         }
         check_expected(have, expect, dtypes=dtypes, source=where)
-    ctx = fmt.load(path, backend=backend)
+    ctx = (
+        fmt.load(path, backend=backend)
+        if like is None
+        else fmt.load(path, backend=backend, like=like)
+    )
     if strip_prefix:
         ctx = strip_names(ctx, strip_prefix)
     if expect is not None and not fmt.header_only_inspect:
