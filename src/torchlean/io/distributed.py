@@ -150,9 +150,11 @@ def _write(state: dict[str, Any], folder: str, world: int, *, async_: bool) -> A
     from torch.distributed.checkpoint.state_dict_saver import async_save, save
 
     writer = HuggingFaceStorageWriter(folder, save_distributed=True)
-    if async_:
-        return async_save(state, storage_writer=writer, no_dist=world == 1)
-    save(state, storage_writer=writer, no_dist=world == 1)
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        if async_:
+            return async_save(state, storage_writer=writer, no_dist=world == 1)
+        save(state, storage_writer=writer, no_dist=world == 1)
     return None
 
 

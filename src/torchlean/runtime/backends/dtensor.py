@@ -135,8 +135,9 @@ class DTensorBackend(TorchBackend):
     # ------------------------------------------------------------------ training
 
     def buffer_range(self, x: Any) -> tuple[Hashable, int, int] | None:
-        """The local shard's byte range (a DTensor has no storage of its own)."""
-        return self.plain.buffer_range(x._local_tensor)
+        """The local shard's byte range (a DTensor has no storage of its own); a plain
+        tensor's (a step counter beside DTensor parameters) as torch gives it."""
+        return self.plain.buffer_range(getattr(x, "_local_tensor", x))
 
     def updater(self, rule: UpdateRule, *, donate: bool) -> Callable[[Update], Updated]:
         """:meth:`TorchBackend.updater` on DTensors (torch's kernels run per shard), then
