@@ -76,6 +76,7 @@ _PARTIAL: Final = ".partial"
 
 def is_checkpoint_folder(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is a folder holding a :data:`LAYOUT_NAME`."""
+    require_path(path, "is_checkpoint_folder")
     return os.path.isdir(path) and os.path.isfile(os.path.join(path, LAYOUT_NAME))
 
 
