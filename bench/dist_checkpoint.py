@@ -75,7 +75,10 @@ def worker(rank: int, port: int, mib: int, repeat: int, root: str) -> None:
         dist.barrier()
         timed("save raw dcp", lambda: _raw_save(dict(tensors), b))
         timed("load torchlean", lambda: io.load(a, like=ctx))
-        timed("load raw dcp", lambda: _raw_load({k: torch.empty_like(v) for k, v in tensors.items()}, b))
+        timed(
+            "load raw dcp",
+            lambda: _raw_load({k: torch.empty_like(v) for k, v in tensors.items()}, b),
+        )
         timed("reshard torchlean", lambda: io.load(a, like=like))
         timed(
             "reshard raw dcp",
