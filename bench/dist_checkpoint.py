@@ -84,7 +84,9 @@ def worker(rank: int, port: int, mib: int, repeat: int, root: str) -> None:
             "reshard raw dcp",
             lambda: _raw_load({k: torch.empty_like(at.t) for k, at in like.var_registry}, b),
         )
-        timed("async block torchlean", lambda: setattr(worker, "h", save_async(ctx, a + str(i))))
+        timed(
+            "async block torchlean", lambda i=i: setattr(worker, "h", save_async(ctx, a + str(i)))
+        )
         worker.h.wait()  # type: ignore[attr-defined]
         dist.barrier()
     if rank == 0:
