@@ -42,7 +42,7 @@ from torchlean.errors import (
     ShapeMismatchError,
     UnknownNameError,
 )
-from torchlean.io import npz, safetensors, sharded, torchlean_json
+from torchlean.io import distributed, npz, safetensors, sharded, torchlean_json
 from torchlean.io import torch as io_torch
 
 F32 = np.ones(3, np.float32)
@@ -51,8 +51,8 @@ GRAD = CTX.register_gradient("w", F32)
 PINNED = empty_context(dtype="float32").register_variable("w", F32)
 ARRAY = "expected an array (numpy.ndarray, torch.Tensor or jax.Array), got"
 SUFFIXES = (
-    ".safetensors, .json, .pt, .pth, .bin, .ckpt, .pth.tar, .npz, .safetensors.index.json"
-    " or pass format= (safetensors, json, torch, npz, sharded)"
+    ".safetensors, .json, .pt, .pth, .bin, .ckpt, .pth.tar, .npz, .safetensors.index.json,"
+    " .dcp or pass format= (safetensors, json, torch, npz, sharded, dcp)"
 )
 EXPECT = "must be a mapping of name to shape, a RuntimeContext or a torch nn.Module, got"
 
@@ -145,7 +145,7 @@ ROWS: list[Row] = [
         "torchlean.runtime.backends.backend_named",
         lambda d: bk.backend_named("cupy"),
         ValueError,
-        "backend must be one of numpy, torch, jax, got 'cupy'",
+        "backend must be one of numpy, dtensor, torch, jax, got 'cupy'",
     ),
     (
         "torchlean.runtime.dtypes.dtype_name",
@@ -573,7 +573,7 @@ ROWS: list[Row] = [
         "torchlean.io.save",
         lambda d: tio.save(CTX, d / "x.safetensors", format="hdf5"),
         ValueError,
-        "format must be one of safetensors, json, torch, npz, sharded, got 'hdf5'",
+        "format must be one of safetensors, json, torch, npz, sharded, dcp, got 'hdf5'",
     ),
     (
         "torchlean.io.save",
@@ -604,7 +604,7 @@ ROWS: list[Row] = [
         "torchlean.io.load",
         lambda d: tio.load(d / "w.safetensors", backend="tf"),
         ValueError,
-        "backend must be one of numpy, torch, jax, got 'tf'",
+        "backend must be one of numpy, dtensor, torch, jax, got 'tf'",
     ),
     (
         "torchlean.io.load",
@@ -708,7 +708,7 @@ ROWS: list[Row] = [
         "torchlean.io.format_of",
         lambda d: tio.format_of("x.npz", format=3),
         ValueError,
-        "format must be one of safetensors, json, torch, npz, sharded, got 3",
+        "format must be one of safetensors, json, torch, npz, sharded, dcp, got 3",
     ),
     (
         "torchlean.io.format_of",
@@ -831,6 +831,30 @@ ROWS: list[Row] = [
         lambda d: sharded.save_sharded(5, d / "s"),  # type: ignore[arg-type]
         TypeError,
         "save_sharded: ctx must be a RuntimeContext, got int 5",
+    ),
+    (
+        "torchlean.io.distributed.save_distributed",
+        lambda d: distributed.save_distributed(1, d / "c"),  # type: ignore[arg-type]
+        TypeError,
+        "save_distributed: ctx must be a RuntimeContext, got int 1",
+    ),
+    (
+        "torchlean.io.distributed.save_async",
+        lambda d: distributed.save_async(1, d / "c"),  # type: ignore[arg-type]
+        TypeError,
+        "save_async: ctx must be a RuntimeContext, got int 1",
+    ),
+    (
+        "torchlean.io.distributed.load_distributed",
+        lambda d: distributed.load_distributed(d, like=3),  # type: ignore[arg-type]
+        TypeError,
+        "load_distributed: like must be a RuntimeContext, got int 3",
+    ),
+    (
+        "torchlean.io.distributed.is_checkpoint_folder",
+        lambda d: distributed.is_checkpoint_folder(1),  # type: ignore[arg-type]
+        TypeError,
+        "is_checkpoint_folder: path must be a str or os.PathLike, got int 1",
     ),
     (
         "torchlean.io.sharded.staged",
@@ -1365,6 +1389,7 @@ NO_ROW: dict[str, str] = {
             bk.NUMPY.__class__,
             importlib.import_module("torchlean.runtime.backends.torch").TorchBackend,
             importlib.import_module("torchlean.runtime.backends.jax").JaxBackend,
+            importlib.import_module("torchlean.runtime.backends.dtensor").DTensorBackend,
         )
         for m, v in vars(cls).items()
         if not m.startswith("_") and callable(v)
@@ -1372,6 +1397,10 @@ NO_ROW: dict[str, str] = {
     "torchlean.runtime.backends.Backend": "a base class to subclass, not called with data",
     "torchlean.runtime.backends.torch.TorchBackend": "built by the runtime (backend_named)",
     "torchlean.runtime.backends.jax.JaxBackend": "built by the runtime (backend_named)",
+    "torchlean.runtime.backends.dtensor.DTensorBackend": "built by the runtime (backend_named)",
+    "torchlean.io.distributed.AsyncSave": "returned by save_async, not built by users",
+    "AsyncSave.done": "no arguments",
+    "AsyncSave.wait": "timeout goes to threading.Thread.join as it is",
     "torchlean.runtime.backends.numpy.NumpyBackend": "built once by the runtime",
     "torchlean.runtime.backends.numpy.is_immutable": "called by the runtime on numpy arrays",
     "torchlean.runtime.backends.backend_of": "any object is an argument (TypeError is its answer)",

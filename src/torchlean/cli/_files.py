@@ -26,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,20 @@ def written(
         size = sharded.DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size
         with sharded.staged(ctx, Path(path), max_shard_size=size) as index:
             yield index
+        return
+    if _reads_folders(fmt):  # another folder format: staged as a whole folder
+        target = Path(path)
+        box = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            tmp = box / target.name
+            save(ctx, tmp, fmt=fmt)
+            yield tmp
+            old = box / "old"
+            if target.exists():
+                os.rename(target, old)
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(box, ignore_errors=True)
         return
     with atomic_path(path) as tmp, naming_target(tmp, Path(path)):
         save(ctx, tmp, fmt=fmt, metadata=metadata)

@@ -15,6 +15,9 @@ suffix             format        what round-trips
 A ``*.safetensors.index.json`` (or a folder of safetensors shards) is format
 ``sharded``: the whole context, exactly, as shards and an index in
 ``save_pretrained``'s layout (:mod:`.sharded`); :func:`save_sharded` picks the shard size.
+A checkpoint folder (``save(ctx, DIR, distributed=True)`` on every rank, or a ``.dcp``
+path) is format ``dcp``: each process's shards through ``torch.distributed.checkpoint``
+plus a layout of the whole context (:mod:`.distributed`, docs/distributed.md).
 
 Every format is one :class:`Format` record in one table: its module's ``FORMAT``,
 registered below; ``save``/``load``/``inspect`` dispatch through the table only.
@@ -34,6 +37,7 @@ Reading map:
 
 from __future__ import annotations
 
+from torchlean.io import distributed as _distributed
 from torchlean.io import npz as _npz
 from torchlean.io import safetensors as _safetensors
 from torchlean.io import sharded as _sharded
@@ -60,6 +64,7 @@ register_format(_torchlean_json.FORMAT)
 register_format(_torch.FORMAT)
 register_format(_npz.FORMAT)
 register_format(_sharded.FORMAT)
+register_format(_distributed.FORMAT)
 
 __all__ = [
     "FORMATS",

@@ -39,7 +39,7 @@ __all__ = ["FORMATS", "format_of", "inspect", "load", "save", "strip_names"]
 
 #: The built-in formats, in the order they are registered (:func:`register_format`
 #: adds more).
-FORMATS: Final = ("safetensors", "json", "torch", "npz", "sharded")
+FORMATS: Final = ("safetensors", "json", "torch", "npz", "sharded", "dcp")
 
 
 def _record(path: str | os.PathLike[str], format: str | None) -> Format:
@@ -72,6 +72,7 @@ def save(
     *,
     format: str | None = None,
     metadata: Mapping[str, str] | None = None,
+    distributed: bool = False,
 ) -> None:
     """Write ``ctx`` to ``path`` atomically: the old file stays intact on any failure.
 
@@ -81,11 +82,19 @@ def save(
     refuse it. Only a regular file is replaced (a symlink to one is followed); a
     device, FIFO or folder is refused. What the format could not read back (a dtype it
     lacks, a name it cannot store) is refused before anything is written.
+    ``distributed=True``, called on every process of a process group, writes a
+    checkpoint folder in which each process writes its own shards (the ``distributed``
+    format, ``"dcp"``: see docs/distributed.md).
     Cost: O(total bytes).
     """
     if not isinstance(ctx, RuntimeContext):
         raise TypeError(f"save expects a RuntimeContext, got {type(ctx).__name__}")
     require_path(path, "save")
+    require_bool(distributed, "save", "distributed")
+    if distributed:
+        fmt = _distributed(format)
+        fmt.save(ctx, path)
+        return
     fmt = _record(path, format)
     if os.path.isdir(path) and not fmt.directory:
         raise IsADirectoryError(
@@ -103,6 +112,20 @@ def save(
     fmt.save(ctx, path, metadata=metadata)
 
 
+def _distributed(format: str | None) -> Format:
+    """The format ``distributed=True`` writes: ``format``'s if given, else the first
+    registered ``distributed`` format."""
+    choices = [fmt for fmt in registered() if fmt.distributed]
+    if format is not None:
+        choices = [fmt for fmt in choices if fmt.name == format]
+    if not choices:
+        raise ValueError(
+            f"save: distributed=True needs a distributed format, got format={format!r}"
+            f" (distributed formats: {', '.join(f.name for f in registered() if f.distributed)})"
+        )
+    return choices[0]
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -115,6 +138,7 @@ def load(
     lean: bool = False,
     key: str | None = None,
     flatten: bool = False,
+    like: RuntimeContext[Any] | None = None,
 ) -> RuntimeContext[Any]:
     """Read a context from ``path``.
 
@@ -131,7 +155,10 @@ def load(
     and ``flatten=True`` reads nested mappings as dotted names. Bad files raise
     :class:`~torchlean.errors.FormatError`. The file is opened once and everything is
     read from it, so a save that replaces ``path`` meanwhile is never mixed in; the
-    arrays are read into memory, never left mapped to the file. Cost: O(total bytes).
+    arrays are read into memory, never left mapped to the file. ``like`` (a context;
+    distributed formats only, called on every process) loads each entry laid out as the
+    template's entry of its name (a DTensor's mesh and placements), on any number of
+    processes. Cost: O(total bytes).
     """
     require_path(path, "load")
     check_backend(backend)
@@ -140,7 +167,7 @@ def load(
         require_str(strip_prefix, "load", "strip_prefix")
     fmt = _record(path, format)
     nested = _nested_options(fmt, key, flatten, "load")
-    options = {
+    options: dict[str, Any] = {
         k: v for k, v in (("dtype", dtype), ("lean", lean)) if v is not None and v is not False
     }
     refused = [k for k in options if k not in fmt.load_options]
@@ -148,6 +175,15 @@ def load(
         raise ValueError(f"load: {'= and '.join(refused)}= do not apply to format {fmt.name!r}")
     check_input(fmt, path)
     where = os.fspath(path)
+    if like is not None:
+        if not isinstance(like, RuntimeContext):
+            raise TypeError(f"load: like must be a RuntimeContext, got {type(like).__name__}")
+        if not fmt.distributed:
+            raise ValueError(
+                f"load: like= needs a distributed format (a checkpoint folder), and"
+                f" {where} is {fmt.name}"
+            )
+        options["like"] = like
     with _lfs_hint(path):
         if expect is not None and fmt.header_only_inspect:
             summary = _inspect(path, fmt, nested)

@@ -71,6 +71,11 @@ class Format:
       ``inspect`` reports the file's in :attr:`FileSummary.metadata`.
     - ``nested``: ``load`` and ``inspect`` take ``key=`` (the nested state dict to read,
       dotted for deeper levels) and ``flatten=`` (nested dicts as dotted names).
+    - ``recognise(path)``: for a ``directory`` format, True when a folder is one of its
+      own (several folder formats then coexist); ``None``: any folder no other claims.
+    - ``distributed``: ``save`` is called on every process of a process group
+      (``io.save(ctx, DIR, distributed=True)`` picks this format) and ``load`` takes
+      ``like=`` (a template context whose layout the loaded tensors take).
 
     The loader need not strip prefixes or check expectations: ``load`` does both for
     every format.
@@ -87,6 +92,8 @@ class Format:
     load_options: tuple[str, ...] = ()
     metadata: bool = False
     nested: bool = False
+    recognise: Callable[[Path], bool] | None = None
+    distributed: bool = False
 
     def __post_init__(self) -> None:
         require_str(self.name, "Format", "name")
@@ -122,6 +129,9 @@ class Format:
             )
         require_bool(self.metadata, "Format", "metadata")
         require_bool(self.nested, "Format", "nested")
+        require_bool(self.distributed, "Format", "distributed")
+        if self.recognise is not None and not callable(self.recognise):
+            raise TypeError(f"Format: recognise must be callable or None, got {self.recognise!r}")
 
 
 _TABLE: dict[str, Format] = {}
@@ -161,12 +171,17 @@ def by_suffix() -> dict[str, Format]:
 
 
 def for_path(path: Path) -> Format | None:
-    """The format ``path`` names by itself, or ``None``: for an existing folder the one
-    registered format with ``directory=True``; else the format of the longest registered
+    """The format ``path`` names by itself, or ``None``: for an existing folder the
+    first ``directory`` format whose ``recognise`` claims it, else the one such format
+    without ``recognise``; else the format of the longest registered
     suffix the file name ends with (case-insensitive), so a two-part suffix such as
     ``.safetensors.index.json`` wins over ``.json``. Cost: O(suffixes)."""
     if os.path.isdir(path):
         folders = [fmt for fmt in _TABLE.values() if fmt.directory]
+        for fmt in folders:
+            if fmt.recognise is not None and fmt.recognise(path):
+                return fmt
+        folders = [fmt for fmt in folders if fmt.recognise is None]
         if len(folders) == 1:
             return folders[0]
     name = os.path.basename(os.fspath(path)).lower()

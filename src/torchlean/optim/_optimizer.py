@@ -40,6 +40,7 @@ from torchlean.optim._rules import Rule
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import NUMPY, Backend
 from torchlean.runtime.backends._update import Update, Updated
+from torchlean.runtime.check import placement_mismatch
 from torchlean.runtime.context import RuntimeContext, claim, require_context, stored_values
 
 __all__ = ["Optimizer", "adam", "adamw", "sgd"]
@@ -139,13 +140,14 @@ class Optimizer:
         """Update every variable of ``ctx`` that has a gradient; return the new context
         and the new state.
 
-        Reads the most recent gradient of each name; a gradient whose shape, dtype or
-        array library differs from its variable's, one without a variable, or one
-        without optimizer state is an error raised before anything is updated (every
-        problem in one message). The gradients stay in the new context (call
-        ``clear_gradients`` or use :func:`torchlean.autograd.value_and_grad`, which
-        replaces them). ``donate=True`` (default) updates the buffers in place and
-        donates ``ctx`` and ``state``; ``donate=False`` leaves both as they were.
+        Reads the most recent gradient of each name; a gradient whose shape, dtype,
+        array library or placement (a DTensor's) differs from its variable's, one
+        without a variable, or one without optimizer state is an error raised before
+        anything is updated (every problem in one message). The gradients stay in the
+        new context (call ``clear_gradients`` or use
+        :func:`torchlean.autograd.value_and_grad`, which replaces them).
+        ``donate=True`` (default) updates the buffers in place and donates ``ctx`` and
+        ``state``; ``donate=False`` leaves both as they were.
         Lean counterpart: none. Cost: O(total elements) in one fused kernel per
         (device, dtype) on torch, one jitted call on jax.
         """
@@ -248,6 +250,10 @@ class Optimizer:
                 f"gradient `{name}` is {g.backend} {g.dtype} but variable `{name}`"
                 f" is {p.backend} {p.dtype}"
             )
+        if type(g.library).placement is not _NO_PLACEMENT:
+            mismatch = placement_mismatch(name, p, g)
+            if mismatch is not None:
+                return TorchLeanError, mismatch
         keys = self._keys.get(name)
         if keys is None:
             keys = self._keys[name] = tuple(
@@ -268,6 +274,10 @@ class Optimizer:
                 f" `{name}` has shape {p.dims}"
             )
         return _Pair(name, p, g, step, slots)
+
+
+#: The ``placement`` of a library whose arrays all live in one process (skipped).
+_NO_PLACEMENT: Any = Backend.placement
 
 
 def _one_library(pairs: list[_Pair], count: AnyTensor[Any]) -> Backend:

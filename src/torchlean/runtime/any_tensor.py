@@ -10,7 +10,8 @@ an :data:`Entry`) is built.
 
 Reading map:
 - :class:`AnyTensor` -- ``s`` (the :class:`~torchlean.spec.Shape`) and ``t`` (the tensor);
-  ``dims``, ``backend``, ``dtype``, ``device``, ``library`` (the :class:`Backend`).
+  ``dims``, ``backend``, ``dtype``, ``device``, ``library`` (the :class:`Backend`),
+  ``placement`` and ``local_dims`` (a distributed tensor's layout and local shard).
 - :data:`Entry` -- a registry's record of a name: a plain tuple (first entry's tensor,
   older runs), which the cycle collector does not track.
 - :func:`fresh_entry` -- the record of a value a context has just taken (protected).
@@ -123,6 +124,18 @@ class AnyTensor(Generic[ArrayT]):
     def device(self) -> str:
         """Where the tensor lives, e.g. ``"cpu"`` or ``"cuda:0"``."""
         return self._backend.device(self._t)
+
+    @property
+    def placement(self) -> str | None:
+        """How the tensor is laid out over processes (a DTensor's placements and mesh),
+        or ``None`` for a tensor held whole by this process."""
+        return self._backend.placement(self._t)
+
+    @property
+    def local_dims(self) -> tuple[int, ...] | None:
+        """The shape of the part this process holds (a DTensor's local shard), or
+        ``None`` when it holds the whole tensor (:attr:`dims`)."""
+        return self._backend.local_dims(self._t)
 
     def __repr__(self) -> str:
         return f"AnyTensor(shape={self.dims}, dtype={self.dtype}, backend={self.backend})"

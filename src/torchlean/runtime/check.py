@@ -52,7 +52,12 @@ __all__ = [
 ]
 
 ProblemKind = Literal[
-    "orphan-gradient", "shape-mismatch", "dtype-mismatch", "non-finite", "mixed-devices"
+    "orphan-gradient",
+    "shape-mismatch",
+    "dtype-mismatch",
+    "placement-mismatch",
+    "non-finite",
+    "mixed-devices",
 ]
 
 
@@ -81,6 +86,10 @@ class CheckReport:
     """
 
     problems: tuple[Problem, ...]
+    #: What the counts cover when they are not the whole of every tensor: ``"local
+    #: shards of rank 0 of 2"`` (a plain check of distributed tensors), ``"summed over
+    #: 2 processes"`` (``check(collective=True)``); ``None`` for a single process.
+    scope: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -107,9 +116,10 @@ class CheckReport:
         return [p for p in self.problems if p.registry == registry and p.name == name]
 
     def __str__(self) -> str:
+        scope = f" (values read: {self.scope})" if self.scope else ""
         if not self.problems:
-            return "no problems found"
-        lines = [f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}:"]
+            return f"no problems found{scope}"
+        lines = [f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}{scope}:"]
         lines += [f"- {p.message}" for p in self.problems]
         return "\n".join(lines)
 
@@ -145,6 +155,8 @@ class EntryFacts:
     #: When the counts come from a sample of the values: how many values it held
     #: (``None`` when every value was counted).
     sample: int | None = None
+    #: A distributed tensor's placements and mesh (``None`` for a whole tensor).
+    placement: str | None = None
 
 
 def facts_of(at: AnyTensor[Any], what: str) -> EntryFacts:
@@ -155,7 +167,7 @@ def facts_of(at: AnyTensor[Any], what: str) -> EntryFacts:
     if not isinstance(at, AnyTensor):
         raise TypeError(f"facts_of expects an AnyTensor, got {type(at).__name__}")
     nan, inf = at.library.nonfinite(read_checked(at, what))
-    return EntryFacts(at.dims, at.dtype, at.device, nan, inf)
+    return EntryFacts(at.dims, at.dtype, at.device, nan, inf, placement=at.placement)
 
 
 def nonfinite_counts(at: AnyTensor[Any]) -> tuple[int, int]:
@@ -172,7 +184,8 @@ def check_pair(
 ) -> tuple[Problem, ...]:
     """The problems of the gradient ``name`` against its variable (``None`` when the
     context has no variable of that name): an orphan gradient, a shape mismatch, a dtype
-    mismatch, in that order. ``index`` is the gradient's position in its registry.
+    mismatch, a placement mismatch (distributed tensors laid out differently), in that
+    order. ``index`` is the gradient's position in its registry.
 
     Reads only shapes and dtypes: O(1), whatever the tensors hold.
     """
@@ -206,7 +219,25 @@ def check_pair(
                 index,
             )
         )
+    mismatch = placement_mismatch(name, variable, gradient)
+    if mismatch is not None:
+        problems.append(Problem("placement-mismatch", "gradient", name, mismatch, index))
     return tuple(problems)
+
+
+def placement_mismatch(name: str, variable: object, gradient: object) -> str | None:
+    """The message when the gradient ``name`` is laid out over processes differently
+    from its variable (their ``placement`` attributes differ), else ``None``. An update
+    would have to redistribute it: a collective nobody asked for."""
+    have = getattr(gradient, "placement", None)
+    want = getattr(variable, "placement", None)
+    if have == want:
+        return None
+    return (
+        f"gradient `{name}` is laid out as {have or 'a whole tensor'} but its variable"
+        f" as {want or 'a whole tensor'}; redistribute it explicitly"
+        " (e.g. grad.redistribute(var.device_mesh, var.placements))"
+    )
 
 
 def _nonfinite(registry: str, name: str, facts: EntryFacts, index: int) -> Problem | None:
@@ -277,14 +308,63 @@ def check_entries(
     return CheckReport(tuple(problems))
 
 
-def check_context(ctx: RuntimeContext[Any]) -> CheckReport:
+def check_context(ctx: RuntimeContext[Any], *, collective: bool = False) -> CheckReport:
     """Find every problem of ``ctx`` (:func:`check_entries` on exact facts).
 
-    Cost: O(total elements).
+    Distributed tensors are read where they are: their counts are this process's local
+    shard's, and the report's ``scope`` says so. ``collective=True`` (called on every
+    process, on contexts with the same entries) sums the counts over the processes in
+    one all-reduce, each element counted once. Cost: O(total elements), plus one
+    collective.
     """
     from torchlean.runtime.context import require_context
 
     require_context(ctx, "check_context")
-    variables = [(name, facts_of(at, f"variable `{name}`")) for name, at in ctx.var_registry]
-    gradients = [(name, facts_of(at, f"gradient `{name}`")) for name, at in ctx.gradients]
-    return check_entries(variables, gradients)
+    if not isinstance(collective, bool):
+        raise TypeError(f"check: collective must be a bool, got {short_repr(collective)}")
+    entries = [("variable", name, at) for name, at in ctx.var_registry]
+    entries += [("gradient", name, at) for name, at in ctx.gradients]
+    facts = [facts_of(at, f"{registry} `{name}`") for registry, name, at in entries]
+    scope = None
+    if collective:
+        facts, scope = _summed(entries, facts)
+    else:
+        local = next((at.library for _, _, at in entries if at.placement is not None), None)
+        if local is not None:
+            scope = f"local shards of {local.local_scope() or 'this process'}"
+    n = len(ctx.var_registry)
+    variables = [(name, f) for (_, name, _), f in zip(entries[:n], facts[:n], strict=True)]
+    gradients = [(name, f) for (_, name, _), f in zip(entries[n:], facts[n:], strict=True)]
+    report = check_entries(variables, gradients)
+    return CheckReport(report.problems, scope)
+
+
+def _summed(
+    entries: list[tuple[str, str, AnyTensor[Any]]], facts: list[EntryFacts]
+) -> tuple[list[EntryFacts], str]:
+    """``facts`` with NaN/infinity counts summed over every process (one all-reduce)."""
+    from dataclasses import replace
+
+    counts: list[int] = [len(entries), len(entries) ** 2]
+    library = None
+    for _, _, at in entries:
+        counts.extend(at.library.nonfinite_owned(at.unchecked))
+        if library is None or at.placement is not None:
+            library = at.library if at.library.all_reduce_sum([]) is not None else library
+    if library is None:
+        raise TorchLeanError(
+            "check(collective=True): no tensor of this context belongs to a library"
+            " running a process group (torch.distributed is not initialised); call"
+            " check() for this process's answer"
+        )
+    summed = library.all_reduce_sum(counts)
+    assert summed is not None
+    total, world = summed
+    if total[0] != world * len(entries) or total[1] != world * len(entries) ** 2:
+        raise TorchLeanError(
+            f"check(collective=True): the contexts of the {world} processes do not have"
+            f" the same number of entries (this one has {len(entries)}); every process"
+            " must check a context with the same entries"
+        )
+    out = [replace(f, nan=total[2 + 2 * i], inf=total[3 + 2 * i]) for i, f in enumerate(facts)]
+    return out, f"summed over {world} processes"

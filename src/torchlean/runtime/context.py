@@ -640,16 +640,19 @@ class RuntimeContext(Generic[ArrayT]):
         vmap = self._v.map
         return all(name in vmap for name in self._g.map)
 
-    def check(self) -> CheckReport:
+    def check(self, *, collective: bool = False) -> CheckReport:
         """Everything wrong with this context, as a report (not a bool).
 
-        Finds gradients without a variable, gradients whose shape or dtype differs from
-        their variable's, non-finite values, and tensors on more than one device.
-        :meth:`is_valid_context` stays exactly the Lean check. Cost: O(total elements).
+        Finds gradients without a variable, gradients whose shape, dtype or placement
+        differs from their variable's, non-finite values, and tensors on more than one
+        device. Distributed tensors are read as this process's local shards (the
+        report's ``scope`` says so); ``collective=True``, called on every process,
+        sums the counts over processes in one all-reduce. :meth:`is_valid_context`
+        stays exactly the Lean check. Cost: O(total elements).
         """
         from torchlean.runtime.check import check_context
 
-        return check_context(self)
+        return check_context(self, collective=collective)
 
     def context_to_string(self) -> str:
         """``Context(vars: [w: 3.000000, ...], grads: [...])`` with every value in full,

@@ -79,7 +79,11 @@ def pretty_tensor(at: AnyTensor[Any], what: str) -> str:
 
     # tolist() gives Python scalars (bool, int, float, complex) nested per dimension.
     values = array.tolist() if array.dtype.kind in "biufc" else array
-    return go(values, array.ndim)
+    text = go(values, array.ndim)
+    local = backend.local_dims(t)
+    if local is not None:  # a distributed tensor: this process's shard, said so
+        return f"<local shard {local} of {at.dims}, {backend.placement(t)}: {text}>"
+    return text
 
 
 def lean_scalar(value: object) -> str:

@@ -103,6 +103,9 @@ def summarize(
         gradients=(),
         problems=(),
         next_id=ctx.next_id,
+        notes=(f"distributed tensors: shapes, values and counts are {report.scope}",)
+        if report.scope
+        else (),
     )
     return _attach(_with_rows(summary, variables, gradients, sample_limit), report.problems)
 

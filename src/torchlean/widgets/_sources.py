@@ -70,7 +70,13 @@ class TensorSource(Protocol):
 
 
 def source_of(at: AnyTensor[Any]) -> TensorSource:
-    """The :class:`TensorSource` of a stored tensor."""
+    """The :class:`TensorSource` of a stored tensor; for a distributed tensor, of this
+    process's local shard (reading the whole would be a collective)."""
+    local = at.local_dims
+    if local is not None:
+        from torchlean.runtime.any_tensor import AnyTensor
+
+        return _AnyTensorSource(AnyTensor(local, at.library.local_value(at.t)))
     return _AnyTensorSource(at)
 
 

@@ -8,7 +8,8 @@ value of theirs is seen.
 
 Reading map:
 - :class:`Backend` (in :mod:`._base`) -- the interface every library implements.
-- :data:`NUMPY` (:mod:`.numpy`), torch (:mod:`.torch`), jax (:mod:`.jax`),
+- :data:`NUMPY` (:mod:`.numpy`), torch (:mod:`.torch`), DTensors (:mod:`.dtensor`),
+  jax (:mod:`.jax`),
   :data:`OPAQUE` (:mod:`.opaque`: pytree leaves that are not arrays).
 - :func:`backend_of` -- the backend for a value, or ``TypeError`` naming what was given.
 - :func:`backend_named` -- the backend called ``"numpy"``, ``"torch"`` or ``"jax"``.
@@ -74,21 +75,34 @@ def register_library(
     module: str,
     recognise: Callable[[Any, Any], bool],
     load: Callable[[], Backend],
+    before: str | None = None,
 ) -> None:
     """Teach contexts a new array library.
 
     ``recognise(value, mod)`` is called with the imported ``module`` (only once it is
     in ``sys.modules``, so nothing is imported here) and says whether ``value`` is one
     of its arrays; ``load()`` builds the :class:`Backend`, importing the library.
-    Registering a name twice replaces the first registration.
+    Libraries are asked in registration order; ``before`` (a registered name) asks
+    this one first, for arrays that are also arrays of that library (a DTensor is a
+    ``torch.Tensor``). Registering a name twice replaces the first registration.
     """
     if not name or not isinstance(name, str):
         raise TypeError(f"register_library: name must be a non-empty str, got {name!r}")
-    _LIBRARIES[name] = _Library(name, module, recognise, load)
+    if before is not None and before not in _LIBRARIES:
+        raise ValueError(
+            f"register_library: before must name a registered library"
+            f" ({', '.join(_LIBRARIES)}), got {before!r}"
+        )
+    _LIBRARIES.pop(name, None)
+    entries = list(_LIBRARIES.items())
+    at = len(entries) if before is None else [n for n, _ in entries].index(before)
+    entries.insert(at, (name, _Library(name, module, recognise, load)))
+    _LIBRARIES.clear()
+    _LIBRARIES.update(entries)
     _LOADED.pop(name, None)
     for tp, backend in list(BY_TYPE.items()):
-        if backend.name == name:
-            del BY_TYPE[tp]
+        if backend.name == name or (before is not None and backend is not NUMPY):
+            del BY_TYPE[tp]  # a library asked earlier may claim types seen already
 
 
 def libraries() -> tuple[str, ...]:
@@ -156,6 +170,12 @@ def _torch_backend() -> Backend:
     return TorchBackend()
 
 
+def _dtensor_backend() -> Backend:
+    from torchlean.runtime.backends.dtensor import DTensorBackend
+
+    return DTensorBackend()
+
+
 def _jax_backend() -> Backend:
     from torchlean.runtime.backends.jax import JaxBackend
 
@@ -167,6 +187,13 @@ register_library(
     module="torch",
     recognise=lambda x, torch: isinstance(x, torch.Tensor),
     load=_torch_backend,
+)
+register_library(
+    "dtensor",
+    module="torch.distributed.tensor",
+    recognise=lambda x, mod: isinstance(x, mod.DTensor),
+    load=_dtensor_backend,
+    before="torch",
 )
 register_library(
     "jax",

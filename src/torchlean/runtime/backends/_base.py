@@ -255,6 +255,39 @@ class Backend:
         """Write ``src``'s elements into ``dst`` (same shape and dtype)."""
         raise BackendError(f"the {self.name} backend cannot write arrays in place")
 
+    # ------------------------------------------------------------------ distribution
+
+    def placement(self, x: Any) -> str | None:
+        """How ``x`` is laid out over processes (a DTensor's placements and mesh), or
+        ``None`` for a value that lives in one process."""
+        return None
+
+    def local_dims(self, x: Any) -> tuple[int, ...] | None:
+        """The shape of the part of ``x`` this process holds, or ``None`` when it holds
+        all of it (:meth:`placement` is ``None``)."""
+        return None
+
+    def local_value(self, x: Any) -> Any:
+        """The part of ``x`` this process holds, as a value of a single-process library
+        (``x`` itself by default)."""
+        return x
+
+    def nonfinite_owned(self, x: Any) -> tuple[int, int]:
+        """The NaN and infinity counts this process contributes to a count summed over
+        processes (:meth:`all_reduce_sum`): each global element counted once."""
+        return self.nonfinite(x)
+
+    def all_reduce_sum(self, counts: list[int]) -> tuple[list[int], int] | None:
+        """``counts`` summed over every process of the default group and the number of
+        processes, or ``None`` when the library runs no process group (a collective:
+        every process must call it)."""
+        return None
+
+    def local_scope(self) -> str | None:
+        """Which process this is (``"rank 0 of 2"``), or ``None`` outside a process
+        group."""
+        return None
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

@@ -503,6 +503,26 @@ class TorchBackend(Backend):
         with self.torch.no_grad():
             dst.copy_(src)
 
+    def all_reduce_sum(self, counts: list[int]) -> tuple[list[int], int] | None:
+        """``torch.distributed.all_reduce`` of ``counts`` (int64) over the default group,
+        on the group's device (a GPU for NCCL); ``None`` when no group is initialised."""
+        dist = self.torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        device = "cpu"
+        if dist.get_backend() == "nccl":
+            device = f"cuda:{self.torch.cuda.current_device()}"
+        t = self.torch.tensor(counts, dtype=self.torch.int64, device=device)
+        dist.all_reduce(t)
+        return [int(v) for v in t.tolist()], int(dist.get_world_size())
+
+    def local_scope(self) -> str | None:
+        """``"rank R of N"`` inside an initialised default process group."""
+        dist = self.torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        return f"rank {dist.get_rank()} of {dist.get_world_size()}"
+
 
 _WATCHING: list[Any] = []
 

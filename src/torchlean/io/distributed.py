@@ -1,0 +1,466 @@
+"""Checkpoint folders written by every process through ``torch.distributed.checkpoint``.
+
+A context of DTensors (or of any torch tensors) is saved by every rank at once::
+
+    io.save(ctx, "ckpt", distributed=True)      # on every rank: each writes its shards
+    handle = save_async(ctx, "ckpt")            # the same; returns after the copy
+    ctx = io.load("ckpt", like=template)        # on every rank, any world size
+    ctx = io.load("ckpt", backend="torch")      # in one process: whole tensors
+
+The engine is torch's own (``dcp.save``/``dcp.load`` with its safetensors storage,
+``HuggingFaceStorageWriter(save_distributed=True)``/``HuggingFaceStorageReader``), so
+a reshard is DCP's; torchlean adds what DCP lacks:
+
+- a layout file, :data:`LAYOUT_NAME` (JSON): the whole context -- both registries in
+  Lean's order, shadowed entries, gradients, ``next_id``, the pinned dtype -- and each
+  key's shape, dtype and placement, and the world size that saved it;
+- the folder appears complete or not at all: the ranks write into ``DIR.partial``;
+  after a barrier rank 0 writes the layout and renames the folder to ``DIR`` (an old
+  ``DIR`` is moved aside first and removed after);
+- every key the layout names must be in the shards and every element of every tensor
+  must be covered by the shards (no silent skip, no uninitialised elements), and no
+  shard may hold a key the layout does not name;
+- no pickle is ever read: the shards' headers are JSON, and a folder holding a DCP
+  ``.metadata`` (a pickle, which runs code when read) is refused unread;
+- loads go into freshly allocated tensors (``torch.empty_like`` of the template's),
+  never into tensors a context holds.
+
+Reading map:
+- :func:`save_distributed` -- write a folder (a collective when a process group runs).
+- :func:`save_async` -- the same, returning an :class:`AsyncSave` once the tensors are
+  copied; at most one in flight per process (a second call waits for the first).
+- :func:`load_distributed` -- read a folder (``like=``: into the template's placements).
+- :func:`is_checkpoint_folder`, :data:`FORMAT` -- the registered folder format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from torchlean._validate import require_path
+from torchlean.errors import FormatError, ShapeMismatchError, TorchLeanError
+from torchlean.io._common import check_backend
+from torchlean.io._format import Format
+from torchlean.io._layout import check_layout, layout_object, plan
+from torchlean.runtime.backends import backend_named
+from torchlean.runtime.context import RuntimeContext, require_context
+
+__all__ = [
+    "FORMAT",
+    "LAYOUT_NAME",
+    "AsyncSave",
+    "is_checkpoint_folder",
+    "load_distributed",
+    "save_async",
+    "save_distributed",
+]
+
+#: The layout file of a checkpoint folder.
+LAYOUT_NAME: Final = "torchlean-checkpoint.json"
+#: A layout file bigger than this is refused unread.
+LAYOUT_LIMIT: Final = 64 << 20
+_KIND: Final = "torchlean-dcp"
+_PARTIAL: Final = ".partial"
+
+
+def is_checkpoint_folder(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a folder holding a :data:`LAYOUT_NAME`."""
+    require_path(path, "is_checkpoint_folder")
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, LAYOUT_NAME))
+
+
+# ---------------------------------------------------------------------- saving
+
+
+def _group() -> tuple[Any, int, int]:
+    """``(torch.distributed, rank, world size)``; rank 0 of 1 without a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist, dist.get_rank(), dist.get_world_size()
+    return dist, 0, 1
+
+
+def _barrier(dist: Any, world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _state(ctx: RuntimeContext[Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The DCP state dict of ``ctx`` (key -> tensor, checked reads) and its layout."""
+    import torch
+
+    tensors, variables, gradients = plan(ctx)
+    torch_backend = backend_named("torch")
+    state: dict[str, Any] = {}
+    keys: dict[str, Any] = {}
+    for key, at in tensors.items():
+        value = at.t
+        if not isinstance(value, torch.Tensor):  # the engine writes torch tensors
+            value = torch_backend.from_numpy(at.library.to_numpy(value), key)
+        state[key] = value
+        keys[key] = {"shape": list(at.dims), "dtype": at.dtype, "placement": at.placement}
+    layout = layout_object(ctx, variables, gradients)
+    return state, layout | {"kind": _KIND, "keys": keys}
+
+
+def save_distributed(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
+    """Write ``ctx`` as a checkpoint folder at ``path``; call it on every rank.
+
+    Each rank writes the shards it holds (replicated values once) through
+    ``dcp.save`` with the safetensors storage; rank 0 then writes the layout and
+    renames the folder into place. Collectives: DCP's plan, two barriers.
+    Cost: O(local bytes) per rank.
+    """
+    require_context(ctx, "save_distributed")
+    require_path(path, "save_distributed")
+    _wait_in_flight()
+    target = os.path.abspath(os.fspath(path))
+    state, layout = _state(ctx, target)
+    dist, rank, world = _group()
+    partial = _prepare(dist, rank, world, target)
+    _write(state, partial, world, async_=False)
+    _barrier(dist, world)
+    if rank == 0:
+        _finish(partial, target, layout, world)
+    _barrier(dist, world)
+
+
+def _prepare(dist: Any, rank: int, world: int, target: str) -> str:
+    partial = target + _PARTIAL
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)  # a save that died half-way
+        os.makedirs(partial)
+    _barrier(dist, world)
+    return partial
+
+
+def _write(state: dict[str, Any], folder: str, world: int, *, async_: bool) -> Any:
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
+    from torch.distributed.checkpoint.state_dict_saver import async_save, save
+
+    writer = HuggingFaceStorageWriter(folder, save_distributed=True)
+    with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        if async_:
+            return async_save(state, storage_writer=writer, no_dist=world == 1)
+        save(state, storage_writer=writer, no_dist=world == 1)
+    return None
+
+
+def _finish(partial: str, target: str, layout: dict[str, Any], world: int) -> None:
+    """Write the layout into ``partial`` and move it to ``target`` (rank 0 only)."""
+    layout = layout | {"world_size": world}
+    with open(os.path.join(partial, LAYOUT_NAME), "w", encoding="utf-8") as f:
+        json.dump(layout, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    old = None
+    if os.path.lexists(target):
+        old = f"{target}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    os.rename(partial, target)
+    fd = os.open(os.path.dirname(target) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class AsyncSave:
+    """A save started by :func:`save_async`: ``done()``, ``wait()`` (raises what the
+    background write raised). ``wait()`` returns once the folder is complete."""
+
+    path: str
+    _thread: threading.Thread = field(repr=False)
+    _error: list[BaseException] = field(default_factory=list, repr=False)
+
+    def done(self) -> bool:
+        """True once the background part has ended (well or not)."""
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the folder is complete; raise the background write's error."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"{self.path}: the asynchronous save is still running")
+        if self._error:
+            raise self._error[0]
+
+
+_IN_FLIGHT: list[AsyncSave] = []
+#: How long a rank waits for the others to finish writing an asynchronous save.
+ASYNC_TIMEOUT: Final = 600.0
+
+
+def _wait_in_flight() -> None:
+    while _IN_FLIGHT:
+        _IN_FLIGHT.pop().wait()
+
+
+def save_async(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> AsyncSave:
+    """Start writing ``ctx`` as a checkpoint folder; call it on every rank.
+
+    Returns once DCP has planned the save and copied the tensors (``dcp.async_save``'s
+    staging): the context may then be updated. The shards are written in a background
+    thread; then each rank marks its part done, and rank 0 writes the layout and
+    renames the folder when every rank has (no collective runs in the background).
+    At most one save is in flight per process: a new one first waits for the last.
+    """
+    require_context(ctx, "save_async")
+    require_path(path, "save_async")
+    _wait_in_flight()
+    target = os.path.abspath(os.fspath(path))
+    state, layout = _state(ctx, target)
+    dist, rank, world = _group()
+    partial = _prepare(dist, rank, world, target)
+    token = uuid.uuid4().hex if rank == 0 else ""
+    if world > 1:
+        box = [token]
+        dist.broadcast_object_list(box, src=0)
+        token = box[0]
+    future = _write(state, partial, world, async_=True)
+    errors: list[BaseException] = []
+
+    def background() -> None:
+        try:
+            result = future.result() if hasattr(future, "result") else None
+            del result
+            Path(partial, f".done-{rank}").touch()
+            if rank == 0:
+                _await(partial, [f".done-{r}" for r in range(world)])
+                for r in range(world):
+                    os.unlink(os.path.join(partial, f".done-{r}"))
+                _finish(partial, target, layout | {"save": token}, world)
+            else:
+                _await_layout(target, token)
+        except BaseException as e:  # handed to wait()
+            errors.append(e)
+
+    thread = threading.Thread(target=background, name="torchlean-save", daemon=True)
+    handle = AsyncSave(target, thread, errors)
+    thread.start()
+    _IN_FLIGHT.append(handle)
+    return handle
+
+
+def _await(folder: str, names: list[str]) -> None:
+    deadline = time.monotonic() + ASYNC_TIMEOUT
+    while not all(os.path.exists(os.path.join(folder, n)) for n in names):
+        if time.monotonic() > deadline:
+            raise TorchLeanError(f"{folder}: other ranks did not finish writing in time")
+        time.sleep(0.002)
+
+
+def _await_layout(target: str, token: str) -> None:
+    deadline = time.monotonic() + ASYNC_TIMEOUT
+    where = os.path.join(target, LAYOUT_NAME)
+    while True:
+        try:
+            with open(where, encoding="utf-8") as f:
+                if json.load(f).get("save") == token:
+                    return
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise TorchLeanError(f"{target}: rank 0 did not complete the folder in time")
+        time.sleep(0.002)
+
+
+# ---------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class _Folder:
+    variables: list[tuple[str, str]]
+    gradients: list[tuple[str, str]]
+    next_id: int
+    pin: str | None
+    keys: dict[str, dict[str, Any]]
+    world_size: int
+    reader: Any
+
+
+def _open(path: str) -> _Folder:
+    """The folder's layout, checked against its shards' headers (no pickle read)."""
+    if os.path.lexists(os.path.join(path, ".metadata")):
+        raise FormatError(
+            f"{path}: holds a `.metadata` file, a pickle that runs code when read;"
+            " torchlean reads checkpoint folders only through their safetensors headers"
+            " and never unpickles one. Remove it if you trust the folder, or re-save"
+            " with io.save(ctx, DIR, distributed=True)"
+        )
+    where = os.path.join(path, LAYOUT_NAME)
+    if not os.path.isfile(where):
+        raise FormatError(f"{path}: not a torchlean checkpoint folder (no {LAYOUT_NAME})")
+    if os.path.getsize(where) > LAYOUT_LIMIT:
+        raise FormatError(f"{where}: bigger than {LAYOUT_LIMIT} bytes; refused unread")
+    with open(where, "rb") as f:
+        text = f.read()
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+
+    reader = HuggingFaceStorageReader(path)
+    try:
+        metadata = reader.read_metadata()
+    except Exception as e:  # a safetensors header that does not parse
+        raise FormatError(f"{path}: a shard's header cannot be read: {e}") from None
+    stored: dict[str, Any] = dict(metadata.state_dict_metadata)
+    variables, gradients, next_id, pin, layout = check_layout(where, text, sorted(stored))
+    keys = layout.get("keys")
+    world = layout.get("world_size")
+    if layout.get("kind") != _KIND or not isinstance(keys, dict) or type(world) is not int:
+        raise FormatError(f"{where}: not a torchlean checkpoint layout")
+    problems = []
+    for key, info in sorted(stored.items()):
+        want = keys.get(key)
+        if not isinstance(want, dict) or not isinstance(want.get("shape"), list):
+            problems.append(f"`{key}` has no shape in the layout")
+            continue
+        shape = tuple(want["shape"])
+        if not hasattr(info, "chunks"):
+            problems.append(f"`{key}` is not a tensor")
+            continue
+        if tuple(info.size) != shape:
+            problems.append(
+                f"`{key}` has shape {tuple(info.size)} in the shards, {shape} in the layout"
+            )
+            continue
+        covered = sum(math.prod(int(n) for n in c.sizes) for c in info.chunks)
+        if covered != math.prod(shape):
+            problems.append(
+                f"`{key}`: the shards hold {covered} of its {math.prod(shape)} elements"
+            )
+    if problems:
+        raise FormatError(f"{path}: the shards do not match the layout: " + "; ".join(problems))
+    reader.read_metadata = lambda: metadata  # type: ignore[method-assign]  # read once
+    return _Folder(variables, gradients, next_id, pin, keys, world, reader)
+
+
+def load_distributed(
+    path: str | os.PathLike[str],
+    *,
+    backend: str = "numpy",
+    like: RuntimeContext[Any] | None = None,
+) -> RuntimeContext[Any]:
+    """Read a checkpoint folder.
+
+    Without ``like``: the whole tensors, in this process alone (no collective), as
+    arrays of ``backend``. With ``like`` (call it on every rank): each entry takes the
+    placement, mesh and device of the template's entry of the same name (the template's
+    gradient for a gradient when it has one, else its variable), into fresh tensors;
+    the world size may differ from the saving one. Cost: O(local bytes).
+    """
+    require_path(path, "load_distributed")
+    check_backend(backend)
+    if like is not None:
+        require_context(like, "load_distributed", "like")
+    where = os.path.abspath(os.fspath(path))
+    folder = _open(where)
+    import torch
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import load
+
+    dtypes = {k: getattr(torch, v["dtype"]) for k, v in folder.keys.items()}
+    targets: dict[str, Any] = {}
+    if like is None:
+        for key, info in folder.keys.items():
+            targets[key] = torch.empty(tuple(info["shape"]), dtype=dtypes[key])
+        no_dist = True
+    else:
+        targets = _targets(where, folder, like, dtypes)
+        no_dist = _group()[2] == 1
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        load(
+            targets,
+            storage_reader=folder.reader,
+            planner=DefaultLoadPlanner(allow_partial_load=False),
+            no_dist=no_dist,
+        )
+    if like is None and backend != "torch":
+        from torchlean.io._common import build_context
+
+        return build_context(
+            [(n, targets[k]) for n, k in folder.variables],
+            [(n, targets[k]) for n, k in folder.gradients],
+            next_id=folder.next_id,
+            pin=folder.pin,
+            backend=backend,
+            path=where,
+        )
+    return RuntimeContext.from_registries(
+        [(n, targets[k]) for n, k in folder.variables],
+        [(n, targets[k]) for n, k in folder.gradients],
+        next_id=folder.next_id,
+        dtype=folder.pin,
+        adopt=True,
+    )
+
+
+def _targets(
+    where: str, folder: _Folder, like: RuntimeContext[Any], dtypes: dict[str, Any]
+) -> dict[str, Any]:
+    """A fresh tensor per key, laid out as the template's entry of its name."""
+    import torch
+
+    templates: dict[str, Any] = {}
+    missing: list[str] = []
+    for registry, pairs in (("variable", folder.variables), ("gradient", folder.gradients)):
+        for name, key in pairs:
+            if key in templates:
+                continue
+            at = like.gradient_entry(name) if registry == "gradient" else None
+            at = at or like.variable_entry(name)
+            if at is None:
+                missing.append(f"{registry} `{name}`")
+                continue
+            shape = tuple(folder.keys[key]["shape"])
+            if at.dims != shape:
+                raise ShapeMismatchError(
+                    f"{where}: {registry} `{name}` has shape {shape} but the template's"
+                    f" has shape {at.dims}"
+                )
+            templates[key] = torch.empty_like(at.t, dtype=dtypes[key])
+    if missing:
+        raise TorchLeanError(
+            f"{where}: the template has no entry for {', '.join(missing)}; give like= a"
+            " context with every name the folder holds"
+        )
+    return templates
+
+
+def _save_format(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
+    save_distributed(ctx, path)
+
+
+def _load_format(path: str | os.PathLike[str], *, backend: str, **kwargs: Any) -> Any:
+    return load_distributed(path, backend=backend, **kwargs)
+
+
+_recognise: Callable[[str | os.PathLike[str]], bool] = is_checkpoint_folder
+
+#: The folder format: ``io.save(ctx, DIR, distributed=True)``, ``io.load(DIR)``.
+FORMAT: Final = Format(
+    name="dcp",
+    suffixes=(".dcp",),
+    save=_save_format,
+    load=_load_format,
+    whole_context=True,
+    directory=True,
+    distributed=True,
+    recognise=_recognise,
+)
