@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 from torchlean._validate import require_bool, require_path, require_str
 from torchlean.io._common import check_backend
@@ -29,8 +29,8 @@ from torchlean.io._format import (
     summarize_loaded,
 )
 from torchlean.io._summary import FileSummary
-from torchlean.io.expect import check_expected
-from torchlean.runtime.context import RuntimeContext
+from torchlean.io.expect import ExpectReport, compare
+from torchlean.runtime.context import RuntimeContext, with_roles
 
 __all__ = ["FORMATS", "format_of", "inspect", "load", "save", "strip_names"]
 
@@ -82,6 +82,32 @@ def save(
     fmt.save(ctx, path)
 
 
+@overload
+def load(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = ...,
+    backend: str = ...,
+    expect: Any = ...,
+    dtypes: bool = ...,
+    strip_prefix: str | None = ...,
+    strict: Literal[True] = ...,
+) -> RuntimeContext[Any]: ...
+
+
+@overload
+def load(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = ...,
+    backend: str = ...,
+    expect: Any = ...,
+    dtypes: bool = ...,
+    strip_prefix: str | None = ...,
+    strict: Literal[False],
+) -> tuple[RuntimeContext[Any], ExpectReport]: ...
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -90,7 +116,8 @@ def load(
     expect: Any = None,
     dtypes: bool = False,
     strip_prefix: str | None = None,
-) -> RuntimeContext[Any]:
+    strict: bool = True,
+) -> Any:
     """Read a context from ``path``.
 
     ``backend`` (``"numpy"``, ``"torch"`` or ``"jax"``) is the array library of the
@@ -98,18 +125,24 @@ def load(
     context, or an ``nn.Module``) is checked against the most recent variable of each
     name -- before any tensor data is read for safetensors -- and every problem is
     reported in one :class:`~torchlean.errors.ExpectationError` (``dtypes=True`` also
-    compares dtypes). ``strip_prefix`` removes a prefix such as ``"module."`` from
-    every name that has it. Bad files raise :class:`~torchlean.errors.FormatError`.
+    compares dtypes). ``strict=False`` returns ``(ctx, report)`` instead, the
+    :class:`~torchlean.io.ExpectReport` listing what is missing, unexpected or
+    mismatched (never silent: the report is part of the result). A tied weight's second
+    name (an ``nn.Module``'s ``lm_head.weight``) is not missing when the name it is tied
+    to is there. ``strip_prefix`` removes a prefix such as ``"module."`` from every name
+    that has it. Bad files raise :class:`~torchlean.errors.FormatError`.
     Cost: O(total bytes).
     """
     require_path(path, "load")
     check_backend(backend)
     require_bool(dtypes, "load", "dtypes")
+    require_bool(strict, "load", "strict")
     if strip_prefix is not None:
         require_str(strip_prefix, "load", "strip_prefix")
     fmt = _record(path, format)
     check_input(fmt, path)
     where = os.fspath(path)
+    report = None
     if expect is not None and fmt.header_only_inspect:
         summary = _inspect(path, fmt)
         have = {
@@ -117,13 +150,19 @@ def load(
             for e in summary.variables
             if not e.shadowed
         }
-        check_expected(have, expect, dtypes=dtypes, source=where)
+        report = compare(have, expect, dtypes=dtypes, source=where)
+        if strict:
+            report.raise_if_bad()
     ctx = fmt.load(path, backend=backend)
     if strip_prefix:
         ctx = strip_names(ctx, strip_prefix)
     if expect is not None and not fmt.header_only_inspect:
-        check_expected(ctx, expect, dtypes=dtypes, source=where)
-    return ctx
+        report = compare(ctx, expect, dtypes=dtypes, source=where)
+        if strict:
+            report.raise_if_bad()
+    if strict:
+        return ctx
+    return ctx, report if report is not None else ExpectReport(source=where)
 
 
 def _strip(name: str, prefix: str | None) -> str:
@@ -147,11 +186,19 @@ def strip_names(ctx: RuntimeContext[Any], prefix: str) -> RuntimeContext[Any]:
                 )
         return entries
 
-    return RuntimeContext.from_registries(
+    new = RuntimeContext.from_registries(
         rename(ctx.var_registry, "variable"),
         rename(ctx.gradients, "gradient"),
         next_id=ctx.next_id,
         dtype=ctx.dtype,
+    )
+    buffers, aliases = ctx.buffers(), ctx.aliases()
+    if not buffers and not aliases:
+        return new
+    return with_roles(
+        new,
+        buffers=[_strip(n, prefix) for n in buffers],
+        aliases={_strip(a, prefix): _strip(c, prefix) for a, c in aliases.items()},
     )
 
 

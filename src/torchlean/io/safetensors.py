@@ -34,7 +34,14 @@ from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import build_context, check_backend, numpy_dtype, to_numpy
 from torchlean.io._format import Format
-from torchlean.io._layout import LAYOUT_VERSION, PREFIX, check_layout, layout_object, plan
+from torchlean.io._layout import (
+    LAYOUT_VERSION,
+    PREFIX,
+    apply_roles,
+    check_layout,
+    layout_object,
+    plan,
+)
 from torchlean.io._summary import Block, FileSummary, TensorInfo
 from torchlean.runtime.context import RuntimeContext
 
@@ -124,17 +131,17 @@ def _open(path: str | os.PathLike[str]) -> Any:
 
 def _layout(
     path: str | os.PathLike[str], handle: Any
-) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int, str | None, bool]:
-    """The registries as ``(name, key)`` pairs, ``next_id``, the pin, and whether the
-    file had a torchlean layout; validates the layout against the file's keys."""
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int, str | None, dict[str, Any] | None]:
+    """The registries as ``(name, key)`` pairs, ``next_id``, the pin, and the file's
+    torchlean layout object (None without one); validates the layout against the keys."""
     meta = handle.metadata() or {}
     keys = list(handle.offset_keys())
     text = meta.get(_META_KEY)
     if text is None:
         pairs = [(k, k) for k in reversed(keys)]
-        return pairs, [], len(pairs), None, False
-    variables, gradients, next_id, pin, _ = check_layout(os.fspath(path), text, keys)
-    return variables, gradients, next_id, pin, True
+        return pairs, [], len(pairs), None, None
+    variables, gradients, next_id, pin, layout = check_layout(os.fspath(path), text, keys)
+    return variables, gradients, next_id, pin, layout
 
 
 def _read_numpy(path: str | os.PathLike[str], keys: set[str]) -> dict[str, np.ndarray[Any, Any]]:
@@ -180,11 +187,12 @@ def load_safetensors(
     """
     check_backend(backend)
     with _open(path) as f:
-        variables, gradients, next_id, pin, _ = _layout(path, f)
+        variables, gradients, next_id, pin, layout = _layout(path, f)
     arrays = _read_numpy(path, {k for _, k in variables} | {k for _, k in gradients})
     v = [(name, arrays[key]) for name, key in variables]
     g = [(name, arrays[key]) for name, key in gradients]
-    return build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
+    ctx = build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
+    return apply_roles(os.fspath(path), ctx, layout)
 
 
 def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
@@ -195,7 +203,8 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
     where = os.fspath(path)
     entries: list[TensorInfo] = []
     with _open(path) as f:
-        variables, gradients, next_id, pin, has_layout = _layout(path, f)
+        variables, gradients, next_id, pin, layout = _layout(path, f)
+        has_layout = layout is not None
         specs: dict[str, tuple[tuple[int, ...], str]] = {}
         for key in {k for _, k in variables} | {k for _, k in gradients}:
             s = f.get_slice(key)

@@ -11,11 +11,15 @@ Reading map:
 - :func:`sgd`, :func:`adam`, :func:`adamw` -- the optimizers (:mod:`torchlean.optim._optimizer`).
 - :class:`Optimizer` -- ``init``, ``step(ctx, state, *, donate=True)``, ``lr_at``.
 - :class:`Hyper` -- the hyperparameters, keyword-only (:mod:`torchlean.optim._hyper`).
+- ``groups=``, ``no_decay=``, ``clip=`` -- options of every optimizer: parameter groups
+  and the weight-decay mask (:mod:`torchlean.optim._groups`), global-norm clipping.
+- :func:`clip_gradients` -- ``clip_grad_norm_`` over a context (:mod:`torchlean.optim._clip`).
 - :mod:`torchlean.optim._rules` -- the update maths, once per optimizer.
 - :mod:`torchlean.optim.schedules` -- :func:`cosine_decay`, :func:`linear_warmup`,
   :func:`warmup_cosine`, :func:`constant`.
 """
 
+from torchlean.optim._clip import clip_gradients as clip_gradients
 from torchlean.optim._hyper import Hyper as Hyper
 from torchlean.optim._optimizer import Optimizer as Optimizer
 from torchlean.optim._optimizer import adam as adam
@@ -31,6 +35,7 @@ __all__ = [
     "Optimizer",
     "adam",
     "adamw",
+    "clip_gradients",
     "constant",
     "cosine_decay",
     "linear_warmup",
