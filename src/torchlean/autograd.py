@@ -207,9 +207,7 @@ def _land_state(
                 " freeze it)"
             )
     if problems:
-        raise UnknownNameError(
-            f"{where}: the new state cannot be stored: " + "; ".join(problems)
-        )
+        raise UnknownNameError(f"{where}: the new state cannot be stored: " + "; ".join(problems))
     return ctx.with_variables(list(new_state.items()), adopt=True)
 
 

@@ -32,7 +32,12 @@ def _load_nets() -> Any:
 
 
 _nets = _load_nets()
-GPT, ResNet, image_batch, token_batch = _nets.GPT, _nets.ResNet, _nets.image_batch, _nets.token_batch
+GPT, ResNet, image_batch, token_batch = (
+    _nets.GPT,
+    _nets.ResNet,
+    _nets.image_batch,
+    _nets.token_batch,
+)
 STEPS = 20
 
 
@@ -85,9 +90,7 @@ def test_resnet_batchnorm_trains_as_module_train() -> None:
     model = ResNet()
     reference = copy.deepcopy(model)
     batches = [image_batch(i) for i in range(STEPS)]
-    want = torch_reference(
-        reference, lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True), batches
-    )
+    want = torch_reference(reference, lambda p: torch.optim.AdamW(p, lr=1e-2, fused=True), batches)
     ctx = RuntimeContext.from_module(model)
     assert ctx.buffers() == [n for n, _ in model.named_buffers()]
     result = fit(
@@ -99,7 +102,9 @@ def test_resnet_batchnorm_trains_as_module_train() -> None:
         has_state=True,
         progress=False,
     )
-    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(want), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(result.losses), torch.tensor(want), rtol=1e-5, atol=1e-6
+    )
     assert_module_equals_context(reference, result.ctx)
     assert int(result.ctx["bn.num_batches_tracked"]) == STEPS
     # no optimizer state for buffers, no weight decay on them
@@ -115,9 +120,7 @@ def test_batchnorm_without_has_state_explains_itself() -> None:
 
     def loss(c: RuntimeContext[Any], x: torch.Tensor) -> Any:
         tensors = c.state_dict()
-        return functional_call(model, tensors, (x,)).sum(), {
-            n: tensors[n] for n in c.buffers()
-        }
+        return functional_call(model, tensors, (x,)).sum(), {n: tensors[n] for n in c.buffers()}
 
     (_, new) = value_and_grad(loss, has_state=True)(ctx, x)
     assert int(new["1.num_batches_tracked"]) == 1
@@ -147,7 +150,9 @@ def test_gpt2_tied_embeddings_train_as_torch() -> None:
         steps=STEPS,
         progress=False,
     )
-    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(want), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(result.losses), torch.tensor(want), rtol=1e-5, atol=1e-6
+    )
     assert_module_equals_context(reference, result.ctx)
     assert result.ctx["lm_head.weight"] is result.ctx["transformer.wte.weight"]
 
@@ -271,7 +276,9 @@ def test_dataloader_epochs_accumulate_clip_and_callback() -> None:
     )
     assert result.step == 8 and [s.step for s in seen] == list(range(1, 9))
     assert all(s.lr == 0.05 for s in seen)
-    torch.testing.assert_close(torch.tensor(result.losses), torch.tensor(want), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(result.losses), torch.tensor(want), rtol=1e-5, atol=1e-6
+    )
     assert_module_equals_context(reference, result.ctx)
 
 

@@ -75,7 +75,9 @@ def test_donation_is_loud(backend: str) -> None:
             old.state_dict()
     # the arrays the user registered are theirs: the first step updated copies, so the
     # context the gradients came from is intact
-    np.testing.assert_array_equal(host(ctx0["w"]), np.arange(6, dtype=np.float32).reshape(3, 2) / 10)
+    np.testing.assert_array_equal(
+        host(ctx0["w"]), np.arange(6, dtype=np.float32).reshape(3, 2) / 10
+    )
     # the new context and state are sound and keep working; from now on the step
     # updates what torchlean allocated in place, and a context sharing it is stale
     assert new.check().ok and new_state.check().ok

@@ -103,8 +103,7 @@ def apply_roles(
         raise FormatError(f"{where}: the torchlean layout's `buffers` is not a list of names")
     aliases = layout.get("aliases", [])
     if not isinstance(aliases, list) or not all(
-        isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p)
-        for p in aliases
+        isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) for p in aliases
     ):
         raise FormatError(
             f"{where}: the torchlean layout's `aliases` is not a list of [alias, name] pairs"

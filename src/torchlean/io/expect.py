@@ -142,7 +142,7 @@ def expected_specs(expect: Any, *, argument: str = "expect") -> dict[str, Spec]:
     from torchlean.runtime.context import RuntimeContext
 
     if isinstance(expect, RuntimeContext):
-        specs = {n: (at.dims, at.dtype) for n, at in expect.latest_variables()}
+        specs: dict[str, Spec] = {n: (at.dims, at.dtype) for n, at in expect.latest_variables()}
         for alias, canonical in expect.aliases().items():
             if canonical in specs:
                 specs.setdefault(alias, specs[canonical])
@@ -234,9 +234,7 @@ def compare(
         if alias not in have and canonical in have:
             have[alias] = have[canonical]
     optional = tied_names(expect)
-    missing = [
-        n for n in want if n not in have and not (n in optional and optional[n] in have)
-    ]
+    missing = [n for n in want if n not in have and not (n in optional and optional[n] in have)]
     unexpected = [n for n in have if n not in want]
     mismatched: list[Mismatch] = []
     for name, (shape, dtype) in want.items():

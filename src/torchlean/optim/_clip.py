@@ -19,9 +19,7 @@ from torchlean.runtime.context import RuntimeContext, require_context
 __all__ = ["clip_gradients"]
 
 
-def clip_gradients(
-    ctx: RuntimeContext[Any], max_norm: float
-) -> tuple[RuntimeContext[Any], Any]:
+def clip_gradients(ctx: RuntimeContext[Any], max_norm: float) -> tuple[RuntimeContext[Any], Any]:
     """``(ctx', norm)``: ``ctx`` with its gradients (the most recent of each name) scaled
     so that their global 2-norm is at most ``max_norm``, and that norm before clipping.
 

@@ -38,7 +38,9 @@ def _patterns(value: object, where: str) -> tuple[str, ...]:
         return (value,)
     if isinstance(value, Sequence) and value and all(isinstance(p, str) for p in value):
         return tuple(value)
-    raise TypeError(f"{where} must be a name or glob pattern (str) or a list of them, got {value!r}")
+    raise TypeError(
+        f"{where} must be a name or glob pattern (str) or a list of them, got {value!r}"
+    )
 
 
 def _override(base: Hyper, spec: Mapping[str, Any], where: str) -> Hyper:
@@ -63,7 +65,9 @@ def _override(base: Hyper, spec: Mapping[str, Any], where: str) -> Hyper:
         elif key == "lr" and callable(value):
             pass
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{where}: {key} must be a number, got {type(value).__name__} {value!r}")
+            raise TypeError(
+                f"{where}: {key} must be a number, got {type(value).__name__} {value!r}"
+            )
         elif value < 0:
             raise ValueError(f"{where}: {key} must be >= 0, got {value!r}")
         changes[key] = value

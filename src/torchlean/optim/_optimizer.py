@@ -233,9 +233,7 @@ class Optimizer:
             self._updaters[(library, donate)] = updater
         return updater
 
-    def _run(
-        self, library: Backend, donate: bool, names: list[str], update: Update
-    ) -> Updated:
+    def _run(self, library: Backend, donate: bool, names: list[str], update: Update) -> Updated:
         """The update, once per parameter group (:mod:`torchlean.optim._groups`)."""
         if self.groups.trivial:
             return self._updater(library, donate)(update)

@@ -298,7 +298,9 @@ class RuntimeContext(Generic[ArrayT]):
             raise TypeError(f"load_into expects a torch nn.Module, got {type(module).__name__}")
         from torchlean.io.torch import load_into
 
-        return load_into(self, module, dtypes=dtypes, strict=strict)
+        if strict:
+            return load_into(self, module, dtypes=dtypes)
+        return load_into(self, module, dtypes=dtypes, strict=False)
 
     def _derive(self, v: Registry, g: Registry, next_id: int) -> RuntimeContext[ArrayT]:
         new: RuntimeContext[ArrayT] = _new(RuntimeContext)

@@ -156,9 +156,10 @@ def fit(
     require_bool(has_state, "fit", "has_state")
     require_int(accumulate, "fit", "accumulate", minimum=1)
     steps = _total_steps(steps, epochs, data, accumulate)
-    if clip is not None:
-        if isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0:
-            raise ValueError(f"fit: clip must be a number > 0 (a maximum norm), got {clip!r}")
+    if clip is not None and (
+        isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0
+    ):
+        raise ValueError(f"fit: clip must be a number > 0 (a maximum norm), got {clip!r}")
     if on_step is not None:
         require_callable(on_step, "fit", "on_step")
     if state is not None:
@@ -240,12 +241,17 @@ def _total_steps(steps: int | None, epochs: int | None, data: Data, accumulate: 
         require_int(steps, "fit", "steps")
         return int(steps)
     require_int(epochs, "fit", "epochs")
-    if callable(data) or not isinstance(data, Sized) or iter(data) is data:
+    assert epochs is not None
+    if callable(data) or not isinstance(data, Sized) or _is_iterator(data):
         raise TypeError(
             "fit: epochs= needs data with a length that can be iterated again (a"
             f" DataLoader, a list), got {type(data).__name__}; pass steps= for a stream"
         )
-    return int(epochs) * len(data) // accumulate  # type: ignore[operator]
+    return int(epochs) * len(data) // accumulate
+
+
+def _is_iterator(data: object) -> bool:
+    return isinstance(data, Iterator)
 
 
 def _spread(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
