@@ -40,6 +40,7 @@ from torchlean.errors import (
     DTypeMismatchError,
     InvalidShapeError,
     ShapeMismatchError,
+    TorchLeanError,
     UnknownNameError,
 )
 from torchlean.io import npz, safetensors, sharded, torchlean_json
@@ -1087,6 +1088,12 @@ ROWS: list[Row] = [
         "keep_last needs a checkpoint_dir",
     ),
     (
+        "RuntimeContext.from_pytree",
+        lambda d: RuntimeContext.from_pytree({"a": {"b": F32}, "a.b": F32}),
+        TorchLeanError,
+        "from_pytree: two leaves have the dotted name `a.b`",
+    ),
+    (
         "RuntimeContext.mark_buffers",
         lambda d: CTX.mark_buffers(5),
         TypeError,
@@ -1357,6 +1364,8 @@ ROWS: list[Row] = [
 # Public callables with no row, and why none is needed.
 NO_ROW: dict[str, str] = {
     "RuntimeContext.buffers": "no arguments",
+    "RuntimeContext.tree_shape": "no arguments",
+    "RuntimeContext.to_pytree": "any tree is a template (like=None: the recorded one)",
     "RuntimeContext.aliases": "no arguments",
     "torchlean.runtime.context.owned_by_caller": "any object is an argument (False is its answer)",
     "torchlean.io.expect.tied_names": "any object is an argument ({} is its answer)",

@@ -32,6 +32,9 @@ class Roles(NamedTuple):
     buffers: frozenset[str] = frozenset()
     #: ``(alias, canonical)`` pairs, sorted by alias.
     aliases: tuple[tuple[str, str], ...] = ()
+    #: the structure of the pytree the context was read from (``from_pytree``), or None;
+    #: kept in memory only (not saved to files)
+    tree: Any = None
 
     @property
     def alias_map(self) -> dict[str, str]:

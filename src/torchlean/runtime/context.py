@@ -253,6 +253,27 @@ class RuntimeContext(Generic[ArrayT]):
         """``{alias: canonical name}`` of the tied weights (see :meth:`tie`). Cost: O(a)."""
         return {} if self._roles is None else self._roles.alias_map
 
+    @classmethod
+    def from_pytree(cls, tree: Any, *, dtype: object = None) -> RuntimeContext[Any]:
+        """A context of the array leaves of a jax pytree (haiku/linen dicts, flax nnx
+        ``State``, an equinox module), named by their key paths with dots
+        (``{"dense": {"kernel": w}}`` -> ``dense.kernel``); :meth:`to_pytree` gives the
+        tree back (see :mod:`torchlean.runtime._trees`). Cost: O(n log n)."""
+        from torchlean.runtime._trees import from_pytree
+
+        return from_pytree(tree, dtype=dtype)
+
+    def to_pytree(self, like: Any = None) -> Any:
+        """The variables in the structure :meth:`from_pytree` read (or ``like``'s); a
+        context without one gives nested dicts split at the dots. Cost: O(n)."""
+        from torchlean.runtime._trees import to_pytree
+
+        return to_pytree(self, like)
+
+    def tree_shape(self) -> Any:
+        """The pytree structure :meth:`from_pytree` recorded, or ``None``. Cost: O(1)."""
+        return None if self._roles is None else self._roles.tree
+
     def copy_roles(self, other: RuntimeContext[Any]) -> RuntimeContext[ArrayT]:
         """This context with the buffers and aliases of ``other`` (by name), e.g. after
         rebuilding it with :meth:`from_registries`. Cost: O(1)."""
@@ -932,9 +953,11 @@ def with_roles(
     *,
     buffers: Iterable[str] = (),
     aliases: Mapping[str, str] | None = None,
+    tree: Any = None,
 ) -> RuntimeContext[Any]:
     """``ctx`` with exactly these buffers and aliases (names taken literally, no globs),
-    for the layers that rebuild a context (``from_module``, file readers). Names that are
+    for the layers that rebuild a context (``from_module``, file readers); ``tree`` is the
+    structure ``from_pytree`` read (see :mod:`torchlean.runtime._trees`). Names that are
     not variables of ``ctx`` raise :class:`~torchlean.errors.UnknownNameError`. Cost: O(b + a)."""
     names = ctx._v.map
     marks = frozenset(buffers)
@@ -953,7 +976,7 @@ def with_roles(
             + " are variables"
         )
     new = ctx._derive(ctx._v, ctx._g, ctx._next_id)
-    roles = Roles(marks, tuple(sorted(table.items())))
+    roles = Roles(marks, tuple(sorted(table.items())), tree)
     new._roles = None if roles == Roles() else roles
     return new
 
