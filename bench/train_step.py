@@ -14,9 +14,19 @@ copies of the same weights (medians of synchronized steps on a GPU):
 - jax, torchlean: ``jax.jit`` of ``value_and_grad`` + ``adamw.step`` on contexts (as
   ``torchlean.train.fit`` runs it), contexts donated.
 
+Real models (``--models``, built as in tests/models/_nets.py): a ResNet-style CNN with
+BatchNorm in train mode (width 32, 16x16 images, batch 64) and a GPT-2-style model with
+tied embeddings (d 128, 4 layers, vocab 512, context 64, batch 16), AdamW(fused=True) in
+both loops:
+
+- idiomatic: ``model.train()``, forward, ``backward``, ``step``.
+- torchlean: ``from_module`` + ``functional_call`` in the loss, ``value_and_grad``
+  (``has_state=True`` for BatchNorm's running statistics) then ``adamw.step``.
+
 Prints the median step time of each and the ratio to its baseline.
 Run: PYTHONPATH=src python bench/train_step.py [--device cuda] [--batch 256 8192]
      [--repeat 30] [--skip-jax] [--threads N] [--sizes 784 1024 1024 10]
+     PYTHONPATH=src python bench/train_step.py --models [--repeat 30]
 """
 
 from __future__ import annotations
@@ -223,6 +233,94 @@ def jax_variants(sizes: tuple[int, ...], batch: int) -> dict[str, Callable[[], A
     }
 
 
+def _nets() -> Any:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "tests" / "models" / "_nets.py"
+    spec = importlib.util.spec_from_file_location("_nets", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_variants() -> dict[str, dict[str, Callable[[], Any]]]:
+    """``{model: {"idiomatic": step, "torchlean": step}}`` for the BatchNorm CNN and the
+    tied GPT-2."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    from torchlean import RuntimeContext, optim
+    from torchlean.autograd import value_and_grad
+
+    nets = _nets()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
+    tokens = torch.randint(0, 512, (16, 65), generator=g)
+    idx, targets = tokens[:, :-1], tokens[:, 1:]
+
+    def cnn_loss(module: Any) -> Any:
+        def loss(ctx: Any, x: Any, y: Any) -> Any:
+            tensors = ctx.state_dict()
+            out = functional_call(module, tensors, (x,))
+            return F.cross_entropy(out, y), {n: tensors[n] for n in ctx.buffers()}
+
+        return loss
+
+    def gpt_loss(module: Any) -> Any:
+        def loss(ctx: Any, idx: Any, targets: Any) -> Any:
+            logits = functional_call(module, ctx.state_dict(), (idx,))
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+        return loss
+
+    def idiomatic(model: Any, batch: tuple[Any, Any], flat: bool) -> Callable[[], Any]:
+        model = copy.deepcopy(model).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+
+        def step() -> Any:
+            opt.zero_grad()
+            out = model(batch[0])
+            loss = F.cross_entropy(out.flatten(0, 1) if flat else out, batch[1].flatten())
+            loss.backward()
+            opt.step()
+            return loss.detach()
+
+        return step
+
+    def context(model: Any, batch: tuple[Any, Any], loss: Any, state: bool) -> Callable[[], Any]:
+        model = copy.deepcopy(model).train()
+        opt = optim.adamw(lr=1e-3)
+        ctx = RuntimeContext.from_module(model)
+        grad_fn = value_and_grad(loss(model), has_state=state)
+        box = [ctx, opt.init(ctx)]
+
+        def step() -> Any:
+            value, c = grad_fn(box[0], *batch)
+            box[0], box[1] = opt.step(c, box[1])
+            return value
+
+        return step
+
+    torch.manual_seed(0)
+    cnn = nets.ResNet(width=32)
+    gpt = nets.GPT(vocab=512, context=64, d=128, layers=4)
+    return {
+        "ResNet-style CNN, BatchNorm (train)": {
+            "idiomatic": idiomatic(cnn, images, False),
+            "torchlean": context(cnn, images, cnn_loss, True),
+        },
+        "GPT-2-style, tied embeddings": {
+            "idiomatic": idiomatic(gpt, (idx, targets), True),
+            "torchlean": context(gpt, (idx, targets), gpt_loss, False),
+        },
+    }
+
+
 def measure(variants: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
     for f in variants.values():
         for _ in range(4):
@@ -243,12 +341,27 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[256, 8192])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--skip-jax", action="store_true")
+    parser.add_argument("--models", action="store_true", help="the BatchNorm CNN and tied GPT-2")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.models:
+        print(
+            f"real models, AdamW(fused=True); torch {torch.__version__}"
+            f" ({torch.get_num_threads()} threads); medians of {args.repeat} interleaved steps"
+        )
+        print(f"{'model':38s} {'nn.Module loop':>15s} {'torchlean loop':>15s}  overhead")
+        for model, variants in model_variants().items():
+            med = measure(variants, args.repeat)
+            base, ours = med["idiomatic"], med["torchlean"]
+            print(
+                f"{model:38s} {base * 1e3:12.2f} ms {ours * 1e3:12.2f} ms"
+                f"  {(ours / base - 1) * 100:+6.1f}%"
+            )
+        return
     sizes = tuple(args.sizes)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(

@@ -40,6 +40,7 @@ from torchlean.errors import (
     DTypeMismatchError,
     InvalidShapeError,
     ShapeMismatchError,
+    TorchLeanError,
     UnknownNameError,
 )
 from torchlean.io import distributed, npz, safetensors, sharded, torchlean_json
@@ -1166,6 +1167,91 @@ ROWS: list[Row] = [
         "fit: frozen must be a str or an iterable of str, got 5",
     ),
     (
+        "torchlean.train.fit",
+        lambda d: _fit(epochs=1),
+        TypeError,
+        "fit: pass exactly one of steps= and epochs=",
+    ),
+    (
+        "torchlean.train.fit",
+        lambda d: _fit(accumulate=0),
+        ValueError,
+        "fit: accumulate must be >= 1, got 0",
+    ),
+    (
+        "torchlean.train.fit",
+        lambda d: _fit(steps=None, epochs=1, data=iter([1])),
+        TypeError,
+        "fit: epochs= needs data with a length that can be iterated again (a DataLoader,"
+        " a list), got list_iterator; pass steps= for a stream",
+    ),
+    (
+        "torchlean.train.fit",
+        lambda d: _fit(keep_last=2),
+        ValueError,
+        "keep_last needs a checkpoint_dir",
+    ),
+    (
+        "RuntimeContext.from_pytree",
+        lambda d: RuntimeContext.from_pytree({"a": {"b": F32}, "a.b": F32}),
+        TorchLeanError,
+        "from_pytree: two leaves have the dotted name `a.b`",
+    ),
+    (
+        "RuntimeContext.mark_buffers",
+        lambda d: CTX.mark_buffers(5),
+        TypeError,
+        "mark_buffers: expects a name or glob pattern (str) or an iterable of them, got 5",
+    ),
+    (
+        "RuntimeContext.mark_parameters",
+        lambda d: CTX.mark_parameters("zz*"),
+        UnknownNameError,
+        "mark_parameters: `zz*` matches no variable (the context has 1 variable name)",
+    ),
+    (
+        "RuntimeContext.is_buffer",
+        lambda d: CTX.is_buffer(5),
+        TypeError,
+        "variable name must be a str, got int 5",
+    ),
+    (
+        "RuntimeContext.tie",
+        lambda d: CTX.tie(5, to="w"),
+        TypeError,
+        "alias name must be a str, got int 5",
+    ),
+    (
+        "RuntimeContext.copy_roles",
+        lambda d: CTX.copy_roles(5),
+        TypeError,
+        "copy_roles: other must be a RuntimeContext, got int 5",
+    ),
+    (
+        "torchlean.runtime.context.with_roles",
+        lambda d: rt.context.with_roles(CTX, buffers=["nope"]),
+        UnknownNameError,
+        "buffers and aliases must name variables of the context; unknown: `nope`",
+    ),
+    (
+        "torchlean.optim.clip_gradients",
+        lambda d: opt.clip_gradients(CTX, -1),
+        ValueError,
+        "clip_gradients: max_norm must be a number > 0, got -1",
+    ),
+    (
+        "torchlean.optim.sgd",
+        lambda d: opt.sgd(groups=5),
+        TypeError,
+        'groups must be a list of mappings such as {"params": "encoder.*", "lr": 1e-4}, got 5',
+    ),
+    (
+        "torchlean.optim.adamw",
+        lambda d: opt.adamw(clip=0),
+        ValueError,
+        "clip must be > 0 (a maximum gradient norm), got 0",
+    ),
+    (
         "torchlean.train.save_checkpoint",
         lambda d: tr.save_checkpoint(d / "c.safetensors", CTX, CTX, -1),
         ValueError,
@@ -1381,6 +1467,13 @@ ROWS: list[Row] = [
 
 # Public callables with no row, and why none is needed.
 NO_ROW: dict[str, str] = {
+    "RuntimeContext.buffers": "no arguments",
+    "RuntimeContext.tree_shape": "no arguments",
+    "RuntimeContext.to_pytree": "any tree is a template (like=None: the recorded one)",
+    "RuntimeContext.aliases": "no arguments",
+    "torchlean.runtime.context.owned_by_caller": "any object is an argument (False is its answer)",
+    "torchlean.io.expect.tied_names": "any object is an argument ({} is its answer)",
+    "torchlean.train.StepInfo": "a record fit builds after each step",
     # the array-library interface: the runtime calls it with values it has validated
     **{
         f"{cls.__name__}.{m}": "the Backend interface, called by the runtime on checked values"

@@ -7,7 +7,8 @@ the array library's own autograd (``torch.autograd.grad`` over fresh requires-gr
 leaves, or ``jax.value_and_grad``); this module never differentiates anything itself.
 
 Reading map:
-- :func:`value_and_grad` -- the transformation; options ``has_aux``, ``accumulate``, ``frozen``.
+- :func:`value_and_grad` -- the transformation; options ``has_aux``, ``has_state``
+  (a loss that returns updated buffers), ``accumulate``, ``frozen``.
 - :func:`differentiable_names` -- the variables that get a gradient (after ``frozen``).
 - :meth:`torchlean.runtime.backends.Backend.value_and_grad` -- each library's autograd
   (torch, jax), which :func:`value_and_grad` calls on the variables' values.
@@ -23,14 +24,14 @@ from __future__ import annotations
 
 import fnmatch
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
 from torchlean._validate import require_bool, require_callable
 from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
 from torchlean.runtime import _bulk
-from torchlean.runtime.backends import Backend, backend_named
+from torchlean.runtime.backends import Backend, backend_named, backend_of
 from torchlean.runtime.context import RuntimeContext, require_context
 
 __all__ = ["differentiable_names", "value_and_grad"]
@@ -55,8 +56,9 @@ def _check_frozen(frozen: object, where: str) -> None:
 def differentiable_names(ctx: RuntimeContext[Any], frozen: str | Sequence[str] = ()) -> list[str]:
     """The names of the variables that get a gradient, in first-registered order.
 
-    A variable gets one unless its name matches a ``frozen`` name or glob pattern
-    (``fnmatch`` rules: ``"encoder.*"``) or its dtype is not floating point. A pattern
+    A variable gets one unless it is a buffer (:meth:`RuntimeContext.mark_buffers`), its
+    name matches a ``frozen`` name or glob pattern (``fnmatch`` rules: ``"encoder.*"``)
+    or its dtype is not floating point. A pattern
     that matches no variable raises :class:`~torchlean.errors.UnknownNameError` (a typo
     would otherwise silently freeze nothing). Cost: O(n * p) for p patterns.
     """
@@ -65,11 +67,13 @@ def differentiable_names(ctx: RuntimeContext[Any], frozen: str | Sequence[str] =
     patterns = (frozen,) if isinstance(frozen, str) else tuple(frozen)
     used = [False] * len(patterns)
     names: list[str] = []
+    buffers = set(ctx.buffers())
     for name, at in ctx.latest_variables():
-        hit = False
+        hit = name in buffers
         for i, pattern in enumerate(patterns):
             if fnmatch.fnmatchcase(name, pattern):
-                used[i] = hit = True
+                used[i] = True
+                hit = True
         if not hit and at.dtype.startswith(_FLOAT_KINDS):
             names.append(name)
     unused = [p for p, u in zip(patterns, used, strict=True) if not u]
@@ -87,6 +91,7 @@ def value_and_grad(
     fn: Loss,
     *,
     has_aux: bool = False,
+    has_state: bool = False,
     accumulate: bool = False,
     frozen: str | Sequence[str] = (),
 ) -> Callable[..., tuple[Any, RuntimeContext[Any]]]:
@@ -99,6 +104,13 @@ def value_and_grad(
 
     - ``has_aux=True``: ``fn`` returns ``(loss, aux)`` and the result is
       ``((loss, aux), ctx')``; torch tensors in ``aux`` are detached.
+    - ``has_state=True``: ``fn`` returns ``(out, new_state)``, ``out`` being what it
+      returns otherwise and ``new_state`` a mapping of variable names to new values
+      (BatchNorm's running statistics); they land in ``ctx'`` (detached) and get no
+      gradient. Only buffers (:meth:`RuntimeContext.mark_buffers`) and variables that
+      get no gradient may be updated. The buffers of the context ``fn`` receives are
+      fresh copies, so a loss may update them in place (``functional_call`` of a
+      module in train mode does) and return them.
     - ``accumulate=False`` (default): each gradient replaces the most recent gradient of
       its name, or is registered when there is none. ``accumulate=True``: it is added
       into that gradient (:meth:`RuntimeContext.accumulate_gradient`).
@@ -114,25 +126,56 @@ def value_and_grad(
     """
     require_callable(fn, "value_and_grad", "fn")
     require_bool(has_aux, "value_and_grad", "has_aux")
+    require_bool(has_state, "value_and_grad", "has_state")
     require_bool(accumulate, "value_and_grad", "accumulate")
     _check_frozen(frozen, "value_and_grad")
+    where = f"value_and_grad({getattr(fn, '__name__', 'fn')})"
 
     layouts = _Layouts(frozen)
 
-    def transformed(ctx: RuntimeContext[Any], *args: Any) -> tuple[Any, RuntimeContext[Any]]:
-        require_context(ctx, f"value_and_grad({getattr(fn, '__name__', 'fn')})")
-        names, library, values, dims = layouts.read(ctx)
+    def transformed(
+        ctx: RuntimeContext[Any], *args: Any, **kwargs: Any
+    ) -> tuple[Any, RuntimeContext[Any]]:
+        require_context(ctx, where)
+        copies: list[tuple[str, Any]] = []
+        if has_state or ctx.buffers():
+            names = differentiable_names(ctx, frozen)
+            library = _library_of_names(ctx, names)
+            every = ctx.state_dict()
+            values = [every[name] for name in names]
+            dims = [library.dims(v) for v in values]
+            if has_state:
+                # fresh copies: a loss may update them in place (BatchNorm in train mode)
+                copies = [(n, library_copy(every[n])) for n in ctx.buffers()]
+
+            def inner(leaves: list[Any]) -> RuntimeContext[Any]:
+                return ctx.with_variables(
+                    copies + list(zip(names, leaves, strict=True)), adopt=True
+                )
+        else:
+            # the layout is read once per layout; the leaves have the variables' dims and
+            # library: the trusted batch edit
+            names, library, values, dims = layouts.read(ctx)
+
+            def inner(leaves: list[Any]) -> RuntimeContext[Any]:
+                return _bulk.replace_heads_trusted(ctx, names, leaves)
 
         def on_values(leaves: list[Any]) -> Any:
-            # the leaves have the variables' dims and library: the trusted batch edit
-            out = fn(_bulk.replace_heads_trusted(ctx, names, leaves), *args)
-            loss, _ = _split(out, has_aux)
+            out = fn(inner(leaves), *args, **kwargs)
+            state: Any = None
+            if has_state:
+                out, state = _split_state(out, where)
+            loss, aux = _split(out, has_aux)
             shape = tuple(getattr(loss, "shape", ()))
             if shape != ():
                 raise _scalar_error(shape)
-            return out
+            return (loss, (aux, state)) if has_state else out
 
-        out, raw = library.value_and_grad(on_values, values, has_aux=has_aux)
+        out, raw = library.value_and_grad(on_values, values, has_aux=has_aux or has_state)
+        if has_state:
+            loss, (aux, new_state) = out
+            out = (loss, aux) if has_aux else loss
+            ctx = _land_state(ctx, new_state, names, where)
         if accumulate:
             new = ctx
             for name, at in zip(names, raw, strict=True):
@@ -193,6 +236,44 @@ class _Layouts:
 
 
 _DTYPE = operator.attrgetter("dtype")
+
+
+def library_copy(value: Any) -> Any:
+    """A fresh copy of ``value`` made by its array library."""
+    return backend_of(value).copy(value)
+
+
+def _split_state(out: Any, where: str) -> tuple[Any, Any]:
+    if not isinstance(out, tuple) or len(out) != 2 or not isinstance(out[1], Mapping):
+        raise TypeError(
+            f"{where} (has_state=True): fn must return (loss, new_state) with new_state a"
+            f" mapping of variable names to arrays, got {type(out).__name__}"
+            + (
+                f" whose second item is a {type(out[1]).__name__}"
+                if isinstance(out, tuple) and len(out) == 2
+                else ""
+            )
+        )
+    return out[0], out[1]
+
+
+def _land_state(
+    ctx: RuntimeContext[Any], new_state: Mapping[str, Any], names: list[str], where: str
+) -> RuntimeContext[Any]:
+    """``ctx`` with the variables of ``new_state`` replaced (detached values adopted)."""
+    differentiated = set(names)
+    problems: list[str] = []
+    for name in new_state:
+        if not isinstance(name, str) or ctx.variable_entry(name) is None:
+            problems.append(f"`{name}` is not a variable of the context")
+        elif name in differentiated:
+            problems.append(
+                f"`{name}` gets a gradient (mark it as a buffer with ctx.mark_buffers, or"
+                " freeze it)"
+            )
+    if problems:
+        raise UnknownNameError(f"{where}: the new state cannot be stored: " + "; ".join(problems))
+    return ctx.with_variables(list(new_state.items()), adopt=True)
 
 
 def _library_of_names(ctx: RuntimeContext[Any], names: list[str]) -> Backend:

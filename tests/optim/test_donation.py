@@ -73,15 +73,52 @@ def test_donation_is_loud(backend: str) -> None:
             old.variable("w" if old is ctx else "count")
         with pytest.raises(DonatedContextError):
             old.state_dict()
-    # the context the gradients came from shares the parameter buffers
-    error = InPlaceModificationError if backend == "torch" else RuntimeError
-    with pytest.raises(error):
-        host(ctx0["w"])
-    # the new context and state are sound and keep working
+    # the arrays the user registered are theirs: the first step updated copies, so the
+    # context the gradients came from is intact
+    np.testing.assert_array_equal(
+        host(ctx0["w"]), np.arange(6, dtype=np.float32).reshape(3, 2) / 10
+    )
+    # the new context and state are sound and keep working; from now on the step
+    # updates what torchlean allocated in place, and a context sharing it is stale
     assert new.check().ok and new_state.check().ok
     _, ctx2 = value_and_grad(loss)(new, x)
     ctx3, _ = opt.step(ctx2, new_state)
     assert ctx3["w"].shape == (3, 2)
+    error = InPlaceModificationError if backend == "torch" else RuntimeError
+    with pytest.raises(error):
+        host(new["w"])
+
+
+def test_a_stale_context_names_the_step_that_took_it_over() -> None:
+    ctx0, x = start("torch")
+    opt = optim.sgd(lr=0.1)
+    fresh = {k: v.clone() for k, v in ctx0.state_dict().items()}
+    ctx0 = RuntimeContext.empty().with_variables(fresh, adopt=True)  # opt in: given up
+    w = fresh["w"]
+    _, ctx = value_and_grad(loss)(ctx0, x)
+    new, _ = opt.step(ctx, opt.init(ctx0))
+    assert new["w"] is w  # updated in place: the caller gave the tensor up
+    with pytest.raises(
+        InPlaceModificationError,
+        match=r"updated in place by sgd\.step \(donate=True\).*Use the context sgd\.step"
+        r" returned, or pass donate=False",
+    ):
+        ctx0.variable("w")
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_donation_never_touches_what_the_user_registered(backend: str) -> None:
+    ctx0, x = start(backend)
+    mine = {k: host(v) for k, v in ctx0.state_dict().items()}
+    originals = ctx0.state_dict()
+    opt = optim.adam(lr=0.1)
+    ctx, state = ctx0, opt.init(ctx0)
+    for _ in range(3):
+        _, ctx = value_and_grad(loss)(ctx, x)
+        ctx, state = opt.step(ctx, state)
+    for k, v in originals.items():
+        np.testing.assert_array_equal(host(v), mine[k])  # neither deleted nor written
+    assert not np.array_equal(host(ctx["w"]), mine["w"])
 
 
 def test_numpy_contexts_step_and_donate() -> None:

@@ -25,15 +25,14 @@ SHAPES = {"w": (3, 2), "b": (2,), "s": ()}
 
 
 def make(backend: str = "torch") -> RuntimeContext[Any]:
+    # arrays given up (adopt=True): in-place steps may write them from the first step on
     g = torch.Generator().manual_seed(0)
-    values = {k: torch.randn(s, generator=g) for k, s in SHAPES.items()}
+    values: dict[str, Any] = {k: torch.randn(s, generator=g) for k, s in SHAPES.items()}
     if backend == "jax":
-        return RuntimeContext.from_state_dict(
-            {k: jnp.asarray(v.numpy()) for k, v in values.items()}
-        )
+        values = {k: jnp.asarray(v.numpy()) for k, v in values.items()}
     if backend == "numpy":
-        return RuntimeContext.from_state_dict({k: v.numpy() for k, v in values.items()})
-    return RuntimeContext.from_state_dict(values)
+        values = {k: v.numpy() for k, v in values.items()}
+    return RuntimeContext.empty().with_variables(values, adopt=True)
 
 
 def with_grads(ctx: RuntimeContext[Any], scale: float = 0.1) -> RuntimeContext[Any]:
@@ -161,7 +160,7 @@ def test_step_counters_of_a_state_read_from_elsewhere_are_gathered() -> None:
     ctx = with_grads(make())
     state = opt.init(ctx)
     # counters as separate tensors (as a file gives them)
-    state = state.with_variables([(f"step/{k}", torch.tensor(0.0)) for k in SHAPES])
+    state = state.with_variables([(f"step/{k}", torch.tensor(0.0)) for k in SHAPES], adopt=True)
     assert state["step/w"]._base is None
     ctx, state = opt.step(ctx, state)
     assert state["step/w"]._base is not None and state["step/w"]._base is state["step/b"]._base

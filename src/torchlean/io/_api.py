@@ -18,7 +18,7 @@ import errno
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 from torchlean._validate import require_bool, require_path, require_str
 from torchlean.errors import FormatError
@@ -32,8 +32,8 @@ from torchlean.io._format import (
     summarize_loaded,
 )
 from torchlean.io._summary import FileSummary
-from torchlean.io.expect import check_expected
-from torchlean.runtime.context import RuntimeContext
+from torchlean.io.expect import ExpectReport, compare
+from torchlean.runtime.context import RuntimeContext, with_roles
 
 __all__ = ["FORMATS", "format_of", "inspect", "load", "save", "strip_names"]
 
@@ -126,6 +126,42 @@ def _distributed(format: str | None) -> Format:
     return choices[0]
 
 
+@overload
+def load(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = ...,
+    backend: str = ...,
+    expect: Any = ...,
+    dtypes: bool = ...,
+    strip_prefix: str | None = ...,
+    dtype: str | None = ...,
+    lean: bool = ...,
+    key: str | None = ...,
+    flatten: bool = ...,
+    like: RuntimeContext[Any] | None = ...,
+    strict: Literal[True] = ...,
+) -> RuntimeContext[Any]: ...
+
+
+@overload
+def load(
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = ...,
+    backend: str = ...,
+    expect: Any = ...,
+    dtypes: bool = ...,
+    strip_prefix: str | None = ...,
+    dtype: str | None = ...,
+    lean: bool = ...,
+    key: str | None = ...,
+    flatten: bool = ...,
+    like: RuntimeContext[Any] | None = ...,
+    strict: Literal[False],
+) -> tuple[RuntimeContext[Any], ExpectReport]: ...
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -139,7 +175,8 @@ def load(
     key: str | None = None,
     flatten: bool = False,
     like: RuntimeContext[Any] | None = None,
-) -> RuntimeContext[Any]:
+    strict: bool = True,
+) -> Any:
     """Read a context from ``path``.
 
     ``backend`` (``"numpy"``, ``"torch"`` or ``"jax"``) is the array library of the
@@ -147,9 +184,13 @@ def load(
     context, or an ``nn.Module``) is checked against the most recent variable of each
     name -- before any tensor data is read for safetensors -- and every problem is
     reported in one :class:`~torchlean.errors.ExpectationError` (``dtypes=True`` also
-    compares dtypes). ``strip_prefix`` removes a prefix such as ``"module."`` from
-    every name that has it. ``dtype`` (tensors whose file names no dtype) and ``lean``
-    (read as TorchLean's Lean importer does) are TorchLean JSON's options
+    compares dtypes). ``strict=False`` returns ``(ctx, report)`` instead, the
+    :class:`~torchlean.io.ExpectReport` listing what is missing, unexpected or
+    mismatched (never silent: the report is part of the result). A tied weight's second
+    name (an ``nn.Module``'s ``lm_head.weight``) is not missing when the name it is tied
+    to is there. ``strip_prefix`` removes a prefix such as ``"module."`` from every name
+    that has it. ``dtype`` (tensors whose file names no dtype) and ``lean`` (read as
+    TorchLean's Lean importer does) are TorchLean JSON's options
     (:func:`torchlean.io.torchlean_json.load_json`). ``key`` (PyTorch files) picks a
     nested state dict -- ``"model"``, ``"state_dict_ema"``, dotted for deeper levels --
     and ``flatten=True`` reads nested mappings as dotted names. Bad files raise
@@ -163,6 +204,7 @@ def load(
     require_path(path, "load")
     check_backend(backend)
     require_bool(dtypes, "load", "dtypes")
+    require_bool(strict, "load", "strict")
     if strip_prefix is not None:
         require_str(strip_prefix, "load", "strip_prefix")
     fmt = _record(path, format)
@@ -184,6 +226,7 @@ def load(
                 f" {where} is {fmt.name}"
             )
         options["like"] = like
+    report = None
     with _lfs_hint(path):
         if expect is not None and fmt.header_only_inspect:
             summary = _inspect(path, fmt, nested)
@@ -192,13 +235,20 @@ def load(
                 for e in summary.variables
                 if not e.shadowed
             }
-            check_expected(have, expect, dtypes=dtypes, source=where)
+            report = compare(have, expect, dtypes=dtypes, source=where)
+            if strict:
+                report.raise_if_bad()
         ctx = fmt.load(path, backend=backend, **nested, **options)
     if strip_prefix:
         ctx = strip_names(ctx, strip_prefix)
-    if expect is not None:  # again for header-only formats: the file may have been replaced
-        check_expected(ctx, expect, dtypes=dtypes, source=where)
-    return ctx
+    if expect is not None and (strict or not fmt.header_only_inspect):
+        # (again for header-only formats: the file may have been replaced meanwhile)
+        report = compare(ctx, expect, dtypes=dtypes, source=where)
+        if strict:
+            report.raise_if_bad()
+    if strict:
+        return ctx
+    return ctx, report if report is not None else ExpectReport(source=where)
 
 
 def _nested_options(fmt: Format, key: Any, flatten: Any, function: str) -> dict[str, Any]:
@@ -262,11 +312,19 @@ def strip_names(ctx: RuntimeContext[Any], prefix: str) -> RuntimeContext[Any]:
                 )
         return entries
 
-    return RuntimeContext.from_registries(
+    new = RuntimeContext.from_registries(
         rename(ctx.var_registry, "variable"),
         rename(ctx.gradients, "gradient"),
         next_id=ctx.next_id,
         dtype=ctx.dtype,
+    )
+    buffers, aliases = ctx.buffers(), ctx.aliases()
+    if not buffers and not aliases:
+        return new
+    return with_roles(
+        new,
+        buffers=[_strip(n, prefix) for n in buffers],
+        aliases={_strip(a, prefix): _strip(c, prefix) for a, c in aliases.items()},
     )
 
 

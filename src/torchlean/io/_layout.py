@@ -7,12 +7,15 @@ reader sees a usable ``state_dict``); every other entry under the reserved prefi
 ``i``, ``__torchlean__/g/<j>`` for the gradient entry at position ``j``. Entries that
 hold one and the same tensor share one key. The layout object holds ``version``,
 ``next_id``, ``dtype`` (the pinned dtype or null) and both registries as ``[name, key]``
-pairs, most recent first (docs/io.md shows one).
+pairs, most recent first (docs/io.md shows one); and, only when the context has them,
+``buffers`` (names) and ``aliases`` (``[alias, name]`` pairs of tied weights): optional
+fields of version 1, which older readers ignore.
 
 Reading map:
 - :func:`plan` -- a context as keys to tensors and the registries' ``[name, key]`` pairs.
 - :func:`layout_object` -- the layout JSON object of a planned context.
 - :func:`check_layout` -- a layout read back, checked against the file's keys.
+- :func:`apply_roles` -- the buffers and aliases of a layout, on the context read.
 - :data:`PREFIX`, :data:`LAYOUT_VERSION`.
 """
 
@@ -24,9 +27,9 @@ from typing import Any, Final
 
 from torchlean.errors import BackendError, FormatError
 from torchlean.io._common import numpy_dtype
-from torchlean.runtime.context import RuntimeContext
+from torchlean.runtime.context import RuntimeContext, with_roles
 
-__all__ = ["LAYOUT_VERSION", "PREFIX", "check_layout", "layout_object", "plan"]
+__all__ = ["LAYOUT_VERSION", "PREFIX", "apply_roles", "check_layout", "layout_object", "plan"]
 
 PREFIX: Final = "__torchlean__/"
 LAYOUT_VERSION: Final = 1
@@ -69,13 +72,46 @@ def layout_object(
     ctx: RuntimeContext[Any], variables: list[list[str]], gradients: list[list[str]]
 ) -> dict[str, Any]:
     """The layout JSON object of ``ctx`` planned as ``variables`` and ``gradients``."""
-    return {
+    out: dict[str, Any] = {
         "version": LAYOUT_VERSION,
         "next_id": ctx.next_id,
         "dtype": ctx.dtype,
         "variables": variables,
         "gradients": gradients,
     }
+    # optional fields: a reader that predates them ignores them, and a file without
+    # them loads with no buffers and no aliases
+    buffers = ctx.buffers()
+    if buffers:
+        out["buffers"] = buffers
+    aliases = ctx.aliases()
+    if aliases:
+        out["aliases"] = [[a, c] for a, c in aliases.items()]
+    return out
+
+
+def apply_roles(
+    where: str, ctx: RuntimeContext[Any], layout: dict[str, Any] | None
+) -> RuntimeContext[Any]:
+    """``ctx`` with the buffers and aliases a layout object names (none when it has
+    neither field, as files written before them). A malformed field raises FormatError.
+    Cost: O(b + a)."""
+    if layout is None or ("buffers" not in layout and "aliases" not in layout):
+        return ctx
+    buffers = layout.get("buffers", [])
+    if not isinstance(buffers, list) or not all(isinstance(n, str) for n in buffers):
+        raise FormatError(f"{where}: the torchlean layout's `buffers` is not a list of names")
+    aliases = layout.get("aliases", [])
+    if not isinstance(aliases, list) or not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(n, str) for n in p) for p in aliases
+    ):
+        raise FormatError(
+            f"{where}: the torchlean layout's `aliases` is not a list of [alias, name] pairs"
+        )
+    try:
+        return with_roles(ctx, buffers=buffers, aliases={a: c for a, c in aliases})
+    except (KeyError, ValueError) as e:
+        raise FormatError(f"{where}: the torchlean layout's roles: {e}") from None
 
 
 def check_layout(

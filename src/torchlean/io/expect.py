@@ -14,6 +14,8 @@ Reading map:
 - :func:`check_expected` -- compare a context (or a file summary) with an expectation.
 - :class:`ExpectReport` -- what was found: ``missing``, ``unexpected``, ``mismatched``,
   ``suggestions``; ``ok`` and ``raise_if_bad``.
+- :func:`tied_names` -- the tied weights of a context or a module (a tied name is not
+  missing when the name it is tied to is there).
 - :func:`expected_specs` -- an expectation (mapping, context or ``nn.Module``) as
   ``{name: (shape, dtype or None)}``.
 """
@@ -30,7 +32,14 @@ from torchlean.errors import ExpectationError, InvalidShapeError
 from torchlean.runtime.dtypes import dtype_name
 from torchlean.spec.shape import Shape, as_dims
 
-__all__ = ["ExpectReport", "Mismatch", "check_expected", "compare", "expected_specs"]
+__all__ = [
+    "ExpectReport",
+    "Mismatch",
+    "check_expected",
+    "compare",
+    "expected_specs",
+    "tied_names",
+]
 
 Spec = tuple[tuple[int, ...], str | None]
 
@@ -133,7 +142,11 @@ def expected_specs(expect: Any, *, argument: str = "expect") -> dict[str, Spec]:
     from torchlean.runtime.context import RuntimeContext
 
     if isinstance(expect, RuntimeContext):
-        return {n: (at.dims, at.dtype) for n, at in expect.latest_variables()}
+        specs: dict[str, Spec] = {n: (at.dims, at.dtype) for n, at in expect.latest_variables()}
+        for alias, canonical in expect.aliases().items():
+            if canonical in specs:
+                specs.setdefault(alias, specs[canonical])
+        return specs
     if isinstance(expect, FileSummary):
         return {e.name: (e.shape, e.dtype) for e in expect.variables if not e.shadowed}
     if isinstance(expect, Mapping):
@@ -148,6 +161,30 @@ def expected_specs(expect: Any, *, argument: str = "expect") -> dict[str, Spec]:
         f"{argument} must be a mapping of name to shape, a RuntimeContext or a torch"
         f" nn.Module, got {type(expect).__name__}"
     )
+
+
+def tied_names(value: Any) -> dict[str, str]:
+    """``{alias: canonical}``: a context's aliases, or the state_dict entries of an
+    ``nn.Module`` that are one tensor (the first name canonical). Cost: O(n)."""
+    from torchlean.runtime.context import RuntimeContext
+
+    if isinstance(value, RuntimeContext):
+        return value.aliases()
+    if isinstance(value, Mapping) or not callable(getattr(value, "state_dict", None)):
+        return {}
+    if type(value).__module__.split(".")[0] == "builtins":
+        return {}
+    try:
+        entries = value.state_dict(keep_vars=True)
+    except TypeError:
+        return {}
+    first: dict[int, str] = {}
+    ties: dict[str, str] = {}
+    for n, t in entries.items():
+        canonical = first.setdefault(id(t), n)
+        if canonical != n:
+            ties[n] = canonical
+    return ties
 
 
 def _suggest(name: str, candidates: list[str]) -> str | None:
@@ -191,7 +228,13 @@ def compare(
     require_bool(suggest, "compare", "suggest")
     have = expected_specs(weights, argument="weights")
     want = expected_specs(expect)
-    missing = [n for n in want if n not in have]
+    # a tied weight's second name (GPT-2's `lm_head.weight`) is not missing when the
+    # name it is tied to is there
+    for alias, canonical in tied_names(weights).items():
+        if alias not in have and canonical in have:
+            have[alias] = have[canonical]
+    optional = tied_names(expect)
+    missing = [n for n in want if n not in have and not (n in optional and optional[n] in have)]
     unexpected = [n for n in have if n not in want]
     mismatched: list[Mismatch] = []
     for name, (shape, dtype) in want.items():

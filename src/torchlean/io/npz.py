@@ -40,7 +40,7 @@ from torchlean.io._common import (
     to_numpy,
 )
 from torchlean.io._format import Format
-from torchlean.io._layout import PREFIX, check_layout, layout_object, plan
+from torchlean.io._layout import PREFIX, apply_roles, check_layout, layout_object, plan
 from torchlean.io._zip import check_zip_directory
 from torchlean.runtime.context import RuntimeContext
 from torchlean.runtime.dtypes import EXTENDED_FLOATS
@@ -187,7 +187,8 @@ def load_npz(path: str | os.PathLike[str], *, backend: str = "numpy") -> Runtime
             raise FormatError(f"{where}: tensor `{key}` cannot be read as {name}: {e}") from None
     v = [(n, arrays[k]) for n, k in variables]
     g = [(n, arrays[k]) for n, k in gradients]
-    return build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
+    ctx = build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
+    return apply_roles(where, ctx, layout)
 
 
 #: The ``.npz`` format: the whole context, exactly (the safetensors layout).

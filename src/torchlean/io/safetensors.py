@@ -52,7 +52,14 @@ from torchlean.io._common import (
     to_numpy,
 )
 from torchlean.io._format import Format
-from torchlean.io._layout import LAYOUT_VERSION, PREFIX, check_layout, layout_object, plan
+from torchlean.io._layout import (
+    LAYOUT_VERSION,
+    PREFIX,
+    apply_roles,
+    check_layout,
+    layout_object,
+    plan,
+)
 from torchlean.io._summary import Block, FileSummary, TensorInfo
 from torchlean.runtime.context import RuntimeContext
 
@@ -235,15 +242,17 @@ class _File:
 
     def layout(
         self,
-    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], int, str | None, bool]:
-        """The registries as ``(name, key)`` pairs, ``next_id``, the pin, and whether
-        the file had a torchlean layout; validates the layout against the file's keys."""
+    ) -> tuple[
+        list[tuple[str, str]], list[tuple[str, str]], int, str | None, dict[str, Any] | None
+    ]:
+        """The registries as ``(name, key)`` pairs, ``next_id``, the pin, and the file's
+        torchlean layout object (None without one); validates the layout against the
+        file's keys."""
         text = self.metadata.get(_META_KEY)
         if text is None:
             pairs = [(k, k) for k in reversed(self.keys)]
-            return pairs, [], len(pairs), None, False
-        variables, gradients, next_id, pin, _ = check_layout(self.where, text, self.keys)
-        return variables, gradients, next_id, pin, True
+            return pairs, [], len(pairs), None, None
+        return check_layout(self.where, text, self.keys)
 
     def dtype_of(self, key: str) -> np.dtype[Any]:
         code = self.specs[key]["dtype"]
@@ -292,11 +301,12 @@ def load_safetensors(
     """
     check_backend(backend)
     with _File(path) as f:
-        variables, gradients, next_id, pin, _ = f.layout()
+        variables, gradients, next_id, pin, layout = f.layout()
         arrays = _read_numpy(f, {k for _, k in variables} | {k for _, k in gradients})
     v = [(name, arrays[key]) for name, key in variables]
     g = [(name, arrays[key]) for name, key in gradients]
-    return build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
+    ctx = build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=path)
+    return apply_roles(os.fspath(path), ctx, layout)
 
 
 def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
@@ -310,7 +320,8 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
     entries: list[TensorInfo] = []
     f = _File(path)
     try:
-        variables, gradients, next_id, pin, has_layout = f.layout()
+        variables, gradients, next_id, pin, layout = f.layout()
+        has_layout = layout is not None
     except BaseException:
         f.close()
         raise

@@ -54,7 +54,7 @@ from torchlean._validate import require_path, require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._common import build_context, check_backend, check_regular_file, to_numpy
 from torchlean.io._format import Format
-from torchlean.io._layout import PREFIX, check_layout, layout_object, plan
+from torchlean.io._layout import PREFIX, apply_roles, check_layout, layout_object, plan
 from torchlean.io._summary import Block, FileSummary, TensorInfo
 from torchlean.io.safetensors import inspect_safetensors, load_safetensors
 from torchlean.runtime.context import RuntimeContext
@@ -480,7 +480,9 @@ def load_sharded(path: str | os.PathLike[str], *, backend: str = "numpy") -> Run
             arrays[key] = at.t
     v = [(name, arrays[key]) for name, key in variables]
     g = [(name, arrays[key]) for name, key in gradients]
-    return build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=index.where)
+    ctx = build_context(v, g, next_id=next_id, pin=pin, backend=backend, path=index.where)
+    layout = None if index.layout is None else json.loads(index.layout)
+    return apply_roles(index.where, ctx, layout)
 
 
 #: Sharded safetensors: an index and its shards (or a folder of them); the whole

@@ -13,8 +13,10 @@ Reading map:
   strips prefixes); tied weights share one version counter.
 - :func:`inspect_pt` -- a summary over ``torch.load(mmap=True)``: nothing read up front.
 - :func:`save_pt` -- the variables as a state_dict of torch tensors (atomically).
-- :func:`from_module` -- ``RuntimeContext.from_module``: parameters and buffers.
-- :func:`load_into` -- ``RuntimeContext.load_into``: checked, all-or-nothing.
+- :func:`from_module` -- ``RuntimeContext.from_module``: parameters and buffers (marked
+  as buffers), tied weights as one variable and its aliases.
+- :func:`load_into` -- ``RuntimeContext.load_into``: checked, all-or-nothing, ties
+  restored; ``strict=False`` returns a report of missing and unexpected names.
 - :data:`FORMAT` -- this module's :class:`~torchlean.io.Format` record.
 
 Tensors cross between torch and the other array libraries only through the backends'
@@ -28,12 +30,12 @@ import math
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 import numpy as np
 
 from torchlean._text import printable
-from torchlean._validate import require_save_arguments
+from torchlean._validate import require_bool, require_save_arguments
 from torchlean.errors import BackendError, FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import (
@@ -50,10 +52,10 @@ from torchlean.io._common import (
 from torchlean.io._format import Format
 from torchlean.io._summary import Block, FileSummary, TensorInfo
 from torchlean.io._zip import check_zip_file
-from torchlean.io.expect import check_expected
+from torchlean.io.expect import ExpectReport, compare, tied_names
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import backend_named
-from torchlean.runtime.context import RuntimeContext, require_context
+from torchlean.runtime.context import RuntimeContext, require_context, with_roles
 
 __all__ = ["FORMAT", "from_module", "inspect_pt", "load_into", "load_pt", "save_pt"]
 
@@ -495,17 +497,54 @@ def _as_torch(at: AnyTensor[Any], kind: str, name: str) -> Any:
 def from_module(module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
     """A context with one variable per entry of ``module.state_dict()`` (parameters and
     buffers by their state_dict names), in that order. The tensors are copied, so
-    training the module later never changes the context. Cost: O(total bytes)."""
+    training the module later never changes the context.
+
+    The module's buffers are marked as buffers (:meth:`RuntimeContext.buffers`: no
+    gradient, no optimizer update). Tied weights stay tied: entries that are one tensor
+    in the module (GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``) become one
+    variable under the first name, the others its aliases
+    (:meth:`RuntimeContext.aliases`). Cost: O(total bytes)."""
     if not callable(getattr(module, "state_dict", None)):
         raise TypeError(f"from_module expects a torch nn.Module, got {type(module).__name__}")
     check_backend(backend)
-    pairs = [(n, t.detach().clone()) for n, t in module.state_dict().items()]
-    return build_context(
+    pairs: list[tuple[str, Any]] = []
+    first: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for n, t in module.state_dict(keep_vars=True).items():
+        canonical = first.get(id(t))
+        if canonical is not None:
+            aliases[n] = canonical
+            continue
+        first[id(t)] = n
+        pairs.append((n, t.detach().clone()))
+    ctx = build_context(
         pairs[::-1], [], next_id=len(pairs), pin=None, backend=backend, path="<module>"
     )
+    named = getattr(module, "named_parameters", None)
+    if not callable(named):
+        return ctx
+    params = {n for n, _ in named(remove_duplicate=False)}
+    buffers = [n for n, _ in pairs if n not in params]
+    if not buffers and not aliases:
+        return ctx
+    return with_roles(ctx, buffers=buffers, aliases=aliases)
 
 
-def load_into(ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = True) -> Any:
+@overload
+def load_into(
+    ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = ..., strict: Literal[True] = ...
+) -> Any: ...
+
+
+@overload
+def load_into(
+    ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = ..., strict: Literal[False]
+) -> ExpectReport: ...
+
+
+def load_into(
+    ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = True, strict: bool = True
+) -> Any:
     """Copy the context's variables into ``module`` (parameters and buffers).
 
     All or nothing: every name, shape (and, by default, dtype) is checked first, then
@@ -514,18 +553,41 @@ def load_into(ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = True) -> 
     when all of them are ready is anything copied. When anything is wrong an
     :class:`~torchlean.errors.ExpectationError` (names, shapes, dtypes) or
     :class:`~torchlean.errors.BackendError` (data) lists every problem and the module
-    is left unchanged. Returns ``module``. Cost: O(total bytes).
+    is left unchanged. Returns ``module``. Tied weights: an alias of the context
+    (:meth:`RuntimeContext.aliases`) or a name tied in the module to a name the context
+    has is not missing (a GPT-2 file that omits ``lm_head.weight`` loads).
+
+    ``strict=False`` loads what matches and returns an
+    :class:`~torchlean.io.ExpectReport` of the ``missing`` and ``unexpected`` names
+    instead of raising for them (never silently: the report is the result); a shape or
+    dtype mismatch still raises. Cost: O(total bytes).
     """
     require_context(ctx, "load_into")
     if not callable(getattr(module, "load_state_dict", None)):
         raise TypeError(f"load_into expects a torch nn.Module, got {type(module).__name__}")
+    require_bool(strict, "load_into", "strict")
     import torch
 
-    check_expected(ctx, module, dtypes=dtypes, source="the context's variables")
+    state = {n: at for n, at in ctx.latest_variables()}
+    for alias, canonical in ctx.aliases().items():
+        if alias not in state and canonical in state:
+            state[alias] = state[canonical]
+    for alias, canonical in tied_names(module).items():
+        if alias not in state and canonical in state:
+            state[alias] = state[canonical]
+        elif canonical not in state and alias in state:
+            state[canonical] = state[alias]
+    have = {n: (at.dims, at.dtype) for n, at in state.items()}
+    report = compare(have, module, dtypes=dtypes, source="the context's variables")
+    if strict or report.mismatched:
+        report.raise_if_bad()
+    if not strict:
+        for name in report.unexpected:
+            del state[name]
     targets = module.state_dict()
-    state: dict[str, Any] = {}
+    tensors: dict[str, Any] = {}
     problems: list[str] = []
-    for name, at in ctx.latest_variables():
+    for name, at in state.items():
         shown = printable(name)
         target = targets[name]
         if target.device.type == "meta":
@@ -543,7 +605,7 @@ def load_into(ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = True) -> 
             if t.layout != torch.strided:
                 t = t.to_dense()
             t = t.resolve_conj().resolve_neg()
-            state[name] = t.to(device=target.device, dtype=target.dtype)
+            tensors[name] = t.to(device=target.device, dtype=target.dtype)
         except (RuntimeError, TypeError, ValueError, BackendError) as e:
             problems.append(
                 f"variable `{shown}` cannot become {str(target.dtype).removeprefix('torch.')}"
@@ -554,8 +616,8 @@ def load_into(ctx: RuntimeContext[Any], module: Any, *, dtypes: bool = True) -> 
             "load_into: nothing was copied, the module is unchanged: " + "; ".join(problems)
         )
     with torch.no_grad():
-        module.load_state_dict(state, strict=True)
-    return module
+        module.load_state_dict(tensors, strict=strict)
+    return module if strict else report
 
 
 #: The PyTorch format: a state_dict of the variables (the latest entry of each name).

@@ -15,11 +15,15 @@ Reading map:
   one buffer, so that gradients, moments and the step run over whole buffers
   (:mod:`torchlean.optim._flat`).
 - :mod:`torchlean.optim._plan` -- the pairing of a step, made once per layout.
+- ``groups=``, ``no_decay=``, ``clip=`` -- options of every optimizer: parameter groups
+  and the weight-decay mask (:mod:`torchlean.optim._groups`), global-norm clipping.
+- :func:`clip_gradients` -- ``clip_grad_norm_`` over a context (:mod:`torchlean.optim._clip`).
 - :mod:`torchlean.optim._rules` -- the update maths, once per optimizer.
 - :mod:`torchlean.optim.schedules` -- :func:`cosine_decay`, :func:`linear_warmup`,
   :func:`warmup_cosine`, :func:`constant`.
 """
 
+from torchlean.optim._clip import clip_gradients as clip_gradients
 from torchlean.optim._flat import flatten as flatten
 from torchlean.optim._hyper import Hyper as Hyper
 from torchlean.optim._optimizer import Optimizer as Optimizer
@@ -36,6 +40,7 @@ __all__ = [
     "Optimizer",
     "adam",
     "adamw",
+    "clip_gradients",
     "constant",
     "cosine_decay",
     "flatten",

@@ -19,12 +19,18 @@ and ``state`` over and updates them in place, as torch.optim does; both contexts
 donated (any later use raises :class:`~torchlean.errors.DonatedContextError`) and any
 other context sharing a buffer (the context gradients were computed from) detects the
 write and raises :class:`~torchlean.errors.InPlaceModificationError` when read.
-``donate=False`` updates copies and leaves every context as it was.
+``donate=False`` updates copies and leaves every context as it was. Arrays the caller
+registered (without ``adopt=True``) are never written: the first donated step updates
+copies of them and donates only what torchlean allocated
+(:func:`~torchlean.runtime.context.owned_by_caller`).
+
+Parameter groups, the weight-decay mask (:mod:`torchlean.optim._groups`) and global-norm
+clipping (``clip=``, :meth:`Backend.clip_by_global_norm`) are options of every optimizer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from torchlean.errors import (
@@ -34,6 +40,7 @@ from torchlean.errors import (
     TorchLeanError,
     UnknownNameError,
 )
+from torchlean.optim._groups import Groups, run_grouped
 from torchlean.optim._hyper import LR, Hyper, Kind
 from torchlean.optim._plan import Plans
 from torchlean.optim._rules import Rule
@@ -41,7 +48,13 @@ from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import NUMPY, Backend
 from torchlean.runtime.backends._update import Update, Updated
 from torchlean.runtime.check import placement_mismatch
-from torchlean.runtime.context import RuntimeContext, claim, require_context, stored_values
+from torchlean.runtime.context import (
+    RuntimeContext,
+    claim,
+    owned_by_caller,
+    require_context,
+    stored_values,
+)
 
 __all__ = ["Optimizer", "adam", "adamw", "sgd"]
 
@@ -61,15 +74,29 @@ class _Pair(NamedTuple):
 class Optimizer:
     """A functional optimizer over contexts: :meth:`init` and :meth:`step`."""
 
-    def __init__(self, hyper: Hyper) -> None:
+    def __init__(
+        self,
+        hyper: Hyper,
+        *,
+        groups: Sequence[Mapping[str, Any]] = (),
+        no_decay: str | Sequence[str] = (),
+        clip: float | None = None,
+    ) -> None:
         if not isinstance(hyper, Hyper):
             raise TypeError(
                 f"Optimizer expects a Hyper (use sgd, adam or adamw), got {type(hyper).__name__}"
             )
         self.hyper = hyper
         self._rule = Rule(hyper)
-        # one updater per (array library, donate): a jax one compiles on its first call
-        self._updaters: dict[tuple[Backend, bool], Callable[[Update], Updated]] = {}
+        #: per-name hyperparameters (parameter groups, the weight-decay mask)
+        self.groups = Groups(hyper, groups, no_decay)
+        if clip is not None:
+            _number(clip, "clip")
+            _check(clip > 0, f"clip must be > 0 (a maximum gradient norm), got {clip}")
+        #: the maximum global gradient norm (``torch.nn.utils.clip_grad_norm_``), or None
+        self.clip = None if clip is None else float(clip)
+        # one updater per (array library, donate[, group]): a jax one compiles on its first call
+        self._updaters: dict[tuple[Any, ...], Callable[[Update], Updated]] = {}
         # the state's entry names of each parameter name: ("step/p", "exp_avg/p", ...)
         self._keys: dict[str, tuple[str, ...]] = {}
         # the pairings of recent layouts, reused step after step (optim/_plan.py)
@@ -105,7 +132,13 @@ class Optimizer:
         counterpart: none. Cost: O(total elements) to allocate the moments.
         """
         require_context(ctx, "optimizer init")
-        floats = [(n, at) for n, at in ctx.latest_variables() if at.dtype.startswith(_FLOAT_KINDS)]
+        buffers = set(ctx.buffers())
+        floats = [
+            (n, at)
+            for n, at in ctx.latest_variables()
+            if at.dtype.startswith(_FLOAT_KINDS) and n not in buffers
+        ]
+        self.groups.check([n for n, _ in floats])
         by_library: dict[Backend, list[int]] = {}
         for i, (_, at) in enumerate(floats):
             by_library.setdefault(at.library, []).append(i)
@@ -157,9 +190,10 @@ class Optimizer:
             raise TypeError(f"optimizer step: donate must be a bool, got {donate!r}")
         if ctx is state:
             raise TorchLeanError("optimizer step: ctx and state must be different contexts")
-        planned = self._plans.step(self, ctx, state, donate)
-        if planned is not None:
-            return planned
+        if self.groups.trivial and self.clip is None:
+            planned = self._plans.step(self, ctx, state, donate)
+            if planned is not None:
+                return planned
         pairs = self._gather(ctx, state)
         count = state.variable_entry("count")
         if count is None:
@@ -175,6 +209,8 @@ class Optimizer:
             # every entry the step writes in place, and whether each must be a copy
             written = [*params, *(e for v in slot_lists for e in v), *steps, count]
             fresh = _unshared(library, pairs, written, ctx, state, self._keys)
+            # the caller's own arrays are never written: the first step updates copies
+            fresh.update(id(at.unchecked) for at in written if owned_by_caller(at.unchecked))
             ctx, state = claim(ctx, state, to=f"{self.hyper.kind}.step")
 
             def read(at: AnyTensor[Any]) -> Any:
@@ -184,22 +220,30 @@ class Optimizer:
             def read(at: AnyTensor[Any]) -> Any:
                 return at.t
 
-        new = self._updater(library, donate)(
+        names = [p.name for p in pairs]
+        grads = [p.grad.t for p in pairs]
+        if self.clip is not None:
+            grads = library.clip_by_global_norm(grads, self.clip)[0]
+        new = self._run(
+            library,
+            donate,
+            names,
             Update(
                 params=[read(p) for p in params],
-                grads=[p.grad.t for p in pairs],
+                grads=grads,
                 slots={slot: [read(e) for e in slot_lists[i]] for i, slot in enumerate(slots)},
                 steps=[read(e) for e in steps],
                 count=read(count),
-            )
+            ),
         )
-        names = [p.name for p in pairs]
         keys = [self._keys[n] for n in names]
         updated: list[tuple[str, Any]] = [("count", new.count)]
         updated += [(k[0], s) for k, s in zip(keys, new.steps, strict=True)]
         for slot, values in new.slots.items():
             i = slots.index(slot) + 1
             updated += [(k[i], x) for k, x in zip(keys, values, strict=True)]
+        if donate:
+            library.note_written(new.params, f"{self.hyper.kind}.step")
         new_ctx = ctx.with_variables(list(zip(names, new.params, strict=True)), adopt=True)
         new_state = state.with_variables(updated, adopt=True)
         return new_ctx, new_state
@@ -210,6 +254,23 @@ class Optimizer:
             updater = library.updater(self._rule, donate=donate)
             self._updaters[(library, donate)] = updater
         return updater
+
+    def _run(self, library: Backend, donate: bool, names: list[str], update: Update) -> Updated:
+        """The update, once per parameter group (:mod:`torchlean.optim._groups`)."""
+        if self.groups.trivial:
+            return self._updater(library, donate)(update)
+
+        def updater(index: int) -> Callable[[Update], Updated]:
+            if index == 0:
+                return self._updater(library, donate)
+            key = (library, donate, index)
+            found = self._updaters.get(key)
+            if found is None:
+                found = library.updater(Rule(self.groups.hypers[index]), donate=donate)
+                self._updaters[key] = found
+            return found
+
+        return run_grouped(self.groups, updater, library, donate, names, update)
 
     def _gather(self, ctx: RuntimeContext[Any], state: RuntimeContext[Any]) -> list[_Pair]:
         """Pair each gradient with its variable and state; collect every problem first."""
@@ -415,8 +476,27 @@ def sgd(
     dampening: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    *,
+    groups: Sequence[Mapping[str, Any]] = (),
+    no_decay: str | Sequence[str] = (),
+    clip: float | None = None,
 ) -> Optimizer:
-    """Stochastic gradient descent, as ``torch.optim.SGD`` (same arguments and defaults)."""
+    """Stochastic gradient descent, as ``torch.optim.SGD`` (same arguments and defaults).
+
+    The knobs every optimizer takes (keyword-only):
+
+    - ``groups``: parameter groups, ``[{"params": "encoder.*", "lr": 1e-4}, ...]``: names
+      or ``fnmatch`` globs, and the hyperparameters that differ (``lr``, ``weight_decay``,
+      ``momentum``, ``dampening``, ``nesterov``, ``betas``, ``eps``); the first group
+      whose pattern matches a name wins, other names use the optimizer's own values (as
+      ``torch.optim``'s param groups).
+    - ``no_decay``: names or globs that get no weight decay, whatever their group (the
+      usual mask: ``("*.bias", "*norm*")``).
+    - ``clip``: the maximum global gradient norm; the gradients are scaled as
+      ``torch.nn.utils.clip_grad_norm_`` scales them before every update.
+
+    A pattern that matches no parameter raises at ``init``.
+    """
     _check_lr(lr)
     for value, name in ((momentum, "momentum"), (dampening, "dampening")):
         _number(value, name)
@@ -435,7 +515,10 @@ def sgd(
             dampening=dampening,
             nesterov=nesterov,
             weight_decay=weight_decay,
-        )
+        ),
+        groups=groups,
+        no_decay=no_decay,
+        clip=clip,
     )
 
 
@@ -445,9 +528,15 @@ def adam(
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     amsgrad: bool = False,
+    *,
+    groups: Sequence[Mapping[str, Any]] = (),
+    no_decay: str | Sequence[str] = (),
+    clip: float | None = None,
 ) -> Optimizer:
-    """Adam, as ``torch.optim.Adam`` (L2 weight decay added to the gradient)."""
-    return _adam("adam", lr, betas, eps, weight_decay, amsgrad)
+    """Adam, as ``torch.optim.Adam`` (L2 weight decay added to the gradient); ``groups``,
+    ``no_decay`` and ``clip`` as for :func:`sgd`."""
+    hyper = _adam("adam", lr, betas, eps, weight_decay, amsgrad)
+    return Optimizer(hyper, groups=groups, no_decay=no_decay, clip=clip)
 
 
 def adamw(
@@ -456,14 +545,20 @@ def adamw(
     eps: float = 1e-8,
     weight_decay: float = 1e-2,
     amsgrad: bool = False,
+    *,
+    groups: Sequence[Mapping[str, Any]] = (),
+    no_decay: str | Sequence[str] = (),
+    clip: float | None = None,
 ) -> Optimizer:
-    """AdamW, as ``torch.optim.AdamW`` (decoupled weight decay, default 1e-2)."""
-    return _adam("adamw", lr, betas, eps, weight_decay, amsgrad)
+    """AdamW, as ``torch.optim.AdamW`` (decoupled weight decay, default 1e-2); ``groups``,
+    ``no_decay`` and ``clip`` as for :func:`sgd`."""
+    hyper = _adam("adamw", lr, betas, eps, weight_decay, amsgrad)
+    return Optimizer(hyper, groups=groups, no_decay=no_decay, clip=clip)
 
 
 def _adam(
     kind: Kind, lr: LR, betas: tuple[float, float], eps: float, weight_decay: float, amsgrad: bool
-) -> Optimizer:
+) -> Hyper:
     """Adam or AdamW after torch.optim's checks of the arguments."""
     _check_lr(lr)
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -485,4 +580,4 @@ def _adam(
         eps=eps,
         amsgrad=amsgrad,
     )
-    return Optimizer(hyper)
+    return hyper

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from torchlean.runtime import _bulk
 from torchlean.runtime.backends import Backend
 from torchlean.runtime.backends._update import Update, Updated, UpdateRule
-from torchlean.runtime.context import RuntimeContext, claim
+from torchlean.runtime.context import RuntimeContext, claim, owned_by_caller
 
 if TYPE_CHECKING:
     from torchlean.optim._optimizer import Optimizer, _Pair
@@ -175,6 +175,8 @@ class Plan:
         new_state = _bulk.replace_heads_trusted(
             state, self.keys, library.adopt_all(updated), read=entries
         )
+        if donate:
+            library.note_written(new.params, where)
         if donate and self.aliasing:
             self.checked = list(new.params)
             self.sizes = _sizes(new_ctx, new_state)
@@ -195,6 +197,8 @@ def _needs_copies(
 
     slots = [e for p in pairs for e in p.slots]
     written = [*(p.param for p in pairs), *slots, *(p.step for p in pairs), count]
+    if any(owned_by_caller(at.unchecked) for at in written):
+        return True  # the caller's own arrays: the first step updates copies
     return bool(_unshared(library, pairs, written, ctx, state, opt._keys))
 
 

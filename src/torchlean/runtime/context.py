@@ -24,7 +24,12 @@ Reading map:
   entries :meth:`RuntimeContext.latest_variables`, :meth:`RuntimeContext.variable_entry`
   (and the gradient forms), :meth:`RuntimeContext.from_registries` (Lean's structure
   literal), :func:`donate` / :func:`claim` (atomic) / :func:`is_donated`,
-  :func:`stored_values` (every stored value, unchecked, for buffer comparisons).
+  :func:`stored_values` (every stored value, unchecked, for buffer comparisons),
+  :func:`with_roles` (buffers and aliases set literally), :func:`owned_by_caller`
+  (memory the caller registered, which a donated step never writes).
+- Roles (:mod:`torchlean.runtime._roles`): :meth:`RuntimeContext.mark_buffers`,
+  :meth:`RuntimeContext.buffers`, :meth:`RuntimeContext.tie`,
+  :meth:`RuntimeContext.aliases`.
 
 Immutability of the tensors themselves: a numpy array is copied into a read-only buffer
 when it is stored, so neither the caller's array nor an array a lookup returns can
@@ -35,7 +40,9 @@ counter is recorded, so a write in place is detected and every later read of it 
 
 from __future__ import annotations
 
+import fnmatch
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal
 
@@ -47,6 +54,7 @@ from torchlean.errors import (
     UnknownNameError,
 )
 from torchlean.runtime._registry import EMPTY, DonatedRegistry, Registry
+from torchlean.runtime._roles import Roles, marked, tied
 from torchlean.runtime.any_tensor import (
     LIBRARIES,
     VERSION_READERS,
@@ -69,7 +77,15 @@ from torchlean.spec.shape import ShapeLike, as_dims
 if TYPE_CHECKING:
     from torchlean.runtime.check import CheckReport
 
-__all__ = ["RuntimeContext", "claim", "donate", "is_donated", "require_context"]
+__all__ = [
+    "RuntimeContext",
+    "claim",
+    "donate",
+    "is_donated",
+    "owned_by_caller",
+    "require_context",
+    "with_roles",
+]
 
 Kind = Literal["variable", "gradient"]
 
@@ -88,18 +104,21 @@ class RuntimeContext(Generic[ArrayT]):
     of another dtype, or of another array library than its first tensor, and never casts.
     """
 
-    __slots__ = ("__weakref__", "_g", "_next_id", "_pin", "_v")
+    __slots__ = ("__weakref__", "_g", "_next_id", "_pin", "_roles", "_v")
     _v: Registry
     _g: Registry
     _next_id: int
     # (dtype name, backend name or None until the first tensor is stored) or None.
     _pin: tuple[str, str | None] | None
+    # buffers and aliases (see torchlean.runtime._roles), None when there are none
+    _roles: Roles | None
 
     def __init__(self, *, dtype: object = None) -> None:
         self._v = EMPTY
         self._g = EMPTY
         self._next_id = 0
         self._pin = _make_pin(dtype)
+        self._roles = None
 
     # ------------------------------------------------------------------ building
 
@@ -159,6 +178,110 @@ class RuntimeContext(Generic[ArrayT]):
         new._pin = probe._pin
         return new
 
+    # ------------------------------------------------------------------ roles
+
+    def mark_buffers(self, patterns: str | Iterable[str]) -> RuntimeContext[ArrayT]:
+        """Mark the variables matching ``patterns`` (names or ``fnmatch`` globs such as
+        ``"*.running_*"``) as buffers: state that never gets a gradient and that no
+        optimizer touches (BatchNorm's running statistics).
+
+        ``from_module`` marks a module's buffers already. The marks are names: they
+        survive every operation, pytrees, pickle, and save/load in the torchlean layout.
+        A pattern that matches no variable raises
+        :class:`~torchlean.errors.UnknownNameError`. Lean counterpart: none. Cost: O(n * p).
+        """
+        return self._mark(patterns, "mark_buffers", buffers=True)
+
+    def mark_parameters(self, patterns: str | Iterable[str]) -> RuntimeContext[ArrayT]:
+        """Undo :meth:`mark_buffers` for the variables matching ``patterns``. Cost: O(n * p)."""
+        return self._mark(patterns, "mark_parameters", buffers=False)
+
+    def _mark(
+        self, patterns: str | Iterable[str], where: str, *, buffers: bool
+    ) -> RuntimeContext[ArrayT]:
+        pats = _patterns(patterns, where)
+        names = list(self._v.map.keys())
+        unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        if unused:
+            listed = ", ".join(f"`{p}`" for p in unused)
+            raise UnknownNameError(
+                f"{where}: {listed} match{'es' if len(unused) == 1 else ''} no variable"
+                f" (the context has {_count(len(names), 'variable name')})"
+            )
+        new = self._derive(self._v, self._g, self._next_id)
+        new._roles = marked(self._roles, names, pats, buffers=buffers)
+        return new
+
+    def buffers(self) -> list[str]:
+        """The names of the variables marked as buffers, in first-registered order.
+
+        Cost: O(n).
+        """
+        roles = self._roles
+        if roles is None or not roles.buffers:
+            return []
+        marks = roles.buffers
+        return [n for n, _ in self._v.visible() if n in marks]
+
+    def is_buffer(self, name: str) -> bool:
+        """True iff ``name`` is marked as a buffer. Cost: O(1)."""
+        _check_name(name, "variable")
+        return self._roles is not None and name in self._roles.buffers
+
+    def tie(self, alias: str, *, to: str) -> RuntimeContext[ArrayT]:
+        """Record ``alias`` as a second name of the variable ``to`` (a tied weight).
+
+        The context keeps one variable; ``ctx[alias]`` reads ``ctx[to]``, saving stores
+        the tensor once and remembers the alias, and ``load_into`` gives the module's
+        tied parameter the same tensor. ``from_module`` records a module's ties already.
+        Lean counterpart: none. Cost: O(a) for a aliases.
+        """
+        _check_name(alias, "alias")
+        _check_name(to, "variable")
+        if to not in self._v.map:
+            raise UnknownNameError(f"tie: {_unknown_message(self._v, 'variable', to)}")
+        if alias in self._v.map:
+            raise ValueError(
+                f"tie: `{alias}` is a variable itself; an alias names no entry of its own"
+                " (build the context without it, as from_module does)"
+            )
+        new = self._derive(self._v, self._g, self._next_id)
+        new._roles = tied(self._roles, alias, to)
+        return new
+
+    def aliases(self) -> dict[str, str]:
+        """``{alias: canonical name}`` of the tied weights (see :meth:`tie`). Cost: O(a)."""
+        return {} if self._roles is None else self._roles.alias_map
+
+    @classmethod
+    def from_pytree(cls, tree: Any, *, dtype: object = None) -> RuntimeContext[Any]:
+        """A context of the array leaves of a jax pytree (haiku/linen dicts, flax nnx
+        ``State``, an equinox module), named by their key paths with dots
+        (``{"dense": {"kernel": w}}`` -> ``dense.kernel``); :meth:`to_pytree` gives the
+        tree back (see :mod:`torchlean.runtime._trees`). Cost: O(n log n)."""
+        from torchlean.runtime._trees import from_pytree
+
+        return from_pytree(tree, dtype=dtype)
+
+    def to_pytree(self, like: Any = None) -> Any:
+        """The variables in the structure :meth:`from_pytree` read (or ``like``'s); a
+        context without one gives nested dicts split at the dots. Cost: O(n)."""
+        from torchlean.runtime._trees import to_pytree
+
+        return to_pytree(self, like)
+
+    def tree_shape(self) -> Any:
+        """The pytree structure :meth:`from_pytree` recorded, or ``None``. Cost: O(1)."""
+        return None if self._roles is None else self._roles.tree
+
+    def copy_roles(self, other: RuntimeContext[Any]) -> RuntimeContext[ArrayT]:
+        """This context with the buffers and aliases of ``other`` (by name), e.g. after
+        rebuilding it with :meth:`from_registries`. Cost: O(1)."""
+        require_context(other, "copy_roles", "other")
+        new = self._derive(self._v, self._g, self._next_id)
+        new._roles = other._roles
+        return new
+
     def _take_all(
         self, items: list[tuple[str, Any]], kind: Kind, adopt: bool
     ) -> list[tuple[str, Entry]]:
@@ -189,13 +312,16 @@ class RuntimeContext(Generic[ArrayT]):
 
         return from_module(module, backend=backend)
 
-    def load_into(self, module: Any, *, dtypes: bool = True) -> Any:
-        """Copy the variables into ``module``, checked first (see :mod:`torchlean.io.torch`)."""
+    def load_into(self, module: Any, *, dtypes: bool = True, strict: bool = True) -> Any:
+        """Copy the variables into ``module``, checked first (see :mod:`torchlean.io.torch`);
+        ``strict=False`` returns a report of missing and unexpected names instead."""
         if not callable(getattr(module, "load_state_dict", None)):
             raise TypeError(f"load_into expects a torch nn.Module, got {type(module).__name__}")
         from torchlean.io.torch import load_into
 
-        return load_into(self, module, dtypes=dtypes)
+        if strict:
+            return load_into(self, module, dtypes=dtypes)
+        return load_into(self, module, dtypes=dtypes, strict=False)
 
     def _derive(self, v: Registry, g: Registry, next_id: int) -> RuntimeContext[ArrayT]:
         new: RuntimeContext[ArrayT] = _new(RuntimeContext)
@@ -203,6 +329,7 @@ class RuntimeContext(Generic[ArrayT]):
         new._g = g
         new._next_id = next_id
         new._pin = self._pin
+        new._roles = self._roles
         return new
 
     def _take(self, value: Any, kind: Kind, name: str, adopt: bool = False) -> tuple[Entry, Any]:
@@ -220,6 +347,10 @@ class RuntimeContext(Generic[ArrayT]):
             stored = backend.adopt(value) if adopt else backend.freeze(value)
         except TypeError as e:
             raise TypeError(f"{kind} `{name}`: {e}") from None
+        if not adopt and backend.differentiable:
+            # the caller's memory (torch and jax store without a copy): an in-place
+            # (donated) step updates a copy of it instead (see owned_by_caller)
+            _CALLER_OWNED[id(stored)] = stored
         pin = self._pin
         if pin is not None:
             got = backend.dtype_name(stored)
@@ -577,6 +708,10 @@ class RuntimeContext(Generic[ArrayT]):
         _check_name(name, kind)
         dims = None if shape is None else as_dims(shape)
         at = registry.head(name)
+        if at is None and kind == "variable" and self._roles is not None:
+            canonical = self._roles.alias_map.get(name)
+            if canonical is not None:
+                at = registry.head(canonical)
         if at is None:
             raise UnknownNameError(_unknown_message(registry, kind, name))
         if dims is not None and at._dims != dims:
@@ -700,7 +835,7 @@ class RuntimeContext(Generic[ArrayT]):
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild,
-            (self.var_registry, self.gradients, self._next_id, self._pin),
+            (self.var_registry, self.gradients, self._next_id, self._pin, self._roles),
         )
 
     def _repr_html_(self) -> str:
@@ -779,6 +914,20 @@ def stored_values(
             yield name, False, older[1], LIBRARIES[older[3]]
 
 
+#: Values stored without ``adopt`` that share the caller's memory, by id (weakly held).
+_CALLER_OWNED: Final[weakref.WeakValueDictionary[int, Any]] = weakref.WeakValueDictionary()
+
+
+def owned_by_caller(value: Any) -> bool:
+    """True when ``value`` (a stored tensor, ``AnyTensor.unchecked``) is memory the
+    caller registered without giving it up (``adopt=False``, the default of
+    ``register_variable``, ``from_state_dict``, ``with_variables``). An in-place
+    (donated) optimizer step never writes such a value: it updates a copy, once, at
+    the first step, and donates only what torchlean allocated. Register with
+    ``adopt=True`` to opt in to in-place updates of your own arrays. Cost: O(1)."""
+    return _CALLER_OWNED.get(id(value)) is value
+
+
 def is_donated(ctx: RuntimeContext[Any]) -> bool:
     """True when ``ctx`` was donated and can no longer be used."""
     registry: object = ctx._v
@@ -790,6 +939,7 @@ def _rebuild(
     gradients: tuple[tuple[str, AnyTensor[Any]], ...],
     next_id: int,
     pin: tuple[str, str | None] | None,
+    roles: Roles | None = None,
 ) -> RuntimeContext[Any]:
     """Rebuild a context from its entries (for pickle and copy)."""
     ctx: RuntimeContext[Any] = RuntimeContext()
@@ -797,7 +947,54 @@ def _rebuild(
     g = EMPTY.push_many(list(reversed(gradients)))
     new = ctx._derive(v, g, next_id)
     new._pin = pin
+    new._roles = roles
     return new
+
+
+def with_roles(
+    ctx: RuntimeContext[Any],
+    *,
+    buffers: Iterable[str] = (),
+    aliases: Mapping[str, str] | None = None,
+    tree: Any = None,
+) -> RuntimeContext[Any]:
+    """``ctx`` with exactly these buffers and aliases (names taken literally, no globs),
+    for the layers that rebuild a context (``from_module``, file readers); ``tree`` is the
+    structure ``from_pytree`` read (see :mod:`torchlean.runtime._trees`). Names that are
+    not variables of ``ctx`` raise :class:`~torchlean.errors.UnknownNameError`. Cost: O(b + a)."""
+    names = ctx._v.map
+    marks = frozenset(buffers)
+    table = dict(aliases or {})
+    unknown = sorted(n for n in marks | set(table.values()) if n not in names)
+    if unknown:
+        raise UnknownNameError(
+            "buffers and aliases must name variables of the context; unknown: "
+            + ", ".join(f"`{n}`" for n in unknown[:5])
+        )
+    clash = sorted(a for a in table if a in names)
+    if clash:
+        raise ValueError(
+            "an alias names no entry of its own, but "
+            + ", ".join(f"`{a}`" for a in clash[:5])
+            + " are variables"
+        )
+    new = ctx._derive(ctx._v, ctx._g, ctx._next_id)
+    roles = Roles(marks, tuple(sorted(table.items())), tree)
+    new._roles = None if roles == Roles() else roles
+    return new
+
+
+def _patterns(patterns: object, where: str) -> tuple[str, ...]:
+    if isinstance(patterns, str):
+        return (patterns,)
+    if isinstance(patterns, Iterable):
+        pats = tuple(patterns)
+        if all(isinstance(p, str) for p in pats):
+            return pats
+    raise TypeError(
+        f"{where}: expects a name or glob pattern (str) or an iterable of them,"
+        f" got {short_repr(patterns)}"
+    )
 
 
 def _make_pin(dtype: object) -> tuple[str, str | None] | None:

@@ -23,7 +23,7 @@ Reading map:
 - :func:`register` -- register with jax and/or torch now (idempotent).
 - :func:`registered` -- the libraries registered so far.
 - :class:`EntryKey` -- one entry in a key path: ``.variables['fc1.weight']``.
-- :class:`Layout` -- the aux data: names, shapes, ``next_id``, pin.
+- :class:`Layout` -- the aux data: names, shapes, ``next_id``, pin, roles (buffers, aliases).
 - ``_flatten`` / ``_flatten_with_keys`` / ``_unflatten`` -- the node functions.
 - ``_ImportWatcher`` -- the finder that registers when jax or torch gets imported.
 """
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from torchlean.errors import BackendError
 from torchlean.runtime._registry import EMPTY, Registry
+from torchlean.runtime._roles import Roles
 from torchlean.runtime.any_tensor import Entry, fresh_entry
 from torchlean.runtime.backends import BY_TYPE, NUMPY, OPAQUE, backend_of
 from torchlean.runtime.context import RuntimeContext
@@ -69,6 +70,8 @@ class Layout(NamedTuple):
     gradient_dims: tuple[tuple[int, ...], ...]
     next_id: int
     pin: tuple[str, str | None] | None
+    #: buffers and aliases (:mod:`torchlean.runtime._roles`), ``None`` when there are none
+    roles: Roles | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,13 @@ def _flatten(ctx: RuntimeContext[Any]) -> tuple[list[Any], Layout]:
     vleaves, vnames, vdims = _leaves(ctx._v, "variable")
     gleaves, gnames, gdims = _leaves(ctx._g, "gradient")
     layout = Layout(
-        tuple(vnames), tuple(vdims), tuple(gnames), tuple(gdims), ctx._next_id, ctx._pin
+        tuple(vnames),
+        tuple(vdims),
+        tuple(gnames),
+        tuple(gdims),
+        ctx._next_id,
+        ctx._pin,
+        ctx._roles,
     )
     vleaves.extend(gleaves)
     return vleaves, layout
@@ -202,6 +211,7 @@ def _unflatten(layout: Layout, children: Iterable[Any]) -> RuntimeContext[Any]:
     g = _registry(layout.gradients, layout.gradient_dims, leaves[nv:])
     ctx = _BLANK._derive(v, g, layout.next_id)
     ctx._pin = layout.pin
+    ctx._roles = layout.roles
     return ctx
 
 
@@ -211,13 +221,16 @@ def _unflatten_torch(children: Iterable[Any], layout: Layout) -> RuntimeContext[
 
 def _layout_to_json(layout: Layout) -> str:
     """The layout as JSON, for ``torch.utils._pytree.treespec_dumps`` (torch.export)."""
-    return json.dumps(layout._asdict())
+    raw = layout._asdict()
+    raw["roles"] = None if layout.roles is None else layout.roles.to_json()
+    return json.dumps(raw)
 
 
 def _layout_from_json(text: str) -> Layout:
     """The inverse of :func:`_layout_to_json`: lists back to tuples."""
     raw = json.loads(text)
     pin = raw["pin"]
+    roles = raw.get("roles")
     return Layout(
         tuple(raw["variables"]),
         tuple(tuple(d) for d in raw["variable_dims"]),
@@ -225,6 +238,7 @@ def _layout_from_json(text: str) -> Layout:
         tuple(tuple(d) for d in raw["gradient_dims"]),
         int(raw["next_id"]),
         None if pin is None else (pin[0], pin[1]),
+        None if roles is None else Roles.from_json(roles),
     )
 
 

@@ -18,8 +18,9 @@ Reading map:
 
 Batches: ``data`` is either a callable ``data(step) -> batch`` (the batch of step
 ``step``, counted from 0: deterministic data makes resuming exact) or an iterable of
-batches, of which a resumed run skips the ``step`` batches already used. A batch is a
-tuple of arguments for ``loss_fn(ctx, *batch)`` (anything else is one argument).
+batches (a ``DataLoader``, a list; ``epochs=`` passes over it), of which a resumed run
+skips the batches already used. A batch is a tuple or list of arguments for
+``loss_fn(ctx, *batch)``, a mapping of keyword arguments, or else one argument.
 """
 
 from torchlean.train._captured import CapturedStep as CapturedStep
@@ -27,11 +28,13 @@ from torchlean.train._checkpoint import latest_checkpoint as latest_checkpoint
 from torchlean.train._checkpoint import load_checkpoint as load_checkpoint
 from torchlean.train._checkpoint import save_checkpoint as save_checkpoint
 from torchlean.train._fit import FitResult as FitResult
+from torchlean.train._fit import StepInfo as StepInfo
 from torchlean.train._fit import fit as fit
 
 __all__ = [
     "CapturedStep",
     "FitResult",
+    "StepInfo",
     "fit",
     "latest_checkpoint",
     "load_checkpoint",

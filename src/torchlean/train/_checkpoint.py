@@ -10,6 +10,12 @@ Reading map:
   every missing, unexpected or mismatched tensor in one error. ``read_checkpoint`` and
   ``restore_rng`` are its two halves (``fit`` restores in between).
 - :func:`latest_checkpoint` -- ``step-NNNNNN.safetensors`` of the highest step in a folder.
+- :func:`prune_checkpoints` -- keep the newest few (``fit(keep_last=)``).
+
+The names stay plain ``state_dict`` names behind a prefix: ``model/fc1.weight`` is the
+model's ``fc1.weight``. To read the weights alone into a module:
+``io.load(path, backend="torch", strip_prefix="model/")`` then keep the names without a
+``/`` (or use :func:`load_checkpoint` with the model's context as the template).
 """
 
 from __future__ import annotations
@@ -28,7 +34,13 @@ from torchlean.runtime.backends import NUMPY, Backend, backend_of, libraries
 from torchlean.runtime.context import RuntimeContext, require_context
 from torchlean.runtime.dtypes import dtype_name
 
-__all__ = ["checkpoint_name", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "checkpoint_name",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prune_checkpoints",
+    "save_checkpoint",
+]
 
 _CHECKPOINT = re.compile(r"^step-(\d+)\.safetensors$")
 _STEP = "train/step"
@@ -189,6 +201,21 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
         if m and (best is None or int(m.group(1)) > best[0]):
             best = (int(m.group(1)), child)
     return None if best is None else best[1]
+
+
+def prune_checkpoints(folder: str | os.PathLike[str], keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest ``step-NNNNNN.safetensors`` files of ``folder``
+    (by step); other files are left alone. Returns the removed paths. Cost: O(files)."""
+    found = []
+    for child in Path(folder).iterdir():
+        m = _CHECKPOINT.match(child.name)
+        if m:
+            found.append((int(m.group(1)), child))
+    found.sort()
+    removed = [path for _, path in found[: max(0, len(found) - keep)]]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def context_library(ctx: RuntimeContext[Any]) -> Backend:

@@ -4,8 +4,7 @@ Reading map:
 - :func:`fit` -- checks its arguments, resumes, then runs one step per batch.
 - :class:`FitResult` -- what it returns.
 - ``_make_step`` -- the step: ``value_and_grad`` then ``optimizer.step``, compiled as one
-  call where the array library compiles (:meth:`Backend.jit`: jax), recorded and
-  replayed with ``capture`` (:class:`~torchlean.train._captured.CapturedStep`).
+  call where the array library compiles (:meth:`Backend.jit`: jax).
 - ``_Periodic`` -- what runs every so many steps: evaluation and checkpoints.
 - ``_batches`` -- the batch of each step from a callable or an iterable.
 - ``_Progress`` -- the rich progress bar with the loss and the last evaluation.
@@ -15,33 +14,34 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torchlean._validate import require_callable, require_int, require_path
+from torchlean._validate import require_bool, require_callable, require_int, require_path
 from torchlean.autograd import value_and_grad
 from torchlean.errors import FormatError
-from torchlean.optim import Optimizer
+from torchlean.optim import Optimizer, clip_gradients
 from torchlean.runtime.backends import Backend
-from torchlean.runtime.context import RuntimeContext, claim, require_context
+from torchlean.runtime.context import RuntimeContext, claim, owned_by_caller, require_context
 from torchlean.train._captured import CapturedStep
 from torchlean.train._checkpoint import (
     checkpoint_name,
     context_library,
     latest_checkpoint,
+    prune_checkpoints,
     read_checkpoint,
     restore_rng,
     write_checkpoint,
 )
 
-__all__ = ["FitResult", "fit"]
+__all__ = ["FitResult", "StepInfo", "fit"]
 
 Data = Callable[[int], Any] | Iterable[Any]
 Evaluation = Callable[[RuntimeContext[Any]], float | Mapping[str, float]]
 Context = RuntimeContext[Any]
-StepFn = Callable[[Context, Context, tuple[Any, ...]], tuple[Any, Context, Context]]
+StepFn = Callable[[Context, Context, Any], tuple[Any, Context, Context]]
 
 
 @dataclass
@@ -58,8 +58,23 @@ class FitResult:
     losses: list[float] = field(default_factory=list)
     #: ``(step, result of eval_fn)`` for each evaluation.
     evaluations: list[tuple[int, Any]] = field(default_factory=list)
-    #: The checkpoint files written by this call.
+    #: The checkpoint files written by this call (removed ones too, see ``keep_last``).
     checkpoints: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What ``fit``'s ``on_step`` callback gets after each optimizer step."""
+
+    #: The number of steps taken so far (1 after the first).
+    step: int
+    #: The loss of this step (the mean over its micro-batches), a Python float.
+    loss: float
+    #: What the loss returned besides the loss (``has_aux=True``; of the last
+    #: micro-batch), else None.
+    aux: Any
+    #: The learning rate this step used (the optimizer's own; a schedule's value).
+    lr: float
 
 
 def fit(
@@ -68,13 +83,20 @@ def fit(
     optimizer: Optimizer,
     data: Data,
     *,
-    steps: int,
+    steps: int | None = None,
+    epochs: int | None = None,
     state: RuntimeContext[Any] | None = None,
     frozen: str | Iterable[str] = (),
+    has_aux: bool = False,
+    has_state: bool = False,
+    accumulate: int = 1,
+    clip: float | None = None,
+    on_step: Callable[[StepInfo], Any] | None = None,
     eval_fn: Evaluation | None = None,
     eval_every: int = 0,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     checkpoint_every: int = 0,
+    keep_last: int | None = None,
     resume: bool | str | os.PathLike[str] = False,
     progress: bool = True,
     donate: bool = True,
@@ -82,28 +104,50 @@ def fit(
     capture: bool = False,
     description: str = "training",
 ) -> FitResult:
-    """Train ``ctx`` for ``steps`` steps in all; return the final context and state.
+    """Train ``ctx`` for ``steps`` optimizer steps (or ``epochs`` passes over ``data``)
+    in all; return the final context and state.
 
     Each step computes ``loss_fn(ctx, *batch)`` and its gradients with
-    :func:`torchlean.autograd.value_and_grad` (``frozen`` variables get none) and applies
-    ``optimizer.step``. ``donate=True`` (default) lets the step update the parameters in
-    place: the ``ctx`` and ``state`` you pass are donated (see :mod:`torchlean.optim`);
-    with ``donate=False`` they stay valid. On jax contexts the whole step is one
-    ``jax.jit`` call when ``jit`` is true (the loss must then be traceable).
-    ``capture=True`` (opt-in, needs ``donate=True`` and a number as learning rate)
-    records the whole step once and replays it (a CUDA graph on torch CUDA tensors; see
-    :class:`~torchlean.train.CapturedStep`): batch shapes must then stay fixed. On jax
-    it is the ``jax.jit`` step; where nothing can record (torch on the CPU) the step
-    runs eagerly.
+    :func:`torchlean.autograd.value_and_grad` (``frozen`` variables and buffers get
+    none) and applies ``optimizer.step``. A batch is spread as the loss's arguments: a
+    tuple or a list (a ``DataLoader``'s ``[x, y]``) as positional arguments, a mapping
+    as keyword arguments, anything else as one argument. ``data`` is a callable
+    ``data(step)``, or any iterable of batches (a ``DataLoader``, a list, a generator).
 
-    ``eval_fn(ctx)`` runs every ``eval_every`` steps and after the last one.
-    ``checkpoint_every`` > 0 writes ``checkpoint_dir/step-NNNNNN.safetensors`` every that
-    many steps and after the last one. ``resume=True`` continues from the latest
-    checkpoint in ``checkpoint_dir`` (from the start when there is none); a path resumes
-    from that file. The checkpoint's tensors must have the names, shapes and dtypes of
-    ``ctx`` and of the optimizer state (:class:`~torchlean.errors.ExpectationError`
-    otherwise). Lean counterpart: none. Cost: ``steps`` forward/backward passes and
-    optimizer steps, plus one file write per checkpoint.
+    - ``epochs``: instead of ``steps``, that many passes over ``data`` (which must have
+      a length and be iterable again: a ``DataLoader``, a list); ``steps`` is then
+      ``epochs * len(data) // accumulate``.
+    - ``has_aux`` / ``has_state``: as :func:`~torchlean.autograd.value_and_grad` (the
+      loss returns ``(loss, aux)`` / ``(out, new_buffers)``: BatchNorm's running
+      statistics train as in ``module.train()``).
+    - ``accumulate=k``: each step adds the gradients of ``k`` micro-batches of the loss
+      divided by ``k`` (Lightning's ``accumulate_grad_batches``), then steps once.
+    - ``clip``: scale the gradients to a global 2-norm of at most ``clip`` before each
+      step (:func:`torchlean.optim.clip_gradients`, as ``clip_grad_norm_``).
+    - ``capture=True`` (opt-in, needs ``donate=True``, a number as learning rate, one
+      micro-batch a step, no clipping and no ``has_aux``/``has_state``) records the whole
+      step once and replays it (a CUDA graph on torch CUDA tensors; see
+      :class:`~torchlean.train.CapturedStep`): batch shapes must then stay fixed. On jax
+      it is the ``jax.jit`` step; where nothing can record (torch on the CPU) the step
+      runs eagerly.
+    - ``on_step(info)``: called after each step with a :class:`StepInfo` (step, loss,
+      aux, learning rate): logging, early stopping by raising.
+    - ``eval_fn(ctx)`` runs every ``eval_every`` steps and after the last one.
+    - ``checkpoint_every`` > 0 writes ``checkpoint_dir/step-NNNNNN.safetensors`` every
+      that many steps and after the last one; ``keep_last=k`` removes all but the ``k``
+      newest of them. ``resume=True`` continues from the latest checkpoint in
+      ``checkpoint_dir`` (from the start when there is none); a path resumes from that
+      file. The checkpoint's tensors must have the names, shapes and dtypes of ``ctx``
+      and of the optimizer state (:class:`~torchlean.errors.ExpectationError` otherwise).
+
+    ``donate=True`` (default) lets the steps update the parameters in place: the ``ctx``
+    and ``state`` you pass are donated to ``fit`` (any later use raises
+    :class:`~torchlean.errors.DonatedContextError`; use the result's), but the arrays you
+    registered yourself are never written (see :mod:`torchlean.optim`). With
+    ``donate=False`` both stay valid. On jax contexts the whole step is one ``jax.jit``
+    call when ``jit`` is true (the loss must then be traceable). Lean counterpart: none.
+    Cost: ``steps * accumulate`` forward/backward passes and ``steps`` optimizer steps,
+    plus one file write per checkpoint.
     """
     require_context(ctx, "fit")
     require_callable(loss_fn, "fit", "loss_fn")
@@ -116,7 +160,16 @@ def fit(
         raise TypeError(
             f"fit: data must be an iterable of batches or a callable, got {type(data).__name__}"
         )
-    require_int(steps, "fit", "steps")
+    require_bool(has_aux, "fit", "has_aux")
+    require_bool(has_state, "fit", "has_state")
+    require_int(accumulate, "fit", "accumulate", minimum=1)
+    steps = _total_steps(steps, epochs, data, accumulate)
+    if clip is not None and (
+        isinstance(clip, bool) or not isinstance(clip, (int, float)) or clip <= 0
+    ):
+        raise ValueError(f"fit: clip must be a number > 0 (a maximum norm), got {clip!r}")
+    if on_step is not None:
+        require_callable(on_step, "fit", "on_step")
     if state is not None:
         require_context(state, "fit", "state")
     periodic = _Periodic.checked(
@@ -125,6 +178,7 @@ def fit(
         eval_every=eval_every,
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
+        keep_last=keep_last,
     )
     if resume is True and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
@@ -132,6 +186,11 @@ def fit(
         raise TypeError(f"fit: frozen must be a str or an iterable of str, got {frozen!r}")
     frozen_names = (frozen,) if isinstance(frozen, str) else tuple(frozen)
 
+    if donate:  # handed over: a later use of the caller's contexts is loud
+        if state is None:
+            (ctx,) = claim(ctx, to="fit")
+        else:
+            ctx, state = claim(ctx, state, to="fit")
     if state is None:
         state = optimizer.init(ctx)
     start = 0
@@ -147,7 +206,7 @@ def fit(
     # The data iterator (a shuffling DataLoader draws its order here) starts from this
     # state; checkpoints keep it, so that a resumed run draws the same order.
     periodic.data_rng = library.rng_state()
-    batches = _batches(data, start)
+    batches = _batches(data, start * accumulate, epochs)
     if "data" in rngs:
         restore_rng(library, rngs)  # after skipping the batches already used
     result = FitResult(ctx, state, start)
@@ -155,11 +214,20 @@ def fit(
         raise TypeError(f"fit: capture must be a bool, got {capture!r}")
     if capture and not donate:
         raise ValueError("fit: capture=True replays the step in place, which needs donate=True")
+    if capture and (accumulate != 1 or clip is not None or has_aux or has_state):
+        raise ValueError(
+            "fit: capture=True records one plain step; it does not combine with"
+            " accumulate, clip, has_aux or has_state"
+        )
     step_fn = _make_step(
         ctx,
         loss_fn,
         optimizer,
         frozen=frozen_names,
+        has_aux=has_aux,
+        has_state=has_state,
+        accumulate=accumulate,
+        clip=clip,
         donate=donate,
         jit=jit or capture,
         capture=capture,
@@ -167,10 +235,14 @@ def fit(
     bar = _Progress(description, steps, start, enabled=progress)
     try:
         for step in range(start, steps):
-            batch = next(batches)
-            value, ctx, state = step_fn(ctx, state, batch if isinstance(batch, tuple) else (batch,))
+            micro = [_spread(next(batches)) for _ in range(accumulate)]
+            lr = float(optimizer.lr_at(step)) if on_step is not None else 0.0
+            out, ctx, state = step_fn(ctx, state, micro)
+            value, aux = out if has_aux else (out, None)
             loss = float(value)
             result.losses.append(loss)
+            if on_step is not None:
+                on_step(StepInfo(step + 1, loss, aux, lr))
             evaluated = periodic.after(step + 1, ctx, state, result)
             bar.advance(loss, evaluated)
     finally:
@@ -179,7 +251,59 @@ def fit(
     return result
 
 
+def _total_steps(steps: int | None, epochs: int | None, data: Data, accumulate: int) -> int:
+    """``steps``, or the steps of ``epochs`` passes over ``data``."""
+    if (steps is None) == (epochs is None):
+        raise TypeError("fit: pass exactly one of steps= and epochs=")
+    if steps is not None:
+        require_int(steps, "fit", "steps")
+        return int(steps)
+    require_int(epochs, "fit", "epochs")
+    assert epochs is not None
+    if callable(data) or not isinstance(data, Sized) or _is_iterator(data):
+        raise TypeError(
+            "fit: epochs= needs data with a length that can be iterated again (a"
+            f" DataLoader, a list), got {type(data).__name__}; pass steps= for a stream"
+        )
+    return int(epochs) * len(data) // accumulate
+
+
+def _is_iterator(data: object) -> bool:
+    return isinstance(data, Iterator)
+
+
+def _spread(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A batch as the loss's ``(args, kwargs)``: a tuple or list as positional arguments,
+    a mapping as keyword arguments, anything else as one argument."""
+    if isinstance(batch, tuple):
+        return batch, {}
+    if isinstance(batch, list):
+        return tuple(batch), {}
+    if isinstance(batch, Mapping):
+        return (), dict(batch)
+    return (batch,), {}
+
+
 # ---------------------------------------------------------------------- the step
+
+Micro = list[tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+def _scaled(loss_fn: Callable[..., Any], k: int, has_aux: bool, has_state: bool) -> Any:
+    """``loss_fn`` with its loss divided by ``k`` (the rest of its result unchanged)."""
+    if k == 1:
+        return loss_fn
+
+    def scaled(ctx: Context, *args: Any, **kwargs: Any) -> Any:
+        out = loss_fn(ctx, *args, **kwargs)
+        new_state = None
+        if has_state:
+            out, new_state = out
+        out = (out[0] / k, out[1]) if has_aux else out / k
+        return (out, new_state) if has_state else out
+
+    scaled.__name__ = getattr(loss_fn, "__name__", "loss")
+    return scaled
 
 
 def _make_step(
@@ -188,49 +312,71 @@ def _make_step(
     optimizer: Optimizer,
     *,
     frozen: tuple[str, ...],
+    has_aux: bool,
+    has_state: bool,
+    accumulate: int,
+    clip: float | None,
     donate: bool,
     jit: bool,
     capture: bool = False,
 ) -> StepFn:
-    """One training step: gradients, then the optimizer; one compiled call where the
-    (single) array library of ``ctx`` compiles and ``jit`` is true; recorded and replayed
-    (:class:`CapturedStep`) with ``capture`` where the library does not compile."""
-    grad_fn = value_and_grad(loss_fn, frozen=frozen)
+    """One training step: the gradients of ``accumulate`` micro-batches, clipping, then
+    the optimizer; one compiled call where the (single) array library of ``ctx``
+    compiles and ``jit`` is true; recorded and replayed (:class:`CapturedStep`) with
+    ``capture`` where the library does not compile."""
+    fn = _scaled(loss_fn, accumulate, has_aux, has_state)
+    options: dict[str, Any] = {"has_aux": has_aux, "has_state": has_state, "frozen": frozen}
+    grad_fn = value_and_grad(fn, **options)
+    add_fn = value_and_grad(fn, accumulate=True, **options)
 
-    def eager_step(c: Context, s: Context, args: tuple[Any, ...]) -> tuple[Any, Context, Context]:
-        value, c = grad_fn(c, *args)
+    def gradients(c: Context, micro: Micro) -> tuple[Any, Context]:
+        total: Any = None
+        aux: Any = None
+        for i, (args, kwargs) in enumerate(micro):
+            out, c = (add_fn if i else grad_fn)(c, *args, **kwargs)
+            value, aux = out if has_aux else (out, None)
+            total = value if total is None else total + value
+        if clip is not None:
+            c = clip_gradients(c, clip)[0]
+        return ((total, aux) if has_aux else total), c
+
+    def eager_step(c: Context, s: Context, micro: Micro) -> tuple[Any, Context, Context]:
+        out, c = gradients(c, micro)
         c, s = optimizer.step(c, s, donate=donate)
-        return value, c, s
+        return out, c, s
 
     libraries = {at.library for _, at in ctx.latest_variables()}
-    captured = CapturedStep(loss_fn, optimizer, frozen=frozen) if capture else None
-    if captured is not None and not any(
-        library.jit(_nothing, donate_argnums=()) for library in libraries
-    ):
-        return captured
+    if capture and not any(library.jit(_nothing, donate_argnums=()) for library in libraries):
+        captured = CapturedStep(loss_fn, optimizer, frozen=frozen)
+
+        def captured_step(c: Context, s: Context, micro: Micro) -> tuple[Any, Context, Context]:
+            ((args, kwargs),) = micro
+            if kwargs:
+                raise TypeError("fit: capture=True takes tuple or list batches, not mappings")
+            return captured(c, s, args)
+
+        return captured_step
     if not jit or len(libraries) != 1:
         return eager_step
 
-    def pure(c: Context, s: Context, args: tuple[Any, ...]) -> tuple[Any, Context, Context]:
-        value, c = grad_fn(c, *args)
+    def pure(c: Context, s: Context, micro: Micro) -> tuple[Any, Context, Context]:
+        out, c = gradients(c, micro)
         c, s = optimizer.step(c, s, donate=False)
-        return value, c, s
+        return out, c, s
 
     (library,) = libraries
     compiled = library.jit(pure, donate_argnums=(0, 1) if donate else ())
     if compiled is None:
         return eager_step
 
-    def compiled_step(
-        c: Context, s: Context, args: tuple[Any, ...]
-    ) -> tuple[Any, Context, Context]:
+    def compiled_step(c: Context, s: Context, micro: Micro) -> tuple[Any, Context, Context]:
         if donate:
             # claimed first (two threads cannot both run it), every donated buffer once
             c, s = claim(c, s, to="fit")
             c, s = _distinct_buffers(library, c), _distinct_buffers(library, s)
         # without its old gradients the context keeps one layout: one compilation
-        value, new_c, new_s = compiled(c.clear_gradients(), s, args)
-        return value, new_c, new_s
+        out, new_c, new_s = compiled(c.clear_gradients(), s, micro)
+        return out, new_c, new_s
 
     return compiled_step
 
@@ -238,14 +384,17 @@ def _make_step(
 def _distinct_buffers(library: Backend, ctx: Context) -> Context:
     """``ctx`` with a copy in every variable entry whose memory overlaps an earlier
     entry's (one array registered twice, a shadowed entry after ``set_variable``), so
-    that donating all its entries donates each buffer once. Cost: O(n log n)."""
+    that donating all its entries donates each buffer once, and in every entry the
+    caller owns (:func:`owned_by_caller`). Cost: O(n log n)."""
     spans = []
+    shared: set[int] = set()
     for i, (_, at) in enumerate(ctx.var_registry):
         span = library.buffer_range(at.unchecked) if at.library is library else None
         if span is not None:
             spans.append((repr(span[0]), span[1], span[2], i))
+            if owned_by_caller(at.unchecked):
+                shared.add(i)  # the caller's own array: donate a copy, never it
     spans.sort()
-    shared: set[int] = set()
     reach: tuple[str, int] = ("", 0)
     for space, start, stop, i in spans:
         if space == reach[0] and start < reach[1]:
@@ -263,7 +412,7 @@ def _distinct_buffers(library: Backend, ctx: Context) -> Context:
         next_id=ctx.next_id,
         dtype=ctx.dtype,
         adopt=True,
-    )
+    ).copy_roles(ctx)
 
 
 def _nothing() -> None:
@@ -271,12 +420,13 @@ def _nothing() -> None:
     when it runs eagerly)."""
 
 
-def _batches(data: Data, start: int) -> Iterator[Any]:
-    """The batches from step ``start`` on; an iterable's iterator is made, and the
-    batches before ``start`` skipped, now (not at the first batch)."""
+def _batches(data: Data, start: int, epochs: int | None = None) -> Iterator[Any]:
+    """The batches from micro-batch ``start`` on (``epochs`` passes over ``data`` when
+    given); an iterable's iterator is made, and the batches before ``start`` skipped,
+    now (not at the first batch)."""
     if callable(data):
         return _calls(data, start)
-    iterator = iter(data)
+    iterator = iter(data) if epochs is None else _passes(data, epochs)
     for i in range(start):
         try:
             next(iterator)
@@ -285,6 +435,11 @@ def _batches(data: Data, start: int) -> Iterator[Any]:
                 f"resuming at step {start} needs {start} batches to skip, but the data has only {i}"
             ) from None
     return _rest(iterator)
+
+
+def _passes(data: Iterable[Any], epochs: int) -> Iterator[Any]:
+    for _ in range(epochs):
+        yield from data
 
 
 def _calls(data: Callable[[int], Any], start: int) -> Iterator[Any]:
@@ -312,6 +467,8 @@ class _Periodic:
     eval_every: int
     checkpoint_dir: str | os.PathLike[str] | None
     checkpoint_every: int
+    #: keep only this many newest checkpoints of the folder (None: all)
+    keep_last: int | None = None
     #: the random state the data iterator started from (kept in every checkpoint)
     data_rng: Any = None
 
@@ -324,16 +481,21 @@ class _Periodic:
         eval_every: int,
         checkpoint_dir: str | os.PathLike[str] | None,
         checkpoint_every: int,
+        keep_last: int | None,
     ) -> _Periodic:
         require_int(eval_every, "fit", "eval_every")
         require_int(checkpoint_every, "fit", "checkpoint_every")
+        if keep_last is not None:
+            require_int(keep_last, "fit", "keep_last", minimum=1)
+            if checkpoint_dir is None:
+                raise ValueError("keep_last needs a checkpoint_dir")
         if eval_fn is not None:
             require_callable(eval_fn, "fit", "eval_fn")
         if checkpoint_dir is not None:
             require_path(checkpoint_dir, "fit", "checkpoint_dir")
         if checkpoint_every and checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
-        return cls(steps, eval_fn, eval_every, checkpoint_dir, checkpoint_every)
+        return cls(steps, eval_fn, eval_every, checkpoint_dir, checkpoint_every, keep_last)
 
     def after(self, done: int, ctx: Context, state: Context, result: FitResult) -> Any:
         """Run what is due after step ``done``; return the evaluation (None if none)."""
@@ -352,6 +514,8 @@ class _Periodic:
             path = Path(self.checkpoint_dir) / checkpoint_name(done)
             write_checkpoint(path, ctx, state, done, data_rng=self.data_rng)
             result.checkpoints.append(path)
+            if self.keep_last is not None:
+                prune_checkpoints(self.checkpoint_dir, self.keep_last)
         return evaluated
 
 

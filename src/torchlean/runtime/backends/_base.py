@@ -288,6 +288,23 @@ class Backend:
         group."""
         return None
 
+    def note_written(self, values: list[Any], by: str) -> None:
+        """Remember that ``by`` (an in-place optimizer step) just wrote ``values``, so that
+        a later read through another context that shares them can say so (see
+        :meth:`check_intact`). Nothing by default."""
+
+    def clip_by_global_norm(self, arrays: list[Any], max_norm: float) -> tuple[list[Any], Any]:
+        """``(arrays scaled so that their global 2-norm is at most max_norm, that norm)``,
+        as ``torch.nn.utils.clip_grad_norm_``: the factor is ``max_norm / (norm + 1e-6)``
+        clamped at 1. Fresh arrays; the given ones are not written. Cost: O(total size)."""
+        xp = self.array_namespace()
+        if not arrays:
+            return [], xp.asarray(0.0, dtype=np.float32)
+        norms = [xp.sqrt(xp.sum(xp.square(xp.ravel(a)))) for a in arrays]
+        total = xp.sqrt(xp.sum(xp.stack([n.astype(norms[0].dtype) for n in norms]) ** 2))
+        coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        return [a * coef.astype(a.dtype) for a in arrays], total
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

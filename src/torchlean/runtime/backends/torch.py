@@ -64,6 +64,14 @@ class TorchBackend(Backend):
 
     def check_intact(self, x: Any, version: int | None, what: str) -> None:
         if x._version != version:
+            written = getattr(x, "_torchlean_written", None)
+            if written is not None and written[1] == x._version:
+                raise InPlaceModificationError(
+                    f"{what} was updated in place by {written[0]} (donate=True), which took"
+                    " over the context it was given; this context shares that buffer and"
+                    f" can no longer be read. Use the context {written[0]} returned, or"
+                    " pass donate=False to keep this one"
+                )
             raise InPlaceModificationError(
                 f"{what} was modified in place after it was stored in a context"
                 f" (its version counter went from {version} to {x._version}); contexts"
@@ -522,6 +530,31 @@ class TorchBackend(Backend):
         if not (dist.is_available() and dist.is_initialized()):
             return None
         return f"rank {dist.get_rank()} of {dist.get_world_size()}"
+
+    def note_written(self, values: list[Any], by: str) -> None:
+        """Tag each tensor with ``(by, its version now)``: :meth:`check_intact` then blames
+        the step, not the user, for that write."""
+        for v in values:
+            v._torchlean_written = (by, v._version)
+
+    def clip_by_global_norm(self, arrays: list[Any], max_norm: float) -> tuple[list[Any], Any]:
+        """``torch.nn.utils.get_total_norm`` and the scaling of ``clip_grads_with_norm_``,
+        out of place (the same numbers as ``clip_grad_norm_``)."""
+        torch = self.torch
+        if not arrays:
+            return [], torch.tensor(0.0)
+        with torch.no_grad():
+            total = torch.nn.utils.get_total_norm(arrays, 2.0)
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            groups: dict[tuple[Any, Any], list[int]] = {}
+            for i, a in enumerate(arrays):
+                groups.setdefault((a.device, a.dtype), []).append(i)
+            out: list[Any] = [None] * len(arrays)
+            for (device, _), ix in groups.items():
+                scaled = torch._foreach_mul([arrays[i] for i in ix], coef.to(device))
+                for i, t in zip(ix, scaled, strict=True):
+                    out[i] = t
+        return out, total
 
 
 _WATCHING: list[Any] = []
