@@ -106,7 +106,8 @@ def torch_variants(sizes: tuple[int, ...], batch: int, device: str) -> dict[str,
             static_loss.backward()
             opt.step()
 
-        def step() -> Any:
+        # the graph reads the model's and the optimizer's memory: keep them alive
+        def step(keep: tuple[Any, Any] = (model, opt)) -> Any:
             static_x.copy_(x)
             static_y.copy_(y)
             graph.replay()
