@@ -710,11 +710,13 @@ def _read_streaming(
             return None
         raise _stream.locate_problem(f, e.region, e.region.key, where) from None
 
+    scratch = _stream.Scratch()  # one for the file: its buffers serve every tensor
+
     def region(value: Any, name: str, want: np.dtype[Any]) -> np.ndarray[Any, Any] | None:
         found = regions.get(value) if type(value) is str else None
         if found is None:
             return None
-        return _stream.read_region(f, found, want, name, where, _narrow, _integers)
+        return _stream.read_region(f, found, want, name, where, _narrow, _integers, scratch)
 
     doc, numbers_only = _parse(skeleton, where)
     if type(doc) is dict and regions:
