@@ -420,20 +420,23 @@ def locate_problem(f: IO[bytes], region: Region, name: str, where: str) -> Forma
 
 def tensor_pieces(
     a: np.ndarray[Any, Any], text: Callable[[np.ndarray[Any, Any], int], bytes]
-) -> Iterator[bytes]:
+) -> Iterator[bytes | memoryview]:
     """The JSON text of ``a`` (ndim >= 1, size > 0) in pieces: ``text(block, offset)``
     writes a block of whole rows (``offset``: its first element's flat index) as a
     nested list; pieces hold at most :data:`PIECE` elements unless one innermost row is
     longer. Cost: O(a.size)."""
 
-    def walk(sub: np.ndarray[Any, Any], offset: int) -> Iterator[bytes]:
+    def inner(text: bytes) -> memoryview:
+        return memoryview(text)[1:-1]  # a list's items, with no copy
+
+    def walk(sub: np.ndarray[Any, Any], offset: int) -> Iterator[bytes | memoryview]:
         if sub.size <= PIECE or sub.ndim == 1:
             if sub.ndim == 1 and sub.size > PIECE:
                 yield b"["
                 for i in range(0, sub.size, PIECE):
                     if i:
                         yield b","
-                    yield text(sub[i : i + PIECE], offset + i)[1:-1]
+                    yield inner(text(sub[i : i + PIECE], offset + i))
                 yield b"]"
             else:
                 yield text(sub, offset)
@@ -445,7 +448,7 @@ def tensor_pieces(
             for i in range(0, sub.shape[0], k):
                 if i:
                     yield b","
-                yield text(sub[i : i + k], offset + i * row)[1:-1]
+                yield inner(text(sub[i : i + k], offset + i * row))
         else:
             for i in range(sub.shape[0]):
                 if i:
