@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchlean.errors import FormatError
+from torchlean.io import _json_fast
 from torchlean.io import torchlean_json as tj
-from torchlean.io._json_fast import fast_document, skeleton_dims
+from torchlean.io._json_fast import array_dims, count_bytes, fast_document, skeleton_dims
 
 
 def slow(data: bytes) -> Any:
@@ -136,3 +137,69 @@ def test_fast_reader_declines_what_it_cannot_vouch_for(data: bytes) -> None:
 )
 def test_skeleton_dims(skeleton: bytes, count: int, dims: tuple[int, ...] | None) -> None:
     assert skeleton_dims(skeleton, count) == dims
+
+
+def _array_dims_of(text: bytes) -> tuple[int, ...] | None:
+    import simdjson
+
+    parsed = simdjson.Parser().parse(text)
+    try:
+        count = np.frombuffer(parsed.as_buffer(of_type="d"), np.float64).size
+    except TypeError:
+        return None  # not numbers only: the flattening refuses it before array_dims
+    (opens,) = count_bytes(text, b"[")
+    return array_dims(parsed, count, opens, len(text))
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_array_dims_never_vouches_for_what_the_skeleton_refuses(data: Any) -> None:
+    dims = tuple(data.draw(st.lists(st.integers(0, 3), min_size=1, max_size=3)))
+    value = nested(dims, lambda _: data.draw(st.sampled_from([1.5, -2, 0.25])))
+    damage = data.draw(st.sampled_from(["none", "short", "long", "deeper", "list"]))
+    inner: Any = value
+    while isinstance(inner, list) and inner and isinstance(inner[-1], list):
+        inner = inner[-1]
+    if damage != "none" and isinstance(inner, list) and inner:
+        if damage == "short":
+            inner.pop()
+        elif damage == "long":
+            inner.append(1.0)
+        elif damage == "deeper":
+            inner[0] = [inner[0]]
+        else:
+            inner[-1] = [1.0, 2.0]
+    text = json.dumps(value, indent=data.draw(st.sampled_from([None, 1]))).encode()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_json_fast, "BYTES_PER_LIST", 0)  # decide for every array
+        got = _array_dims_of(text)
+    if damage == "none" and 0 not in dims:
+        assert got == dims
+    if got is not None:  # whenever array_dims decides, the skeleton agrees
+        import simdjson
+
+        parsed = simdjson.Parser().parse(text)
+        n = np.frombuffer(parsed.as_buffer(of_type="d"), np.float64).size
+        skeleton = text.translate(None, b"0123456789.eE+- \t\n\r")
+        assert skeleton_dims(skeleton, n) == got
+        assert np.array(value).shape == got
+
+
+@pytest.mark.parametrize(
+    ("text", "dims"),
+    [
+        (b"[[1,2],[3,4]]", (2, 2)),
+        (b"[[1,2],[3,[4]]]", None),  # a list among the numbers: one "[" too many
+        (b"[[[1],2],[3,4]]", None),
+        (b"[[1,2],[3,4,5]]", None),
+        (b"[[1,2],[3]]", None),
+        (b"[[1,2],3]", None),
+        (b"[[],[]]", None),  # an empty list: the skeleton decides
+        (b"[1.5,2,3]", (3,)),
+    ],
+)
+def test_array_dims(
+    text: bytes, dims: tuple[int, ...] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_json_fast, "BYTES_PER_LIST", 0)
+    assert _array_dims_of(text) == dims

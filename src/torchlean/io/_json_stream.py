@@ -8,9 +8,13 @@ JSON document that the ordinary, exact parser reads with all its checks. A regio
 read later, in blocks of :data:`BLOCK` bytes, straight into the tensor's array: its
 numbers through simdjson (correctly rounded float64, or exact integers through orjson),
 its nesting checked from its brackets and commas (:func:`~._json_fast.skeleton_dims`).
-Peak memory: the output arrays, one block, and one byte per element of the tensor being
-read. Anything wrong in a big region is located by :func:`locate_problem`, which walks
-the brackets with O(depth) memory and names the index.
+Each block goes to simdjson as it is, with the ``[`` of the lists open at its start
+put before it and the ``]`` that close them after it. A float tensor of at most
+:data:`WHOLE` blocks of text, with few numbers per byte, is parsed in one piece and its
+nesting checked on the parsed lists (:func:`~._json_fast.array_dims`). Peak memory:
+the output arrays, a few blocks, and one byte per element of the tensor being read.
+Anything wrong in a big region is located by :func:`locate_problem`, which walks the
+brackets with O(depth) memory and names the index.
 
 Writing: :func:`tensor_pieces` yields a tensor's JSON text in pieces of at most
 :data:`PIECE` elements (rows of the leading dimensions), so the writer never holds more
@@ -18,7 +22,8 @@ than one piece's text.
 
 Reading map:
 - :func:`scan` -- the skeleton of a file and its regions (:class:`Region`).
-- :func:`read_region` -- one region's numbers as an array of a dtype.
+- :func:`read_region` -- one region's numbers as an array of a dtype; :class:`Scratch`,
+  what it reuses from one region to the next.
 - :func:`locate_problem` -- the first problem in a tensor's text, with its index.
 - :func:`tensor_pieces` -- a tensor's JSON text, piece by piece.
 """
@@ -26,6 +31,7 @@ Reading map:
 from __future__ import annotations
 
 import math
+import os
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -35,12 +41,26 @@ from typing import IO, Any, Final
 import numpy as np
 
 from torchlean.errors import FormatError
-from torchlean.io._json_fast import skeleton_dims
+from torchlean.io._json_fast import array_dims, count_bytes, skeleton_dims
 
-__all__ = ["BLOCK", "PIECE", "Region", "locate_problem", "read_region", "scan", "tensor_pieces"]
+__all__ = [
+    "BLOCK",
+    "PIECE",
+    "Region",
+    "Scratch",
+    "locate_problem",
+    "read_region",
+    "scan",
+    "tensor_pieces",
+]
 
 #: Bytes read at a time.
 BLOCK: Final = 8 << 20
+#: A float tensor's text up to this many blocks is parsed in one piece (when it holds
+#: at most one number per :data:`WHOLE_BYTES_PER_NUMBER` bytes: simdjson takes 16 bytes
+#: per number, so memory stays a few blocks).
+WHOLE: Final = 4
+WHOLE_BYTES_PER_NUMBER: Final = 8
 #: A list longer than this (in bytes of text) after a key is read as a region.
 REGION_MIN: Final = 64 << 10
 #: Elements per piece of text written.
@@ -154,21 +174,30 @@ def read_region(
     where: str,
     narrow: Callable[[np.ndarray[Any, Any], np.dtype[Any], str, str, int], np.ndarray[Any, Any]],
     ints: Callable[[list[Any], np.dtype[Any], str, str, int], np.ndarray[Any, Any]],
+    scratch: Scratch | None = None,
 ) -> np.ndarray[Any, Any]:
     """The tensor in ``region`` as an array of ``dtype``, read a block at a time.
 
     ``narrow(float64 values, dtype, name, where, offset)`` rounds a block of numbers;
-    ``ints(python ints, dtype, ...)`` makes integers exactly. Anything irregular raises
-    the FormatError :func:`locate_problem` gives. Cost: O(region) time; memory: the
-    output, one block, and one byte per element.
+    ``ints(python ints, dtype, ...)`` makes integers exactly. ``scratch``: the
+    parser and buffer to reuse (one per file: once grown, they serve every tensor,
+    with no new pages to fault in). Anything irregular raises the FormatError
+    :func:`locate_problem` gives. Cost: O(region) time; memory: the output, a few
+    blocks, and one byte per element.
     """
     import orjson
-    import simdjson
 
-    parser = simdjson.Parser()
+    if scratch is None:
+        scratch = Scratch()
+    parser = scratch.parser
+    if dtype.kind not in "iub" and region.end - region.start <= WHOLE * BLOCK:
+        whole = _read_whole(f, region, dtype, name, where, narrow, scratch)
+        if whole is not None:
+            return whole
     skeleton = bytearray()
     blocks: list[np.ndarray[Any, Any]] = []
     count = 0
+    depth = 0  # lists open at the start of the block
     carry = b""
     at = region.start
     while at < region.end or carry:
@@ -184,25 +213,25 @@ def read_region(
             carry, text = text[cut + 1 :], text[:cut]
         else:
             carry = b""
-        skeleton += text.translate(None, _NUMBER_AND_BLANK)
+        shape = text.translate(None, _NUMBER_AND_BLANK)
+        skeleton += shape
         if not last:
             skeleton += b","
-        numbers = b"[" + text.translate(_BRACKETS_TO_BLANK) + b"]"
+        opened, closed = shape.count(b"["), shape.count(b"]")
         try:
             if dtype.kind in "iub":
-                values = orjson.loads(numbers)
+                values = orjson.loads(b"[" + text.translate(_BRACKETS_TO_BLANK) + b"]")
                 if any(type(x) is not int for x in values):
                     raise ValueError
                 block = ints(values, dtype, name, where, count)
             else:
-                parsed: Any = parser.parse(numbers)
-                wide = np.frombuffer(parsed.as_buffer(of_type="d"), np.float64)
-                del parsed  # the parser is reused for the next block
+                wide = _block_numbers(parser, text, depth, depth + opened - closed, b"[]" in shape)
                 block = narrow(wide, dtype, name, where, count)
         except FormatError:
             raise
         except Exception:
             raise locate_problem(f, region, name, where) from None
+        depth += opened - closed
         blocks.append(block)
         count += block.size
     dims = skeleton_dims(bytes(skeleton), count)
@@ -210,6 +239,92 @@ def read_region(
         raise locate_problem(f, region, name, where)
     out = np.concatenate(blocks) if len(blocks) != 1 else blocks[0]
     return out.reshape(dims)
+
+
+def _block_numbers(
+    parser: Any, text: bytes, opened: int, open_after: int, has_empty: bool
+) -> np.ndarray[Any, Any]:
+    """The numbers of a block of a tensor's text as float64: ``opened`` lists open at
+    its start, ``open_after`` at its end.
+
+    The block goes to simdjson with its lists balanced; a block whose lists cannot be
+    balanced so (a ``]`` too many, nesting deeper than simdjson takes, an empty list)
+    goes with its brackets blanked, as one flat list: what that parses to is what the
+    balanced text parses to whenever that one parses (blanking the brackets of JSON
+    lists with no empty one leaves numbers separated by single commas)."""
+    if open_after >= 0 and max(opened, open_after) <= 64 and not has_empty:
+        try:
+            parsed: Any = parser.parse(b"[" * opened + text + b"]" * open_after)
+            wide = np.frombuffer(parsed.as_buffer(of_type="d"), np.float64)
+            del parsed  # the parser is reused for the next block
+            return wide
+        except (ValueError, TypeError, RuntimeError, AttributeError):
+            pass
+    parsed = parser.parse(b"[" + text.translate(_BRACKETS_TO_BLANK) + b"]")
+    wide = np.frombuffer(parsed.as_buffer(of_type="d"), np.float64)
+    del parsed
+    return wide
+
+
+class Scratch:
+    """What reading a file's tensors reuses from one tensor to the next: a simdjson
+    parser and a buffer for a tensor's text (both grow to the biggest tensor read in
+    one piece, at most :data:`WHOLE` blocks)."""
+
+    def __init__(self) -> None:
+        import simdjson
+
+        self.parser = simdjson.Parser()
+        self.buffer = bytearray()
+
+    def read(self, f: IO[bytes], start: int, end: int) -> memoryview:
+        """Bytes ``start`` to ``end`` of ``f``, in the buffer (valid until the next read);
+        shorter if the file is."""
+        n = end - start
+        if len(self.buffer) < n:
+            self.buffer = bytearray(n)
+        view = memoryview(self.buffer)[:n]
+        got = 0
+        while got < n:
+            k = os.preadv(f.fileno(), [view[got:]], start + got)
+            if not k:
+                break
+            got += k
+        return view[:got]
+
+
+def _read_whole(
+    f: IO[bytes],
+    region: Region,
+    dtype: np.dtype[Any],
+    name: str,
+    where: str,
+    narrow: Callable[[np.ndarray[Any, Any], np.dtype[Any], str, str, int], np.ndarray[Any, Any]],
+    scratch: Scratch,
+) -> np.ndarray[Any, Any] | None:
+    """The float tensor in ``region`` parsed in one piece, or ``None`` when that is not
+    the way to read it: too many numbers for its size (simdjson's memory), not a clean
+    regular array (the block reader then reads it, or says what is wrong, as always).
+    A FormatError from ``narrow`` (a value out of range) is raised: the block reader
+    would raise the same one, with the same index."""
+    text = scratch.read(f, region.start, region.end)
+    commas, opens = count_bytes(text, b",[")
+    if commas * WHOLE_BYTES_PER_NUMBER > len(text):
+        return None
+    parsed: Any = None
+    try:
+        parsed = scratch.parser.parse(text)
+        wide = np.frombuffer(parsed.as_buffer(of_type="d"), np.float64)
+        dims = array_dims(parsed, wide.size, opens, len(text))
+    except (ValueError, TypeError, RuntimeError, AttributeError):
+        return None
+    finally:
+        parsed = None  # the parser is reused
+    if dims is None:
+        dims = skeleton_dims(bytes(text).translate(None, _NUMBER_AND_BLANK), wide.size)
+        if dims is None:
+            return None
+    return narrow(wide, dtype, name, where, 0).reshape(dims)
 
 
 _STRUCTURE: Final = re.compile(rb"[\[\]]|[^\[\],0-9.eE+\-\s]")
@@ -305,20 +420,23 @@ def locate_problem(f: IO[bytes], region: Region, name: str, where: str) -> Forma
 
 def tensor_pieces(
     a: np.ndarray[Any, Any], text: Callable[[np.ndarray[Any, Any], int], bytes]
-) -> Iterator[bytes]:
+) -> Iterator[bytes | memoryview]:
     """The JSON text of ``a`` (ndim >= 1, size > 0) in pieces: ``text(block, offset)``
     writes a block of whole rows (``offset``: its first element's flat index) as a
     nested list; pieces hold at most :data:`PIECE` elements unless one innermost row is
     longer. Cost: O(a.size)."""
 
-    def walk(sub: np.ndarray[Any, Any], offset: int) -> Iterator[bytes]:
+    def inner(text: bytes) -> memoryview:
+        return memoryview(text)[1:-1]  # a list's items, with no copy
+
+    def walk(sub: np.ndarray[Any, Any], offset: int) -> Iterator[bytes | memoryview]:
         if sub.size <= PIECE or sub.ndim == 1:
             if sub.ndim == 1 and sub.size > PIECE:
                 yield b"["
                 for i in range(0, sub.size, PIECE):
                     if i:
                         yield b","
-                    yield text(sub[i : i + PIECE], offset + i)[1:-1]
+                    yield inner(text(sub[i : i + PIECE], offset + i))
                 yield b"]"
             else:
                 yield text(sub, offset)
@@ -330,7 +448,7 @@ def tensor_pieces(
             for i in range(0, sub.shape[0], k):
                 if i:
                     yield b","
-                yield text(sub[i : i + k], offset + i * row)[1:-1]
+                yield inner(text(sub[i : i + k], offset + i * row))
         else:
             for i in range(sub.shape[0]):
                 if i:

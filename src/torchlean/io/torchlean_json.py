@@ -38,8 +38,10 @@ import itertools
 import json
 import math
 import os
+import queue
 import re
 import reprlib
+import threading
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -100,9 +102,14 @@ def _writer(name: str, a: np.ndarray[Any, Any], where: str) -> Any:
         )
     exact17 = kind == "f" and np.finfo(a.dtype).nmant + 1 > _SHORTEST_EXACT_BITS
 
+    scratch = [np.empty(0, np.float64)]  # reused: no fresh pages for every piece
+
     def text(block: np.ndarray[Any, Any], offset: int) -> bytes:
+        if scratch[0].size < block.size:
+            scratch[0] = np.empty(block.size, np.float64)
+        wide = scratch[0][: block.size].reshape(block.shape)
         with np.errstate(invalid="ignore"):  # a signalling NaN warns when cast
-            wide = block.astype(np.float64)
+            np.copyto(wide, block, casting="unsafe")
         finite = np.isfinite(wide)
         if not finite.all():
             i = int(np.flatnonzero(~finite.reshape(-1))[0])
@@ -123,7 +130,7 @@ def _writer(name: str, a: np.ndarray[Any, Any], where: str) -> Any:
     return text
 
 
-def _tensor_text(name: str, a: np.ndarray[Any, Any], where: str) -> Iterator[bytes]:
+def _tensor_text(name: str, a: np.ndarray[Any, Any], where: str) -> Iterator[bytes | memoryview]:
     text = _writer(name, a, where)
     if a.ndim == 0:
         yield text(a.reshape(1), 0)[1:-1]
@@ -186,42 +193,98 @@ def save_json(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     for name, a in items:
         _writer(name, a, where)  # refuse a dtype before anything is written
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        out = _Buffered(f.fileno())
-        out.write(b'{"params":{')
-        for i, ((name, a), key) in enumerate(zip(items, names, strict=True)):
-            out.write(b"," + key + b":" if i else key + b":")
-            for piece in _tensor_text(name, a, where):
-                out.write(piece)
-        out.write(b"}")
-        if with_meta:
-            meta = {
-                name: {"shape": list(a.shape), "dtype": f"torch.{a.dtype.name}"}
-                for name, a in items
-            }
-            out.write(b',"meta":' + orjson.dumps(meta))
-        out.write(b"}")
-        out.flush()
+        out = _Writer(f.fileno())
+        try:
+            out.write(b'{"params":{')
+            for i, ((name, a), key) in enumerate(zip(items, names, strict=True)):
+                out.write(b"," + key + b":" if i else key + b":")
+                for piece in _tensor_text(name, a, where):
+                    out.write(piece)
+            out.write(b"}")
+            if with_meta:
+                meta = {
+                    name: {"shape": list(a.shape), "dtype": f"torch.{a.dtype.name}"}
+                    for name, a in items
+                }
+                out.write(b',"meta":' + orjson.dumps(meta))
+            out.write(b"}")
+        except BaseException:
+            out.abandon()
+            raise
+        out.close()
 
 
-class _Buffered:
-    """Pieces of text gathered up to 4 MB, then written (through the atomic writer's
-    ``_write_all``, which retries short writes)."""
+class _Writer:
+    """Pieces of text gathered up to :data:`BATCH` bytes, then written by a thread of
+    its own: ``os.write`` lets go of the GIL, so the disk write of one batch overlaps
+    formatting the next. At most two batches wait (memory: three batches). An error of
+    the write is raised by the next :meth:`write`, or by :meth:`close`."""
+
+    BATCH: Final = 4 << 20
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
         self.size = 0
+        self.error: BaseException | None = None
+        self.batches: queue.Queue[list[bytes | memoryview] | None] = queue.Queue(maxsize=2)
+        self.thread = threading.Thread(target=self._run, name="torchlean-json-writer")
+        self.thread.start()
 
-    def write(self, data: bytes) -> None:
+    def _run(self) -> None:
+        while True:
+            batch = self.batches.get()
+            if batch is None:
+                return
+            if self.error is None:
+                try:
+                    _write_parts(self.fd, batch)
+                except BaseException as e:  # raised in the caller's thread
+                    self.error = e
+
+    def write(self, data: bytes | memoryview) -> None:
         self.parts.append(data)
         self.size += len(data)
-        if self.size >= 4 << 20:
-            self.flush()
+        if self.size >= self.BATCH:
+            self._send()
 
-    def flush(self) -> None:
+    def _send(self) -> None:
+        if self.error is not None:
+            raise self.error
         if self.parts:
-            _atomic._write_all(self.fd, b"".join(self.parts))
+            self.batches.put(self.parts)
         self.parts, self.size = [], 0
+
+    def close(self) -> None:
+        """Write what is left, wait for the thread, and raise its error, if any."""
+        try:
+            self._send()
+        finally:
+            self.abandon()
+        if self.error is not None:
+            raise self.error
+
+    def abandon(self) -> None:
+        """Stop the thread once it has written (or, after an error, dropped) what it
+        was given."""
+        self.batches.put(None)
+        self.thread.join()
+
+
+def _write_parts(fd: int, parts: list[bytes | memoryview]) -> None:
+    """Write ``parts`` in order through the atomic writer's ``_write_all`` (which retries
+    short writes): a big part as it is, runs of small ones joined."""
+    small: list[bytes | memoryview] = []
+    for part in parts:
+        if len(part) < 1 << 16:
+            small.append(part)
+            continue
+        if small:
+            _atomic._write_all(fd, b"".join(small))
+            small = []
+        _atomic._write_all(fd, part)
+    if small:
+        _atomic._write_all(fd, b"".join(small))
 
 
 # ---------------------------------------------------------------------------- loading
@@ -708,11 +771,15 @@ def _read_streaming(
             return None
         raise _stream.locate_problem(f, e.region, e.region.key, where) from None
 
+    scratch = _stream.Scratch()  # one for the file: its buffers serve every tensor
+
     def region(value: Any, name: str, want: np.dtype[Any]) -> np.ndarray[Any, Any] | None:
         found = regions.get(value) if type(value) is str else None
         if found is None:
             return None
-        return _stream.read_region(f, found, want, name, where, _narrow, _integers)
+        return _over_bytes(
+            _stream.read_region(f, found, want, name, where, _narrow, _integers, scratch)
+        )
 
     doc, numbers_only = _parse(skeleton, where)
     if type(doc) is dict and regions:
@@ -720,6 +787,17 @@ def _read_streaming(
         if isinstance(meta, dict) and any(type(v) is str and v in regions for v in _strings(meta)):
             return None  # a big list inside meta: read the file whole
     return parse_document(doc, where, numbers_only, dtype=dtype, region=region)
+
+
+def _over_bytes(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """``a``'s values in a read-only array over a ``bytes`` object of their own, ``a``
+    itself dropped: a context adopts such an array as it is (``Backend.adopt`` copies
+    any other), so a big file's tensors are held once while the context is built, not
+    twice. A 1-byte array gets a 2-byte buffer (CPython shares every 1-byte ``bytes``)."""
+    data = a.tobytes()
+    if len(data) == 1:
+        data += b"\0"
+    return np.ndarray(a.shape, a.dtype, data)
 
 
 def _strings(x: Any) -> Iterator[Any]:
