@@ -38,6 +38,7 @@ import torchlean.widgets as w
 from torchlean import AnyTensor, RuntimeContext, Shape, empty_context
 from torchlean.errors import (
     DTypeMismatchError,
+    ExpectationError,
     InvalidShapeError,
     ShapeMismatchError,
     TorchLeanError,
@@ -1250,6 +1251,40 @@ ROWS: list[Row] = [
         lambda d: opt.adamw(clip=0),
         ValueError,
         "clip must be > 0 (a maximum gradient norm), got 0",
+    ),
+    (
+        "torchlean.optim.import_torch_state",
+        lambda d: opt.import_torch_state(5, CTX, names=["w"]),
+        TypeError,
+        "import_torch_state: source must be a torch.optim optimizer or its state_dict() (a"
+        ' mapping with "state" and "param_groups"), got int 5',
+    ),
+    (
+        "torchlean.optim.import_torch_state",
+        lambda d: opt.import_torch_state({"state": {}, "param_groups": []}, CTX, names=["w"]),
+        TypeError,
+        'import_torch_state: a torch.optim state_dict() is a mapping with "state" and a'
+        " non-empty \"param_groups\" list, got keys ['param_groups', 'state']",
+    ),
+    (
+        "torchlean.optim.import_torch_state",
+        lambda d: opt.import_torch_state({}, CTX, names=["w"], count=-1),
+        TypeError,
+        "import_torch_state: count must be an int >= 0 or None, got -1",
+    ),
+    (
+        "torchlean.optim.import_optax_state",
+        lambda d: opt.import_optax_state((), CTX, optimizer="adam"),  # type: ignore[arg-type]
+        TypeError,
+        "import_optax_state: optimizer must be a torchlean.optim.Optimizer (adam or adamw with"
+        " optax's hyperparameters), got str",
+    ),
+    (
+        "torchlean.optim.import_optax_state",
+        lambda d: opt.import_optax_state((), CTX, optimizer=opt.adam()),
+        ExpectationError,
+        "import_optax_state: expected one optax ScaleByAdamState (mu, nu, count) in the state,"
+        " found 0 in tuple",
     ),
     (
         "torchlean.train.save_checkpoint",

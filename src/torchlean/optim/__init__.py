@@ -17,6 +17,8 @@ Reading map:
 - :mod:`torchlean.optim._plan` -- the pairing of a step, made once per layout.
 - ``groups=``, ``no_decay=``, ``clip=`` -- options of every optimizer: parameter groups
   and the weight-decay mask (:mod:`torchlean.optim._groups`), global-norm clipping.
+- :func:`import_torch_state`, :func:`import_optax_state` -- start from a ``torch.optim``
+  optimizer's state or optax's Adam state (:mod:`torchlean.optim._import`).
 - :func:`clip_gradients` -- ``clip_grad_norm_`` over a context (:mod:`torchlean.optim._clip`).
 - :mod:`torchlean.optim._rules` -- the update maths, once per optimizer.
 - :mod:`torchlean.optim.schedules` -- :func:`cosine_decay`, :func:`linear_warmup`,
@@ -26,6 +28,8 @@ Reading map:
 from torchlean.optim._clip import clip_gradients as clip_gradients
 from torchlean.optim._flat import flatten as flatten
 from torchlean.optim._hyper import Hyper as Hyper
+from torchlean.optim._import import import_optax_state as import_optax_state
+from torchlean.optim._import import import_torch_state as import_torch_state
 from torchlean.optim._optimizer import Optimizer as Optimizer
 from torchlean.optim._optimizer import adam as adam
 from torchlean.optim._optimizer import adamw as adamw
@@ -44,6 +48,8 @@ __all__ = [
     "constant",
     "cosine_decay",
     "flatten",
+    "import_optax_state",
+    "import_torch_state",
     "linear_warmup",
     "sgd",
     "warmup_cosine",
