@@ -1107,6 +1107,30 @@ ROWS: list[Row] = [
         " register torch tensors or jax arrays instead",
     ),
     (
+        "torchlean.autograd.value_and_grad",
+        lambda d: ag.value_and_grad(lambda c: 0.0, reduce="max"),
+        ValueError,
+        "value_and_grad: reduce must be 'mean', 'sum' or None, got 'max'",
+    ),
+    (
+        "torchlean.train.fit",
+        lambda d: _fit(reduce="all"),
+        ValueError,
+        "fit: reduce must be 'mean', 'sum' or None, got 'all'",
+    ),
+    (
+        "torchlean.train.fit",
+        lambda d: _fit(distributed=True),
+        ValueError,
+        "fit: distributed=True writes checkpoint folders and needs a checkpoint_dir",
+    ),
+    (
+        "torchlean.train.fit",
+        lambda d: _fit(distributed="yes", checkpoint_dir=d),
+        TypeError,
+        "fit: distributed must be a bool, got str 'yes'",
+    ),
+    (
         "torchlean.autograd.differentiable_names",
         lambda d: ag.differentiable_names(5),
         TypeError,

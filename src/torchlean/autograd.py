@@ -8,7 +8,8 @@ leaves, or ``jax.value_and_grad``); this module never differentiates anything it
 
 Reading map:
 - :func:`value_and_grad` -- the transformation; options ``has_aux``, ``has_state``
-  (a loss that returns updated buffers), ``accumulate``, ``frozen``.
+  (a loss that returns updated buffers), ``accumulate``, ``frozen``, ``reduce``
+  (data-parallel: the gradients and the loss all-reduced over the process group).
 - :func:`differentiable_names` -- the variables that get a gradient (after ``frozen``).
 - :meth:`torchlean.runtime.backends.Backend.value_and_grad` -- each library's autograd
   (torch, jax), which :func:`value_and_grad` calls on the variables' values.
@@ -29,7 +30,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from torchlean._validate import require_bool, require_callable
-from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
+from torchlean.errors import BackendError, ShapeMismatchError, TorchLeanError, UnknownNameError
 from torchlean.runtime import _bulk
 from torchlean.runtime.backends import Backend, backend_named, backend_of
 from torchlean.runtime.context import RuntimeContext, require_context
@@ -40,6 +41,8 @@ Loss = Callable[..., Any]
 _FLOAT_KINDS = ("float", "bfloat", "complex")
 #: The library whose autograd runs a loss over a context with nothing to differentiate.
 _DEFAULT_LIBRARY = "torch"
+#: The values of ``value_and_grad(reduce=)``.
+_REDUCTIONS = ("mean", "sum")
 
 
 def _check_frozen(frozen: object, where: str) -> None:
@@ -94,6 +97,7 @@ def value_and_grad(
     has_state: bool = False,
     accumulate: bool = False,
     frozen: str | Sequence[str] = (),
+    reduce: str | None = None,
 ) -> Callable[..., tuple[Any, RuntimeContext[Any]]]:
     """Turn ``fn(ctx, *args) -> loss`` into ``(ctx, *args) -> (loss, ctx')``.
 
@@ -116,6 +120,16 @@ def value_and_grad(
       into that gradient (:meth:`RuntimeContext.accumulate_gradient`).
     - ``frozen``: names or glob patterns of variables that get no gradient (like
       ``requires_grad_(False)``); non-floating variables never get one.
+    - ``reduce="mean"`` / ``"sum"`` (data-parallel training on plain, replicated torch
+      tensors, each process with its part of the batch; call it on every process of an
+      initialised ``torch.distributed`` group): after the backward pass, the gradients
+      and the loss are all-reduced with one bucketed ``all_reduce`` per (device,
+      dtype) -- flattened into one buffer, summed, divided by the world size for
+      ``"mean"``, split back -- so every process gets the gradient of the mean (sum) of
+      the processes' losses. It raises, instead of reducing zeros, when the loss does
+      not depend on any variable; outside a process group, or on DTensor or jax
+      variables, it raises :class:`~torchlean.errors.BackendError`. ``accumulate=True``
+      reduces this call's gradients before adding them.
 
     Torch contexts go through ``torch.autograd.grad`` on fresh leaves that share storage
     with the stored variables (no copy); jax contexts through ``jax.value_and_grad``,
@@ -129,6 +143,8 @@ def value_and_grad(
     require_bool(has_state, "value_and_grad", "has_state")
     require_bool(accumulate, "value_and_grad", "accumulate")
     _check_frozen(frozen, "value_and_grad")
+    if reduce is not None and reduce not in _REDUCTIONS:
+        raise ValueError(f"value_and_grad: reduce must be 'mean', 'sum' or None, got {reduce!r}")
     where = f"value_and_grad({getattr(fn, '__name__', 'fn')})"
 
     layouts = _Layouts(frozen)
@@ -160,6 +176,11 @@ def value_and_grad(
             def inner(leaves: list[Any]) -> RuntimeContext[Any]:
                 return _bulk.replace_heads_trusted(ctx, names, leaves)
 
+        if reduce is not None:
+            library.all_reduce([], mean=True)  # no collective: is there a group at all?
+            if not names:
+                raise _unreached_error(where, reduce, names, ctx)
+
         def on_values(leaves: list[Any]) -> Any:
             out = fn(inner(leaves), *args, **kwargs)
             state: Any = None
@@ -169,6 +190,8 @@ def value_and_grad(
             shape = tuple(getattr(loss, "shape", ()))
             if shape != ():
                 raise _scalar_error(shape)
+            if reduce is not None and not library.reaches(loss):
+                raise _unreached_error(where, reduce, names, ctx)
             return (loss, (aux, state)) if has_state else out
 
         out, raw = library.value_and_grad(on_values, values, has_aux=has_aux or has_state)
@@ -176,6 +199,10 @@ def value_and_grad(
             loss, (aux, new_state) = out
             out = (loss, aux) if has_aux else loss
             ctx = _land_state(ctx, new_state, names, where)
+        if reduce is not None:
+            value = out[0] if has_aux else out
+            *raw, value = library.all_reduce([*raw, value], mean=reduce == "mean")
+            out = (value, out[1]) if has_aux else value
         if accumulate:
             new = ctx
             for name, at in zip(names, raw, strict=True):
@@ -307,6 +334,26 @@ def _first_differentiable(ctx: RuntimeContext[Any]) -> Backend:
         if at.library.differentiable:
             return at.library
     return backend_named(_DEFAULT_LIBRARY)
+
+
+def _unreached_error(
+    where: str, reduce: str, names: list[str], ctx: RuntimeContext[Any]
+) -> TorchLeanError:
+    """The loss reaches no variable: reducing would average zeros over the processes."""
+    if not names:
+        return TorchLeanError(
+            f"{where} (reduce={reduce!r}): no variable gets a gradient (the context's"
+            f" {ctx.context_size()} variable entries are all frozen, buffers or not"
+            " floating point); there is nothing to reduce"
+        )
+    shown = ", ".join(f"`{n}`" for n in names[:8])
+    more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+    return TorchLeanError(
+        f"{where} (reduce={reduce!r}): the loss depends on none of the variables"
+        f" {shown}{more}, so every gradient would be zero; compute the loss from the"
+        " context the function receives (ctx.get_variable / functional_call on it),"
+        " not from tensors captured outside it"
+    )
 
 
 def _scalar_error(shape: tuple[int, ...]) -> ShapeMismatchError:

@@ -154,9 +154,28 @@ def _write(state: dict[str, Any], folder: str, world: int, *, async_: bool) -> A
     with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
         warnings.simplefilter("ignore", UserWarning)
         if async_:
-            return async_save(state, storage_writer=writer, no_dist=world == 1)
+            group = _async_group() if world > 1 else None
+            return async_save(state, storage_writer=writer, no_dist=world == 1, process_group=group)
         save(state, storage_writer=writer, no_dist=world == 1)
     return None
+
+
+_ASYNC_GROUPS: dict[int, Any] = {}
+
+
+def _async_group() -> Any:
+    """A gloo process group of every rank for the collectives DCP's ``async_save`` runs
+    in its background thread (planning): on the default group they would interleave
+    with the training's own collectives (a data-parallel all-reduce) and deadlock.
+    Made once per default group (``new_group`` is a collective: every rank calls
+    :func:`save_async`)."""
+    import torch.distributed as dist
+
+    key = id(dist.group.WORLD)
+    if key not in _ASYNC_GROUPS:
+        _ASYNC_GROUPS.clear()
+        _ASYNC_GROUPS[key] = dist.new_group(backend="gloo")
+    return _ASYNC_GROUPS[key]
 
 
 def _finish(partial: str, target: str, layout: dict[str, Any], world: int) -> None:

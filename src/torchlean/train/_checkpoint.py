@@ -11,6 +11,10 @@ Reading map:
   ``restore_rng`` are its two halves (``fit`` restores in between).
 - :func:`latest_checkpoint` -- ``step-NNNNNN.safetensors`` of the highest step in a folder.
 - :func:`prune_checkpoints` -- keep the newest few (``fit(keep_last=)``).
+- ``start_folder_checkpoint`` / ``read_folder_checkpoint`` / ``latest_folder_checkpoint``
+  / ``prune_folder_checkpoints`` -- ``fit(distributed=True)``: the same names (no random
+  states) in a checkpoint folder ``step-NNNNNN`` written by every process with
+  :func:`torchlean.io.distributed.save_async` and read back on any world size.
 
 The names stay plain ``state_dict`` names behind a prefix: ``model/fc1.weight`` is the
 model's ``fc1.weight``. To read the weights alone into a module:
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,7 @@ import numpy as np
 
 from torchlean._validate import require_int, require_path
 from torchlean.errors import ExpectationError
-from torchlean.runtime.backends import NUMPY, Backend, backend_of, libraries
+from torchlean.runtime.backends import NUMPY, Backend, backend_named, backend_of, libraries
 from torchlean.runtime.context import RuntimeContext, require_context
 from torchlean.runtime.dtypes import dtype_name
 
@@ -43,6 +48,7 @@ __all__ = [
 ]
 
 _CHECKPOINT = re.compile(r"^step-(\d+)\.safetensors$")
+_FOLDER = re.compile(r"^step-(\d+)$")
 _STEP = "train/step"
 _DATA_RNG = "train/data_rng"
 
@@ -234,3 +240,103 @@ def _fill(
         value = tensors[prefix + name]
         values.append((name, backend_of(value).to_device(value, at.device)))
     return template.with_variables(values, adopt=True)
+
+
+# ---------------------------------------------------------------------- checkpoint folders
+
+
+def folder_checkpoint_name(step: int) -> str:
+    """The name of the checkpoint folder of ``step``: ``step-NNNNNN``."""
+    return f"step-{step:06d}"
+
+
+def _folder_context(
+    ctx: RuntimeContext[Any], state: RuntimeContext[Any], step: int
+) -> RuntimeContext[Any]:
+    """One context of ``model/<name>``, ``optim/<name>`` and ``train/step`` (a torch
+    int64 scalar: the folder engine writes torch tensors)."""
+    torch_backend = backend_named("torch")
+    items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx.latest_variables()]
+    items += [(f"optim/{n}", at.t) for n, at in state.latest_variables()]
+    items.append((_STEP, torch_backend.from_numpy(np.asarray(step, np.int64), _STEP)))
+    return RuntimeContext.empty().register_variables(items)
+
+
+def start_folder_checkpoint(
+    path: str | os.PathLike[str], ctx: RuntimeContext[Any], state: RuntimeContext[Any], step: int
+) -> Any:
+    """Start writing the checkpoint folder ``path`` on every process (returns the
+    :class:`~torchlean.io.distributed.AsyncSave` once the tensors are copied)."""
+    from torchlean.io.distributed import save_async
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return save_async(_folder_context(ctx, state, step), path)
+
+
+def read_folder_checkpoint(
+    path: str | os.PathLike[str], ctx: RuntimeContext[Any], state: RuntimeContext[Any]
+) -> tuple[RuntimeContext[Any], RuntimeContext[Any], int]:
+    """Read a checkpoint folder (on every process, any world size) into contexts shaped
+    like ``ctx`` and ``state``: each tensor laid out as the entry it replaces."""
+    from torchlean.io.distributed import load_distributed
+
+    template = _folder_context(ctx, state, 0)
+    loaded = dict(load_distributed(path, like=template).latest_variables())
+    problems = []
+    for name, want in template.latest_variables():
+        got = loaded.get(name)
+        if got is None:
+            problems.append(f"missing tensor `{name}`")
+        elif got.dtype != want.dtype:
+            problems.append(
+                f"tensor `{name}` is {got.dtype} {got.dims} but {want.dtype} {want.dims}"
+                " is expected"
+            )
+    if problems:
+        raise ExpectationError(
+            f"checkpoint {os.fspath(path)} does not fit this model and optimizer: "
+            + "; ".join(problems)
+        )
+    tensors = {name: at.t for name, at in loaded.items()}
+    step = int(backend_of(tensors[_STEP]).to_numpy(tensors[_STEP]))
+    return _fill(ctx, tensors, "model/"), _fill(state, tensors, "optim/"), step
+
+
+def _complete_folders(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """The complete ``step-NNNNNN`` checkpoint folders of ``folder``, by step (a
+    ``.partial`` folder, or one without its layout, is not complete)."""
+    from torchlean.io.distributed import is_checkpoint_folder
+
+    root = Path(folder)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = _FOLDER.match(child.name)
+        if m and is_checkpoint_folder(child):
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def latest_folder_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The complete checkpoint folder of the highest step in ``folder``, or None; in a
+    process group, rank 0's choice, broadcast (every rank then loads the same one)."""
+    found = _complete_folders(folder)
+    choice = None if not found else os.fspath(found[-1][1])
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [choice]
+        dist.broadcast_object_list(box, src=0)
+        choice = box[0]
+    return None if choice is None else Path(choice)
+
+
+def prune_folder_checkpoints(folder: str | os.PathLike[str], keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest complete checkpoint folders of ``folder`` (call
+    it on one process). Returns the removed paths. Cost: O(files)."""
+    found = _complete_folders(folder)
+    removed = [path for _, path in found[: max(0, len(found) - keep)]]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

@@ -5,7 +5,8 @@ Reading map:
 - :class:`FitResult` -- what it returns.
 - ``_make_step`` -- the step: ``value_and_grad`` then ``optimizer.step``, compiled as one
   call where the array library compiles (:meth:`Backend.jit`: jax).
-- ``_Periodic`` -- what runs every so many steps: evaluation and checkpoints.
+- ``_Periodic`` -- what runs every so many steps: evaluation and checkpoints (files, or
+  with ``distributed=True`` folders saved asynchronously by every process).
 - ``_batches`` -- the batch of each step from a callable or an iterable.
 - ``_Progress`` -- the rich progress bar with the loss and the last evaluation.
 """
@@ -29,10 +30,15 @@ from torchlean.train._captured import CapturedStep
 from torchlean.train._checkpoint import (
     checkpoint_name,
     context_library,
+    folder_checkpoint_name,
     latest_checkpoint,
+    latest_folder_checkpoint,
     prune_checkpoints,
+    prune_folder_checkpoints,
     read_checkpoint,
+    read_folder_checkpoint,
     restore_rng,
+    start_folder_checkpoint,
     write_checkpoint,
 )
 
@@ -102,6 +108,8 @@ def fit(
     donate: bool = True,
     jit: bool = True,
     capture: bool = False,
+    reduce: str | None = None,
+    distributed: bool = False,
     description: str = "training",
 ) -> FitResult:
     """Train ``ctx`` for ``steps`` optimizer steps (or ``epochs`` passes over ``data``)
@@ -139,6 +147,18 @@ def fit(
       ``checkpoint_dir`` (from the start when there is none); a path resumes from that
       file. The checkpoint's tensors must have the names, shapes and dtypes of ``ctx``
       and of the optimizer state (:class:`~torchlean.errors.ExpectationError` otherwise).
+    - ``reduce="mean"`` / ``"sum"``: data-parallel training, every process running
+      ``fit`` on its part of each batch (:func:`~torchlean.autograd.value_and_grad`'s
+      ``reduce``: the gradients and the loss all-reduced after each micro-batch).
+    - ``distributed=True`` (every process calls ``fit``): checkpoints are folders
+      ``checkpoint_dir/step-NNNNNN`` written by every process with
+      :func:`torchlean.io.distributed.save_async` (the step goes on while the shards are
+      written; ``fit`` waits for the last one before it returns), ``keep_last`` counts
+      complete folders, and ``resume=True`` continues from the latest *complete* folder
+      (a ``.partial`` one, left by a crash, is ignored; rank 0 chooses), loaded into the
+      layout of ``ctx`` on any world size: a run saved on 2 processes resumes on 1, and
+      the other way round. ``resume=DIR`` names a folder. Folders hold the parameters,
+      the optimizer state and the step, not random states.
 
     ``donate=True`` (default) lets the steps update the parameters in place: the ``ctx``
     and ``state`` you pass are donated to ``fit`` (any later use raises
@@ -182,6 +202,14 @@ def fit(
     )
     if resume is True and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir")
+    require_bool(distributed, "fit", "distributed")
+    if distributed and checkpoint_dir is None:
+        raise ValueError(
+            "fit: distributed=True writes checkpoint folders and needs a checkpoint_dir"
+        )
+    if reduce is not None and reduce not in ("mean", "sum"):
+        raise ValueError(f"fit: reduce must be 'mean', 'sum' or None, got {reduce!r}")
+    periodic.distributed = distributed
     if not isinstance(frozen, (str, Iterable)):
         raise TypeError(f"fit: frozen must be a str or an iterable of str, got {frozen!r}")
     frozen_names = (frozen,) if isinstance(frozen, str) else tuple(frozen)
@@ -194,10 +222,12 @@ def fit(
     if state is None:
         state = optimizer.init(ctx)
     start = 0
-    source = _resume_source(resume, checkpoint_dir)
+    source = _resume_source(resume, checkpoint_dir, distributed)
     library = context_library(ctx)
     rngs: dict[str, Any] = {}
-    if source is not None:
+    if source is not None and distributed:
+        ctx, state, start = read_folder_checkpoint(source, ctx, state)
+    elif source is not None:
         ctx, state, start, rngs = read_checkpoint(source, ctx, state)
         if "data" in rngs:
             library.set_rng_state(rngs["data"])  # the state the data iterator started from
@@ -214,10 +244,12 @@ def fit(
         raise TypeError(f"fit: capture must be a bool, got {capture!r}")
     if capture and not donate:
         raise ValueError("fit: capture=True replays the step in place, which needs donate=True")
-    if capture and (accumulate != 1 or clip is not None or has_aux or has_state):
+    if capture and (
+        accumulate != 1 or clip is not None or has_aux or has_state or reduce is not None
+    ):
         raise ValueError(
             "fit: capture=True records one plain step; it does not combine with"
-            " accumulate, clip, has_aux or has_state"
+            " accumulate, clip, has_aux, has_state or reduce"
         )
     step_fn = _make_step(
         ctx,
@@ -231,6 +263,7 @@ def fit(
         donate=donate,
         jit=jit or capture,
         capture=capture,
+        reduce=reduce,
     )
     bar = _Progress(description, steps, start, enabled=progress)
     try:
@@ -245,6 +278,7 @@ def fit(
                 on_step(StepInfo(step + 1, loss, aux, lr))
             evaluated = periodic.after(step + 1, ctx, state, result)
             bar.advance(loss, evaluated)
+        periodic.finish()
     finally:
         bar.close()
     result.ctx, result.state, result.step = ctx, state, max(start, steps)
@@ -319,13 +353,19 @@ def _make_step(
     donate: bool,
     jit: bool,
     capture: bool = False,
+    reduce: str | None = None,
 ) -> StepFn:
     """One training step: the gradients of ``accumulate`` micro-batches, clipping, then
     the optimizer; one compiled call where the (single) array library of ``ctx``
     compiles and ``jit`` is true; recorded and replayed (:class:`CapturedStep`) with
     ``capture`` where the library does not compile."""
     fn = _scaled(loss_fn, accumulate, has_aux, has_state)
-    options: dict[str, Any] = {"has_aux": has_aux, "has_state": has_state, "frozen": frozen}
+    options: dict[str, Any] = {
+        "has_aux": has_aux,
+        "has_state": has_state,
+        "frozen": frozen,
+        "reduce": reduce,
+    }
     grad_fn = value_and_grad(fn, **options)
     add_fn = value_and_grad(fn, accumulate=True, **options)
 
@@ -471,6 +511,10 @@ class _Periodic:
     keep_last: int | None = None
     #: the random state the data iterator started from (kept in every checkpoint)
     data_rng: Any = None
+    #: checkpoints are folders written asynchronously by every process
+    distributed: bool = False
+    #: the folder save in flight (``distributed``), waited for by :meth:`finish`
+    pending: Any = None
 
     @classmethod
     def checked(
@@ -511,23 +555,55 @@ class _Periodic:
             and self.checkpoint_every > 0
             and (done % self.checkpoint_every == 0 or last)
         ):
-            path = Path(self.checkpoint_dir) / checkpoint_name(done)
-            write_checkpoint(path, ctx, state, done, data_rng=self.data_rng)
-            result.checkpoints.append(path)
-            if self.keep_last is not None:
-                prune_checkpoints(self.checkpoint_dir, self.keep_last)
+            if self.distributed:
+                path = Path(self.checkpoint_dir) / folder_checkpoint_name(done)
+                # waits for the save in flight, then returns once the tensors are copied
+                self.pending = start_folder_checkpoint(path, ctx, state, done)
+                result.checkpoints.append(path)
+                self._prune()
+            else:
+                path = Path(self.checkpoint_dir) / checkpoint_name(done)
+                write_checkpoint(path, ctx, state, done, data_rng=self.data_rng)
+                result.checkpoints.append(path)
+                if self.keep_last is not None:
+                    prune_checkpoints(self.checkpoint_dir, self.keep_last)
         return evaluated
+
+    def finish(self) -> None:
+        """Wait for the folder save in flight (its errors raise here); prune again."""
+        if self.pending is not None:
+            self.pending.wait()
+            self.pending = None
+            self._prune()
+
+    def _prune(self) -> None:
+        """``keep_last`` complete folders (rank 0 removes; the one in flight is not yet
+        complete and is not counted)."""
+        if self.keep_last is None or self.checkpoint_dir is None:
+            return
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+            prune_folder_checkpoints(self.checkpoint_dir, self.keep_last)
 
 
 def _resume_source(
-    resume: bool | str | os.PathLike[str], folder: str | os.PathLike[str] | None
+    resume: bool | str | os.PathLike[str],
+    folder: str | os.PathLike[str] | None,
+    distributed: bool = False,
 ) -> Path | None:
     if resume is False:
         return None
     if resume is True:
         assert folder is not None
-        return latest_checkpoint(folder)
+        return latest_folder_checkpoint(folder) if distributed else latest_checkpoint(folder)
     path = Path(resume)
+    if distributed:
+        from torchlean.io.distributed import is_checkpoint_folder
+
+        if not is_checkpoint_folder(path):
+            raise FormatError(f"cannot resume from {path}: not a complete checkpoint folder")
+        return path
     if not path.is_file():
         raise FormatError(f"cannot resume from {path}: no such checkpoint file")
     return path

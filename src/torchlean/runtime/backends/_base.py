@@ -305,6 +305,22 @@ class Backend:
         coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
         return [a * coef.astype(a.dtype) for a in arrays], total
 
+    def reaches(self, loss: Any) -> bool:
+        """Whether ``loss`` (computed inside :meth:`value_and_grad`, before it returns)
+        depends on at least one of the differentiated values; True where the library
+        cannot tell (a traced jax value)."""
+        return True
+
+    def all_reduce(self, values: list[Any], *, mean: bool) -> list[Any]:
+        """``values`` summed (``mean``: averaged) over every process of the default group,
+        one collective per (device, dtype); fresh arrays. Raises
+        :class:`~torchlean.errors.BackendError` where the library runs no process group."""
+        raise BackendError(
+            f"value_and_grad(reduce=...): the {self.name} backend cannot reduce across"
+            " processes; data-parallel reduction runs on torch tensors in a"
+            " torch.distributed process group"
+        )
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

@@ -168,3 +168,12 @@ class DTensorBackend(TorchBackend):
     def local_value(self, x: Any) -> Any:
         """This process's local shard (a torch tensor sharing its storage and version)."""
         return x._local_tensor
+
+    def all_reduce(self, values: list[Any], *, mean: bool) -> list[Any]:
+        """Refused: a DTensor's gradient is reduced by its placements (a ``Partial``
+        placement is left to the step), never by a flat all-reduce of local shards."""
+        raise BackendError(
+            "value_and_grad(reduce=...): the variables are DTensors, whose gradients"
+            " are reduced through their placements; pass reduce=None (reduce= is for"
+            " data-parallel training on plain, replicated torch tensors)"
+        )

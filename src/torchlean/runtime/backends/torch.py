@@ -556,6 +556,40 @@ class TorchBackend(Backend):
                     out[i] = t
         return out, total
 
+    def reaches(self, loss: Any) -> bool:
+        """``loss.requires_grad``: the loss was computed from a differentiated leaf."""
+        return bool(getattr(loss, "requires_grad", False))
+
+    def all_reduce(self, values: list[Any], *, mean: bool) -> list[Any]:
+        """One ``torch.distributed.all_reduce`` (SUM) per (device, dtype) bucket: the
+        bucket's tensors flattened into one fresh buffer, reduced, divided by the world
+        size for ``mean``, and split back into views of their shapes. The given tensors
+        are not written. A collective: every process calls it with the same layout."""
+        torch = self.torch
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()):
+            raise BackendError(
+                "value_and_grad(reduce=...): no torch.distributed process group is"
+                " initialised; call torch.distributed.init_process_group on every process"
+                " first (or pass reduce=None in a single process)"
+            )
+        world = dist.get_world_size()
+        buckets: dict[tuple[Any, Any], list[int]] = {}
+        for i, v in enumerate(values):
+            buckets.setdefault((v.device, v.dtype), []).append(i)
+        out: list[Any] = list(values)
+        with torch.no_grad():
+            for ix in buckets.values():
+                parts = [values[i] for i in ix]
+                flat = torch.cat([p.detach().reshape(-1) for p in parts])
+                dist.all_reduce(flat)
+                if mean:
+                    flat.div_(world)
+                pieces = flat.split([p.numel() for p in parts])
+                for i, piece, p in zip(ix, pieces, parts, strict=True):
+                    out[i] = piece.view(p.shape)
+        return out
+
 
 _WATCHING: list[Any] = []
 
