@@ -84,7 +84,8 @@ def sum_loss(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def train(ctx: Any, steps: int, data: Any, **kw: Any) -> Any:
-    from torchlean import optim, train as tr
+    from torchlean import optim
+    from torchlean import train as tr
 
     return tr.fit(
         ctx, loss, optim.sgd(lr=0.05, momentum=0.9), data, steps=steps, progress=False, **kw
@@ -116,7 +117,7 @@ def grad_worker(rank: int, world: int, port: int, root: str) -> None:
         calls: list[int] = []
         real = dist.all_reduce
 
-        def counting(t: Any, *a: Any, **k: Any) -> Any:
+        def counting(t: Any, *a: Any, calls: list[int] = calls, real: Any = real, **k: Any) -> Any:
             calls.append(t.numel())
             return real(t, *a, **k)
 

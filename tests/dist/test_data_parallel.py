@@ -13,11 +13,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import _dp_workers as w  # noqa: E402
+import _dp_workers as w
 
-from torchlean.autograd import value_and_grad  # noqa: E402
-from torchlean.errors import BackendError, FormatError  # noqa: E402
-
+from torchlean.autograd import value_and_grad
+from torchlean.errors import BackendError, FormatError
 
 # dcp.async_save without a process group warns in its executor thread (not caught by
 # io.distributed's catch_warnings, which covers the calling thread's call only)
