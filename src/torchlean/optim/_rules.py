@@ -10,6 +10,8 @@ library (jitted, in place, donated) is the backend's business
 Reading map:
 - :func:`sgd_maths` / :func:`sgd_in_place` -- SGD with momentum, dampening, Nesterov.
 - :func:`adam_maths` / :func:`adam_in_place` -- Adam and AdamW, with amsgrad.
+- :func:`sgd_scalars` / :func:`adam_scalars` -- the per-parameter scalars (bias
+  corrections), computed once per update over a vector of the step counters.
 - :class:`Rule` -- a :class:`Hyper` with its maths (a backends ``UpdateRule``).
 """
 
@@ -22,10 +24,23 @@ from typing import Any, Final
 from torchlean.optim._hyper import LR, Hyper, Kind
 from torchlean.runtime.backends._update import Update, Updated
 
-__all__ = ["Rule", "adam_in_place", "adam_maths", "sgd_in_place", "sgd_maths"]
+__all__ = [
+    "Rule",
+    "adam_in_place",
+    "adam_maths",
+    "adam_scalars",
+    "sgd_in_place",
+    "sgd_maths",
+    "sgd_scalars",
+]
 
-#: ``maths(xp, hyper, lr, t, p, g, slots) -> (new p, new slots)`` for one parameter.
+#: ``maths(xp, hyper, lr, t, p, g, slots) -> (new p, new slots)`` for one parameter;
+#: ``t`` is that parameter's item of what the optimizer's :data:`Scalars` gave.
 Maths = Callable[[Any, Hyper, Any, Any, Any, Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
+#: ``scalars(xp, hyper, lr, t, dtype) -> per-parameter scalars`` of counters ``t`` (a
+#: vector, one per parameter of ``dtype``): computed once per update, not per parameter,
+#: so that a jitted update has no per-parameter scalar kernels.
+Scalars = Callable[[Any, Hyper, Any, Any, Any], tuple[Any, ...]]
 #: ``in_place(torch, hyper, lr, update)``: the fused kernels on one (device, dtype) group.
 InPlace = Callable[[Any, Hyper, float, Update], None]
 
@@ -33,14 +48,15 @@ InPlace = Callable[[Any, Hyper, float, Update], None]
 def sgd_maths(
     xp: Any, h: Hyper, lr: Any, t: Any, p: Any, g: Any, slots: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
-    """One SGD step of parameter ``p`` (its ``t``-th), as ``torch.optim.SGD``."""
+    """One SGD step of parameter ``p`` (``t``: ``(its step number,)``), as
+    ``torch.optim.SGD``."""
     if h.weight_decay != 0:
         g = g + h.weight_decay * p
     if h.momentum == 0:
         return p - lr * g, {}
     buf = slots["momentum_buffer"]
     # torch.optim.SGD starts a parameter's momentum buffer at its first gradient.
-    buf = xp.where(t == 1, g, h.momentum * buf + (1 - h.dampening) * g)
+    buf = xp.where(t[0] == 1, g, h.momentum * buf + (1 - h.dampening) * g)
     g = g + h.momentum * buf if h.nesterov else buf
     return p - lr * g, {"momentum_buffer": buf}
 
@@ -48,7 +64,8 @@ def sgd_maths(
 def adam_maths(
     xp: Any, h: Hyper, lr: Any, t: Any, p: Any, g: Any, slots: dict[str, Any]
 ) -> tuple[Any, dict[str, Any]]:
-    """One Adam (AdamW: decoupled weight decay) step, as ``torch.optim.Adam(W)``."""
+    """One Adam (AdamW: decoupled weight decay) step, as ``torch.optim.Adam(W)``; ``t`` is
+    ``(lr / bias correction 1, 1 / sqrt(bias correction 2))`` (:func:`adam_scalars`)."""
     if h.kind == "adamw":
         p = p * (1 - lr * h.weight_decay)
     elif h.weight_decay != 0:
@@ -57,12 +74,26 @@ def adam_maths(
     m = m + (g - m) * (1 - h.beta1)
     v = slots["exp_avg_sq"] * h.beta2 + (1 - h.beta2) * g * g
     new = {"exp_avg": m, "exp_avg_sq": v}
-    bc1 = 1 - xp.asarray(h.beta1, p.dtype) ** t.astype(p.dtype)
-    bc2 = 1 - xp.asarray(h.beta2, p.dtype) ** t.astype(p.dtype)
+    step_size, bc2_rsqrt = t
     if h.amsgrad:
         v = new["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
-    denom = xp.sqrt(v) / xp.sqrt(bc2) + h.eps
-    return p - (lr / bc1) * (m / denom), new
+    # XLA turns torch's division by sqrt(bc2) into this product anyway
+    denom = xp.sqrt(v) * bc2_rsqrt + h.eps
+    return p - step_size * (m / denom), new
+
+
+def sgd_scalars(xp: Any, h: Hyper, lr: Any, t: Any, dtype: Any) -> tuple[Any, ...]:
+    """SGD's per-parameter scalar: the step number itself."""
+    return (t,)
+
+
+def adam_scalars(xp: Any, h: Hyper, lr: Any, t: Any, dtype: Any) -> tuple[Any, ...]:
+    """Adam's per-parameter scalars in ``dtype``: torch's step size ``lr / (1 - beta1**t)``
+    and ``1 / sqrt(1 - beta2**t)``."""
+    t = t.astype(dtype)
+    bc1 = 1 - xp.asarray(h.beta1, dtype) ** t
+    bc2 = 1 - xp.asarray(h.beta2, dtype) ** t
+    return lr / bc1, 1 / xp.sqrt(bc2)
 
 
 def sgd_in_place(torch: Any, h: Hyper, lr: float, u: Update) -> None:
@@ -116,10 +147,10 @@ def adam_in_place(torch: Any, h: Hyper, lr: float, u: Update) -> None:
 
 
 #: Each optimizer's two forms.
-MATHS: Final[dict[Kind, tuple[Maths, InPlace]]] = {
-    "sgd": (sgd_maths, sgd_in_place),
-    "adam": (adam_maths, adam_in_place),
-    "adamw": (adam_maths, adam_in_place),
+MATHS: Final[dict[Kind, tuple[Maths, InPlace, Scalars]]] = {
+    "sgd": (sgd_maths, sgd_in_place, sgd_scalars),
+    "adam": (adam_maths, adam_in_place, adam_scalars),
+    "adamw": (adam_maths, adam_in_place, adam_scalars),
 }
 
 
@@ -135,19 +166,30 @@ class Rule:
         return self.hyper.lr
 
     def arrays(self, xp: Any, u: Update) -> Updated:
-        """The update of every parameter with ``xp``, out of place; ``count`` + 1."""
+        """The update of every parameter with ``xp``, out of place; ``count`` + 1.
+
+        The per-parameter scalars (bias corrections) are computed over one vector of the
+        step counters per dtype, so a jitted update runs one small kernel for them, not
+        three per parameter: a jitted AdamW step then compiles to the kernels of
+        ``optax.adamw`` plus one per step counter."""
         h = self.hyper
-        maths = MATHS[h.kind][0]
+        maths, _, scalars = MATHS[h.kind]
         lr_value = h.lr(u.count) if callable(h.lr) else h.lr
+        steps = [s + 1 for s in u.steps]
+        per_dtype: dict[Any, tuple[Any, ...]] = {}
+        if steps:
+            stacked = xp.stack(u.steps) + 1
+            for p in u.params:
+                if p.dtype not in per_dtype:
+                    lr = xp.asarray(lr_value, dtype=p.dtype)
+                    per_dtype[p.dtype] = scalars(xp, h, lr, stacked, p.dtype)
         params: list[Any] = []
-        steps: list[Any] = []
         slots: dict[str, list[Any]] = {k: [] for k in u.slots}
         for i, (p, g) in enumerate(zip(u.params, u.grads, strict=True)):
-            t = u.steps[i] + 1
+            t = tuple(x[i] for x in per_dtype[p.dtype])
             lr = xp.asarray(lr_value, dtype=p.dtype)
             new_p, new_slots = maths(xp, h, lr, t, p, g, {k: v[i] for k, v in u.slots.items()})
             params.append(new_p)
-            steps.append(t)
             for k, value in new_slots.items():
                 slots[k].append(value)
         return Updated(params, slots, steps, u.count + 1)
