@@ -11,7 +11,8 @@ Reading map:
 - :func:`load_pt` -- a state_dict file (bare, wrapped as ``{"state_dict": ...}`` or
   ``{"model_state_dict": ...}``, or picked with ``key=``) as a context (``io.load``
   strips prefixes); tied weights share one version counter.
-- :func:`inspect_pt` -- a summary over ``torch.load(mmap=True)``: nothing read up front.
+- :func:`inspect_pt` -- a summary without torch for a zip file as ``torch.save`` writes
+  it (io/_torchzip.py), else over ``torch.load(mmap=True)``: nothing read up front.
 - :func:`save_pt` -- the variables as a state_dict of torch tensors (atomically).
 - :func:`from_module` -- ``RuntimeContext.from_module``: parameters and buffers (marked
   as buffers), tied weights as one variable and its aliases.
@@ -51,6 +52,7 @@ from torchlean.io._common import (
 )
 from torchlean.io._format import Format
 from torchlean.io._summary import Block, FileSummary, TensorInfo
+from torchlean.io._torchzip import TensorRecord, read_header, strided_reader
 from torchlean.io._zip import check_zip_file
 from torchlean.io.expect import ExpectReport, compare, tied_names
 from torchlean.runtime.any_tensor import AnyTensor
@@ -201,11 +203,18 @@ def _refusal(where: str, text: str) -> FormatError:
     return FormatError(message)
 
 
-def _state_dict(obj: Any, where: str, *, key: str | None, flatten: bool) -> list[tuple[str, Any]]:
+def _state_dict(
+    obj: Any, where: str, *, key: str | None, flatten: bool, tensor: type[Any] | None = None
+) -> list[tuple[str, Any]]:
     """The (name, tensor) pairs of the state dict in ``obj``: the one under ``key``
     (dotted for deeper levels), else ``obj`` or its ``state_dict`` /
-    ``model_state_dict`` entry; nested mappings as dotted names when ``flatten``."""
-    import torch
+    ``model_state_dict`` entry; nested mappings as dotted names when ``flatten``.
+    ``tensor``: the class of tensors in ``obj`` (torch's, or the records of
+    io/_torchzip.py)."""
+    if tensor is None:
+        import torch
+
+        tensor = torch.Tensor
 
     if key is not None:
         obj = _descend(obj, key, where)
@@ -230,7 +239,7 @@ def _state_dict(obj: Any, where: str, *, key: str | None, flatten: bool) -> list
                     f"{where}: entry {name!r} has a {type(name).__name__} name; a state_dict"
                     " maps names (str) to tensors"
                 )
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, tensor):
                 pairs.append((prefix + name, value.detach()))
             elif flatten and isinstance(value, Mapping):
                 walk(value, f"{prefix}{name}.")
@@ -352,11 +361,118 @@ def inspect_pt(
     it touches. A mapped file must not be truncated while the summary is used (the
     process would get SIGBUS). Contiguous tensors are read with ``pread`` from the file
     that was opened, not through the mapping, so a show adds no resident pages; other
-    tensors are read through the mapping. Cost: O(pickle), plus what is read."""
-    import torch
+    tensors are read through the mapping. Cost: O(pickle), plus what is read.
 
+    A zip file as ``torch.save`` writes it (dense tensors in plain containers) is read
+    without importing torch: its pickle by the restricted reader of io/_torchzip.py,
+    its data with ``pread``; any other file is read by torch as above, with the same
+    result and the same errors."""
     where = os.fspath(path)
     file = Descriptor(path)
+    try:
+        fast = _inspect_records(file, where, key=key, flatten=flatten)
+    except BaseException:
+        file.close()
+        raise
+    return fast if fast is not None else _inspect_torch(file, where, key=key, flatten=flatten)
+
+
+def _inspect_records(
+    file: Descriptor, where: str, *, key: str | None, flatten: bool
+) -> FileSummary | None:
+    """:func:`inspect_pt` without torch, or ``None`` when the file needs torch (the
+    header reader does not vouch for it, or its state_dict is not one: torch's path
+    then gives the error). An entry whose dtype numpy cannot hold is read by torch."""
+    obj = read_header(file.fd, where)
+    if obj is None:
+        return None
+    try:
+        pairs = _state_dict(obj, where, key=key, flatten=flatten, tensor=TensorRecord)[::-1]
+    except FormatError:
+        return None
+    records: list[TensorRecord] = [t for _, t in pairs]
+    entries = tuple(
+        TensorInfo(
+            name=name,
+            registry="variable",
+            position=i,
+            shadowed=False,
+            shape=t.shape,
+            dtype=t.dtype,
+            nbytes=t.nbytes,
+            key=name,
+        )
+        for i, (name, t) in enumerate(pairs)
+    )
+    torch_summary: list[FileSummary] = []
+
+    def by_torch() -> FileSummary:
+        """The torch path's summary of the same open file, made once when needed."""
+        if not torch_summary:
+            torch_summary.append(_inspect_torch(file, where, key=key, flatten=flatten))
+        return torch_summary[0]
+
+    def dtype_of(info: TensorInfo) -> np.dtype[Any] | None:
+        try:
+            return numpy_dtype(info.dtype)
+        except (TypeError, BackendError):
+            return None
+
+    def elements(info: TensorInfo) -> Callable[[int, int], np.ndarray[Any, Any]] | None:
+        t = records[info.position]
+        dtype = dtype_of(info)
+        if dtype is None or not t.contiguous:
+            return None
+        start = t.storage.start + t.offset * dtype.itemsize
+
+        def read(first: int, count: int) -> np.ndarray[Any, Any]:
+            data = file.read_at(start + first * dtype.itemsize, count * dtype.itemsize)
+            return np.frombuffer(data, dtype=dtype)
+
+        return read
+
+    def read(info: TensorInfo, n: int | None) -> np.ndarray[Any, Any]:
+        numel = math.prod(info.shape)
+        direct = elements(info)
+        if direct is not None:
+            return direct(0, numel).reshape(info.shape) if n is None else direct(0, min(n, numel))
+        dtype = dtype_of(info)
+        if dtype is None:
+            return by_torch().read(info, n)
+        whole = strided_reader(records[info.position], file.read_at, dtype)()
+        return whole if n is None else np.array(whole.reshape(-1)[:n], copy=True)
+
+    @contextlib.contextmanager
+    def blocks(info: TensorInfo) -> Iterator[Block]:
+        direct = elements(info)
+        if direct is not None:
+            yield lambda index: read_block(info.shape, index, direct)
+            return
+        dtype = dtype_of(info)
+        if dtype is None:
+            with by_torch().blocks(info) as block:
+                yield block
+            return
+        whole = strided_reader(records[info.position], file.read_at, dtype)()
+        yield lambda index: np.array(whole[index], copy=True)
+
+    return FileSummary(
+        path=where,
+        format="torch",
+        entries=entries,
+        next_id=None,
+        dtype=None,
+        layout=None,
+        _read=read,
+        _blocks=blocks,
+    )
+
+
+def _inspect_torch(file: Descriptor, where: str, *, key: str | None, flatten: bool) -> FileSummary:
+    """:func:`inspect_pt` through ``torch.load(mmap=True)`` of the open ``file``."""
+    import torch
+
+    path = where
     try:
         obj, records = read_object(path, mmap=True, fd=file.fd)
         pairs = _state_dict(obj, where, key=key, flatten=flatten)[::-1]
