@@ -349,3 +349,22 @@ def test_a_preview_reads_the_stored_bytes(tmp_path: Path) -> None:
     data[start : start + 4] = np.float32(2.5).tobytes()
     path.write_bytes(bytes(data))  # same inode: the summary's open file sees it
     assert summary.tensor("w").tolist() == [2.5, 0.0, 0.0, 0.0]
+
+
+def test_the_torch_path_reads_the_right_bytes_beside_empty_tensors(tmp_path: Path) -> None:
+    # the torch path finds where each storage lies in the file from mapped addresses;
+    # with empty storages several starts fitted and a 0-d tensor read the zip header
+    from torchlean.io._common import Descriptor
+    from torchlean.io.torch import _inspect_torch
+
+    state = {
+        "a": torch.zeros(0),
+        "b": torch.zeros((0, 3)),
+        "s": torch.tensor(7.0),
+        "v": torch.arange(5.0),
+    }
+    path = tmp_path / "empty.pt"
+    torch.save(state, path)
+    summary = _inspect_torch(Descriptor(path), str(path), key=None, flatten=False)
+    for info in summary.variables:
+        assert summary.read(info, None).tolist() == state[info.name].tolist()

@@ -156,7 +156,8 @@ def _file_offsets(tensors: list[Any], records: dict[str, int] | None) -> dict[in
     """For each tensor (by position) of a mapped zip file, where its storage starts in
     the file: torch maps the whole file once, so each storage's address less the
     mapping's start is the data offset of one record. The start is found as the one
-    address that puts every storage on a record. Empty when unknown."""
+    address that puts every storage on a record. Empty when unknown, or when several
+    addresses would do (a guess could read another record's bytes)."""
     import torch
 
     if not records:
@@ -170,11 +171,15 @@ def _file_offsets(tensors: list[Any], records: dict[str, int] | None) -> dict[in
         return {}
     starts = set(records.values())
     lowest = min(pointers.values())
-    for candidate in sorted(starts):
-        base = lowest - candidate
-        if all(p - base in starts for p in pointers.values()):
-            return {i: p - base for i, p in pointers.items()}
-    return {}
+    bases = [
+        lowest - candidate
+        for candidate in sorted(starts)
+        if all(p - (lowest - candidate) in starts for p in pointers.values())
+    ]
+    if len(bases) != 1:  # none, or several (few storages, empty records): not known
+        return {}
+    base = bases[0]
+    return {i: p - base for i, p in pointers.items()}
 
 
 def _refusal(where: str, text: str) -> FormatError:
