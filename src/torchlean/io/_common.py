@@ -41,7 +41,7 @@ from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import backend_named, backend_of, libraries
 from torchlean.runtime.backends.numpy import is_immutable
 from torchlean.runtime.context import RuntimeContext
-from torchlean.runtime.dtypes import dtype_name
+from torchlean.runtime.dtypes import bits_dtype, dtype_name, is_extended_float
 
 __all__ = [
     "SAVABLE_DTYPES",
@@ -170,7 +170,11 @@ def read_block(
     last = sum(r[-1] * st for r, st in zip(ranges, strides, strict=True))
     span = elements(first, last - first + 1)
     step_bytes = tuple(r.step * st * span.itemsize for r, st in zip(ranges, strides, strict=True))
-    return np.lib.stride_tricks.as_strided(span, sizes, step_bytes, writeable=False).copy()
+    # as_strided goes through the array interface, which cannot name the ml_dtypes
+    # floats (float8's '<f1'): stride over same-width integers, then view back
+    raw = span.view(bits_dtype(span.itemsize)) if is_extended_float(span.dtype.name) else span
+    block = np.lib.stride_tricks.as_strided(raw, sizes, step_bytes, writeable=False).copy()
+    return block.view(span.dtype) if raw is not span else block
 
 
 class Descriptor:
