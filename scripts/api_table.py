@@ -20,6 +20,8 @@ MODULES = [
     "torchlean.runtime.dtypes",
     "torchlean.runtime.pytree",
     "torchlean.io",
+    "torchlean.io.distributed",
+    "torchlean.io.orbax",
     "torchlean.io.lean_json",
     "torchlean.widgets",
     "torchlean.autograd",

@@ -44,7 +44,7 @@ from torchlean.errors import (
     TorchLeanError,
     UnknownNameError,
 )
-from torchlean.io import distributed, npz, safetensors, sharded, torchlean_json
+from torchlean.io import distributed, npz, orbax, safetensors, sharded, torchlean_json
 from torchlean.io import torch as io_torch
 
 F32 = np.ones(3, np.float32)
@@ -54,7 +54,7 @@ PINNED = empty_context(dtype="float32").register_variable("w", F32)
 ARRAY = "expected an array (numpy.ndarray, torch.Tensor or jax.Array), got"
 SUFFIXES = (
     ".safetensors, .json, .pt, .pth, .bin, .ckpt, .pth.tar, .npz, .safetensors.index.json,"
-    " .dcp or pass format= (safetensors, json, torch, npz, sharded, dcp)"
+    " .dcp, .orbax or pass format= (safetensors, json, torch, npz, sharded, dcp, orbax)"
 )
 EXPECT = "must be a mapping of name to shape, a RuntimeContext or a torch nn.Module, got"
 
@@ -575,7 +575,7 @@ ROWS: list[Row] = [
         "torchlean.io.save",
         lambda d: tio.save(CTX, d / "x.safetensors", format="hdf5"),
         ValueError,
-        "format must be one of safetensors, json, torch, npz, sharded, dcp, got 'hdf5'",
+        "format must be one of safetensors, json, torch, npz, sharded, dcp, orbax, got 'hdf5'",
     ),
     (
         "torchlean.io.save",
@@ -710,7 +710,7 @@ ROWS: list[Row] = [
         "torchlean.io.format_of",
         lambda d: tio.format_of("x.npz", format=3),
         ValueError,
-        "format must be one of safetensors, json, torch, npz, sharded, dcp, got 3",
+        "format must be one of safetensors, json, torch, npz, sharded, dcp, orbax, got 3",
     ),
     (
         "torchlean.io.format_of",
@@ -857,6 +857,24 @@ ROWS: list[Row] = [
         lambda d: distributed.is_checkpoint_folder(1),  # type: ignore[arg-type]
         TypeError,
         "is_checkpoint_folder: path must be a str or os.PathLike, got int 1",
+    ),
+    (
+        "torchlean.io.orbax.save_orbax",
+        lambda d: orbax.save_orbax(1, d / "c"),  # type: ignore[arg-type]
+        TypeError,
+        "save_orbax: ctx must be a RuntimeContext, got int 1",
+    ),
+    (
+        "torchlean.io.orbax.load_orbax",
+        lambda d: orbax.load_orbax(d, like=3),  # type: ignore[arg-type]
+        TypeError,
+        "load_orbax: like must be a RuntimeContext, got int 3",
+    ),
+    (
+        "torchlean.io.orbax.is_orbax_folder",
+        lambda d: orbax.is_orbax_folder(1),  # type: ignore[arg-type]
+        TypeError,
+        "is_orbax_folder: path must be a str or os.PathLike, got int 1",
     ),
     (
         "torchlean.io.sharded.staged",

@@ -17,7 +17,8 @@ A ``*.safetensors.index.json`` (or a folder of safetensors shards) is format
 ``save_pretrained``'s layout (:mod:`.sharded`); :func:`save_sharded` picks the shard size.
 A checkpoint folder (``save(ctx, DIR, distributed=True)`` on every rank, or a ``.dcp``
 path) is format ``dcp``: each process's shards through ``torch.distributed.checkpoint``
-plus a layout of the whole context (:mod:`.distributed`, docs/distributed.md).
+plus a layout of the whole context (:mod:`.distributed`, docs/distributed.md), and
+jax checkpoint folders through orbax-checkpoint (:mod:`.orbax`).
 
 Every format is one :class:`Format` record in one table: its module's ``FORMAT``,
 registered below; ``save``/``load``/``inspect`` dispatch through the table only.
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 from torchlean.io import distributed as _distributed
 from torchlean.io import npz as _npz
+from torchlean.io import orbax as _orbax
 from torchlean.io import safetensors as _safetensors
 from torchlean.io import sharded as _sharded
 from torchlean.io import torch as _torch
@@ -65,6 +67,7 @@ register_format(_torch.FORMAT)
 register_format(_npz.FORMAT)
 register_format(_sharded.FORMAT)
 register_format(_distributed.FORMAT)
+register_format(_orbax.FORMAT)
 
 __all__ = [
     "FORMATS",

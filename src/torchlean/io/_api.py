@@ -92,7 +92,7 @@ def save(
     require_path(path, "save")
     require_bool(distributed, "save", "distributed")
     if distributed:
-        fmt = _distributed(format)
+        fmt = _distributed(format, path)
         fmt.save(ctx, path)
         return
     fmt = _record(path, format)
@@ -112,12 +112,17 @@ def save(
     fmt.save(ctx, path, metadata=metadata)
 
 
-def _distributed(format: str | None) -> Format:
-    """The format ``distributed=True`` writes: ``format``'s if given, else the first
-    registered ``distributed`` format."""
+def _distributed(format: str | None, path: str | os.PathLike[str]) -> Format:
+    """The format ``distributed=True`` writes: ``format``'s if given, else the
+    distributed format the path names (``x.orbax``, an existing folder of one), else
+    the first registered ``distributed`` format."""
     choices = [fmt for fmt in registered() if fmt.distributed]
     if format is not None:
         choices = [fmt for fmt in choices if fmt.name == format]
+    else:
+        named = for_path(path)
+        if named is not None and named.distributed:
+            return named
     if not choices:
         raise ValueError(
             f"save: distributed=True needs a distributed format, got format={format!r}"

@@ -127,8 +127,9 @@ class AnyTensor(Generic[ArrayT]):
 
     @property
     def placement(self) -> str | None:
-        """How the tensor is laid out over processes (a DTensor's placements and mesh),
-        or ``None`` for a tensor held whole by this process."""
+        """How the tensor is laid out over processes or devices (a DTensor's placements
+        and mesh, a sharded jax array's PartitionSpec and mesh), or ``None`` for a
+        tensor on one device."""
         return self._backend.placement(self._t)
 
     @property

@@ -236,7 +236,8 @@ def placement_mismatch(name: str, variable: object, gradient: object) -> str | N
     return (
         f"gradient `{name}` is laid out as {have or 'a whole tensor'} but its variable"
         f" as {want or 'a whole tensor'}; redistribute it explicitly"
-        " (e.g. grad.redistribute(var.device_mesh, var.placements))"
+        " (e.g. grad.redistribute(var.device_mesh, var.placements) for a DTensor,"
+        " jax.device_put(grad, var.sharding) for a jax array)"
     )
 
 
@@ -329,7 +330,7 @@ def check_context(ctx: RuntimeContext[Any], *, collective: bool = False) -> Chec
     if collective:
         facts, scope = _summed(entries, facts)
     else:
-        local = next((at.library for _, _, at in entries if at.placement is not None), None)
+        local = next((at.library for _, _, at in entries if at.local_dims is not None), None)
         if local is not None:
             scope = f"local shards of {local.local_scope() or 'this process'}"
     n = len(ctx.var_registry)

@@ -71,11 +71,13 @@ class TensorSource(Protocol):
 
 def source_of(at: AnyTensor[Any]) -> TensorSource:
     """The :class:`TensorSource` of a stored tensor; for a distributed tensor, of this
-    process's local shard (reading the whole would be a collective)."""
-    local = at.local_dims
-    if local is not None:
+    process's local shard (reading the whole would be a collective); for a jax array
+    sharded over the devices of this process, of its values assembled from the
+    shards (a sliced sharded array is a resharding computation)."""
+    if at.placement is not None:  # sharded: read on the shards, never sliced globally
         from torchlean.runtime.any_tensor import AnyTensor
 
+        local = at.local_dims or at.dims
         return _AnyTensorSource(AnyTensor(local, at.library.local_value(at.t)))
     return _AnyTensorSource(at)
 

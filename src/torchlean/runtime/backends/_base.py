@@ -264,7 +264,8 @@ class Backend:
 
     def local_dims(self, x: Any) -> tuple[int, ...] | None:
         """The shape of the part of ``x`` this process holds, or ``None`` when it holds
-        all of it (:meth:`placement` is ``None``)."""
+        all of it (always when :meth:`placement` is ``None``; also for a jax array
+        sharded over the devices of this one process)."""
         return None
 
     def local_value(self, x: Any) -> Any:

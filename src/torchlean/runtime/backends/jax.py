@@ -48,11 +48,22 @@ class JaxBackend(Backend):
         return isinstance(x, self._tracer)
 
     def data(self, x: Any) -> np.ndarray[Any, Any] | None:
+        """The values as numpy; for an array that is not fully addressable (several
+        processes), this process's block (:meth:`local_value`), never a gather."""
         if isinstance(x, self._tracer) or x.is_deleted():
             return None
+        if not x.is_fully_addressable:
+            return _local_array(x)
         return np.asarray(x)
 
     def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
+        if not isinstance(x, self._tracer) and not x.is_deleted() and not x.is_fully_addressable:
+            raise BackendError(
+                f"a jax array {self.dims(x)} sharded as {self.placement(x)} holds values"
+                " on several processes; torchlean never gathers them behind your back."
+                ' Save it with io.save(ctx, DIR, format="orbax") on every process, or'
+                " read this process's part through x.addressable_shards"
+            )
         array = self.data(x)
         if array is None:
             raise BackendError(f"{self.stand_in(x)} has no data to read")
@@ -80,6 +91,8 @@ class JaxBackend(Backend):
     def nonfinite(self, x: Any) -> tuple[int, int]:
         if isinstance(x, self._tracer) or x.is_deleted():
             return (0, 0)
+        if not x.is_fully_addressable:  # this process's block only
+            return numpy_nonfinite(_local_array(x))
         if self.device(x) == "cpu":
             return numpy_nonfinite(np.asarray(x))  # a view: no copy on the host
         jnp = self.jnp
@@ -154,6 +167,95 @@ class JaxBackend(Backend):
         """The values as they are (jax arrays are immutable)."""
         return list(values)
 
+    # ------------------------------------------------------------------ distribution
+    #
+    # A jax.Array may be sharded over several devices (one process, or several with
+    # jax.distributed). Nothing here gathers: values are read from this process's
+    # addressable shards, each replicated piece once.
+
+    def _sharded(self, x: Any) -> bool:
+        """True for a concrete array laid out over more than one device."""
+        if isinstance(x, self._tracer) or x.is_deleted():
+            return False
+        return len(x.sharding.device_set) > 1
+
+    def placement(self, x: Any) -> str | None:
+        """The sharding of an array over more than one device, as text:
+        ``"P('x', 'y') on Mesh('x': 4, 'y': 2, axis_types=(Explicit, Explicit))"`` for a
+        ``NamedSharding`` (trailing unsharded axes dropped, so equal layouts compare
+        equal), ``str(sharding)`` for any other kind; ``None`` on one device or for a
+        tracer."""
+        if not self._sharded(x):
+            return None
+        sharding = x.sharding
+        spec = getattr(sharding, "spec", None)
+        mesh = getattr(sharding, "mesh", None)
+        if spec is None or mesh is None:
+            return str(sharding)
+        axes = list(spec)
+        while axes and axes[-1] is None:
+            axes.pop()
+        text = ", ".join(repr(a) for a in axes)
+        return f"P({text}) on {mesh}"
+
+    def local_dims(self, x: Any) -> tuple[int, ...] | None:
+        """The shape of the block this process's shards cover, or ``None`` when the
+        array is fully addressable (this process holds all of it)."""
+        if not self._sharded(x) or x.is_fully_addressable:
+            return None
+        return _local_block(x)[0]
+
+    def local_value(self, x: Any) -> Any:
+        """The values this process holds, as a numpy array: the block its addressable
+        shards cover (each replicated piece read once), or the whole array when it is
+        fully addressable. Never a collective. Cost: O(local size) host copy (device
+        to host for an accelerator)."""
+        if not self._sharded(x):
+            return x
+        if x.is_fully_addressable:
+            return np.asarray(x)
+        return _local_array(x)
+
+    def nonfinite_owned(self, x: Any) -> tuple[int, int]:
+        """The NaN and infinity counts of the shards this process is the first holder of
+        (the lowest device id holding that piece): summed over every process they count
+        each global element once."""
+        if not self._sharded(x):
+            return self.nonfinite(x)
+        if x.is_fully_addressable and self.jax.process_count() == 1:
+            return self.nonfinite(x)
+        owner: dict[tuple[tuple[int, int], ...], int] = {}
+        for device, index in x.sharding.devices_indices_map(x.shape).items():
+            key = _box(index, x.shape)
+            owner[key] = min(owner.get(key, device.id), device.id)
+        nan = inf = 0
+        for shard in x.addressable_shards:
+            if owner[_box(shard.index, x.shape)] == shard.device.id:
+                n, i = numpy_nonfinite(np.asarray(shard.data))
+                nan, inf = nan + n, inf + i
+        return (nan, inf)
+
+    def all_reduce_sum(self, counts: list[int]) -> tuple[list[int], int] | None:
+        """``counts`` summed over the jax processes
+        (``multihost_utils.process_allgather``, int64 on the host side), and their
+        number; in one process, ``counts`` as they are. A collective when there are
+        several processes and ``counts`` is not empty."""
+        world = int(self.jax.process_count())
+        if world == 1 or not counts:
+            return list(counts), world
+        from jax.experimental import multihost_utils
+
+        rows = multihost_utils.process_allgather(np.asarray(counts, dtype=np.int32))
+        summed = np.asarray(rows, dtype=np.int64).reshape(world, len(counts)).sum(axis=0)
+        return [int(v) for v in summed], world
+
+    def local_scope(self) -> str | None:
+        """``"process P of N"`` under ``jax.distributed`` with several processes."""
+        world = int(self.jax.process_count())
+        if world == 1:
+            return None
+        return f"process {self.jax.process_index()} of {world}"
+
 
 def _device_name(device: Any) -> str:
     platform = device.platform
@@ -165,3 +267,43 @@ def _device_name(device: Any) -> str:
     if platform in ("gpu", "cuda", "rocm"):
         platform = "cuda"  # torch calls NVIDIA and AMD GPUs alike "cuda"
     return f"{platform}:{index}"
+
+
+def _box(index: tuple[Any, ...], shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """A shard's index (slices) as ``((start, stop), ...)`` per axis."""
+    return tuple(
+        (s.start or 0, size if s.stop is None else s.stop)
+        for s, size in zip(index, shape, strict=True)
+    )
+
+
+def _local_block(x: Any) -> tuple[tuple[int, ...], tuple[int, ...], list[Any]]:
+    """``(shape, origin, shards)`` of the block this process's addressable shards
+    cover, one shard per distinct piece. Raises :class:`BackendError` when the pieces
+    do not tile one block (no single local array can stand for them)."""
+    shape = tuple(x.shape)
+    pieces: dict[tuple[tuple[int, int], ...], Any] = {}
+    for shard in x.addressable_shards:
+        pieces.setdefault(_box(shard.index, shape), shard)
+    if not pieces:  # pragma: no cover - a process always holds a shard of its arrays
+        raise BackendError("this process holds no shard of the array")
+    starts = tuple(min(b[a][0] for b in pieces) for a in range(len(shape)))
+    stops = tuple(max(b[a][1] for b in pieces) for a in range(len(shape)))
+    dims = tuple(stop - start for start, stop in zip(starts, stops, strict=True))
+    covered = sum(int(np.prod([e - s for s, e in b])) for b in pieces)
+    if covered != int(np.prod(dims)):
+        raise BackendError(
+            f"the shards this process holds of a {shape} array do not form one block;"
+            " read them one by one through x.addressable_shards"
+        )
+    return dims, starts, list(pieces.items())
+
+
+def _local_array(x: Any) -> np.ndarray[Any, Any]:
+    """This process's block of ``x`` (:func:`_local_block`) assembled on the host."""
+    dims, origin, pieces = _local_block(x)
+    out = np.empty(dims, dtype=x.dtype)
+    for box, shard in pieces:
+        at = tuple(slice(s - o, e - o) for (s, e), o in zip(box, origin, strict=True))
+        out[at] = np.asarray(shard.data)
+    return out

@@ -1,0 +1,133 @@
+"""orbax checkpoint folders vs raw orbax on 8 host devices: save, restore, reshard.
+
+Usage: PYTHONPATH=src python bench/jax_checkpoint.py [--mib 100] [--repeat 5]
+
+Both sides hand the same sharded ``jax.Array``s (``P('x')`` over a mesh of 8 host
+devices) to one ``ocp.StandardCheckpointer``; torchlean adds the context layout file,
+the partial folder and its rename on save, and the layout-vs-metadata check on restore.
+"restore" restores under the saving sharding, "reshard" onto another mesh
+(``(2, 4)``, ``P('b', 'a')``); both sides restore with the same explicit target. Runs
+are interleaved (torchlean, raw, torchlean, raw, ...); medians and their ratios.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from torchlean import io
+from torchlean.runtime.functions import empty_context, register_variable
+
+warnings.simplefilter("ignore")
+
+
+def arrays(mib: int, sharding: NamedSharding, count: int = 16) -> dict[str, Any]:
+    rows = mib * (1 << 20) // 4 // count // 1024
+    rows -= rows % 8
+    rng = np.random.default_rng(0)
+    out = {}
+    for i in range(count):
+        host = rng.standard_normal((rows, 1024), dtype=np.float32)
+        out[f"layer{i}.weight"] = jax.device_put(host, sharding)
+    return out
+
+
+def context(values: dict[str, Any]) -> Any:
+    ctx = empty_context()
+    for name, value in values.items():
+        ctx = register_variable(ctx, name, value)
+    return ctx
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    out = fn()
+    jax.block_until_ready(out) if out is not None else None
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mib", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    mesh = jax.make_mesh((8,), ("x",))
+    values = arrays(args.mib, NamedSharding(mesh, P("x")))
+    ctx = context(values)
+    other = jax.make_mesh((2, 4), ("a", "b"))
+    like_values = {
+        k: jax.device_put(v, NamedSharding(other, P("b", "a"))) for k, v in values.items()
+    }
+    like = context(like_values)
+    raw = ocp.StandardCheckpointer()
+    names = {k: f"t{i}" for i, k in enumerate(values)}  # the names torchlean gives orbax
+
+    def target(source: dict[str, Any]) -> dict[str, Any]:
+        return {
+            names[k]: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=v.sharding)
+            for k, v in source.items()
+        }
+
+    same, moved = target(values), target(like_values)
+    state = {names[k]: v for k, v in values.items()}
+    times: dict[str, list[float]] = {}
+    root = tempfile.mkdtemp(prefix="jaxckpt-")
+    try:
+        ours, theirs = os.path.join(root, "ours.orbax"), os.path.join(root, "raw")
+        for _ in range(args.repeat):
+            for d in (ours, theirs):
+                shutil.rmtree(d, ignore_errors=True)
+
+            def raw_save() -> None:
+                os.makedirs(theirs)
+                raw.save(os.path.join(theirs, "arrays"), state)
+                raw.wait_until_finished()
+
+            runs = [
+                ("save torchlean", lambda: io.save(ctx, ours)),
+                ("save raw", raw_save),
+                ("restore torchlean", lambda: list(io.load(ours, like=ctx).state_dict().values())),
+                (
+                    "restore raw",
+                    lambda: list(raw.restore(os.path.join(theirs, "arrays"), same).values()),
+                ),
+                ("reshard torchlean", lambda: list(io.load(ours, like=like).state_dict().values())),
+                (
+                    "reshard raw",
+                    lambda: list(raw.restore(os.path.join(theirs, "arrays"), moved).values()),
+                ),
+            ]
+            for label, fn in runs:
+                times.setdefault(label, []).append(timed(fn))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"8 host devices, {args.mib} MiB of float32 in {len(values)} arrays,"
+        f" {args.repeat} interleaved runs"
+    )
+    for op in ("save", "restore", "reshard"):
+        a = statistics.median(times[f"{op} torchlean"])
+        b = statistics.median(times[f"{op} raw"])
+        print(
+            f"{op:8} torchlean {a * 1e3:8.1f} ms   raw orbax {b * 1e3:8.1f} ms   ratio {a / b:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Workers of test_jax_sharded.py, run as ``python _jax_workers.py MODE ...`` in a fresh
+process: the number of host devices (``XLA_FLAGS``) is fixed before jax is imported.
+
+- ``views DIR``: 8 devices, explicit mesh axes: placement, printing, views, check().
+- ``orbax DIR``: 8 devices: save under one sharding, restore under another and on one
+  device, bitwise; a folder whose layout misses a key is refused.
+- ``multi PROCESS PORT DIR``: one of 2 processes x 4 devices (``jax.distributed``):
+  local shards printed and checked, check(collective=True), an orbax save and a
+  restore under another sharding.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+MODE = sys.argv[1]
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + (
+    "4" if MODE == "multi" else "8"
+)
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+
+if MODE == "multi":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        f"127.0.0.1:{sys.argv[3]}",
+        num_processes=2,
+        process_id=int(sys.argv[2]),
+        initialization_timeout=30,
+    )
+
+import io as _io  # noqa: E402
+import json  # noqa: E402
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+from torchlean import io  # noqa: E402
+from torchlean.errors import FormatError  # noqa: E402
+from torchlean.runtime.functions import (  # noqa: E402
+    context_to_string,
+    empty_context,
+    register_gradient,
+    register_variable,
+)
+
+warnings.simplefilter("ignore")  # orbax's and jax's own notices
+
+
+def values(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
+
+
+def context(sharding: NamedSharding, bias: NamedSharding) -> object:
+    ctx = empty_context()
+    ctx = register_variable(ctx, "w", put(values((8, 4), 0), sharding))
+    ctx = register_variable(ctx, "b", put(values((8,), 1), bias))
+    ctx = register_variable(ctx, "w", put(values((8, 4), 2), sharding))  # shadows
+    return register_gradient(ctx, "w", put(values((8, 4), 3), sharding))
+
+
+def views(folder: str) -> None:
+    from rich.console import Console
+
+    mesh = jax.make_mesh((4, 2), ("x", "y"))  # explicit axes: jax's default
+    sharding = NamedSharding(mesh, P("x", "y"))
+    ctx = context(sharding, NamedSharding(mesh, P("x")))
+    at = ctx.variable_entry("w")
+    assert at.placement == (
+        "P('x', 'y') on Mesh('x': 4, 'y': 2, axis_types=(Explicit, Explicit))"
+    ), at.placement
+    assert at.local_dims is None  # one process holds all of it
+    # trailing unsharded axes do not count: P('x', None) is P('x')
+    b2 = NamedSharding(mesh, P("x", None))
+    assert at.library.placement(put(values((8, 4), 0), b2)) == at.library.placement(
+        put(values((8, 4), 0), NamedSharding(mesh, P("x")))
+    )
+    text = context_to_string(ctx)
+    plain = empty_context()
+    for name, a in reversed(list(ctx.var_registry)):
+        plain = register_variable(plain, name, np.asarray(a.t))
+    plain = register_gradient(plain, "w", np.asarray(ctx.gradient_entry("w").t))
+    assert text == context_to_string(plain)
+    console = Console(file=_io.StringIO(), width=120)
+    console.print(ctx)
+    shown = console.file.getvalue()
+    assert "(8, 4)" in shown and "no problems found" in shown, shown
+    assert "(8, 4)" in ctx._repr_html_()
+    report = ctx.check()
+    assert not report.problems and report.scope is None, report
+    # a gradient laid out differently is reported, and the step refuses it
+    other = ctx.with_gradients([("w", put(values((8, 4), 3), NamedSharding(mesh, P("y", "x"))))])
+    kinds = [p.kind for p in other.check().problems]
+    assert kinds == ["placement-mismatch"], kinds
+    # a NaN in one shard
+    bad = values((8, 4), 4)
+    bad[7, 3] = np.nan
+    nan_ctx = ctx.with_variables([("w", put(bad, sharding))])
+    (problem,) = nan_ctx.check().problems
+    assert problem.kind == "non-finite", problem
+    (problem,) = nan_ctx.check(collective=True).problems
+    assert problem.kind == "non-finite", problem
+    print("views ok")
+
+
+def orbax(folder: str) -> None:
+    mesh = jax.make_mesh((8,), ("x",))
+    ctx = context(NamedSharding(mesh, P("x")), NamedSharding(mesh, P()))
+    path = os.path.join(folder, "ckpt.orbax")
+    io.save(ctx, path)
+    assert sorted(os.listdir(folder)) == ["ckpt.orbax"]  # no .partial left
+    assert io.format_of(path) == "orbax"
+    io.save(ctx, path)  # over an older folder
+    assert sorted(os.listdir(folder)) == ["ckpt.orbax"]
+    other = jax.make_mesh((2, 4), ("a", "b"))
+    like = context(NamedSharding(other, P("b", "a")), NamedSharding(other, P("a")))
+    got = io.load(path, like=like)
+    whole = io.load(path, backend="jax")
+    as_numpy = io.load(path)
+    for loaded in (got, whole, as_numpy):
+        assert [n for n, _ in loaded.var_registry] == ["w", "b", "w"]
+        assert [n for n, _ in loaded.gradients] == ["w"]
+        assert loaded.next_id == ctx.next_id
+        pairs = list(zip(ctx.var_registry + ctx.gradients, loaded.var_registry + loaded.gradients))
+        for (_, a), (_, b) in pairs:
+            assert np.asarray(a.t).tobytes() == np.asarray(b.t).tobytes()
+    assert got.variable_entry("w").t.sharding == like.variable_entry("w").t.sharding
+    assert len(whole.variable_entry("w").t.sharding.device_set) == 1
+    # a layout that lost a key: refused before any array is read
+    layout_path = os.path.join(path, "torchlean-orbax.json")
+    with open(layout_path) as f:
+        layout = json.load(f)
+    layout["keys"].pop("b")
+    layout["variables"] = [p for p in layout["variables"] if p[1] != "b"]
+    with open(layout_path, "w") as f:
+        json.dump(layout, f)
+    try:
+        io.load(path)
+    except FormatError as e:
+        assert "orbax array `t1` is not in the layout" in str(e), e
+    else:
+        raise AssertionError("a missing key was not refused")
+    print("orbax ok")
+
+
+def multi(folder: str) -> None:
+    rank = jax.process_index()
+    mesh = jax.make_mesh((8,), ("x",))
+    sharding = NamedSharding(mesh, P("x"))
+    w = values((8, 4), 0)
+    bad = w.copy()
+    bad[6, 0] = np.nan  # in process 1's rows (4..7)
+    ctx = empty_context()
+    ctx = register_variable(ctx, "w", put(bad, sharding))
+    ctx = register_variable(ctx, "b", put(values((8,), 1), NamedSharding(mesh, P())))
+    at = ctx.variable_entry("w")
+    assert at.local_dims == (4, 4), at.local_dims
+    assert not at.t.is_fully_addressable
+    text = context_to_string(ctx)
+    assert text.startswith("Context(vars: [b: <local shard (8,) of (8,), P() on Mesh('x': 8"), text
+    assert "w: <local shard (4, 4) of (8, 4), P('x') on Mesh(" in text, text
+    from rich.console import Console
+
+    console = Console(file=_io.StringIO(), width=140)
+    console.print(ctx)
+    assert "process " + str(rank) + " of 2" in console.file.getvalue()
+    local = ctx.check()
+    assert local.scope == f"local shards of process {rank} of 2", local.scope
+    assert [p.kind for p in local.problems] == (["non-finite"] if rank == 1 else [])
+    summed = ctx.check(collective=True)
+    assert summed.scope == "summed over 2 processes", summed.scope
+    (problem,) = summed.problems
+    assert problem.kind == "non-finite", problem
+    good = ctx.with_variables([("w", put(w, sharding))])
+    path = os.path.join(folder, "multi.orbax")
+    io.save(good, path)
+    other = jax.make_mesh((2, 4), ("a", "b"))  # another mesh: a reshard on restore
+    like = empty_context()
+    zeros = np.zeros((8, 4), np.float32)
+    like = register_variable(like, "w", put(zeros, NamedSharding(other, P("b", "a"))))
+    like = register_variable(like, "b", put(zeros[:, 0], NamedSharding(other, P("a"))))
+    got = io.load(path, like=like)
+    for name, want in (("w", w), ("b", values((8,), 1))):
+        value = got.variable_entry(name).t
+        assert value.sharding == like.variable_entry(name).t.sharding
+        for shard in value.addressable_shards:
+            assert np.asarray(shard.data).tobytes() == want[shard.index].tobytes(), name
+    print(f"multi {rank} ok", flush=True)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    if MODE == "views":
+        views(sys.argv[2])
+    elif MODE == "orbax":
+        orbax(sys.argv[2])
+    else:
+        multi(sys.argv[4])
