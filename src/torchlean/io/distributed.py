@@ -15,8 +15,9 @@ a reshard is DCP's; torchlean adds what DCP lacks:
   Lean's order, shadowed entries, gradients, ``next_id``, the pinned dtype -- and each
   key's shape, dtype and placement, and the world size that saved it;
 - the folder appears complete or not at all: the ranks write into ``DIR.partial``;
-  after a barrier rank 0 writes the layout and renames the folder to ``DIR`` (an old
-  ``DIR`` is moved aside first and removed after);
+  in DCP's finishing step (after every rank has written, before the others return)
+  rank 0 writes the layout and renames the folder to ``DIR`` (an old ``DIR`` is moved
+  aside first and removed after) -- no barrier of torchlean's own;
 - every key the layout names must be in the shards and every element of every tensor
   must be covered by the shards (no silent skip, no uninitialised elements), and no
   shard may hold a key the layout does not name;
@@ -39,13 +40,12 @@ import json
 import math
 import os
 import shutil
-import threading
-import time
 import uuid
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 from torchlean._validate import require_path
@@ -92,11 +92,6 @@ def _group() -> tuple[Any, int, int]:
     return dist, 0, 1
 
 
-def _barrier(dist: Any, world: int) -> None:
-    if world > 1:
-        dist.barrier()
-
-
 def _state(ctx: RuntimeContext[Any], path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The DCP state dict of ``ctx`` (key -> tensor, checked reads) and its layout."""
     import torch
@@ -119,45 +114,79 @@ def save_distributed(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> 
     """Write ``ctx`` as a checkpoint folder at ``path``; call it on every rank.
 
     Each rank writes the shards it holds (replicated values once) through
-    ``dcp.save`` with the safetensors storage; rank 0 then writes the layout and
-    renames the folder into place. Collectives: DCP's plan, two barriers.
-    Cost: O(local bytes) per rank.
+    ``dcp.save`` with the safetensors storage; rank 0 writes the layout and renames
+    the folder into place in DCP's own finishing step. Collectives: DCP's (one gather
+    and scatter of the plan, one gather of the write results and a broadcast); none of
+    torchlean's own. Cost: O(local bytes) per rank.
     """
     require_context(ctx, "save_distributed")
     require_path(path, "save_distributed")
     _wait_in_flight()
     target = os.path.abspath(os.fspath(path))
     state, layout = _state(ctx, target)
-    dist, rank, world = _group()
-    partial = _prepare(dist, rank, world, target)
-    _write(state, partial, world, async_=False)
-    _barrier(dist, world)
-    if rank == 0:
-        _finish(partial, target, layout, world)
-    _barrier(dist, world)
+    _, _, world = _group()
+    writer = _writer(target, layout, world)
+    if world == 1:  # DCP's `save` warns "torch.distributed is disabled" for no_dist
+        _save_one_process(state, writer)
+        return
+    from torch.distributed.checkpoint.state_dict_saver import save
+
+    save(state, storage_writer=writer)
 
 
-def _prepare(dist: Any, rank: int, world: int, target: str) -> str:
-    partial = target + _PARTIAL
-    if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)  # a save that died half-way
-        os.makedirs(partial)
-    _barrier(dist, world)
-    return partial
+def _save_one_process(state: dict[str, Any], writer: Any) -> None:
+    """DCP's save without a process group, and without its UserWarning (which ``save``
+    raises unconditionally for ``no_dist``; in a background thread no filter of the
+    caller's reaches it)."""
+    from torch.distributed.checkpoint import state_dict_saver
+
+    inner = getattr(state_dict_saver, "_save_state_dict", None)
+    if inner is None:  # another torch: the public entry point, its warning filtered here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            state_dict_saver.save(state, storage_writer=writer, no_dist=True)
+        return
+    inner(state_dict=state, storage_writer=writer, no_dist=True)
 
 
-def _write(state: dict[str, Any], folder: str, world: int, *, async_: bool) -> Any:
+def _writer(target: str, layout: dict[str, Any], world: int) -> Any:
+    """DCP's safetensors writer into ``target.partial``, finishing the folder itself.
+
+    Two hooks of DCP's writer run on the coordinator (rank 0) only, at points where
+    DCP's own collectives already order the ranks, so torchlean adds no barrier:
+
+    - ``prepare_global_plan`` runs after every rank has created the folder and before
+      any rank writes: a save that died half-way left files there; they are removed.
+    - ``finish`` runs after every rank has written, before DCP's closing broadcast
+      returns on the others: the layout is written and the folder renamed to
+      ``target`` (an older ``target`` is moved aside first, removed after).
+    """
     from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageWriter
-    from torch.distributed.checkpoint.state_dict_saver import async_save, save
 
-    writer = HuggingFaceStorageWriter(folder, save_distributed=True)
-    with warnings.catch_warnings():  # "assuming the intent is to save in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        if async_:
-            group = _async_group() if world > 1 else None
-            return async_save(state, storage_writer=writer, no_dist=world == 1, process_group=group)
-        save(state, storage_writer=writer, no_dist=world == 1)
-    return None
+    partial = target + _PARTIAL
+    stamped = layout | {"world_size": world}
+
+    class _FolderWriter(HuggingFaceStorageWriter):
+        def prepare_global_plan(self, plans: list[Any]) -> list[Any]:
+            _empty(partial)
+            result: list[Any] = super().prepare_global_plan(plans)
+            return result
+
+        def finish(self, metadata: Any, results: list[list[Any]]) -> None:
+            super().finish(metadata, results)
+            _finish(partial, target, stamped)
+
+    return _FolderWriter(partial, save_distributed=True)
+
+
+def _empty(folder: str) -> None:
+    """Remove what a save that died half-way left in ``folder`` (normally nothing)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
 
 
 _ASYNC_GROUPS: dict[int, Any] = {}
@@ -178,9 +207,8 @@ def _async_group() -> Any:
     return _ASYNC_GROUPS[key]
 
 
-def _finish(partial: str, target: str, layout: dict[str, Any], world: int) -> None:
+def _finish(partial: str, target: str, layout: dict[str, Any]) -> None:
     """Write the layout into ``partial`` and move it to ``target`` (rank 0 only)."""
-    layout = layout | {"world_size": world}
     with open(os.path.join(partial, LAYOUT_NAME), "w", encoding="utf-8") as f:
         json.dump(layout, f, indent=1)
         f.flush()
@@ -205,25 +233,21 @@ class AsyncSave:
     background write raised). ``wait()`` returns once the folder is complete."""
 
     path: str
-    _thread: threading.Thread = field(repr=False)
-    _error: list[BaseException] = field(default_factory=list, repr=False)
+    _future: Future[Any] = field(repr=False)
 
     def done(self) -> bool:
         """True once the background part has ended (well or not)."""
-        return not self._thread.is_alive()
+        return self._future.done()
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the folder is complete; raise the background write's error."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError(f"{self.path}: the asynchronous save is still running")
-        if self._error:
-            raise self._error[0]
+        try:
+            self._future.result(timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"{self.path}: the asynchronous save is still running") from None
 
 
 _IN_FLIGHT: list[AsyncSave] = []
-#: How long a rank waits for the others to finish writing an asynchronous save.
-ASYNC_TIMEOUT: Final = 600.0
 
 
 def _wait_in_flight() -> None:
@@ -234,70 +258,41 @@ def _wait_in_flight() -> None:
 def save_async(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> AsyncSave:
     """Start writing ``ctx`` as a checkpoint folder; call it on every rank.
 
-    Returns once DCP has planned the save and copied the tensors (``dcp.async_save``'s
-    staging): the context may then be updated. The shards are written in a background
-    thread; then each rank marks its part done, and rank 0 writes the layout and
-    renames the folder when every rank has (no collective runs in the background).
-    At most one save is in flight per process: a new one first waits for the last.
+    Returns once the tensors are copied (``dcp.async_save``'s staging): the context may
+    then be updated. DCP plans and writes in a background thread, its collectives on a
+    gloo group of their own; rank 0 writes the layout and renames the folder in DCP's
+    finishing step. At most one save is in flight per process: a new one first waits
+    for the last.
     """
     require_context(ctx, "save_async")
     require_path(path, "save_async")
     _wait_in_flight()
     target = os.path.abspath(os.fspath(path))
     state, layout = _state(ctx, target)
-    dist, rank, world = _group()
-    partial = _prepare(dist, rank, world, target)
-    token = uuid.uuid4().hex if rank == 0 else ""
-    if world > 1:
-        box = [token]
-        dist.broadcast_object_list(box, src=0)
-        token = box[0]
-    future = _write(state, partial, world, async_=True)
-    errors: list[BaseException] = []
+    _, _, world = _group()
+    writer = _writer(target, layout, world)
+    future: Future[Any]
+    if world == 1:
+        future = _async_one_process(state, writer)
+    else:
+        from torch.distributed.checkpoint.state_dict_saver import async_save
 
-    def background() -> None:
-        try:
-            result = future.result() if hasattr(future, "result") else None
-            del result
-            Path(partial, f".done-{rank}").touch()
-            if rank == 0:
-                _await(partial, [f".done-{r}" for r in range(world)])
-                for r in range(world):
-                    os.unlink(os.path.join(partial, f".done-{r}"))
-                _finish(partial, target, layout | {"save": token}, world)
-            else:
-                _await_layout(target, token)
-        except BaseException as e:  # handed to wait()
-            errors.append(e)
-
-    thread = threading.Thread(target=background, name="torchlean-save", daemon=True)
-    handle = AsyncSave(target, thread, errors)
-    thread.start()
+        started: Any = async_save(state, storage_writer=writer, process_group=_async_group())
+        # a Future, or (when a stager stages in the background) a pair of them
+        future = getattr(started, "upload_completion", started)
+    handle = AsyncSave(target, future)
     _IN_FLIGHT.append(handle)
     return handle
 
 
-def _await(folder: str, names: list[str]) -> None:
-    deadline = time.monotonic() + ASYNC_TIMEOUT
-    while not all(os.path.exists(os.path.join(folder, n)) for n in names):
-        if time.monotonic() > deadline:
-            raise TorchLeanError(f"{folder}: other ranks did not finish writing in time")
-        time.sleep(0.002)
-
-
-def _await_layout(target: str, token: str) -> None:
-    deadline = time.monotonic() + ASYNC_TIMEOUT
-    where = os.path.join(target, LAYOUT_NAME)
-    while True:
-        try:
-            with open(where, encoding="utf-8") as f:
-                if json.load(f).get("save") == token:
-                    return
-        except (OSError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            raise TorchLeanError(f"{target}: rank 0 did not complete the folder in time")
-        time.sleep(0.002)
+def _async_one_process(state: dict[str, Any], writer: Any) -> Future[Any]:
+    """``async_save`` in one process: the same staging copy, then DCP's save in a
+    thread of ours (``async_save`` would call ``save``, which warns for ``no_dist``)."""
+    staged = writer.stage(state)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torchlean-save")
+    future = pool.submit(_save_one_process, staged, writer)
+    pool.shutdown(wait=False)
+    return future
 
 
 # ---------------------------------------------------------------------- loading

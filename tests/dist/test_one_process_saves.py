@@ -1,0 +1,58 @@
+"""Checkpoint folders saved by one process (no process group): no warning from DCP in
+the background thread, the leftovers of a save that died half-way removed, an older
+folder replaced."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import _workers
+
+from torchlean import io
+from torchlean.io.distributed import LAYOUT_NAME, save_async
+
+
+def _same_as_plain(path: Path) -> None:
+    got = io.load(path, backend="torch")
+    want = _workers.plain_context()
+    assert [n for n, _ in got.var_registry] == [n for n, _ in want.var_registry]
+    for (name, a), (_, b) in zip(got.var_registry, want.var_registry, strict=True):
+        assert torch.equal(_workers.bits(a.t), _workers.bits(b.t)), name
+
+
+def test_save_async_in_one_process_does_not_warn(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # as the suite; the thread sees the same filters
+        handle = save_async(_workers.plain_context(), tmp_path / "a")
+        handle.wait(timeout=60)
+        io.save(_workers.plain_context(), tmp_path / "b", distributed=True)
+    assert handle.done()
+    for name in ("a", "b"):
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
+        _same_as_plain(tmp_path / name)
+
+
+def test_leftovers_of_a_dead_save_are_removed(tmp_path: Path) -> None:
+    partial = tmp_path / "c.partial"
+    (partial / "junk").mkdir(parents=True)
+    (partial / "shard-00007-model-00001-of-00001.safetensors").write_bytes(b"not a shard")
+    io.save(_workers.plain_context(), tmp_path / "c", distributed=True)
+    assert not partial.exists()
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
+        "shard-00001-model-00001-of-00001.safetensors",
+        LAYOUT_NAME,
+    ]
+    _same_as_plain(tmp_path / "c")
+    handle = save_async(
+        _workers.plain_context().register_variable("z", torch.ones(2)), tmp_path / "c"
+    )
+    handle.wait(timeout=60)
+    assert io.load(tmp_path / "c", backend="torch").variable_entry("z") is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
