@@ -32,16 +32,26 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
 import stat
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_bytes", "file_kind", "save_target", "stale_temporaries"]
+__all__ = [
+    "atomic_path",
+    "atomic_write_bytes",
+    "file_kind",
+    "publish_folder",
+    "save_target",
+    "stale_temporaries",
+]
 
 _STARTED = time.time()
 
@@ -281,3 +291,27 @@ def _sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def publish_folder(partial: str, target: str, layout_name: str, layout: dict[str, Any]) -> None:
+    """Write ``layout`` as JSON into the folder ``partial`` (fsynced), then put the folder
+    in place of ``target``: an older ``target`` is moved aside first and removed last, and
+    the parent folder is fsynced, so a reader finds the old folder, the new one, or (for
+    a moment) none, never a partial one. For the folder formats' last process.
+    Cost: O(layout) plus the removal of the old folder."""
+    with open(os.path.join(partial, layout_name), "w", encoding="utf-8") as f:
+        json.dump(layout, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    old = None
+    if os.path.lexists(target):
+        old = f"{target}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    os.rename(partial, target)
+    fd = os.open(os.path.dirname(target) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

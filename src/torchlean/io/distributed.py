@@ -36,11 +36,9 @@ Reading map:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -50,6 +48,7 @@ from typing import Any, Final
 
 from torchlean._validate import require_path
 from torchlean.errors import FormatError, ShapeMismatchError, TorchLeanError
+from torchlean.io._atomic import publish_folder
 from torchlean.io._common import check_backend
 from torchlean.io._format import Format
 from torchlean.io._layout import check_layout, layout_object, plan
@@ -209,22 +208,7 @@ def _async_group() -> Any:
 
 def _finish(partial: str, target: str, layout: dict[str, Any]) -> None:
     """Write the layout into ``partial`` and move it to ``target`` (rank 0 only)."""
-    with open(os.path.join(partial, LAYOUT_NAME), "w", encoding="utf-8") as f:
-        json.dump(layout, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    old = None
-    if os.path.lexists(target):
-        old = f"{target}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-    os.rename(partial, target)
-    fd = os.open(os.path.dirname(target) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    publish_folder(partial, target, LAYOUT_NAME, layout)
 
 
 @dataclass

@@ -40,11 +40,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from typing import Any, Final
 
 from torchlean._validate import require_path
 from torchlean.errors import FormatError, ShapeMismatchError, TorchLeanError
+from torchlean.io._atomic import publish_folder
 from torchlean.io._common import check_backend
 from torchlean.io._format import Format
 from torchlean.io._layout import apply_roles, check_layout, layout_object, plan
@@ -140,22 +140,7 @@ def save_orbax(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
 
 def _finish(partial: str, target: str, layout: dict[str, Any]) -> None:
     """Write the layout into ``partial`` and move it to ``target`` (process 0 only)."""
-    with open(os.path.join(partial, LAYOUT_NAME), "w", encoding="utf-8") as f:
-        json.dump(layout, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    old = None
-    if os.path.lexists(target):
-        old = f"{target}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-    os.rename(partial, target)
-    fd = os.open(os.path.dirname(target) or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    publish_folder(partial, target, LAYOUT_NAME, layout)
 
 
 # ---------------------------------------------------------------------- loading

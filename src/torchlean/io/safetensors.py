@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import os
-import weakref
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
@@ -42,12 +41,12 @@ from torchlean._validate import require_save_arguments
 from torchlean.errors import FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import (
+    Descriptor,
     build_context,
     check_backend,
     check_savable,
     descriptor_path,
     numpy_dtype,
-    open_regular,
     read_block,
     to_numpy,
 )
@@ -165,7 +164,7 @@ def check_metadata(metadata: Any, function: str) -> dict[str, str]:
     return out
 
 
-class _File:
+class _File(Descriptor):
     """One safetensors file, opened once: its descriptor, header and metadata.
 
     Every read of the file goes through this one descriptor (an atomic save that
@@ -176,10 +175,8 @@ class _File:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.where = where = os.fspath(path)
-        fd = open_regular(path)
-        self._close = weakref.finalize(self, os.close, fd)
-        self.fd = fd
+        super().__init__(path)
+        where, fd = self.where, self.fd
         size = os.fstat(fd).st_size
         if size < 8:
             self.close()
@@ -218,21 +215,6 @@ class _File:
             if "(os error 12)" in str(e):  # ENOMEM: no address space left to map the file
                 raise MemoryError(f"{self.where}: no memory left to map the file") from None
             raise FormatError(f"{self.where}: not a valid safetensors file: {e}") from None
-
-    def read_at(self, offset: int, n: int) -> bytes:
-        """Exactly ``n`` bytes at ``offset`` of the file, as one ``bytes`` object."""
-        with open(self.fd, "rb", closefd=False) as f:  # one buffered read, one allocation
-            f.seek(offset)
-            data = f.read(n)
-        if len(data) != n:
-            raise FormatError(
-                f"{self.where}: truncated while reading: {len(data)} of {n} bytes at offset"
-                f" {offset} (the file changed while it was read?)"
-            )
-        return data
-
-    def close(self) -> None:
-        self._close()
 
     def __enter__(self) -> _File:
         return self
