@@ -104,7 +104,10 @@ def value_and_grad(
     ``ctx'`` is ``ctx`` with the gradient of the scalar ``loss`` with respect to every
     variable (the most recent entry of each name) registered under the variable's name;
     a variable the loss does not depend on gets a zero gradient (as with
-    ``jax.value_and_grad``). The variables of ``ctx'`` are those of ``ctx``, unchanged.
+    ``jax.value_and_grad``), but a torch loss that depends on none of them raises
+    :class:`~torchlean.errors.TorchLeanError` (e.g. ``functional_call`` on an FSDP2
+    module, which swaps its own parameters in). The variables of ``ctx'`` are those of
+    ``ctx``, unchanged.
 
     - ``has_aux=True``: ``fn`` returns ``(loss, aux)`` and the result is
       ``((loss, aux), ctx')``; torch tensors in ``aux`` are detached.
@@ -194,7 +197,12 @@ def value_and_grad(
                 raise _unreached_error(where, reduce, names, ctx)
             return (loss, (aux, state)) if has_state else out
 
-        out, raw = library.value_and_grad(on_values, values, has_aux=has_aux or has_state)
+        def unreached(other: bool) -> TorchLeanError:
+            return _unreached_error(where, reduce, names, ctx, other=other)
+
+        out, raw = library.value_and_grad(
+            on_values, values, has_aux=has_aux or has_state, unreached=unreached
+        )
         if has_state:
             loss, (aux, new_state) = out
             out = (loss, aux) if has_aux else loss
@@ -337,21 +345,39 @@ def _first_differentiable(ctx: RuntimeContext[Any]) -> Backend:
 
 
 def _unreached_error(
-    where: str, reduce: str, names: list[str], ctx: RuntimeContext[Any]
+    where: str,
+    reduce: str | None,
+    names: list[str],
+    ctx: RuntimeContext[Any],
+    *,
+    other: bool = False,
 ) -> TorchLeanError:
-    """The loss reaches no variable: reducing would average zeros over the processes."""
+    """The loss reaches no variable: every gradient would be zero (and reducing would
+    average zeros over the processes). ``other``: the loss depends on other tensors
+    that require grad (captured parameters, or a module that swaps its own in)."""
+    head = where if reduce is None else f"{where} (reduce={reduce!r})"
     if not names:
         return TorchLeanError(
-            f"{where} (reduce={reduce!r}): no variable gets a gradient (the context's"
+            f"{head}: no variable gets a gradient (the context's"
             f" {ctx.context_size()} variable entries are all frozen, buffers or not"
             " floating point); there is nothing to reduce"
         )
     shown = ", ".join(f"`{n}`" for n in names[:8])
     more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+    cause = (
+        "; it depends on other tensors that require grad instead: parameters captured"
+        " from outside the context, or a module that manages its own parameters (an"
+        " FSDP2 module, after fully_shard, swaps its own sharded parameters in and"
+        " ignores those functional_call passes: call functional_call on an unsharded copy"
+        " of the module made before fully_shard, with the context's DTensors, e.g."
+        " redistributed to Replicate() in the loss)"
+        if other
+        else ""
+    )
     return TorchLeanError(
-        f"{where} (reduce={reduce!r}): the loss depends on none of the variables"
-        f" {shown}{more}, so every gradient would be zero; compute the loss from the"
-        " context the function receives (ctx.get_variable / functional_call on it),"
+        f"{head}: the loss depends on none of the variables"
+        f" {shown}{more}, so every gradient would be zero{cause}; compute the loss from"
+        " the context the function receives (ctx.get_variable / functional_call on it),"
         " not from tensors captured outside it"
     )
 

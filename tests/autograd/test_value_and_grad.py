@@ -190,3 +190,32 @@ def test_accumulation_under_jax_jit() -> None:
     y = X @ W + B
     np.testing.assert_allclose(np.asarray(twice.gradient("b")), 4 * y.sum(0), rtol=1e-6)
     assert twice.gradient_count() == 2
+
+
+def test_loss_reaching_no_variable_is_an_error() -> None:
+    import torch
+
+    from torchlean.errors import TorchLeanError
+    from torchlean.runtime import RuntimeContext
+
+    captured = torch.ones(3, requires_grad=True)
+    ctx = RuntimeContext.empty().with_variables([("w", torch.ones(3)), ("b", torch.ones(2))])
+
+    def loss(c: RuntimeContext[Any]) -> Any:
+        return (captured * 2).sum()
+
+    with pytest.raises(TorchLeanError) as e:
+        value_and_grad(loss)(ctx)
+    assert str(e.value) == (
+        "value_and_grad(loss): the loss depends on none of the variables `w`, `b`, so every"
+        " gradient would be zero; it depends on other tensors that require grad instead:"
+        " parameters captured from outside the context, or a module that manages its own"
+        " parameters (an FSDP2 module, after fully_shard, swaps its own sharded parameters"
+        " in and ignores those functional_call passes: call functional_call on an unsharded"
+        " copy of the module made before fully_shard, with the context's DTensors, e.g."
+        " redistributed to Replicate() in the loss); compute the loss from the context the"
+        " function receives (ctx.get_variable / functional_call on it), not from tensors"
+        " captured outside it"
+    )
+    with pytest.raises(TorchLeanError, match="so every gradient would be zero; compute"):
+        value_and_grad(lambda c: torch.tensor(1.0))(ctx)

@@ -157,12 +157,22 @@ class Backend:
         raise BackendError(f"the {self.name} backend cannot run optimizer updates")
 
     def value_and_grad(
-        self, fn: Callable[[list[Any]], Any], values: list[Any], *, has_aux: bool
+        self,
+        fn: Callable[[list[Any]], Any],
+        values: list[Any],
+        *,
+        has_aux: bool,
+        unreached: Callable[[bool], Exception] | None = None,
     ) -> tuple[Any, list[Any]]:
         """``(fn(values), gradient of its scalar loss with respect to each value)``.
 
         ``fn`` returns the loss, or ``(loss, aux)`` with ``has_aux``; a value the loss
         does not depend on gets zeros. The library's own autograd does the work.
+        ``unreached``: where the library can tell that the loss depends on none of
+        ``values`` (there being some), ``unreached(other)`` is raised instead, ``other``
+        saying whether the loss depends on other differentiable arrays (parameters
+        captured from outside, or swapped in by a module such as FSDP2's); libraries that
+        cannot tell (a traced jax value) ignore it.
         """
         raise BackendError(f"the {self.name} backend has no autograd")
 

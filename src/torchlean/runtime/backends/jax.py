@@ -132,9 +132,15 @@ class JaxBackend(Backend):
         return update
 
     def value_and_grad(
-        self, fn: Callable[[list[Any]], Any], values: list[Any], *, has_aux: bool
+        self,
+        fn: Callable[[list[Any]], Any],
+        values: list[Any],
+        *,
+        has_aux: bool,
+        unreached: Callable[[bool], Exception] | None = None,
     ) -> tuple[Any, list[Any]]:
-        """``jax.value_and_grad`` over the list ``values`` (traceable by ``jax.jit``)."""
+        """``jax.value_and_grad`` over the list ``values`` (traceable by ``jax.jit``);
+        ``unreached`` is ignored (a traced loss does not tell what it depends on)."""
         out, grads = self.jax.value_and_grad(fn, has_aux=has_aux)(values)
         return out, list(grads)
 

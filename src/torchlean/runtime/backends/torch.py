@@ -251,12 +251,19 @@ class TorchBackend(Backend):
         return update
 
     def value_and_grad(
-        self, fn: Callable[[list[Any]], Any], values: list[Any], *, has_aux: bool
+        self,
+        fn: Callable[[list[Any]], Any],
+        values: list[Any],
+        *,
+        has_aux: bool,
+        unreached: Callable[[bool], Exception] | None = None,
     ) -> tuple[Any, list[Any]]:
         """``torch.autograd.grad`` on fresh requires-grad leaves sharing storage with
         ``values`` (no copy; values that tile a flat buffer are views of one leaf, the
         buffer, see :meth:`grad_leaves`); the loss and torch tensors in ``aux`` come back
-        detached."""
+        detached. ``unreached(loss.requires_grad)`` is raised when there are leaves and
+        the backward pass reaches none of them (``loss`` not requiring grad, or every
+        gradient ``None``); else unreached leaves get zeros."""
         torch = self.torch
         from torch.utils import _pytree
 
@@ -268,10 +275,15 @@ class TorchBackend(Backend):
                 raise TypeError(
                     f"value_and_grad: fn must return a torch tensor, got {type(loss).__name__}"
                 )
+            found: tuple[Any, ...] = ()
             if loss.requires_grad and roots:
-                raw = torch.autograd.grad(loss, roots, allow_unused=True, materialize_grads=True)
-            else:
-                raw = tuple(torch.zeros_like(root, requires_grad=False) for root in roots)
+                found = torch.autograd.grad(loss, roots, allow_unused=True)
+            if unreached is not None and roots and all(g is None for g in found):
+                raise unreached(bool(loss.requires_grad))
+            raw = [
+                torch.zeros_like(root, requires_grad=False) if g is None else g
+                for root, g in zip(roots, found or [None] * len(roots), strict=True)
+            ]
         grads = spread([g.detach() for g in raw])
         value = loss.detach()
         if has_aux:
