@@ -16,7 +16,10 @@ Reading map:
 - :func:`library` -- the backend a :attr:`Heads.libraries` index names.
 - :func:`replace_heads_trusted` -- a new context whose most recent entries of ``names``
   hold ``values``: tensors of the same library and dims as the entries they replace
-  (written in place, or copies), adopted as they are.
+  (written in place, or copies), adopted as they are; :func:`replace_heads_read` also
+  returns the :class:`Heads` written, which the next :func:`heads` takes as ``last``
+  (a registry still holding those records costs one version read per tensor).
+- :func:`heads_unchecked` -- the records as :class:`Heads`, versions not checked.
 """
 
 from __future__ import annotations
@@ -181,7 +184,8 @@ def replace_heads_read(
     if read is None or read.mapping is not mapping:
         read = heads_unchecked(mapping, names)
     libraries = read.libraries
-    if libraries and libraries.count(libraries[0]) == len(libraries):
+    one = bool(libraries) and libraries.count(libraries[0]) == len(libraries)
+    if one:
         reader = VERSION_READERS[libraries[0]]
         versions = (None,) * len(values) if reader is None else tuple(map(reader, values))
     else:
@@ -217,7 +221,7 @@ def replace_heads_read(
         read.dims,
         libraries,
         new,
-        versions if libraries.count(libraries[0]) == len(libraries) else (),
+        versions if one else (),
         counts if rests is not None else (1,) * len(new),
         rests if rests is not None else tuple(map(_REST, new)),
         read.ids if read.ids else tuple(map(_ID, new)),
