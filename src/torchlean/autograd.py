@@ -216,11 +216,17 @@ def value_and_grad(
             for name, at in zip(names, raw, strict=True):
                 new = new.accumulate_gradient(name, at)
             return out, new
-        old = _bulk.heads(ctx, names, gradients=True)
-        same = old is not None and old.dims == dims and len(set(old.libraries)) <= 1
+        wrote = layouts.gradients
+        last = wrote[1] if wrote[0] is names else None
+        old = _bulk.heads(ctx, names, gradients=True, last=last)
+        same = old is not None and (
+            old is last or (old.dims == dims and len(set(old.libraries)) <= 1)
+        )
         if same and old is not None and (not names or _bulk.library(old.libraries[0]) is library):
             fresh = library.adopt_all(raw)
-            return out, _bulk.replace_heads_trusted(ctx, names, fresh, gradients=True, read=old)
+            new, written = _bulk.replace_heads_read(ctx, names, fresh, gradients=True, read=old)
+            layouts.gradients = (names, written)
+            return out, new
         return out, ctx.with_gradients(list(zip(names, raw, strict=True)), adopt=True)
 
     transformed.__name__ = f"value_and_grad({getattr(fn, '__name__', 'fn')})"
@@ -233,11 +239,14 @@ class _Layouts:
     (names, array libraries and dtypes of the variables), so that a training loop pays
     the per-name checks once."""
 
-    __slots__ = ("frozen", "last")
+    __slots__ = ("frozen", "gradients", "last")
 
     def __init__(self, frozen: str | Sequence[str]) -> None:
         self.frozen = frozen
         self.last: tuple[Any, ...] | None = None
+        #: the names and :class:`~torchlean.runtime._bulk.Heads` of the gradients the
+        #: last call wrote (the next call, handed that context, only checks versions)
+        self.gradients: tuple[Any, Any] = (None, None)
 
     def read(self, ctx: RuntimeContext[Any]) -> tuple[list[str], Backend, list[Any], list[Any]]:
         """``(names, library, values, dims)`` of the variables to differentiate."""

@@ -52,6 +52,7 @@ class Plan:
         "dtypes",
         "gradient_names",
         "keys",
+        "last",
         "libraries",
         "library",
         "names",
@@ -78,6 +79,9 @@ class Plan:
         #: the entry counts of the contexts the check passed for: a new entry (a shadowed
         #: one holding a parameter's buffer, say) makes the pairing path check again
         self.sizes: tuple[int, int, int] | None = None
+        #: what the last step read of the gradients and wrote of the parameters and
+        #: state (the next step, handed the contexts it returned, only checks versions)
+        self.last: tuple[Any, Any, Any] = _NOTHING
 
     @classmethod
     def build(cls, opt: Optimizer, ctx: Context, state: Context, *, donate: bool) -> Plan | None:
@@ -133,26 +137,32 @@ class Plan:
             if listed != names:
                 return None
             self.gradient_names = listed
-        grads = _bulk.heads(ctx, names, gradients=True)
-        params = _bulk.heads(ctx, names)
-        entries = _bulk.heads(state, self.keys)
+        last = self.last
+        grads = _bulk.heads(ctx, names, gradients=True, last=last[0])
+        params = _bulk.heads(ctx, names, last=last[1])
+        entries = _bulk.heads(state, self.keys, last=last[2])
         if grads is None or params is None or entries is None:
             return None
-        if not (
-            grads.dims == self.dims
-            and params.dims == self.dims
+        # what this plan wrote (or read and checked) last time, unchanged: known to fit
+        if (params is not last[1] or entries is not last[2]) and not (
+            params.dims == self.dims
             and entries.dims == self.state_dims
-            and grads.libraries == self.libraries
             and params.libraries == self.libraries
             and entries.libraries == self.state_libraries
+            and list(map(_DTYPE, params.tensors)) == self.dtypes
         ):
             return None
-        dtypes = list(map(_DTYPE, params.tensors))
-        if dtypes != self.dtypes or list(map(_DTYPE, grads.tensors)) != dtypes:
+        if grads is not last[0] and not (
+            grads.dims == self.dims
+            and grads.libraries == self.libraries
+            and list(map(_DTYPE, grads.tensors)) == self.dtypes
+        ):
             return None
         if donate and self.aliasing:
             checked = self.checked
-            if checked is None or not all(map(operator.is_, checked, params.tensors)):
+            if params is not last[1] and (
+                checked is None or not all(map(operator.is_, checked, params.tensors))
+            ):
                 return None  # new parameter tensors: the pairing path checks aliases again
             if self.sizes != _sizes(ctx, state):
                 return None  # new entries: they may hold a buffer the step writes
@@ -165,22 +175,36 @@ class Plan:
         new = updater(Update(params.tensors, grads.tensors, slots, values[:n], values[-1]))
         library = self.library
         assert library is not None
-        new_ctx = _bulk.replace_heads_trusted(
-            ctx, names, library.adopt_all(new.params), read=params
-        )
         updated = list(new.steps)
         for slot in self.slots:
             updated += new.slots[slot]
         updated.append(new.count)
-        new_state = _bulk.replace_heads_trusted(
-            state, self.keys, library.adopt_all(updated), read=entries
-        )
         if donate:
-            library.note_written(new.params, where)
+            if not _same(new.params, params.tensors):
+                new_params = library.adopt_all(new.params)
+            else:
+                new_params = params.tensors  # written in place: stored (adopted) already
+            if not _same(updated, values):
+                updated = library.adopt_all(updated)
+        else:
+            new_params = library.adopt_all(new.params)
+            updated = library.adopt_all(updated)
+        new_ctx, wrote_params = _bulk.replace_heads_read(ctx, names, new_params, read=params)
+        new_state, wrote_entries = _bulk.replace_heads_read(state, self.keys, updated, read=entries)
+        if donate:
+            library.note_written(new_params, where)
         if donate and self.aliasing:
-            self.checked = list(new.params)
-            self.sizes = _sizes(new_ctx, new_state)
+            self.checked = new_params  # the entry counts stay: only heads were replaced
+        self.last = (grads, wrote_params, wrote_entries) if donate else _NOTHING
         return new_ctx, new_state
+
+
+_NOTHING: tuple[None, None, None] = (None, None, None)
+
+
+def _same(xs: list[Any], ys: list[Any]) -> bool:
+    """Whether ``xs`` and ``ys`` hold the same objects."""
+    return len(xs) == len(ys) and all(map(operator.is_, xs, ys))
 
 
 def _sizes(ctx: Context, state: Context) -> tuple[int, int, int]:

@@ -16,7 +16,10 @@ Reading map:
 - :func:`library` -- the backend a :attr:`Heads.libraries` index names.
 - :func:`replace_heads_trusted` -- a new context whose most recent entries of ``names``
   hold ``values``: tensors of the same library and dims as the entries they replace
-  (written in place, or copies), adopted as they are.
+  (written in place, or copies), adopted as they are; :func:`replace_heads_read` also
+  returns the :class:`Heads` written, which the next :func:`heads` takes as ``last``
+  (a registry still holding those records costs one version read per tensor).
+- :func:`heads_unchecked` -- the records as :class:`Heads`, versions not checked.
 """
 
 from __future__ import annotations
@@ -30,9 +33,18 @@ from torchlean.runtime.any_tensor import LIBRARIES, VERSION_READERS
 from torchlean.runtime.backends import Backend
 from torchlean.runtime.context import RuntimeContext
 
-__all__ = ["Heads", "heads", "latest_names", "library", "replace_heads_trusted"]
+__all__ = [
+    "Heads",
+    "heads",
+    "heads_unchecked",
+    "latest_names",
+    "library",
+    "replace_heads_read",
+    "replace_heads_trusted",
+]
 
-_LIBRARY = operator.itemgetter(3)
+_REST = operator.itemgetter(5)
+_ID = operator.itemgetter(6)
 
 
 class Heads(NamedTuple):
@@ -44,6 +56,14 @@ class Heads(NamedTuple):
     libraries: list[int]
     #: the registry's records (for :func:`replace_heads_trusted`)
     records: list[Any]
+    #: the version each tensor had when read (or written)
+    versions: tuple[Any, ...] = ()
+    #: the records' other columns (run counts, older runs, ids), for a C-level rewrite
+    counts: tuple[int, ...] = ()
+    rests: tuple[Any, ...] = ()
+    ids: tuple[int, ...] = ()
+    #: the registry mapping the records were read from (or written to)
+    mapping: Any = None
 
 
 def _registry(ctx: RuntimeContext[Any], gradients: bool) -> Registry:
@@ -80,34 +100,50 @@ def latest_names(ctx: RuntimeContext[Any], *, gradients: bool = False) -> list[s
 
 
 def heads(
-    ctx: RuntimeContext[Any], names: Sequence[str], *, gradients: bool = False
+    ctx: RuntimeContext[Any],
+    names: Sequence[str],
+    *,
+    gradients: bool = False,
+    last: Heads | None = None,
 ) -> Heads | None:
     """The tensor, dims and library of the most recent entry of each name.
 
     ``None`` when a name has no entry or a tensor was written in place since it was
     stored: the caller then reads the context through its public, explaining methods.
+    ``last``: what an earlier call (or :func:`replace_heads_read`) gave for these names;
+    when the registry still holds exactly those records, only the versions are read
+    again and ``last`` itself is returned (``is`` tells the caller nothing changed).
     Cost: O(m) C-level steps for m names.
     """
     mapping = _registry(ctx, gradients).map
+    if last is not None and last.mapping is mapping and last.versions:
+        reader = VERSION_READERS[last.libraries[0]]
+        if reader is not None and tuple(map(reader, last.tensors)) != last.versions:
+            return None
+        return last
     try:
         records = list(map(mapping.__getitem__, names))
     except KeyError:
         return None
     if not records:
-        return Heads([], [], [], [])
-    dims, tensors, versions, libraries = list(zip(*records, strict=True))[:4]
+        return Heads([], [], [], [], mapping=mapping)
+    dims, tensors, versions, libraries, counts, rests, ids = zip(*records, strict=True)
     first = libraries[0]
     if libraries.count(first) == len(libraries):
         reader = VERSION_READERS[first]
         if reader is not None and tuple(map(reader, tensors)) != versions:
             return None
-    else:
-        for record in records:
-            version = record[2]
-            if version is not None:
-                reader = VERSION_READERS[record[3]]
-                if reader is None or reader(record[1]) != version:
-                    return None
+        # one library: the versions are remembered for a later ``last`` read
+        return Heads(
+            list(tensors), list(dims), list(libraries), records,
+            versions, counts, rests, ids, mapping,
+        )  # fmt: skip
+    for record in records:
+        version = record[2]
+        if version is not None:
+            reader = VERSION_READERS[record[3]]
+            if reader is None or reader(record[1]) != version:
+                return None
     return Heads(list(tensors), list(dims), list(libraries), records)
 
 
@@ -128,28 +164,83 @@ def replace_heads_trusted(
     returned for these names of this context (saves reading the records again).
     Cost: O(m log n) for m names, in C-level loops.
     """
+    return replace_heads_read(ctx, names, values, gradients=gradients, read=read)[0]
+
+
+def replace_heads_read(
+    ctx: RuntimeContext[Any],
+    names: Sequence[str],
+    values: Sequence[Any],
+    *,
+    gradients: bool = False,
+    read: Heads | None = None,
+) -> tuple[RuntimeContext[Any], Heads]:
+    """:func:`replace_heads_trusted`, and the :class:`Heads` of the entries written (for
+    the ``last`` of the next :func:`heads` of these names). Cost: as
+    :func:`replace_heads_trusted`.
+    """
     registry = _registry(ctx, gradients)
     mapping = registry.map
-    records = read.records if read is not None else list(map(mapping.get, names))
-    libraries = read.libraries if read is not None else list(map(_LIBRARY, records))
-    if libraries and libraries.count(libraries[0]) == len(libraries):
+    if read is None or read.mapping is not mapping:
+        read = heads_unchecked(mapping, names)
+    libraries = read.libraries
+    one = bool(libraries) and libraries.count(libraries[0]) == len(libraries)
+    if one:
         reader = VERSION_READERS[libraries[0]]
-        versions = [None] * len(values) if reader is None else list(map(reader, values))
+        versions = (None,) * len(values) if reader is None else tuple(map(reader, values))
     else:
-        versions = [
+        versions = tuple(
             None if VERSION_READERS[i] is None else VERSION_READERS[i](v)  # type: ignore[misc]
             for i, v in zip(libraries, values, strict=True)
+        )
+    counts = read.counts
+    rests: tuple[Any, ...] | None = None
+    if counts and counts.count(1) == len(counts):
+        # every name has one run of its own value: the records in one C-level zip
+        rests = read.rests
+        new = list(
+            zip(read.dims, values, versions, libraries, counts, rests, read.ids, strict=True)
+        )
+    else:
+        new = [
+            (r[0], v, version, r[3], 1, r[5], r[6])
+            if r[4] == 1
+            else (r[0], v, version, r[3], 1, (r, r[4] - 1, r[5]), r[6])
+            for r, v, version in zip(read.records, values, versions, strict=True)
         ]
-    new = [
-        (r[0], v, version, r[3], 1, r[5], r[6])
-        if r[4] == 1
-        else (r[0], v, version, r[3], 1, (r, r[4] - 1, r[5]), r[6])
-        for r, v, version in zip(records, values, versions, strict=True)
-    ]
-    registry = Registry(mapping.update(zip(names, new, strict=True)), registry.order, registry.size)
+    new_map = mapping.update(zip(names, new, strict=True))
+    registry = Registry(new_map, registry.order, registry.size)
     if gradients:
-        return ctx._derive(ctx._v, registry, ctx._next_id)
-    return ctx._derive(registry, ctx._g, ctx._next_id)
+        out = ctx._derive(ctx._v, registry, ctx._next_id)
+    else:
+        out = ctx._derive(registry, ctx._g, ctx._next_id)
+    if not new:
+        return out, Heads([], [], [], [], mapping=new_map)
+    wrote = Heads(
+        list(values),
+        read.dims,
+        libraries,
+        new,
+        versions if one else (),
+        counts if rests is not None else (1,) * len(new),
+        rests if rests is not None else tuple(map(_REST, new)),
+        read.ids if read.ids else tuple(map(_ID, new)),
+        new_map,
+    )
+    return out, wrote
+
+
+def heads_unchecked(mapping: Any, names: Sequence[str]) -> Heads:
+    """The records of ``names`` in ``mapping`` as :class:`Heads`, versions not checked
+    (every name must have an entry). Cost: O(m) C-level steps."""
+    records = list(map(mapping.__getitem__, names))
+    if not records:
+        return Heads([], [], [], [], mapping=mapping)
+    dims, tensors, versions, libraries, counts, rests, ids = zip(*records, strict=True)
+    return Heads(
+        list(tensors), list(dims), list(libraries), records,
+        versions, counts, rests, ids, mapping,
+    )  # fmt: skip
 
 
 def library(index: int) -> Backend:

@@ -41,7 +41,19 @@ Context = RuntimeContext[Any]
 class _Recording:
     """A recorded step: the contexts it returned last, its inputs and its outputs."""
 
-    __slots__ = ("batch", "constants", "ctx", "keys", "library", "loss", "names", "replay", "state")
+    __slots__ = (
+        "batch",
+        "constants",
+        "ctx",
+        "keys",
+        "last",
+        "library",
+        "loss",
+        "names",
+        "replay",
+        "state",
+        "written",
+    )
 
     def __init__(
         self,
@@ -62,6 +74,10 @@ class _Recording:
         self.state = state
         self.names = list(_bulk.latest_names(ctx, gradients=True))
         self.keys = list(_bulk.latest_names(state))
+        #: what the last replay wrote (the next one, handed those contexts, only checks
+        #: versions) and the tensors every replay writes
+        self.last: tuple[Any, Any, Any] = (None, None, None)
+        self.written: list[Any] | None = None
 
     def step(
         self, ctx: Context, state: Context, args: tuple[Any, ...]
@@ -71,24 +87,31 @@ class _Recording:
         if ctx is not self.ctx or state is not self.state:
             return None
         names, keys = self.names, self.keys
-        params = _bulk.heads(ctx, names)
-        grads = _bulk.heads(ctx, names, gradients=True)
-        entries = _bulk.heads(state, keys)
+        last = self.last
+        params = _bulk.heads(ctx, names, last=last[0])
+        grads = _bulk.heads(ctx, names, gradients=True, last=last[1])
+        entries = _bulk.heads(state, keys, last=last[2])
         if params is None or grads is None or entries is None:
             return None
         self._load(args)
         self.replay()
         library = self.library
-        written = [*params.tensors, *grads.tensors, *entries.tensors, self.loss]
+        written = self.written
+        if written is None:
+            written = [*params.tensors, *grads.tensors, *entries.tensors, self.loss]
+            self.written = written  # the recording writes the same tensors every replay
         library.bump_versions(written)
-        new_ctx = _bulk.replace_heads_trusted(ctx, names, params.tensors, read=params)
-        new_ctx = _bulk.replace_heads_trusted(
+        new_ctx, wrote_params = _bulk.replace_heads_read(ctx, names, params.tensors, read=params)
+        new_ctx, wrote_grads = _bulk.replace_heads_read(
             new_ctx, names, grads.tensors, gradients=True, read=grads
         )
-        new_state = _bulk.replace_heads_trusted(state, keys, entries.tensors, read=entries)
+        new_state, wrote_entries = _bulk.replace_heads_read(
+            state, keys, entries.tensors, read=entries
+        )
         donate_context(ctx, to="captured step")
         donate_context(state, to="captured step")
         self.ctx, self.state = new_ctx, new_state
+        self.last = (wrote_params, wrote_grads, wrote_entries)
         return library.copy(self.loss), new_ctx, new_state
 
     def _load(self, args: tuple[Any, ...]) -> None:

@@ -11,6 +11,7 @@ Reading map:
 
 from __future__ import annotations
 
+import collections
 import itertools
 import operator
 from collections.abc import Callable, Hashable
@@ -546,8 +547,9 @@ class TorchBackend(Backend):
     def note_written(self, values: list[Any], by: str) -> None:
         """Tag each tensor with ``(by, its version now)``: :meth:`check_intact` then blames
         the step, not the user, for that write."""
-        for v in values:
-            v._torchlean_written = (by, v._version)
+        # C-level loops: one setattr per tensor, no Python frame per tensor
+        tags = zip(itertools.repeat(by), map(_VERSION, values))
+        collections.deque(map(setattr, values, itertools.repeat("_torchlean_written"), tags), 0)
 
     def clip_by_global_norm(self, arrays: list[Any], max_norm: float) -> tuple[list[Any], Any]:
         """``torch.nn.utils.get_total_norm`` and the scaling of ``clip_grads_with_norm_``,
@@ -641,6 +643,7 @@ def _same(xs: list[Any]) -> list[Any]:
 
 _BASE = operator.attrgetter("_base")
 _DTYPE = operator.attrgetter("dtype")
+_VERSION = operator.attrgetter("_version")
 
 
 def _views(buffer: Any, likes: list[Any]) -> list[Any]:
