@@ -27,7 +27,7 @@ import fnmatch
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, NamedTuple
 
 from torchlean._validate import require_bool, require_callable
 from torchlean.errors import BackendError, ShapeMismatchError, TorchLeanError, UnknownNameError
@@ -156,25 +156,20 @@ def value_and_grad(
         ctx: RuntimeContext[Any], *args: Any, **kwargs: Any
     ) -> tuple[Any, RuntimeContext[Any]]:
         require_context(ctx, where)
-        copies: list[tuple[str, Any]] = []
-        if has_state or ctx.buffers():
-            names = differentiable_names(ctx, frozen)
-            library = _library_of_names(ctx, names)
-            every = ctx.state_dict()
-            values = [every[name] for name in names]
-            dims = [library.dims(v) for v in values]
-            if has_state:
-                # fresh copies: a loss may update them in place (BatchNorm in train mode)
-                copies = [(n, library_copy(every[n])) for n in ctx.buffers()]
+        # the layout (names, library, buffers) is read once per layout; the leaves have
+        # the variables' dims and library, and the buffers' copies those of the buffers:
+        # the trusted batch edit
+        layout = layouts.read(ctx)
+        names, library, values, dims = layout.names, layout.library, layout.values, layout.dims
+        copies: list[Any] = []
+        if has_state and layout.buffers:
+            # fresh copies: a loss may update them in place (BatchNorm in train mode)
+            copies = list(map(_copy, layout.buffer_libraries, layout.buffer_values))
+            edited = layout.edited
 
             def inner(leaves: list[Any]) -> RuntimeContext[Any]:
-                return ctx.with_variables(
-                    copies + list(zip(names, leaves, strict=True)), adopt=True
-                )
+                return _bulk.replace_heads_trusted(ctx, edited, [*leaves, *copies])
         else:
-            # the layout is read once per layout; the leaves have the variables' dims and
-            # library: the trusted batch edit
-            names, library, values, dims = layouts.read(ctx)
 
             def inner(leaves: list[Any]) -> RuntimeContext[Any]:
                 return _bulk.replace_heads_trusted(ctx, names, leaves)
@@ -206,7 +201,7 @@ def value_and_grad(
         if has_state:
             loss, (aux, new_state) = out
             out = (loss, aux) if has_aux else loss
-            ctx = _land_state(ctx, new_state, names, where)
+            ctx = _land_state(ctx, new_state, names, where, layout, copies)
         if reduce is not None:
             value = out[0] if has_aux else out
             *raw, value = library.all_reduce([*raw, value], mean=reduce == "mean")
@@ -234,10 +229,28 @@ def value_and_grad(
     return transformed
 
 
+class _Layout(NamedTuple):
+    """What one call differentiates: the variables' names, library, values and dims,
+    and the buffers' names, values, dims and libraries (first-registered order)."""
+
+    names: list[str]
+    library: Backend
+    values: list[Any]
+    dims: list[Any]
+    buffers: list[str]
+    buffer_values: list[Any]
+    buffer_dims: list[Any]
+    buffer_libraries: list[Backend]
+    #: ``names + buffers`` (the entries the inner context replaces when buffers are copied)
+    edited: list[str]
+    #: ``{buffer: position in buffers}``
+    buffer_index: dict[str, int]
+
+
 class _Layouts:
-    """The differentiable names and library of the last layout a transformed function saw
-    (names, array libraries and dtypes of the variables), so that a training loop pays
-    the per-name checks once."""
+    """The differentiable names, library and buffers of the last layout a transformed
+    function saw (names, array libraries and dtypes of the variables, and the context's
+    buffers and aliases), so that a training loop pays the per-name checks once."""
 
     __slots__ = ("frozen", "gradients", "last")
 
@@ -248,35 +261,56 @@ class _Layouts:
         #: last call wrote (the next call, handed that context, only checks versions)
         self.gradients: tuple[Any, Any] = (None, None)
 
-    def read(self, ctx: RuntimeContext[Any]) -> tuple[list[str], Backend, list[Any], list[Any]]:
-        """``(names, library, values, dims)`` of the variables to differentiate."""
+    def read(self, ctx: RuntimeContext[Any]) -> _Layout:
+        """The :class:`_Layout` of ``ctx``, its values read and checked against in-place
+        writes."""
         every = _bulk.latest_names(ctx)
         read = _bulk.heads(ctx, every)
+        roles = _bulk.roles(ctx)
         if read is not None:
             dtypes = list(map(_DTYPE, read.tensors))
             last = self.last
             if (
                 last is not None
                 and last[0] is every
-                and last[1] == read.libraries
-                and last[2] == dtypes
+                and last[1] is roles
+                and last[2] == read.libraries
+                and last[3] == dtypes
             ):
-                names, library, chosen = last[3], last[4], last[5]
-                return names, library, chosen(read.tensors), chosen(read.dims)
+                build: Callable[[list[Any]], _Layout] = last[4]
+                return build(read.tensors)
         names = differentiable_names(ctx, self.frozen)
         library = _library_of_names(ctx, names)
-        values = ctx.state_dict()  # every entry read and checked
+        ctx.state_dict()  # every entry read and checked
         if read is None:  # pragma: no cover - state_dict raised for the written tensor
             read = _bulk.heads(ctx, every)
             assert read is not None
+        buffers = ctx.buffers()
         index = {name: i for i, name in enumerate(every)}
         positions = [index[name] for name in names]
+        kept = [index[name] for name in buffers]
+        dims = [read.dims[i] for i in positions]
+        buffer_dims = [read.dims[i] for i in kept]
+        buffer_libraries = [_bulk.library(read.libraries[i]) for i in kept]
+        edited = [*names, *buffers]
+        buffer_index = {name: i for i, name in enumerate(buffers)}
 
-        def pick(xs: list[Any], ix: list[int] = positions) -> list[Any]:
-            return [xs[i] for i in ix]
+        def layout(tensors: list[Any]) -> _Layout:
+            return _Layout(
+                names,
+                library,
+                [tensors[i] for i in positions],
+                dims,
+                buffers,
+                [tensors[i] for i in kept],
+                buffer_dims,
+                buffer_libraries,
+                edited,
+                buffer_index,
+            )
 
-        self.last = (every, read.libraries, list(map(_DTYPE, read.tensors)), names, library, pick)
-        return names, library, [values[name] for name in names], pick(read.dims)
+        self.last = (every, roles, read.libraries, list(map(_DTYPE, read.tensors)), layout)
+        return layout(read.tensors)
 
 
 _DTYPE = operator.attrgetter("dtype")
@@ -301,10 +335,39 @@ def _split_state(out: Any, where: str) -> tuple[Any, Any]:
     return out[0], out[1]
 
 
+def _copy(library: Backend, value: Any) -> Any:
+    return library.copy(value)
+
+
 def _land_state(
-    ctx: RuntimeContext[Any], new_state: Mapping[str, Any], names: list[str], where: str
+    ctx: RuntimeContext[Any],
+    new_state: Mapping[str, Any],
+    names: list[str],
+    where: str,
+    layout: _Layout,
+    copies: list[Any],
 ) -> RuntimeContext[Any]:
-    """``ctx`` with the variables of ``new_state`` replaced (detached values adopted)."""
+    """``ctx`` with the variables of ``new_state`` replaced (detached values adopted).
+
+    The copies of the buffers the loss received, updated in place and returned under
+    their names (BatchNorm), are written with the trusted batch edit; anything else
+    goes through :meth:`RuntimeContext.with_variables`, which checks every value."""
+    if copies and type(new_state) is dict:
+        index = layout.buffer_index
+        trusted = True
+        for name, value in new_state.items():
+            i = index.get(name) if type(name) is str else None
+            if (
+                i is None
+                or copies[i] is not value
+                or layout.buffer_libraries[i].dims(value) != layout.buffer_dims[i]
+            ):
+                trusted = False
+                break
+        if trusted:
+            keys = list(new_state)
+            fresh = [layout.buffer_libraries[index[n]].adopt(new_state[n]) for n in keys]
+            return _bulk.replace_heads_trusted(ctx, keys, fresh)
     differentiated = set(names)
     problems: list[str] = []
     for name in new_state:

@@ -128,6 +128,47 @@ def test_batchnorm_without_has_state_explains_itself() -> None:
     assert sorted(new.gradient_names()) == ["0.bias", "0.weight", "1.bias", "1.weight"]
 
 
+def test_has_state_layout_is_cached_and_invalidated() -> None:
+    """A transformed function reused over steps: the buffers the loss gets are fresh
+    copies each call, the stored ones are never written, a change of the buffers
+    re-reads the layout, and an in-place write of a stored buffer is still caught."""
+    from torchlean.errors import InPlaceModificationError
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    ctx = RuntimeContext.from_module(model)
+    x = torch.randn(8, 4)
+    seen: list[torch.Tensor] = []
+
+    def loss(c: RuntimeContext[Any], x: torch.Tensor) -> Any:
+        tensors = c.state_dict()
+        seen.append(tensors["1.running_mean"])
+        return functional_call(model, tensors, (x,)).sum(), {n: tensors[n] for n in c.buffers()}
+
+    grad_fn = value_and_grad(loss, has_state=True)
+    stored = ctx["1.running_mean"].clone()
+    _, one = grad_fn(ctx, x)
+    _, two = grad_fn(one, x)
+    assert int(two["1.num_batches_tracked"]) == 2
+    assert torch.equal(ctx["1.running_mean"], stored)  # the first context is intact
+    assert seen[0] is not seen[1] and seen[1] is not one["1.running_mean"]
+    # a second, plain return (not the copy the loss got) goes through with_variables
+    _, three = value_and_grad(
+        lambda c, x: (loss(c, x)[0], {"1.running_mean": torch.zeros(4)}), has_state=True
+    )(two, x)
+    assert torch.equal(three["1.running_mean"], torch.zeros(4))
+    # freezing-by-marking: 0.bias becomes a buffer, gets no gradient and a copy
+    marked = two.mark_buffers("0.bias")
+    _, four = grad_fn(marked, x)
+    old, new = dict(two.latest_gradients()), dict(four.latest_gradients())
+    assert new["0.bias"].t is old["0.bias"].t  # no gradient written for it
+    assert new["0.weight"].t is not old["0.weight"].t
+    assert torch.equal(four["0.bias"], two["0.bias"])  # a buffer: no update
+    # an in-place write of a stored buffer is caught on the cached path too
+    four.state_dict()["1.running_var"].add_(1)
+    with pytest.raises(InPlaceModificationError):
+        grad_fn(four, x)
+
+
 def test_gpt2_tied_embeddings_train_as_torch() -> None:
     torch.manual_seed(0)
     model = GPT()

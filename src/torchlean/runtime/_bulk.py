@@ -20,6 +20,8 @@ Reading map:
   returns the :class:`Heads` written, which the next :func:`heads` takes as ``last``
   (a registry still holding those records costs one version read per tensor).
 - :func:`heads_unchecked` -- the records as :class:`Heads`, versions not checked.
+- :func:`roles` -- the context's buffers-and-aliases record, shared by derived contexts
+  (``is`` tells a cached layout that they did not change).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "library",
     "replace_heads_read",
     "replace_heads_trusted",
+    "roles",
 ]
 
 _REST = operator.itemgetter(5)
@@ -246,3 +249,10 @@ def heads_unchecked(mapping: Any, names: Sequence[str]) -> Heads:
 def library(index: int) -> Backend:
     """The backend a :attr:`Heads.libraries` index names. Cost: O(1)."""
     return LIBRARIES[index]
+
+
+def roles(ctx: RuntimeContext[Any]) -> Any:
+    """The context's :class:`~torchlean.runtime._roles.Roles` record (buffers and
+    aliases), or ``None``; every context derived from it shares the same object, so
+    ``is`` tells a cached layout that they did not change. Cost: O(1)."""
+    return ctx._roles
