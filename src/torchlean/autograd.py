@@ -179,11 +179,16 @@ def value_and_grad(
             if not names:
                 raise _unreached_error(where, reduce, names, ctx)
 
+        #: whether the new state is the buffers' copies, as the loss received them
+        returned = [False]
+
         def on_values(leaves: list[Any]) -> Any:
             out = fn(inner(leaves), *args, **kwargs)
             state: Any = None
             if has_state:
                 out, state = _split_state(out, where)
+                if copies:
+                    returned[0] = _returns_copies(state, layout, copies)
             loss, aux = _split(out, has_aux)
             shape = tuple(getattr(loss, "shape", ()))
             if shape != ():
@@ -201,7 +206,7 @@ def value_and_grad(
         if has_state:
             loss, (aux, new_state) = out
             out = (loss, aux) if has_aux else loss
-            ctx = _land_state(ctx, new_state, names, where, layout, copies)
+            ctx = _land_state(ctx, new_state, names, where, layout if returned[0] else None)
         if reduce is not None:
             value = out[0] if has_aux else out
             *raw, value = library.all_reduce([*raw, value], mean=reduce == "mean")
@@ -339,35 +344,41 @@ def _copy(library: Backend, value: Any) -> Any:
     return library.copy(value)
 
 
+def _returns_copies(state: Any, layout: _Layout, copies: list[Any]) -> bool:
+    """Whether ``state`` (what the loss returned) maps buffer names to the very copies
+    the loss received, their dims unchanged (BatchNorm's in-place update)."""
+    if type(state) is not dict:
+        return False
+    index = layout.buffer_index
+    for name, value in state.items():
+        i = index.get(name) if type(name) is str else None
+        if (
+            i is None
+            or copies[i] is not value
+            or layout.buffer_libraries[i].dims(value) != layout.buffer_dims[i]
+        ):
+            return False
+    return True
+
+
 def _land_state(
     ctx: RuntimeContext[Any],
     new_state: Mapping[str, Any],
     names: list[str],
     where: str,
-    layout: _Layout,
-    copies: list[Any],
+    layout: _Layout | None = None,
 ) -> RuntimeContext[Any]:
     """``ctx`` with the variables of ``new_state`` replaced (detached values adopted).
 
-    The copies of the buffers the loss received, updated in place and returned under
-    their names (BatchNorm), are written with the trusted batch edit; anything else
-    goes through :meth:`RuntimeContext.with_variables`, which checks every value."""
-    if copies and type(new_state) is dict:
+    ``layout``: given when the loss returned the copies of the buffers it received
+    (:func:`_returns_copies`), so ``new_state`` holds them, detached (same dims, dtype
+    and library as the buffers): they are written with the trusted batch edit. Anything
+    else goes through :meth:`RuntimeContext.with_variables`, which checks every value."""
+    if layout is not None:
+        keys = list(new_state)
         index = layout.buffer_index
-        trusted = True
-        for name, value in new_state.items():
-            i = index.get(name) if type(name) is str else None
-            if (
-                i is None
-                or copies[i] is not value
-                or layout.buffer_libraries[i].dims(value) != layout.buffer_dims[i]
-            ):
-                trusted = False
-                break
-        if trusted:
-            keys = list(new_state)
-            fresh = [layout.buffer_libraries[index[n]].adopt(new_state[n]) for n in keys]
-            return _bulk.replace_heads_trusted(ctx, keys, fresh)
+        fresh = [layout.buffer_libraries[index[n]].adopt(new_state[n]) for n in keys]
+        return _bulk.replace_heads_trusted(ctx, keys, fresh)
     differentiated = set(names)
     problems: list[str] = []
     for name in new_state:
