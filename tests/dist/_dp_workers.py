@@ -8,36 +8,15 @@ loss are shared with the one-process halves in :mod:`test_data_parallel`.
 from __future__ import annotations
 
 import os
-import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _workers import WORLD, free_port, spawn  # one spawner for every dist test
 
-WORLD = 2
+__all__ = ["WORLD", "free_port", "spawn"]
+
 BATCH = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def spawn(fn: Callable[..., None], *args: Any, world: int = WORLD, timeout: float = 120) -> None:
-    """Run ``fn(rank, world, port, *args)`` on ``world`` processes; fail after ``timeout``."""
-    port = free_port()
-    pc = mp.spawn(fn, args=(world, port, *args), nprocs=world, join=False)
-    deadline = time.monotonic() + timeout
-    while not pc.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in pc.processes:
-                if p.is_alive():
-                    p.kill()
-            raise TimeoutError(f"{fn.__name__} did not end within {timeout} s")
 
 
 def join(rank: int, world: int, port: int) -> None:

@@ -129,7 +129,13 @@ def orbax(folder: str) -> None:
         assert [n for n, _ in loaded.var_registry] == ["w", "b", "w"]
         assert [n for n, _ in loaded.gradients] == ["w"]
         assert loaded.next_id == ctx.next_id
-        pairs = list(zip(ctx.var_registry + ctx.gradients, loaded.var_registry + loaded.gradients))
+        pairs = list(
+            zip(
+                ctx.var_registry + ctx.gradients,
+                loaded.var_registry + loaded.gradients,
+                strict=True,
+            )
+        )
         for (_, a), (_, b) in pairs:
             assert np.asarray(a.t).tobytes() == np.asarray(b.t).tobytes()
     assert got.variable_entry("w").t.sharding == like.variable_entry("w").t.sharding
