@@ -192,4 +192,5 @@ def grad_worker(rank: int, world: int, port: int, root: str) -> None:
         checkpoint_every=4,
         distributed=True,
     )
+    dist.barrier()  # every rank done before any leaves (see _workers.leave)
     dist.destroy_process_group()

@@ -88,4 +88,5 @@ def fsdp_worker(rank: int, world: int, port: int) -> None:
         assert "the loss depends on none of the variables `" in str(e), e
     else:
         raise AssertionError("functional_call on an FSDP2 module gave zero gradients")
+    dist.barrier()  # every rank done before any leaves (see _workers.leave)
     dist.destroy_process_group()

@@ -26,7 +26,21 @@ def free_port() -> int:
 
 
 def spawn(fn: Callable[..., None], *args: Any, world: int = WORLD, timeout: float = 120) -> None:
-    """Run ``fn(rank, world, port, *args)`` on ``world`` processes; fail after ``timeout``."""
+    """Run ``fn(rank, world, port, *args)`` on ``world`` processes; fail after ``timeout``.
+
+    The port is free when it is chosen, but another process (a second test run on the
+    machine) may take it before rank 0 binds it: that one failure is retried on a new
+    port, once."""
+    for attempt in (1, 2):
+        try:
+            _spawn_once(fn, args, world, timeout)
+            return
+        except mp.ProcessRaisedException as e:
+            if attempt == 2 or "address already in use" not in str(e).lower():
+                raise
+
+
+def _spawn_once(fn: Callable[..., None], args: tuple[Any, ...], world: int, timeout: float) -> None:
     port = free_port()
     pc = mp.spawn(fn, args=(world, port, *args), nprocs=world, join=False)
     deadline = time.monotonic() + timeout
@@ -36,6 +50,13 @@ def spawn(fn: Callable[..., None], *args: Any, world: int = WORLD, timeout: floa
                 if p.is_alive():
                     p.kill()
             raise TimeoutError(f"{fn.__name__} did not end within {timeout} s")
+
+
+def leave() -> None:
+    """Wait for every rank, then leave the group: a rank that destroyed its group while
+    another was still in a collective (the end of a DCP load) aborts the other."""
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def join(rank: int, world: int, port: int) -> Any:
@@ -141,7 +162,7 @@ def runtime_worker(rank: int, world: int, port: int) -> None:
     a, b = expect.get_variable("w", (8, 6)), got.get_variable("w", (8, 6))
     assert torch.equal(a.to_local(), b.to_local())
     assert not torch.equal(a.to_local(), weights()["w"].chunk(2)[rank])
-    dist.destroy_process_group()
+    leave()
 
 
 def checkpoint_worker(rank: int, world: int, port: int, folder: str, single: str) -> None:
@@ -159,7 +180,7 @@ def checkpoint_worker(rank: int, world: int, port: int, folder: str, single: str
     for name in ("blocking", "async", single):
         got = io.load(os.path.join(folder, name), like=like)
         _same(got, ctx, like)
-    dist.destroy_process_group()
+    leave()
 
 
 def _same(got: Any, saved: Any, like: Any) -> None:
