@@ -23,13 +23,22 @@ from __future__ import annotations
 
 import json
 import reprlib
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from torchlean.errors import BackendError, FormatError
+from torchlean.errors import BackendError, FormatError, ShapeMismatchError, TorchLeanError
 from torchlean.io._common import numpy_dtype
 from torchlean.runtime.context import RuntimeContext, with_roles
 
-__all__ = ["LAYOUT_VERSION", "PREFIX", "apply_roles", "check_layout", "layout_object", "plan"]
+__all__ = [
+    "LAYOUT_VERSION",
+    "PREFIX",
+    "apply_roles",
+    "check_layout",
+    "layout_object",
+    "plan",
+    "template_entries",
+]
 
 PREFIX: Final = "__torchlean__/"
 LAYOUT_VERSION: Final = 1
@@ -183,3 +192,40 @@ def check_layout(
             f" {', '.join(f'`{k}`' for k in stray[:5])}"
         )
     return variables, gradients, next_id, pin, layout
+
+
+def template_entries(
+    where: str,
+    like: RuntimeContext[Any],
+    registries: tuple[list[tuple[str, str]], list[tuple[str, str]]],
+    shape_of: Callable[[str], tuple[int, ...]],
+) -> Iterator[tuple[str, str, str, Any]]:
+    """For the folder formats' ``load(like=)``: ``(registry, name, key, template entry)``
+    for each key of ``registries`` (variables, gradients; each key once), the entry of
+    ``like`` of that name (a gradient's falls back to the variable's), its shape checked
+    against ``shape_of(key)``. Every name ``like`` lacks is listed in one error, raised
+    after the walk. Cost: O(entries log n)."""
+    missing: list[str] = []
+    seen: set[str] = set()
+    for registry, pairs in zip(("variable", "gradient"), registries, strict=True):
+        for name, key in pairs:
+            if key in seen:
+                continue
+            seen.add(key)
+            at = like.gradient_entry(name) if registry == "gradient" else None
+            at = at or like.variable_entry(name)
+            if at is None:
+                missing.append(f"{registry} `{name}`")
+                continue
+            shape = shape_of(key)
+            if at.dims != shape:
+                raise ShapeMismatchError(
+                    f"{where}: {registry} `{name}` has shape {shape} but the template's"
+                    f" has shape {at.dims}"
+                )
+            yield registry, name, key, at
+    if missing:
+        raise TorchLeanError(
+            f"{where}: the template has no entry for {', '.join(missing)}; give like= a"
+            " context with every name the folder holds"
+        )

@@ -47,11 +47,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from torchlean._validate import require_path
-from torchlean.errors import FormatError, ShapeMismatchError, TorchLeanError
+from torchlean.errors import FormatError
 from torchlean.io._atomic import publish_folder
 from torchlean.io._common import check_backend
 from torchlean.io._format import Format
-from torchlean.io._layout import check_layout, layout_object, plan
+from torchlean.io._layout import check_layout, layout_object, plan, template_entries
 from torchlean.runtime.backends import backend_named
 from torchlean.runtime.context import RuntimeContext, require_context
 
@@ -415,30 +415,13 @@ def _targets(
     """A fresh tensor per key, laid out as the template's entry of its name."""
     import torch
 
-    templates: dict[str, Any] = {}
-    missing: list[str] = []
-    for registry, pairs in (("variable", folder.variables), ("gradient", folder.gradients)):
-        for name, key in pairs:
-            if key in templates:
-                continue
-            at = like.gradient_entry(name) if registry == "gradient" else None
-            at = at or like.variable_entry(name)
-            if at is None:
-                missing.append(f"{registry} `{name}`")
-                continue
-            shape = tuple(folder.keys[key]["shape"])
-            if at.dims != shape:
-                raise ShapeMismatchError(
-                    f"{where}: {registry} `{name}` has shape {shape} but the template's"
-                    f" has shape {at.dims}"
-                )
-            templates[key] = torch.empty_like(at.t, dtype=dtypes[key])
-    if missing:
-        raise TorchLeanError(
-            f"{where}: the template has no entry for {', '.join(missing)}; give like= a"
-            " context with every name the folder holds"
-        )
-    return templates
+    entries = template_entries(
+        where,
+        like,
+        (folder.variables, folder.gradients),
+        lambda key: tuple(folder.keys[key]["shape"]),
+    )
+    return {key: torch.empty_like(at.t, dtype=dtypes[key]) for _, _, key, at in entries}
 
 
 def _save_format(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:

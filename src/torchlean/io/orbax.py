@@ -43,11 +43,11 @@ import shutil
 from typing import Any, Final
 
 from torchlean._validate import require_path
-from torchlean.errors import FormatError, ShapeMismatchError, TorchLeanError
+from torchlean.errors import FormatError, TorchLeanError
 from torchlean.io._atomic import publish_folder
 from torchlean.io._common import check_backend
 from torchlean.io._format import Format
-from torchlean.io._layout import apply_roles, check_layout, layout_object, plan
+from torchlean.io._layout import apply_roles, check_layout, layout_object, plan, template_entries
 from torchlean.runtime.context import RuntimeContext, require_context
 
 __all__ = ["FORMAT", "LAYOUT_NAME", "is_orbax_folder", "load_orbax", "save_orbax"]
@@ -271,34 +271,17 @@ def _shardings(
     import jax
 
     out: dict[str, Any] = {}
-    missing: list[str] = []
-    for registry, pairs in (("variable", variables), ("gradient", gradients)):
-        for name, key in pairs:
-            if key in out:
-                continue
-            at = like.gradient_entry(name) if registry == "gradient" else None
-            at = at or like.variable_entry(name)
-            if at is None:
-                missing.append(f"{registry} `{name}`")
-                continue
-            shape = tuple(keys[key]["shape"])
-            if at.dims != shape:
-                raise ShapeMismatchError(
-                    f"{where}: {registry} `{name}` has shape {shape} but the template's"
-                    f" has shape {at.dims}"
-                )
-            value = at.t
-            if not isinstance(value, jax.Array) or isinstance(value, jax.core.Tracer):
-                raise TorchLeanError(
-                    f"{where}: the template's {registry} `{name}` is not a jax array"
-                    f" ({at.backend}); like= gives each entry a jax sharding"
-                )
-            out[key] = value.sharding
-    if missing:
-        raise TorchLeanError(
-            f"{where}: the template has no entry for {', '.join(missing)}; give like= a"
-            " context with every name the folder holds"
-        )
+    entries = template_entries(
+        where, like, (variables, gradients), lambda key: tuple(keys[key]["shape"])
+    )
+    for registry, name, key, at in entries:
+        value = at.t
+        if not isinstance(value, jax.Array) or isinstance(value, jax.core.Tracer):
+            raise TorchLeanError(
+                f"{where}: the template's {registry} `{name}` is not a jax array"
+                f" ({at.backend}); like= gives each entry a jax sharding"
+            )
+        out[key] = value.sharding
     return out
 
 
