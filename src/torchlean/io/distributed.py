@@ -36,6 +36,7 @@ Reading map:
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import shutil
@@ -189,6 +190,9 @@ def _empty(folder: str) -> None:
 
 
 _ASYNC_GROUPS: dict[int, Any] = {}
+# released while the interpreter is whole: a process group object left to the
+# interpreter's teardown (after destroy_process_group) could abort the process at exit
+atexit.register(_ASYNC_GROUPS.clear)
 
 
 def _async_group() -> Any:
