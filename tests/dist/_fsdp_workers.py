@@ -1,9 +1,9 @@
 """Workers of the FSDP2 tests (run by ``torch.multiprocessing``, gloo, CPU): a small MLP
-sharded by ``fully_shard``, its DTensor parameters trained one torchlean step."""
+with a buffer, sharded by ``fully_shard``, taken by ``RuntimeContext.from_module`` and
+trained a few torchlean steps by the recipe of docs/distributed.md."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -11,27 +11,47 @@ import torch.distributed as dist
 from _workers import join
 
 BATCH = 6
+STEPS = 3
 
 
-def mlp() -> torch.nn.Sequential:
+class Scaled(torch.nn.Module):
+    """An MLP whose output is multiplied by a buffer (FSDP2 leaves buffers unsharded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+        )
+        self.register_buffer("scale", torch.tensor(0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.scale
+
+
+def mlp() -> Scaled:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    return Scaled()
 
 
-def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1 + step)
     return torch.randn(BATCH, 4, generator=g), torch.randn(BATCH, 3, generator=g)
 
 
-def step(ctx: Any, loss: Any, *args: Any) -> Any:
-    """One value_and_grad + adamw step (not donated); the new context."""
+def train(ctx: Any, loss: Any, batches: list[tuple[Any, ...]]) -> tuple[Any, list[Any]]:
+    """``STEPS`` value_and_grad + adamw steps (donated); the last context, the losses."""
     from torchlean import optim
     from torchlean.autograd import value_and_grad
 
-    _, ctx = value_and_grad(loss)(ctx, *args)
     opt = optim.adamw(lr=0.1)
-    new, _ = opt.step(ctx, opt.init(ctx), donate=False)
-    return new
+    state = opt.init(ctx)
+    grad_fn = value_and_grad(loss)
+    losses = []
+    for args in batches:
+        value, ctx = grad_fn(ctx, *args)
+        losses.append(value)
+        ctx, state = opt.step(ctx, state)
+    return ctx, losses
 
 
 def fsdp_worker(rank: int, world: int, port: int) -> None:
@@ -43,46 +63,72 @@ def fsdp_worker(rank: int, world: int, port: int) -> None:
     from torchlean.runtime import RuntimeContext
 
     model = mlp()
-    template = copy.deepcopy(model)  # unsharded: functional_call runs on the context's
-    for layer in model:
+    for layer in model.net:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    ctx = RuntimeContext.from_state_dict(dict(model.named_parameters()))
-    w = ctx.variable_entry("0.weight")
+    ctx = RuntimeContext.from_module(model)
+    assert list(ctx.state_dict()) == list(model.state_dict()), list(ctx.state_dict())
+    assert ctx.buffers() == ["scale"], ctx.buffers()
+    w = ctx.variable_entry("net.0.weight")
     assert w is not None and w.backend == "dtensor" and w.dims == (8, 4), w
-    assert w.local_dims == (4, 4), w
+    assert w.local_dims == (4, 4) and w.placement is not None, w
+    assert w.placement.startswith("S(0) on DeviceMesh"), w.placement
+    scale = ctx.variable_entry("scale")
+    assert scale is not None and scale.backend == "torch", scale
+    # a copy: the module's own shards are not the context's
+    assert w.t.to_local().data_ptr() != model.net[0].weight.to_local().data_ptr()
 
-    x, y = batch()
-    n = BATCH // world
-    # each rank its part of the batch
-    x_local = DTensor.from_local(x[rank * n : (rank + 1) * n], mesh, [Shard(0)])
-    y_local = DTensor.from_local(y[rank * n : (rank + 1) * n], mesh, [Shard(0)])
+    # the recipe: an unsharded module of the same class (on meta: no memory), run by
+    # functional_call on the context's DTensors all-gathered (FSDP's all-gather; the
+    # backward reduce-scatters into Shard(0) gradients) and the buffers as replicated
+    with torch.device("meta"):
+        template = Scaled()
 
     def loss(c: Any, xs: Any, ys: Any) -> Any:
-        # FSDP's all-gather: its backward reduce-scatters into Shard(0) gradients
-        full = {k: v.redistribute(placements=[Replicate()]) for k, v in c.state_dict().items()}
+        full = {
+            k: v.redistribute(placements=[Replicate()])
+            if isinstance(v, DTensor)
+            else DTensor.from_local(v, mesh, [Replicate()], run_check=False)
+            for k, v in c.state_dict().items()
+        }
         out = torch.func.functional_call(template, full, (xs,))
         return ((out - ys) ** 2).mean().full_tensor()
 
-    new = step(ctx, loss, x_local, y_local)
-    got = {k: v.full_tensor() for k, v in new.state_dict().items()}  # for the comparison only
+    n = BATCH // world
+    mine = slice(rank * n, (rank + 1) * n)
+    local = [
+        tuple(DTensor.from_local(t[mine], mesh, [Shard(0)]) for t in batch(i))
+        for i in range(STEPS)
+    ]
+    new, losses = train(ctx, loss, local)
+    grads = new.state_dict(gradients=True)
+    assert [g.placements for g in grads.values()] == [(Shard(0),)] * 4, grads
+    got = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in new.state_dict().items()}
 
     def plain_loss(c: Any, xs: Any, ys: Any) -> Any:
-        return ((torch.func.functional_call(template, c.state_dict(), (xs,)) - ys) ** 2).mean()
+        return ((torch.func.functional_call(mlp(), c.state_dict(), (xs,)) - ys) ** 2).mean()
 
-    ref = step(RuntimeContext.from_module(mlp()), plain_loss, x, y).state_dict()
-    assert list(got) == list(ref) or set(got) == set(ref), (list(got), list(ref))
-    for name, value in ref.items():
+    ref, ref_losses = train(
+        RuntimeContext.from_module(mlp()), plain_loss, [batch(i) for i in range(STEPS)]
+    )
+    start = mlp().state_dict()
+    for a, b in zip(losses, ref_losses, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=0), (a, b)
+    for name, value in ref.state_dict().items():
+        # float32 rounding only (the ranks' partial sums add in another order): <= 6e-8
         assert torch.allclose(got[name], value, rtol=1e-5, atol=1e-6), name
-        assert not torch.equal(value, template.state_dict()[name]), name  # it moved
+        if name != "scale":
+            assert not torch.equal(value, start[name]), name  # it moved
+    assert torch.equal(got["scale"], start["scale"])  # a buffer: never updated
 
     # functional_call on the FSDP module itself: FSDP's own parameters, not the context's
     def fsdp_loss(c: Any, xs: Any, ys: Any) -> Any:
         return ((torch.func.functional_call(model, c.state_dict(), (xs,)) - ys) ** 2).mean()
 
+    x, y = batch(0)
     try:
-        step(ctx, fsdp_loss, x[rank * n : (rank + 1) * n], y[rank * n : (rank + 1) * n])
+        train(RuntimeContext.from_module(model), fsdp_loss, [(x[mine], y[mine])])
     except TorchLeanError as e:
         assert "FSDP2 module, after fully_shard, swaps its own sharded parameters in" in str(e)
         assert "the loss depends on none of the variables `" in str(e), e

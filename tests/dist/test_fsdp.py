@@ -1,6 +1,8 @@
-"""FSDP2 (``fully_shard``) on 2 gloo processes: one torchlean step on the sharded
-parameters equals the one-process step on the whole batch; ``functional_call`` on the
-FSDP module itself is an error, not zero gradients (workers in :mod:`_fsdp_workers`)."""
+"""FSDP2 (``fully_shard``) on 2 gloo processes: ``RuntimeContext.from_module`` of the
+sharded module keeps its DTensors (buffers marked), and three torchlean steps by the
+documented recipe equal the one-process steps on the whole batch (float32 tolerance);
+``functional_call`` on the FSDP module itself is an error, not zero gradients (workers
+in :mod:`_fsdp_workers`)."""
 
 from __future__ import annotations
 
@@ -13,5 +15,5 @@ import _fsdp_workers as w
 from _workers import spawn
 
 
-def test_fsdp2_step_equals_one_process_step() -> None:
+def test_fsdp2_from_module_steps_equal_one_process_steps() -> None:
     spawn(w.fsdp_worker)

@@ -301,7 +301,9 @@ def build_context(
     """A context whose registries are ``variables`` and ``gradients`` (most recent first).
 
     The arrays (numpy, or any library's, fresh: the context takes them over) become
-    arrays of ``backend``; those of another library go through numpy. numpy arrays end
+    arrays of ``backend``; those of another library go through numpy, unless ``backend``
+    stores them as they are (DTensors asked as torch,
+    :meth:`~torchlean.runtime.backends.Backend.stores_as_is`). numpy arrays end
     up over an immutable ``bytes`` object (a copy unless the reader made them so), so
     numpy refuses to make them writeable again. Entries that share
     one array (``is``) share one tensor in the context. Cost: O(n log n) plus one
@@ -320,9 +322,10 @@ def build_context(
                     f" the file says the context holds {pin} only"
                 )
             source = backend_of(array)
-            if source is not library:
+            owner = source if library.stores_as_is(source) else library
+            if owner is not source:
                 array = library.from_numpy(source.to_numpy(array), f"{kind} `{name}`")
-            value = library.adopt(array)
+            value = owner.adopt(array)
             if isinstance(value, np.ndarray) and not is_immutable(value):
                 # a reader's own buffer: copy it into immutable bytes, so that no one
                 # can make the loaded array writeable again (setflags up the base chain)

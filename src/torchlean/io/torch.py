@@ -624,7 +624,14 @@ def from_module(module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
     gradient, no optimizer update). Tied weights stay tied: entries that are one tensor
     in the module (GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``) become one
     variable under the first name, the others its aliases
-    (:meth:`RuntimeContext.aliases`). Cost: O(total bytes)."""
+    (:meth:`RuntimeContext.aliases`). Cost: O(total bytes).
+
+    An FSDP2 module (after ``fully_shard``) gives its sharded parameters as DTensors:
+    with the default ``backend="torch"`` they stay DTensors (each rank copies its local
+    shards; no collective), its buffers stay plain tensors. ``functional_call`` on the
+    FSDP module itself would run on FSDP's own parameters, not the context's: call it
+    on an unsharded copy of the module with the DTensors redistributed to
+    ``Replicate()`` (docs/distributed.md, "FSDP2")."""
     if not callable(getattr(module, "state_dict", None)):
         raise TypeError(f"from_module expects a torch nn.Module, got {type(module).__name__}")
     check_backend(backend)

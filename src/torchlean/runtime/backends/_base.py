@@ -332,6 +332,13 @@ class Backend:
             " torch.distributed process group"
         )
 
+    def stores_as_is(self, source: Backend) -> bool:
+        """Whether a value of ``source``'s library is stored by this backend as it is,
+        where a reader asks for this backend's values (no conversion through numpy).
+        True for ``source is self``; the torch backend also keeps DTensors (they are
+        torch tensors whose values span processes, which numpy cannot hold)."""
+        return source is self
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

@@ -604,6 +604,11 @@ class TorchBackend(Backend):
                     out[i] = piece.view(p.shape)
         return out
 
+    def stores_as_is(self, source: Backend) -> bool:
+        """True for torch's own tensors and for a subclass backend's (a DTensor stays a
+        DTensor: ``from_module`` of an FSDP2 module keeps its sharded parameters)."""
+        return isinstance(source, TorchBackend)
+
 
 _WATCHING: list[Any] = []
 
