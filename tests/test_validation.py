@@ -1062,6 +1062,12 @@ ROWS: list[Row] = [
         "optimizer step: donate must be a bool, got 'no'",
     ),
     (
+        "Optimizer.step",
+        lambda d: _step(GRAD, reduce_partial=1),
+        TypeError,
+        "optimizer step: reduce_partial must be a bool, got 1",
+    ),
+    (
         "torchlean.optim.constant",
         lambda d: opt.constant("x"),
         TypeError,

@@ -71,6 +71,20 @@ def test_the_pairing_runs_once_per_layout(backend: str, donate: bool) -> None:
     assert int(np.asarray(state["count"])) == 5
 
 
+@pytest.mark.parametrize("backend", ["torch", "jax", "numpy"])
+def test_reduce_partial_changes_nothing_for_values_of_one_process(backend: str) -> None:
+    # no Partial placements to reduce: the same update, through the pairing path
+    # (tests/dist/test_partial.py reduces DTensor gradients on 2 ranks)
+    opt, ref = optim.adamw(lr=0.1), optim.adamw(lr=0.1)
+    counting = Counting(opt)
+    ctx = with_grads(make(backend))
+    got, _ = opt.step(ctx, opt.init(ctx), donate=False, reduce_partial=True)
+    want, _ = ref.step(ctx, ref.init(ctx), donate=False)
+    assert counting.calls == 1
+    for name, value in want.state_dict().items():
+        assert np.array_equal(np.asarray(got[name]), np.asarray(value)), name
+
+
 def test_a_new_shape_under_the_same_name_is_paired_again_and_refused() -> None:
     opt = optim.adam(lr=0.1)
     ctx = with_grads(make())

@@ -69,6 +69,8 @@ class _Pair(NamedTuple):
     grad: AnyTensor[Any]
     step: AnyTensor[Any]
     slots: tuple[AnyTensor[Any], ...]
+    #: the gradient waits for reductions (DTensor ``Partial``) the step does on request
+    pending: bool = False
 
 
 class Optimizer:
@@ -168,7 +170,12 @@ class Optimizer:
     # ------------------------------------------------------------------ step
 
     def step(
-        self, ctx: RuntimeContext[Any], state: RuntimeContext[Any], *, donate: bool = True
+        self,
+        ctx: RuntimeContext[Any],
+        state: RuntimeContext[Any],
+        *,
+        donate: bool = True,
+        reduce_partial: bool = False,
     ) -> tuple[RuntimeContext[Any], RuntimeContext[Any]]:
         """Update every variable of ``ctx`` that has a gradient; return the new context
         and the new state.
@@ -181,26 +188,45 @@ class Optimizer:
         :func:`torchlean.autograd.value_and_grad`, which replaces them).
         ``donate=True`` (default) updates the buffers in place and donates ``ctx`` and
         ``state``; ``donate=False`` leaves both as they were.
-        Lean counterpart: none. Cost: O(total elements) in one fused kernel per
-        (device, dtype) on torch, one jitted call on jax.
+
+        ``reduce_partial=True``: a gradient laid out as its variable except for
+        ``Partial`` placements (a DTensor gradient of a replicated parameter on a
+        sharded batch) is reduced to its variable's placements first, by DTensor's own
+        ``redistribute``: one collective per such gradient, so call the step on every
+        rank. The context keeps the gradients as they were given. Without it such a
+        gradient is refused like any other placement mismatch (never a hidden
+        collective). Lean counterpart: none. Cost: O(total elements) in one fused
+        kernel per (device, dtype) on torch, one jitted call on jax.
         """
         require_context(ctx, "optimizer step")
         require_context(state, "optimizer step", "state")
         if not isinstance(donate, bool):
             raise TypeError(f"optimizer step: donate must be a bool, got {donate!r}")
+        if not isinstance(reduce_partial, bool):
+            raise TypeError(
+                f"optimizer step: reduce_partial must be a bool, got {reduce_partial!r}"
+            )
         if ctx is state:
             raise TorchLeanError("optimizer step: ctx and state must be different contexts")
-        if self.groups.trivial and self.clip is None:
+        if self.groups.trivial and self.clip is None and not reduce_partial:
             planned = self._plans.step(self, ctx, state, donate)
             if planned is not None:
                 return planned
-        pairs = self._gather(ctx, state)
+        pairs = self._gather(ctx, state, reduce_partial)
         count = state.variable_entry("count")
         if count is None:
             raise UnknownNameError(
                 "optimizer step: the state has no `count`; build it with init(ctx)"
             )
         library = _one_library(pairs, count)
+        grads = [p.grad.t for p in pairs]
+        pending = [i for i, p in enumerate(pairs) if p.pending]
+        if pending:  # before anything is donated: a failed collective leaves all as it was
+            reduced = library.reduce_pending(
+                [grads[i] for i in pending], [pairs[i].param.t for i in pending]
+            )
+            for i, g in zip(pending, reduced, strict=True):
+                grads[i] = g
         slots = self.hyper.slots
         params = [p.param for p in pairs]
         slot_lists = [[p.slots[i] for p in pairs] for i in range(len(slots))]
@@ -221,7 +247,6 @@ class Optimizer:
                 return at.t
 
         names = [p.name for p in pairs]
-        grads = [p.grad.t for p in pairs]
         if self.clip is not None:
             grads = library.clip_by_global_norm(grads, self.clip)[0]
         new = self._run(
@@ -272,12 +297,16 @@ class Optimizer:
 
         return run_grouped(self.groups, updater, library, donate, names, update)
 
-    def _gather(self, ctx: RuntimeContext[Any], state: RuntimeContext[Any]) -> list[_Pair]:
-        """Pair each gradient with its variable and state; collect every problem first."""
+    def _gather(
+        self, ctx: RuntimeContext[Any], state: RuntimeContext[Any], reduce_partial: bool = False
+    ) -> list[_Pair]:
+        """Pair each gradient with its variable and state; collect every problem first.
+        ``reduce_partial``: a gradient whose layout differs only by pending reductions
+        is paired (marked ``pending``) instead of refused."""
         problems: list[tuple[type[TorchLeanError], str]] = []
         pairs: list[_Pair] = []
         for name, g in ctx.latest_gradients():
-            pair = self._pair(name, g, ctx, state)
+            pair = self._pair(name, g, ctx, state, reduce_partial)
             if isinstance(pair, _Pair):
                 pairs.append(pair)
             else:
@@ -297,6 +326,7 @@ class Optimizer:
         g: AnyTensor[Any],
         ctx: RuntimeContext[Any],
         state: RuntimeContext[Any],
+        reduce_partial: bool,
     ) -> _Pair | tuple[type[TorchLeanError], str]:
         """The gradient ``g`` of ``name`` paired, or the problem that prevents it."""
         p = ctx.variable_entry(name)
@@ -311,10 +341,19 @@ class Optimizer:
                 f"gradient `{name}` is {g.backend} {g.dtype} but variable `{name}`"
                 f" is {p.backend} {p.dtype}"
             )
+        pending = False
         if type(g.library).placement is not _NO_PLACEMENT:
             mismatch = placement_mismatch(name, p, g)
             if mismatch is not None:
-                return TorchLeanError, mismatch
+                pending = g.library.pending_reduction(g.t, p.t)
+                if not pending:
+                    return TorchLeanError, mismatch
+                if not reduce_partial:
+                    return TorchLeanError, (
+                        f"{mismatch}, or let the step reduce its Partial placements:"
+                        " step(..., reduce_partial=True) (one collective per such"
+                        " gradient, on every rank)"
+                    )
         keys = self._keys.get(name)
         if keys is None:
             keys = self._keys[name] = tuple(
@@ -334,7 +373,7 @@ class Optimizer:
                 f"optimizer state of `{name}` has shape {bad[0].dims} but variable"
                 f" `{name}` has shape {p.dims}"
             )
-        return _Pair(name, p, g, step, slots)
+        return _Pair(name, p, g, step, slots, pending)
 
 
 #: The ``placement`` of a library whose arrays all live in one process (skipped).

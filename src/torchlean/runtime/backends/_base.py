@@ -339,6 +339,19 @@ class Backend:
         torch tensors whose values span processes, which numpy cannot hold)."""
         return source is self
 
+    def pending_reduction(self, gradient: Any, variable: Any) -> bool:
+        """Whether ``gradient`` is laid out like ``variable`` except for reductions still
+        pending (a DTensor's ``Partial`` placements where the variable has another), so
+        that :meth:`reduce_pending` gives it the variable's layout. False by default (a
+        library without such layouts). Not a collective."""
+        return False
+
+    def reduce_pending(self, gradients: list[Any], variables: list[Any]) -> list[Any]:
+        """Each gradient with its pending reductions done, laid out as its variable
+        (see :meth:`pending_reduction`); fresh arrays. A collective: every process calls
+        it with the same gradients in the same order."""
+        raise BackendError(f"the {self.name} backend has no pending reductions to do")
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

@@ -14,7 +14,9 @@ hidden collective:
 - the version counter watched is the local tensor's, so ``dt.to_local().add_(1)`` is
   seen as any other in-place write;
 - :meth:`DTensorBackend.placement` (placements and mesh) lets ``check()`` and the
-  optimizer step compare a gradient with its variable instead of redistributing.
+  optimizer step compare a gradient with its variable instead of redistributing; a
+  gradient whose only difference is ``Partial`` placements is reduced by the step when
+  asked (``step(..., reduce_partial=True)``, :meth:`DTensorBackend.reduce_pending`).
 
 Reading map:
 - :class:`DTensorBackend` -- the backend (a :class:`TorchBackend` over the local shard).
@@ -175,5 +177,29 @@ class DTensorBackend(TorchBackend):
         raise BackendError(
             "value_and_grad(reduce=...): the variables are DTensors, whose gradients"
             " are reduced through their placements; pass reduce=None (reduce= is for"
-            " data-parallel training on plain, replicated torch tensors)"
+            " data-parallel training on plain, replicated torch tensors; gradients with"
+            " Partial placements are reduced by optimizer.step(..., reduce_partial=True))"
         )
+
+    def pending_reduction(self, gradient: Any, variable: Any) -> bool:
+        """True when both are DTensors on one mesh and, mesh dimension by mesh dimension,
+        the gradient's placement is the variable's or a ``Partial`` (and the variable's
+        is not), at least one of them ``Partial``."""
+        if not isinstance(gradient, self.DTensor) or not isinstance(variable, self.DTensor):
+            return False
+        if gradient.device_mesh != variable.device_mesh:
+            return False
+        pairs = list(zip(gradient.placements, variable.placements, strict=True))
+        return any(g.is_partial() and not v.is_partial() for g, v in pairs) and all(
+            g == v or (g.is_partial() and not v.is_partial()) for g, v in pairs
+        )
+
+    def reduce_pending(self, gradients: list[Any], variables: list[Any]) -> list[Any]:
+        """``g.redistribute(v.device_mesh, v.placements)`` for each pair: DTensor's own
+        reduction (an all-reduce to ``Replicate``, a reduce-scatter to ``Shard``), one
+        collective per gradient, in the given order, outside autograd."""
+        with self.torch.no_grad():
+            return [
+                g.redistribute(v.device_mesh, v.placements)
+                for g, v in zip(gradients, variables, strict=True)
+            ]
