@@ -132,7 +132,9 @@ def value_and_grad(
       the processes' losses. It raises, instead of reducing zeros, when the loss does
       not depend on any variable; outside a process group, or on DTensor or jax
       variables, it raises :class:`~torchlean.errors.BackendError`. ``accumulate=True``
-      reduces this call's gradients before adding them.
+      reduces this call's gradients before adding them. DTensor gradients are left as
+      DTensor's autograd places them; ``Partial`` ones are reduced by the optimizer
+      step when asked (``step(..., reduce_partial=True)``).
 
     Torch contexts go through ``torch.autograd.grad`` on fresh leaves that share storage
     with the stored variables (no copy); jax contexts through ``jax.value_and_grad``,
@@ -451,9 +453,10 @@ def _unreached_error(
         "; it depends on other tensors that require grad instead: parameters captured"
         " from outside the context, or a module that manages its own parameters (an"
         " FSDP2 module, after fully_shard, swaps its own sharded parameters in and"
-        " ignores those functional_call passes: call functional_call on an unsharded copy"
-        " of the module made before fully_shard, with the context's DTensors, e.g."
-        " redistributed to Replicate() in the loss)"
+        " ignores those functional_call passes: call functional_call on an unsharded"
+        " module of the same class (built under torch.device('meta'), or a copy made"
+        " before fully_shard) with the context's DTensors redistributed to Replicate()"
+        " in the loss; docs/distributed.md, FSDP2)"
         if other
         else ""
     )

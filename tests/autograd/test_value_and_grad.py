@@ -212,8 +212,9 @@ def test_loss_reaching_no_variable_is_an_error() -> None:
         " parameters captured from outside the context, or a module that manages its own"
         " parameters (an FSDP2 module, after fully_shard, swaps its own sharded parameters"
         " in and ignores those functional_call passes: call functional_call on an unsharded"
-        " copy of the module made before fully_shard, with the context's DTensors, e.g."
-        " redistributed to Replicate() in the loss); compute the loss from the context the"
+        " module of the same class (built under torch.device('meta'), or a copy made before"
+        " fully_shard) with the context's DTensors redistributed to Replicate() in the loss;"
+        " docs/distributed.md, FSDP2); compute the loss from the context the"
         " function receives (ctx.get_variable / functional_call on it), not from tensors"
         " captured outside it"
     )

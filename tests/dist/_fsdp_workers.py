@@ -28,6 +28,16 @@ class Scaled(torch.nn.Module):
         return self.net(x) * self.scale
 
 
+class Tied(torch.nn.Module):
+    """An embedding and an output layer sharing one weight (GPT-2's tie)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(6, 4)
+        self.head = torch.nn.Linear(4, 6, bias=False)
+        self.head.weight = self.emb.weight
+
+
 def mlp() -> Scaled:
     torch.manual_seed(0)
     return Scaled()
@@ -134,5 +144,14 @@ def fsdp_worker(rank: int, world: int, port: int) -> None:
         assert "the loss depends on none of the variables `" in str(e), e
     else:
         raise AssertionError("functional_call on an FSDP2 module gave zero gradients")
+
+    # a tie under fully_shard: one sharded variable and its alias
+    tied = Tied()
+    fully_shard(tied, mesh=mesh)
+    tctx = RuntimeContext.from_module(tied)
+    assert list(tctx.state_dict()) == ["emb.weight"], list(tctx.state_dict())
+    assert tctx.aliases() == {"head.weight": "emb.weight"}, tctx.aliases()
+    e = tctx.variable_entry("emb.weight")
+    assert e is not None and e.backend == "dtensor" and e.local_dims == (3, 4), e
     dist.barrier()  # every rank done before any leaves (see _workers.leave)
     dist.destroy_process_group()

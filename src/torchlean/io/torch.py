@@ -630,8 +630,8 @@ def from_module(module: Any, *, backend: str = "torch") -> RuntimeContext[Any]:
     with the default ``backend="torch"`` they stay DTensors (each rank copies its local
     shards; no collective), its buffers stay plain tensors. ``functional_call`` on the
     FSDP module itself would run on FSDP's own parameters, not the context's: call it
-    on an unsharded copy of the module with the DTensors redistributed to
-    ``Replicate()`` (docs/distributed.md, "FSDP2")."""
+    on an unsharded module of the same class (built under ``torch.device("meta")``)
+    with the DTensors redistributed to ``Replicate()`` (docs/distributed.md, "FSDP2")."""
     if not callable(getattr(module, "state_dict", None)):
         raise TypeError(f"from_module expects a torch nn.Module, got {type(module).__name__}")
     check_backend(backend)
