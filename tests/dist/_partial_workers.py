@@ -77,9 +77,17 @@ def partial_worker(rank: int, world: int, port: int) -> None:
     try:
         opt.step(first, state)
     except TorchLeanError as e:
-        text = str(e)
-        assert text.startswith("optimizer step: 2 problems:\n- gradient `w` is laid out as P(sum)")
-        assert "step(..., reduce_partial=True)" in text and "nothing was updated" in text, text
+        problem = (
+            "- gradient `{0}` is laid out as P(sum) on {1} but its variable as R on {1};"
+            " redistribute it explicitly (e.g. grad.redistribute(var.device_mesh,"
+            " var.placements) for a DTensor, jax.device_put(grad, var.sharding) for a jax"
+            " array), or let the step reduce its Partial placements:"
+            " step(..., reduce_partial=True) (one collective per such gradient, on every rank)"
+        )
+        assert str(e) == (
+            "optimizer step: 2 problems:\n"
+            f"{problem.format('w', mesh)}\n{problem.format('b', mesh)}; nothing was updated"
+        ), str(e)
     else:
         raise AssertionError("the step accepted Partial gradients without reduce_partial")
 
