@@ -13,9 +13,12 @@ interleaved (torchlean, raw, torchlean, raw, ...) and medians printed with their
   between two barriers.
 - async: the blocking part of ``save_async`` vs raw ``async_save`` (each on a gloo group
   of its own), then both are waited for outside the timed part.
-- convert: ``torchlean convert DIR model.safetensors`` (reads, writes, reads back and
-  compares) vs ``dcp_to_torch_save`` of a raw DCP folder (``FileSystemWriter``) of the
-  same tensors, in one process.
+- 2->1 reads the same bytes with the same reader (``HuggingFaceStorageReader``) into
+  fresh whole tensors on both sides (raw: ``torch.empty_like`` inside the timed part).
+- convert: ``torchlean convert DIR model.safetensors`` (reads, writes, checks the
+  written header and bytes) vs ``dcp_to_torch_save`` of a raw DCP folder
+  (``FileSystemWriter``) of the same tensors, in one process.
+- the one-process pairs run in both orders, alternating.
 """
 
 from __future__ import annotations
@@ -171,16 +174,31 @@ def one_process(mib: int, repeat: int, root: str) -> None:
         fn()
         times.setdefault(label, []).append(time.perf_counter() - t)
 
-    for i in range(repeat):
-        timed("2->1 torchlean", lambda: io.load(a, backend="torch"))
-        timed(
-            "2->1 raw",
-            lambda: _raw_load({k: torch.empty_like(v) for k, v in whole.items()}, b, no_dist=True),
-        )
-        out_a, out_b = os.path.join(root, f"m{i}.safetensors"), os.path.join(root, f"m{i}.pt")
+    def convert_torchlean(out: str) -> None:
         with contextlib.redirect_stdout(_io.StringIO()):
-            timed("convert torchlean", lambda out=out_a: cli(["convert", a, out]))
-        timed("convert raw", lambda out=out_b: dcp_to_torch_save(fs, out))
+            cli(["convert", a, out])
+
+    for i in range(repeat):
+        # both orders: whichever runs first after the previous round's frees pays the
+        # page faults of memory the allocator returned to the system (in one fixed
+        # order that alone made the 2->1 row read 5x)
+        sides = ("torchlean", "raw") if i % 2 == 0 else ("raw", "torchlean")
+        for side in sides:
+            if side == "torchlean":
+                timed("2->1 torchlean", lambda: io.load(a, backend="torch"))
+            else:
+                timed(
+                    "2->1 raw",
+                    lambda: _raw_load(
+                        {k: torch.empty_like(v) for k, v in whole.items()}, b, no_dist=True
+                    ),
+                )
+        out_a, out_b = os.path.join(root, f"m{i}.safetensors"), os.path.join(root, f"m{i}.pt")
+        for side in sides:
+            if side == "torchlean":
+                timed("convert torchlean", lambda out=out_a: convert_torchlean(out))
+            else:
+                timed("convert raw", lambda out=out_b: dcp_to_torch_save(fs, out))
         os.unlink(out_a)
         os.unlink(out_b)
     _print(_median(times), ("2->1", "convert"), raw="raw    ")

@@ -786,6 +786,18 @@ ROWS: list[Row] = [
         "blocks: info must be a TensorInfo, got NoneType",
     ),
     (
+        "FileSummary.matches",
+        lambda d: tio.inspect(d / "w.safetensors").matches("w", None),  # type: ignore[arg-type]
+        TypeError,
+        "matches: info must be a TensorInfo, got str",
+    ),
+    (
+        "torchlean.io.Format",
+        lambda d: tio.Format("toy", (".toy",), save=print, load=print, native_backend=3),  # type: ignore[arg-type]
+        TypeError,
+        "Format: native_backend must be a str, got int 3",
+    ),
+    (
         "torchlean.io.Format",
         lambda d: tio.Format("toy", (".TOY",), save=print, load=print),
         ValueError,

@@ -448,4 +448,5 @@ FORMAT: Final = Format(
     directory=True,
     distributed=True,
     recognise=_recognise,
+    native_backend="torch",
 )
