@@ -156,6 +156,22 @@ def orbax(folder: str) -> None:
         assert "orbax array `t1` is not in the layout" in str(e), e
     else:
         raise AssertionError("a missing key was not refused")
+    io.save(ctx, path)
+    with open(layout_path) as f:
+        layout = json.load(f)
+    layout["keys"]["b"]["shape"] = [9]  # orbax refuses the target; the reason is named
+    with open(layout_path, "w") as f:
+        json.dump(layout, f)
+    for read in (io.load, io.inspect):
+        try:
+            read(path)
+        except FormatError as e:
+            assert str(e) == (
+                f"{path}: the arrays do not match the layout: `b` has shape (8,) in the"
+                " arrays, (9,) in the layout"
+            ), e
+        else:
+            raise AssertionError("a reshaped key was not refused")
     print("orbax ok")
 
 

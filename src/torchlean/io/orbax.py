@@ -20,8 +20,10 @@ another mesh without a target fails or hangs (orbax#332, #648). So:
 - restores always give orbax an explicit target: ``jax.ShapeDtypeStruct`` of each key
   with the sharding of the template's entry (``like=``), or of this process's first
   device without one;
-- every key the layout names must be in orbax's metadata and the reverse, before any
-  array is read (orbax also refuses a target whose tree differs);
+- every key the layout names must be in orbax's metadata and the reverse, with the
+  same shapes, before any array is read: orbax itself refuses a target whose tree or
+  shapes differ from its metadata before reading, and torchlean then names each
+  difference (:func:`_check_arrays`; :func:`inspect_orbax` checks first);
 - the folder appears complete or not at all: orbax writes ``DIR.partial/arrays``
   (itself atomically); in orbax's commit step (its background thread, after every
   process has written) process 0 writes the layout and renames ``DIR.partial`` to
@@ -241,7 +243,8 @@ def _finish(partial: str, target: str, layout: dict[str, Any]) -> None:
 
 
 def _open(where: str) -> tuple[Any, ...]:
-    """The folder's layout, checked against orbax's metadata (no array read)."""
+    """The folder's layout, validated (orbax's metadata is not read: see
+    :func:`_check_arrays`)."""
     layout_path = os.path.join(where, LAYOUT_NAME)
     if not os.path.isfile(layout_path):
         raise FormatError(f"{where}: not a torchlean orbax folder (no {LAYOUT_NAME})")
@@ -269,7 +272,12 @@ def _open(where: str) -> tuple[Any, ...]:
     ):
         raise FormatError(f"{layout_path}: not a torchlean orbax layout")
     variables, gradients, next_id, pin, layout = check_layout(layout_path, text, sorted(keys))
-    arrays = os.path.join(where, ARRAYS)
+    return variables, gradients, next_id, pin, keys, os.path.join(where, ARRAYS), layout
+
+
+def _check_arrays(where: str, keys: dict[str, Any], arrays: str) -> None:
+    """The layout's keys against orbax's metadata, both ways, with shapes and dtypes
+    (no array read): a :class:`FormatError` naming every difference."""
     try:
         metadata = _orbax().metadata(arrays).item_metadata.tree
     except Exception as e:  # orbax's own metadata missing or unreadable
@@ -289,9 +297,14 @@ def _open(where: str) -> tuple[Any, ...]:
             problems.append(
                 f"`{key}` has shape {tuple(info.shape)} in the arrays, {want} in the layout"
             )
+            continue
+        dtype = getattr(info, "dtype", None)
+        if dtype is not None and str(dtype) != keys[key]["dtype"]:
+            problems.append(
+                f"`{key}` has dtype {dtype} in the arrays, {keys[key]['dtype']} in the layout"
+            )
     if problems:
         raise FormatError(f"{where}: the arrays do not match the layout: " + "; ".join(problems))
-    return variables, gradients, next_id, pin, keys, arrays, layout
 
 
 def load_orbax(
@@ -330,7 +343,13 @@ def load_orbax(
         )
         for key, info in keys.items()
     }
-    restored = _orbax().restore(arrays, target)
+    try:
+        # orbax compares the target's tree and shapes with its own metadata before it
+        # reads any array, and refuses a difference; the precise reason is ours
+        restored = _orbax().restore(arrays, target)
+    except Exception:
+        _check_arrays(where, keys, arrays)
+        raise
     values = {key: restored[info["name"]] for key, info in keys.items()}
     if like is None and backend != "jax":
         from torchlean.io._common import build_context
@@ -361,7 +380,8 @@ def inspect_orbax(path: str | os.PathLike[str]) -> FileSummary:
     Cost: O(layout + orbax metadata)."""
     require_path(path, "inspect_orbax")
     where = os.path.abspath(os.fspath(path))
-    variables, gradients, next_id, pin, keys, _, _ = _open(where)
+    variables, gradients, next_id, pin, keys, arrays, _ = _open(where)
+    _check_arrays(where, keys, arrays)
     entries: list[TensorInfo] = []
     for registry, pairs in (("variable", variables), ("gradient", gradients)):
         seen: set[str] = set()
