@@ -6,7 +6,10 @@ Both sides write the same DTensors (Shard(0) over 2 ranks) with DCP's safetensor
 storage (``HuggingFaceStorageWriter(save_distributed=True)``), each into a fresh folder
 (the previous run's folders are removed outside the timed part); torchlean adds the
 layout file, the partial folder and its rename, and the header checks on load. Runs are
-interleaved (torchlean, raw, torchlean, raw, ...) and medians printed with their ratio.
+interleaved (torchlean, raw, torchlean, raw, ...) and medians printed with their ratio,
+then the medians of the process's CPU time over the same intervals (rank 0's for the
+2-rank rows) and their ratio: on a shared machine wall-clock times of one command vary
+by a factor of 2-3 from run to run, CPU times much less.
 
 - save, load (Shard(0) -> Shard(0)), reshard 2->2 (-> Shard(1)), 1->2 (a folder saved by
   one process, loaded as Shard(0)), 2->1 (one process, whole tensors): each rank's time
@@ -69,9 +72,16 @@ def _median(times: dict[str, list[float]]) -> dict[str, float]:
 
 
 def _print(med: dict[str, float], ops: tuple[str, ...], raw: str = "raw dcp") -> None:
+    """One row per operation: wall-clock medians and their ratio, then the medians of
+    this process's CPU time over the same intervals (less sensitive to the other
+    processes of a shared machine) and theirs."""
     for op in ops:
         tl, r = med[f"{op} torchlean"], med[f"{op} raw"]
-        print(f"{op:12s} torchlean {tl:8.1f} ms   {raw} {r:8.1f} ms   ratio {tl / r:.2f}x")
+        ctl, cr = med[f"{op} torchlean cpu"], med[f"{op} raw cpu"]
+        print(
+            f"{op:8s} torchlean {tl:7.1f} ms  {raw} {r:7.1f} ms  ratio {tl / r:.2f}x"
+            f"   cpu {ctl:6.1f} / {cr:6.1f} ms  {ctl / cr:.2f}x"
+        )
 
 
 def worker(rank: int, port: int, mib: int, repeat: int, root: str) -> None:
@@ -98,10 +108,11 @@ def worker(rank: int, port: int, mib: int, repeat: int, root: str) -> None:
 
     def timed(label: str, fn: Any) -> Any:
         dist.barrier()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         dist.barrier()
         times.setdefault(label, []).append(time.perf_counter() - t)
+        times.setdefault(label + " cpu", []).append(time.process_time() - c)
         return out
 
     def fresh(*names: str) -> list[str]:
@@ -170,9 +181,10 @@ def one_process(mib: int, repeat: int, root: str) -> None:
     times: dict[str, list[float]] = {}
 
     def timed(label: str, fn: Any) -> None:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         times.setdefault(label, []).append(time.perf_counter() - t)
+        times.setdefault(label + " cpu", []).append(time.process_time() - c)
 
     def convert_torchlean(out: str) -> None:
         with contextlib.redirect_stdout(_io.StringIO()):

@@ -313,9 +313,7 @@ def _open(path: str) -> _Folder:
         raise FormatError(f"{where}: bigger than {LAYOUT_LIMIT} bytes; refused unread")
     with open(where, "rb") as f:
         text = f.read()
-    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
-
-    reader = HuggingFaceStorageReader(path)
+    reader = _reader(path)
     try:
         metadata = reader.read_metadata()
     except Exception as e:  # a safetensors header that does not parse
@@ -348,8 +346,81 @@ def _open(path: str) -> _Folder:
             )
     if problems:
         raise FormatError(f"{path}: the shards do not match the layout: " + "; ".join(problems))
-    reader.read_metadata = lambda: metadata  # type: ignore[method-assign]  # read once
+    reader.read_metadata = lambda: metadata  # read once
     return _Folder(variables, gradients, next_id, pin, keys, world, reader)
+
+
+def _reader(path: str) -> Any:
+    """DCP's safetensors reader, reading each shard's bytes straight into its target
+    where it can.
+
+    DCP's reader reads a request through safetensors (a fresh tensor of the requested
+    block) and copies that into the target. When the block's bytes lie contiguously in
+    the shard file (whole rows of the stored chunk) and the target is a contiguous CPU
+    tensor of the stored dtype, this one reads them from the file into the target's
+    memory at once (one ``preadv`` per request: no intermediate tensor, one copy
+    instead of two). Everything else -- the plan, which chunk feeds which target, the
+    narrowing of targets, the commit, the threads that read several files at once
+    (``thread_count``) -- is DCP's, and any other request goes through DCP's own path.
+    """
+    import torch
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+
+    from torchlean.io.safetensors import _File
+
+    class _DirectReader(HuggingFaceStorageReader):
+        def __init__(self, folder: str) -> None:
+            # DCP's own threads, one per shard file (up to the cores): the reads of
+            # several files run at once
+            super().__init__(folder, thread_count=os.cpu_count() or 1)
+            self._shards: dict[str, _File] = {}
+
+        def _process_read_request(self, f: Any, req: Any, planner: Any) -> None:
+            if not self._direct(req, planner):
+                super()._process_read_request(f, req, planner)
+
+        def _direct(self, req: Any, planner: Any) -> bool:
+            stored = self.storage_data[req.storage_index]
+            shape = tuple(stored.shape)
+            lengths = tuple(req.lengths)
+            target = planner.resolve_tensor(req).detach()
+            if (
+                target.device.type != "cpu"
+                or target.dtype != stored.dtype
+                or tuple(target.shape) != lengths
+                or not target.is_contiguous()
+                or not shape
+                or lengths[1:] != shape[1:]  # whole rows: one contiguous span
+            ):
+                return False
+            shard = self._shards.get(stored.relative_path)
+            if shard is None:
+                shard = self._shards[stored.relative_path] = _File(stored.relative_path)
+            spec = shard.specs.get(req.storage_index.fqn)
+            if spec is None or tuple(spec["shape"]) != shape:
+                return False
+            size = target.element_size()
+            begin = (
+                spec["data_offsets"][0] + int(req.storage_offsets[0]) * math.prod(shape[1:]) * size
+            )
+            view = memoryview(target.reshape(-1).view(torch.uint8).numpy())
+            at, done = shard.data_start + begin, 0
+            while done < len(view):
+                got = shard.read_into(at + done, view[done:])
+                if got <= 0:
+                    raise FormatError(
+                        f"{shard.where}: truncated while reading `{req.storage_index.fqn}`"
+                    )
+                done += got
+            planner.commit_tensor(req, target)
+            return True
+
+        def close_shards(self) -> None:
+            for shard in self._shards.values():
+                shard.close()
+            self._shards.clear()
+
+    return _DirectReader(path)
 
 
 def load_distributed(
@@ -385,14 +456,17 @@ def load_distributed(
     else:
         targets = _targets(where, folder, like, dtypes)
         no_dist = _group()[2] == 1
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        load(
-            targets,
-            storage_reader=folder.reader,
-            planner=DefaultLoadPlanner(allow_partial_load=False),
-            no_dist=no_dist,
-        )
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            load(
+                targets,
+                storage_reader=folder.reader,
+                planner=DefaultLoadPlanner(allow_partial_load=False),
+                no_dist=no_dist,
+            )
+    finally:
+        folder.reader.close_shards()
     if like is None and backend != "torch":
         from torchlean.io._common import build_context
 
