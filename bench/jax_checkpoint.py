@@ -12,7 +12,9 @@ and their ratios.
 "async" times the blocking part of orbax's asynchronous save on both sides
 (``torchlean.io.orbax.save_async`` and ``StandardCheckpointer.save``), each waited for
 outside the timed part, in both orders; "inspect" reads the layout and orbax's metadata
-(torchlean) vs orbax's metadata alone (raw).
+(torchlean) vs orbax's metadata alone (raw). Each row ends with the medians of this
+process's CPU time over the same intervals (every thread; less sensitive than wall
+time to the other processes of a shared machine) and their ratio.
 """
 
 from __future__ import annotations
@@ -61,10 +63,17 @@ def context(values: dict[str, Any]) -> Any:
     return ctx
 
 
+#: CPU seconds of the last :func:`timed` call (this process, every thread).
+CPU: list[float] = []
+
+
 def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+    """Wall-clock seconds of ``fn()`` (until its arrays are ready); its CPU seconds go
+    to :data:`CPU`."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
     jax.block_until_ready(out) if out is not None else None
+    CPU[:] = [time.process_time() - cpu]
     return time.perf_counter() - start
 
 
@@ -126,6 +135,7 @@ def main() -> None:
                 pair = runs[j : j + 2]
                 for label, fn in reversed(pair) if flip else pair:
                     times.setdefault(label, []).append(timed(fn))
+                    times.setdefault(label + " cpu", []).append(CPU[0])
             # the blocking part of orbax's asynchronous save (torchlean's save_async and
             # raw StandardCheckpointer.save), each waited for outside the timed part;
             # both orders, alternating
@@ -141,6 +151,7 @@ def main() -> None:
                         handle = save_async(ctx, ours_async)
 
                     times.setdefault("async torchlean", []).append(timed(ours_async_save))
+                    times.setdefault("async torchlean cpu", []).append(CPU[0])
                     assert handle is not None
                     handle.wait()
                 else:
@@ -150,6 +161,7 @@ def main() -> None:
                         raw.save(os.path.join(theirs_async, "arrays"), state)
 
                     times.setdefault("async raw", []).append(timed(raw_async_save))
+                    times.setdefault("async raw cpu", []).append(CPU[0])
                     raw.wait_until_finished()
             # inspect: the layout and orbax's metadata vs orbax's metadata alone
             runs = [
@@ -158,6 +170,7 @@ def main() -> None:
             ]
             for label, fn in runs:
                 times.setdefault(label, []).append(timed(fn))
+                times.setdefault(label + " cpu", []).append(CPU[0])
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(
@@ -165,10 +178,13 @@ def main() -> None:
         f" {args.repeat} interleaved runs"
     )
     for op in ("save", "restore", "reshard", "async", "inspect"):
-        a = statistics.median(times[f"{op} torchlean"])
-        b = statistics.median(times[f"{op} raw"])
+        a, b = (statistics.median(times[f"{op} {side}"]) * 1e3 for side in ("torchlean", "raw"))
+        ca, cb = (
+            statistics.median(times[f"{op} {side} cpu"]) * 1e3 for side in ("torchlean", "raw")
+        )
         print(
-            f"{op:8} torchlean {a * 1e3:8.1f} ms   raw orbax {b * 1e3:8.1f} ms   ratio {a / b:.2f}x"
+            f"{op:8} torchlean {a:7.1f} ms  raw orbax {b:7.1f} ms  ratio {a / b:.2f}x"
+            f"   cpu {ca:6.1f} / {cb:6.1f} ms  {ca / cb:.2f}x"
         )
 
 

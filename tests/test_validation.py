@@ -883,6 +883,12 @@ ROWS: list[Row] = [
         "load_orbax: like must be a RuntimeContext, got int 3",
     ),
     (
+        "torchlean.io.distributed.inspect_distributed",
+        lambda d: distributed.inspect_distributed(None),  # type: ignore[arg-type]
+        TypeError,
+        "inspect_distributed: path must be a str or os.PathLike, got NoneType None",
+    ),
+    (
         "torchlean.io.orbax.save_async",
         lambda d: orbax.save_async(1, d / "c"),  # type: ignore[arg-type]
         TypeError,

@@ -31,6 +31,7 @@ Reading map:
 - :func:`save_async` -- the same, returning an :class:`AsyncSave` once the tensors are
   copied; at most one in flight per process (a second call waits for the first).
 - :func:`load_distributed` -- read a folder (``like=``: into the template's placements).
+- :func:`inspect_distributed` -- its entries from the layout and the shards' headers.
 - :func:`is_checkpoint_folder`, :data:`FORMAT` -- the registered folder format.
 """
 
@@ -50,9 +51,10 @@ from typing import Any, Final
 from torchlean._validate import require_path
 from torchlean.errors import FormatError
 from torchlean.io._atomic import publish_folder
-from torchlean.io._common import check_backend
+from torchlean.io._common import check_backend, numpy_dtype, to_numpy
 from torchlean.io._format import Format
 from torchlean.io._layout import check_layout, layout_object, plan, template_entries
+from torchlean.io._summary import FileSummary, TensorInfo
 from torchlean.runtime.backends import backend_named
 from torchlean.runtime.context import RuntimeContext, require_context
 
@@ -60,6 +62,7 @@ __all__ = [
     "FORMAT",
     "LAYOUT_NAME",
     "AsyncSave",
+    "inspect_distributed",
     "is_checkpoint_folder",
     "load_distributed",
     "save_async",
@@ -487,6 +490,62 @@ def load_distributed(
     )
 
 
+def inspect_distributed(path: str | os.PathLike[str]) -> FileSummary:
+    """A summary of a checkpoint folder from its layout and its shards' safetensors
+    headers alone (checked against each other as :func:`load_distributed` does); no
+    tensor data is read until a tensor is asked for, and then the folder is loaded
+    once, whole, in this process. Cost: O(layout + headers)."""
+    require_path(path, "inspect_distributed")
+    where = os.path.abspath(os.fspath(path))
+    folder = _open(where)
+    entries: list[TensorInfo] = []
+    for registry, pairs in (("variable", folder.variables), ("gradient", folder.gradients)):
+        seen: set[str] = set()
+        for i, (name, key) in enumerate(pairs):
+            shape = tuple(folder.keys[key]["shape"])
+            dtype = folder.keys[key]["dtype"]
+            try:
+                itemsize = numpy_dtype(dtype).itemsize
+            except TypeError:
+                itemsize = 0
+            entries.append(
+                TensorInfo(
+                    name=name,
+                    registry=registry,  # type: ignore[arg-type]
+                    position=i,
+                    shadowed=name in seen,
+                    shape=shape,
+                    dtype=dtype,
+                    nbytes=math.prod(shape) * itemsize,
+                    key=key,
+                )
+            )
+            seen.add(name)
+    loaded: list[dict[str, Any]] = []
+
+    def read(info: TensorInfo, n: int | None) -> Any:
+        if not loaded:
+            ctx = load_distributed(where, backend="torch")
+            pairs = zip(
+                folder.variables + folder.gradients,
+                ctx.var_registry + ctx.gradients,
+                strict=True,
+            )
+            loaded.append({key: to_numpy(at) for (_, key), (_, at) in pairs})
+        a = loaded[0][info.key]
+        return a if n is None else a.reshape(-1)[:n]
+
+    return FileSummary(
+        path=where,
+        format="dcp",
+        entries=tuple(entries),
+        next_id=folder.next_id,
+        dtype=folder.pin,
+        layout="torchlean",
+        _read=read,
+    )
+
+
 def _targets(
     where: str, folder: _Folder, like: RuntimeContext[Any], dtypes: dict[str, Any]
 ) -> dict[str, Any]:
@@ -510,6 +569,10 @@ def _load_format(path: str | os.PathLike[str], *, backend: str, **kwargs: Any) -
     return load_distributed(path, backend=backend, **kwargs)
 
 
+def _inspect_format(path: str | os.PathLike[str]) -> FileSummary:
+    return inspect_distributed(path)
+
+
 _recognise: Callable[[str | os.PathLike[str]], bool] = is_checkpoint_folder
 
 #: The folder format: ``io.save(ctx, DIR, distributed=True)``, ``io.load(DIR)``.
@@ -518,7 +581,9 @@ FORMAT: Final = Format(
     suffixes=(".dcp",),
     save=_save_format,
     load=_load_format,
+    inspect=_inspect_format,
     whole_context=True,
+    header_only_inspect=True,
     directory=True,
     distributed=True,
     recognise=_recognise,
