@@ -6,16 +6,22 @@ Both sides write the same DTensors (Shard(0) over 2 ranks) with DCP's safetensor
 storage (``HuggingFaceStorageWriter(save_distributed=True)``), each into a fresh folder
 (the previous run's folders are removed outside the timed part); torchlean adds the
 layout file, the partial folder and its rename, and the header checks on load. Runs are
-interleaved (torchlean, raw, torchlean, raw, ...) and medians printed with their ratio.
+interleaved (torchlean, raw, torchlean, raw, ...) and medians printed with their ratio,
+then the medians of the process's CPU time over the same intervals (rank 0's for the
+2-rank rows) and their ratio: on a shared machine wall-clock times of one command vary
+by a factor of 2-3 from run to run, CPU times much less.
 
 - save, load (Shard(0) -> Shard(0)), reshard 2->2 (-> Shard(1)), 1->2 (a folder saved by
   one process, loaded as Shard(0)), 2->1 (one process, whole tensors): each rank's time
   between two barriers.
 - async: the blocking part of ``save_async`` vs raw ``async_save`` (each on a gloo group
   of its own), then both are waited for outside the timed part.
-- convert: ``torchlean convert DIR model.safetensors`` (reads, writes, reads back and
-  compares) vs ``dcp_to_torch_save`` of a raw DCP folder (``FileSystemWriter``) of the
-  same tensors, in one process.
+- 2->1 reads the same bytes with the same reader (``HuggingFaceStorageReader``) into
+  fresh whole tensors on both sides (raw: ``torch.empty_like`` inside the timed part).
+- convert: ``torchlean convert DIR model.safetensors`` (reads, writes, checks the
+  written header and bytes) vs ``dcp_to_torch_save`` of a raw DCP folder
+  (``FileSystemWriter``) of the same tensors, in one process.
+- the one-process pairs run in both orders, alternating.
 """
 
 from __future__ import annotations
@@ -66,9 +72,16 @@ def _median(times: dict[str, list[float]]) -> dict[str, float]:
 
 
 def _print(med: dict[str, float], ops: tuple[str, ...], raw: str = "raw dcp") -> None:
+    """One row per operation: wall-clock medians and their ratio, then the medians of
+    this process's CPU time over the same intervals (less sensitive to the other
+    processes of a shared machine) and theirs."""
     for op in ops:
         tl, r = med[f"{op} torchlean"], med[f"{op} raw"]
-        print(f"{op:12s} torchlean {tl:8.1f} ms   {raw} {r:8.1f} ms   ratio {tl / r:.2f}x")
+        ctl, cr = med[f"{op} torchlean cpu"], med[f"{op} raw cpu"]
+        print(
+            f"{op:8s} torchlean {tl:7.1f} ms  {raw} {r:7.1f} ms  ratio {tl / r:.2f}x"
+            f"   cpu {ctl:6.1f} / {cr:6.1f} ms  {ctl / cr:.2f}x"
+        )
 
 
 def worker(rank: int, port: int, mib: int, repeat: int, root: str) -> None:
@@ -95,10 +108,11 @@ def worker(rank: int, port: int, mib: int, repeat: int, root: str) -> None:
 
     def timed(label: str, fn: Any) -> Any:
         dist.barrier()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         dist.barrier()
         times.setdefault(label, []).append(time.perf_counter() - t)
+        times.setdefault(label + " cpu", []).append(time.process_time() - c)
         return out
 
     def fresh(*names: str) -> list[str]:
@@ -167,20 +181,36 @@ def one_process(mib: int, repeat: int, root: str) -> None:
     times: dict[str, list[float]] = {}
 
     def timed(label: str, fn: Any) -> None:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
         times.setdefault(label, []).append(time.perf_counter() - t)
+        times.setdefault(label + " cpu", []).append(time.process_time() - c)
+
+    def convert_torchlean(out: str) -> None:
+        with contextlib.redirect_stdout(_io.StringIO()):
+            cli(["convert", a, out])
 
     for i in range(repeat):
-        timed("2->1 torchlean", lambda: io.load(a, backend="torch"))
-        timed(
-            "2->1 raw",
-            lambda: _raw_load({k: torch.empty_like(v) for k, v in whole.items()}, b, no_dist=True),
-        )
+        # both orders: whichever runs first after the previous round's frees pays the
+        # page faults of memory the allocator returned to the system (in one fixed
+        # order that alone made the 2->1 row read 5x)
+        sides = ("torchlean", "raw") if i % 2 == 0 else ("raw", "torchlean")
+        for side in sides:
+            if side == "torchlean":
+                timed("2->1 torchlean", lambda: io.load(a, backend="torch"))
+            else:
+                timed(
+                    "2->1 raw",
+                    lambda: _raw_load(
+                        {k: torch.empty_like(v) for k, v in whole.items()}, b, no_dist=True
+                    ),
+                )
         out_a, out_b = os.path.join(root, f"m{i}.safetensors"), os.path.join(root, f"m{i}.pt")
-        with contextlib.redirect_stdout(_io.StringIO()):
-            timed("convert torchlean", lambda out=out_a: cli(["convert", a, out]))
-        timed("convert raw", lambda out=out_b: dcp_to_torch_save(fs, out))
+        for side in sides:
+            if side == "torchlean":
+                timed("convert torchlean", lambda out=out_a: convert_torchlean(out))
+            else:
+                timed("convert raw", lambda out=out_b: dcp_to_torch_save(fs, out))
         os.unlink(out_a)
         os.unlink(out_b)
     _print(_median(times), ("2->1", "convert"), raw="raw    ")

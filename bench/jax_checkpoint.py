@@ -7,7 +7,14 @@ devices) to one ``ocp.StandardCheckpointer``; torchlean adds the context layout 
 the partial folder and its rename on save, and the layout-vs-metadata check on restore.
 "restore" restores under the saving sharding, "reshard" onto another mesh
 (``(2, 4)``, ``P('b', 'a')``); both sides restore with the same explicit target. Runs
-are interleaved (torchlean, raw, torchlean, raw, ...); medians and their ratios.
+are interleaved, each pair in both orders (torchlean first, then raw first, ...); medians
+and their ratios.
+"async" times the blocking part of orbax's asynchronous save on both sides
+(``torchlean.io.orbax.save_async`` and ``StandardCheckpointer.save``), each waited for
+outside the timed part, in both orders; "inspect" reads the layout and orbax's metadata
+(torchlean) vs orbax's metadata alone (raw). Each row ends with the medians of this
+process's CPU time over the same intervals (every thread; less sensitive than wall
+time to the other processes of a shared machine) and their ratio.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from torchlean import io
+from torchlean.io.orbax import save_async
 from torchlean.runtime.functions import empty_context, register_variable
 
 warnings.simplefilter("ignore")
@@ -55,10 +63,17 @@ def context(values: dict[str, Any]) -> Any:
     return ctx
 
 
+#: CPU seconds of the last :func:`timed` call (this process, every thread).
+CPU: list[float] = []
+
+
 def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
+    """Wall-clock seconds of ``fn()`` (until its arrays are ready); its CPU seconds go
+    to :data:`CPU`."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = fn()
     jax.block_until_ready(out) if out is not None else None
+    CPU[:] = [time.process_time() - cpu]
     return time.perf_counter() - start
 
 
@@ -90,6 +105,8 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="jaxckpt-")
     try:
         ours, theirs = os.path.join(root, "ours.orbax"), os.path.join(root, "raw")
+        ours_async = os.path.join(root, "ours-async.orbax")
+        theirs_async = os.path.join(root, "raw-async")
         for _ in range(args.repeat):
             for d in (ours, theirs):
                 shutil.rmtree(d, ignore_errors=True)
@@ -113,19 +130,61 @@ def main() -> None:
                     lambda: list(raw.restore(os.path.join(theirs, "arrays"), moved).values()),
                 ),
             ]
+            flip = len(times.get("save raw", ())) % 2 == 1  # each pair in both orders
+            for j in range(0, len(runs), 2):
+                pair = runs[j : j + 2]
+                for label, fn in reversed(pair) if flip else pair:
+                    times.setdefault(label, []).append(timed(fn))
+                    times.setdefault(label + " cpu", []).append(CPU[0])
+            # the blocking part of orbax's asynchronous save (torchlean's save_async and
+            # raw StandardCheckpointer.save), each waited for outside the timed part;
+            # both orders, alternating
+            sides = ("torchlean", "raw") if len(times["save raw"]) % 2 else ("raw", "torchlean")
+            for side in sides:
+                for d in (ours_async, theirs_async):
+                    shutil.rmtree(d, ignore_errors=True)
+                if side == "torchlean":
+                    handle = None
+
+                    def ours_async_save() -> None:
+                        nonlocal handle
+                        handle = save_async(ctx, ours_async)
+
+                    times.setdefault("async torchlean", []).append(timed(ours_async_save))
+                    times.setdefault("async torchlean cpu", []).append(CPU[0])
+                    assert handle is not None
+                    handle.wait()
+                else:
+
+                    def raw_async_save() -> None:
+                        os.makedirs(theirs_async)
+                        raw.save(os.path.join(theirs_async, "arrays"), state)
+
+                    times.setdefault("async raw", []).append(timed(raw_async_save))
+                    times.setdefault("async raw cpu", []).append(CPU[0])
+                    raw.wait_until_finished()
+            # inspect: the layout and orbax's metadata vs orbax's metadata alone
+            runs = [
+                ("inspect torchlean", lambda: io.inspect(ours).entries and None),
+                ("inspect raw", lambda: raw.metadata(os.path.join(theirs, "arrays")) and None),
+            ]
             for label, fn in runs:
                 times.setdefault(label, []).append(timed(fn))
+                times.setdefault(label + " cpu", []).append(CPU[0])
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(
         f"8 host devices, {args.mib} MiB of float32 in {len(values)} arrays,"
         f" {args.repeat} interleaved runs"
     )
-    for op in ("save", "restore", "reshard"):
-        a = statistics.median(times[f"{op} torchlean"])
-        b = statistics.median(times[f"{op} raw"])
+    for op in ("save", "restore", "reshard", "async", "inspect"):
+        a, b = (statistics.median(times[f"{op} {side}"]) * 1e3 for side in ("torchlean", "raw"))
+        ca, cb = (
+            statistics.median(times[f"{op} {side} cpu"]) * 1e3 for side in ("torchlean", "raw")
+        )
         print(
-            f"{op:8} torchlean {a * 1e3:8.1f} ms   raw orbax {b * 1e3:8.1f} ms   ratio {a / b:.2f}x"
+            f"{op:8} torchlean {a:7.1f} ms  raw orbax {b:7.1f} ms  ratio {a / b:.2f}x"
+            f"   cpu {ca:6.1f} / {cb:6.1f} ms  {ca / cb:.2f}x"
         )
 
 

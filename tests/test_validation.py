@@ -786,6 +786,18 @@ ROWS: list[Row] = [
         "blocks: info must be a TensorInfo, got NoneType",
     ),
     (
+        "FileSummary.matches",
+        lambda d: tio.inspect(d / "w.safetensors").matches("w", None),  # type: ignore[arg-type]
+        TypeError,
+        "matches: info must be a TensorInfo, got str",
+    ),
+    (
+        "torchlean.io.Format",
+        lambda d: tio.Format("toy", (".toy",), save=print, load=print, native_backend=3),  # type: ignore[arg-type]
+        TypeError,
+        "Format: native_backend must be a str, got int 3",
+    ),
+    (
         "torchlean.io.Format",
         lambda d: tio.Format("toy", (".TOY",), save=print, load=print),
         ValueError,
@@ -869,6 +881,24 @@ ROWS: list[Row] = [
         lambda d: orbax.load_orbax(d, like=3),  # type: ignore[arg-type]
         TypeError,
         "load_orbax: like must be a RuntimeContext, got int 3",
+    ),
+    (
+        "torchlean.io.distributed.inspect_distributed",
+        lambda d: distributed.inspect_distributed(None),  # type: ignore[arg-type]
+        TypeError,
+        "inspect_distributed: path must be a str or os.PathLike, got NoneType None",
+    ),
+    (
+        "torchlean.io.orbax.save_async",
+        lambda d: orbax.save_async(1, d / "c"),  # type: ignore[arg-type]
+        TypeError,
+        "save_async: ctx must be a RuntimeContext, got int 1",
+    ),
+    (
+        "torchlean.io.orbax.inspect_orbax",
+        lambda d: orbax.inspect_orbax(2),  # type: ignore[arg-type]
+        TypeError,
+        "inspect_orbax: path must be a str or os.PathLike, got int 2",
     ),
     (
         "torchlean.io.orbax.is_orbax_folder",
@@ -1576,6 +1606,9 @@ NO_ROW: dict[str, str] = {
     "torchlean.runtime.backends.dtensor.DTensorBackend": "built by the runtime (backend_named)",
     "torchlean.io.distributed.AsyncSave": "returned by save_async, not built by users",
     "AsyncSave.done": "no arguments",
+    "torchlean.io.orbax.OrbaxSave": "returned by orbax.save_async, not built by users",
+    "OrbaxSave.done": "no arguments",
+    "OrbaxSave.wait": "no arguments",
     "AsyncSave.wait": "timeout goes to threading.Thread.join as it is",
     "torchlean.runtime.backends.numpy.NumpyBackend": "built once by the runtime",
     "torchlean.runtime.backends.numpy.is_immutable": "called by the runtime on numpy arrays",

@@ -197,6 +197,46 @@ def test_convert_json_to_safetensors_and_back(
     assert code == 0 and "all 4 entries agree" in out
 
 
+@pytest.mark.parametrize("where", ["data", "header"])
+def test_convert_catches_a_corrupted_write(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """The written file is checked (its header, then its bytes streamed against the
+    arrays written): a writer that changes one byte leaves no OUT behind."""
+    import safetensors as st
+
+    serialize = st.serialize_file
+
+    def corrupting(specs: object, path: object, **kwargs: object) -> None:
+        serialize(specs, path, **kwargs)  # type: ignore[arg-type]
+        data = bytearray(Path(str(path)).read_bytes())
+        if where == "data":
+            data[-1] ^= 0x01  # the last byte of the last tensor
+        else:
+            n = int.from_bytes(data[:8], "little")
+            header = data[8 : 8 + n].replace(b'"shape":[3,2]', b'"shape":[2,3]')
+            assert header != data[8 : 8 + n]
+            data[8 : 8 + n] = header
+        Path(str(path)).write_bytes(bytes(data))
+
+    monkeypatch.setattr(st, "serialize_file", corrupting)
+    out = tmp_path / "mlp.safetensors"
+    code, stdout, err = run(capsys, "convert", MLP, out)
+    assert code == 2 and stdout == ""
+    if where == "data":
+        assert err == (
+            f"torchlean convert: error: the conversion to {out} does not hold the same data,"
+            " nothing written: variable `layers.2.weight` came back with different values\n"
+        )
+    else:
+        assert err == (
+            f"torchlean convert: error: the conversion to {out} does not hold the same data,"
+            " nothing written: variable `layers.0.weight` came back with shape (2, 3),"
+            " not (3, 2)\n"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_convert_refuses_to_overwrite_without_force(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

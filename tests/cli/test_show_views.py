@@ -246,6 +246,7 @@ def test_a_failed_read_back_leaves_no_shard(
         raise _commands.ConversionError("the read-back differs")
 
     monkeypatch.setattr(_commands, "_compare_roundtrip", differ)
+    monkeypatch.setattr(_commands, "_compare_written", differ)
     code, _, err = run(capsys, "convert", MLP, tmp_path / "out", "--max-shard-size", "1KB")
     assert code == 2 and "the read-back differs" in err
     assert os.listdir(tmp_path / "out") == []

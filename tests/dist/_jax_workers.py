@@ -3,10 +3,11 @@ process: the number of host devices (``XLA_FLAGS``) is fixed before jax is impor
 
 - ``views DIR``: 8 devices, explicit mesh axes: placement, printing, views, check().
 - ``orbax DIR``: 8 devices: save under one sharding, restore under another and on one
-  device, bitwise; a folder whose layout misses a key is refused.
+  device, bitwise; inspect reads orbax's metadata only; save_async (orbax's own)
+  returns after the copy, one in flight; a folder whose layout misses a key is refused.
 - ``multi PROCESS PORT DIR``: one of 2 processes x 4 devices (``jax.distributed``):
-  local shards printed and checked, check(collective=True), an orbax save and a
-  restore under another sharding.
+  local shards printed and checked, check(collective=True), an orbax save (blocking
+  and asynchronous) and a restore under another sharding.
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ def orbax(folder: str) -> None:
             assert np.asarray(a.t).tobytes() == np.asarray(b.t).tobytes()
     assert got.variable_entry("w").t.sharding == like.variable_entry("w").t.sharding
     assert len(whole.variable_entry("w").t.sharding.device_set) == 1
+    inspect_and_async(folder, ctx, path)
     # a layout that lost a key: refused before any array is read
     layout_path = os.path.join(path, "torchlean-orbax.json")
     with open(layout_path) as f:
@@ -154,7 +156,72 @@ def orbax(folder: str) -> None:
         assert "orbax array `t1` is not in the layout" in str(e), e
     else:
         raise AssertionError("a missing key was not refused")
+    io.save(ctx, path)
+    with open(layout_path) as f:
+        layout = json.load(f)
+    layout["keys"]["b"]["shape"] = [9]  # orbax refuses the target; the reason is named
+    with open(layout_path, "w") as f:
+        json.dump(layout, f)
+    for read in (io.load, io.inspect):
+        try:
+            read(path)
+        except FormatError as e:
+            assert str(e) == (
+                f"{path}: the arrays do not match the layout: `b` has shape (8,) in the"
+                " arrays, (9,) in the layout"
+            ), e
+        else:
+            raise AssertionError("a reshaped key was not refused")
     print("orbax ok")
+
+
+def _same(a: object, b: object) -> None:
+    pairs = zip(a.var_registry + a.gradients, b.var_registry + b.gradients, strict=True)  # type: ignore[attr-defined]
+    for (n, x), (m, y) in pairs:
+        assert n == m and np.asarray(x.t).tobytes() == np.asarray(y.t).tobytes(), n
+
+
+def inspect_and_async(folder: str, ctx: object, path: str) -> None:
+    """inspect reads orbax's metadata only; save_async returns after orbax's copy, at
+    most one in flight, and its folder appears complete."""
+    import shutil
+
+    from torchlean.io import orbax as orbax_io
+
+    checkpointer = orbax_io._orbax()
+    restores = []
+    restore = checkpointer.restore
+    checkpointer.restore = lambda *a, **k: restores.append(1) or restore(*a, **k)
+    try:
+        fs = io.inspect(path)
+        assert [(e.name, e.registry, e.shadowed, e.shape, e.dtype) for e in fs.entries] == [
+            ("w", "variable", False, (8, 4), "float32"),
+            ("b", "variable", False, (8,), "float32"),
+            ("w", "variable", True, (8, 4), "float32"),
+            ("w", "gradient", False, (8, 4), "float32"),
+        ], fs.entries
+        assert fs.next_id == ctx.next_id and restores == []  # type: ignore[attr-defined]
+        w = fs.tensor("w")
+        assert restores == [1]
+        assert w.tobytes() == np.asarray(ctx.variable_entry("w").t).tobytes()  # type: ignore[attr-defined]
+        fs.tensor("b")
+        assert restores == [1]  # restored once
+    finally:
+        checkpointer.restore = restore
+    mesh = jax.make_mesh((8,), ("x",))
+    fresh = context(NamedSharding(mesh, P("x")), NamedSharding(mesh, P()))
+    first, second = os.path.join(folder, "a.orbax"), os.path.join(folder, "b.orbax")
+    handle = orbax_io.save_async(fresh, first)
+    for _, at in fresh.var_registry + fresh.gradients:  # type: ignore[attr-defined]
+        at.t.delete()  # orbax has its copy: the arrays may go
+    later = orbax_io.save_async(ctx, second)  # waits for the first
+    assert handle.done() and io.format_of(first) == "orbax"
+    later.wait()
+    assert later.done() and not os.path.exists(second + ".partial")
+    _same(io.load(first), context(NamedSharding(mesh, P("x")), NamedSharding(mesh, P())))
+    _same(io.load(second), ctx)
+    shutil.rmtree(first)
+    shutil.rmtree(second)
 
 
 def multi(folder: str) -> None:
@@ -199,6 +266,16 @@ def multi(folder: str) -> None:
         assert value.sharding == like.variable_entry(name).t.sharding
         for shard in value.addressable_shards:
             assert np.asarray(shard.data).tobytes() == want[shard.index].tobytes(), name
+    # orbax's asynchronous save by both processes: process 0 finishes the folder in
+    # orbax's commit step, before orbax's closing barrier lets process 1 return
+    from torchlean.io.orbax import save_async
+
+    later = os.path.join(folder, "async.orbax")
+    save_async(good, later).wait()
+    assert io.format_of(later) == "orbax" and not os.path.exists(later + ".partial")
+    got = io.load(later, like=like)
+    for shard in got.variable_entry("w").t.addressable_shards:
+        assert np.asarray(shard.data).tobytes() == w[shard.index].tobytes()
     print(f"multi {rank} ok", flush=True)
     jax.distributed.shutdown()
 

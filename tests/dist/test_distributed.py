@@ -131,3 +131,30 @@ def test_cli_on_a_folder(folders: Path, tmp_path: Path, capsys: pytest.CaptureFi
     got, want = io.load(back, backend="torch"), io.load(ck, backend="torch")
     for (n, a), (m, b) in zip(got.var_registry, want.var_registry, strict=True):
         assert n == m and torch.equal(_workers.bits(a.t), _workers.bits(b.t))
+
+
+def test_inspect_of_a_folder_reads_the_headers_only(
+    folders: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torchlean.io import distributed
+
+    loads: list[str] = []
+    load = distributed.load_distributed
+
+    def counted(path: object, **kwargs: object) -> object:
+        loads.append(str(path))
+        return load(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(distributed, "load_distributed", counted)
+    fs = io.inspect(folders / "blocking")
+    want = _workers.plain_context()
+    assert [(e.name, e.registry, e.shadowed, e.shape, e.dtype) for e in fs.entries] == [
+        (n, "variable", i == 4, at.dims, at.dtype) for i, (n, at) in enumerate(want.var_registry)
+    ] + [(n, "gradient", False, at.dims, at.dtype) for n, at in want.gradients]
+    assert fs.next_id == want.next_id and loads == []
+    w = fs.tensor("w")
+    assert torch.equal(
+        _workers.bits(torch.from_numpy(w)), _workers.bits(want.variable_entry("w").t)
+    )
+    fs.tensor("e")
+    assert len(loads) == 1  # loaded once, when a value was first asked for

@@ -10,7 +10,8 @@ can). Other formats are read whole by ``inspect`` and sampled in memory. Nothing
 knows a file format: that is :mod:`torchlean.io`'s.
 
 Reading map:
-- :func:`load`, :func:`save` -- ``torchlean.io.load`` / ``torchlean.io.save``.
+- :func:`load`, :func:`save`, :func:`inspect` -- ``torchlean.io.load`` /
+  ``save`` / ``inspect``.
 - :func:`summary` -- the :class:`~torchlean.widgets.Summary` of a file (lazy).
 - :func:`shapes` -- names to shapes of a file's visible variables (header only).
 - :func:`check_format` -- a format name or a path's suffix, checked;
@@ -46,6 +47,7 @@ __all__ = [
     "OutOfMemoryError",
     "UsageError",
     "check_format",
+    "inspect",
     "load",
     "metadata",
     "naming_target",
@@ -111,15 +113,20 @@ def load(
     key: str | None = None,
     flatten: bool = False,
     strict: bool = True,
+    native: bool = False,
 ) -> Any:
-    """The context stored in ``path`` (numpy arrays). A file bigger than the memory
-    left is a one-line error naming it, not a MemoryError. Cost: O(file)."""
+    """The context stored in ``path``: numpy arrays, or (``native=True``) the arrays
+    the format builds without a copy (its ``native_backend``). A file bigger than the
+    memory left is a one-line error naming it, not a MemoryError. Cost: O(file)."""
     from torchlean import io
 
     p = _exists(path)
     name = check_format(p, fmt)
+    backend = "numpy"
+    if native:
+        backend = next(f for f in registered() if f.name == name).native_backend or backend
     with _memory(p):
-        return io.load(p, format=name, backend="numpy", **nested(name, key, flatten, strict=strict))
+        return io.load(p, format=name, backend=backend, **nested(name, key, flatten, strict=strict))
 
 
 @contextlib.contextmanager
@@ -239,6 +246,12 @@ def metadata(path: str | os.PathLike[str], *, fmt: str | None = None) -> dict[st
         return None
     found = _inspect(path, name).metadata
     return None if found is None else dict(found)
+
+
+def inspect(path: str | os.PathLike[str], fmt: str | None = None) -> Any:
+    """``torchlean.io.inspect`` of ``path`` (the header only where the format can).
+    Cost: O(header) for a header-only format, else O(file)."""
+    return _inspect(path, fmt)
 
 
 def _inspect(

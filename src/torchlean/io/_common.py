@@ -203,6 +203,15 @@ class Descriptor:
             )
         return data
 
+    def read_into(self, offset: int, view: memoryview) -> int:
+        """Read at most ``len(view)`` bytes at ``offset`` into ``view`` (no allocation);
+        the number read, 0 at the end of the file."""
+        if hasattr(os, "preadv"):
+            return os.preadv(self.fd, [view], offset)
+        with open(self.fd, "rb", closefd=False) as f:
+            f.seek(offset)
+            return f.readinto(view) or 0
+
     def close(self) -> None:
         self._close()
 

@@ -76,6 +76,9 @@ class Format:
     - ``distributed``: ``save`` is called on every process of a process group
       (``io.save(ctx, DIR, distributed=True)`` picks this format) and ``load`` takes
       ``like=`` (a template context whose layout the loaded tensors take).
+    - ``native_backend``: the array library whose arrays ``load`` builds without a copy
+      (``"torch"`` for a folder of torch shards); ``torchlean convert`` reads in it.
+      ``None``: numpy.
 
     The loader need not strip prefixes or check expectations: ``load`` does both for
     every format.
@@ -94,6 +97,7 @@ class Format:
     nested: bool = False
     recognise: Callable[[Path], bool] | None = None
     distributed: bool = False
+    native_backend: str | None = None
 
     def __post_init__(self) -> None:
         require_str(self.name, "Format", "name")
@@ -130,6 +134,8 @@ class Format:
         require_bool(self.metadata, "Format", "metadata")
         require_bool(self.nested, "Format", "nested")
         require_bool(self.distributed, "Format", "distributed")
+        if self.native_backend is not None:
+            require_str(self.native_backend, "Format", "native_backend")
         if self.recognise is not None and not callable(self.recognise):
             raise TypeError(f"Format: recognise must be callable or None, got {self.recognise!r}")
 

@@ -6,7 +6,9 @@ Reading map:
 - :class:`FileSummary` -- every entry of a file, ``next_id`` and the pinned dtype, plus
   lazy access to one tensor (:meth:`FileSummary.tensor`), its first elements
   (:meth:`FileSummary.head`), one entry's data (:meth:`FileSummary.read`) and blocks of
-  it (:meth:`FileSummary.blocks`, read from disk alone where the format can).
+  it (:meth:`FileSummary.blocks`, read from disk alone where the format can), and
+  whether an entry's stored bytes are exactly an array's (:meth:`FileSummary.matches`,
+  streamed from disk through one small buffer where the format can).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,7 +26,10 @@ import numpy as np
 from torchlean._text import did_you_mean, format_bytes, printable
 from torchlean.errors import UnknownNameError
 
-__all__ = ["FileSummary", "TensorInfo"]
+__all__ = ["CHUNK", "FileSummary", "TensorInfo"]
+
+#: The most bytes :meth:`FileSummary.matches` reads at a time.
+CHUNK = 4 << 20
 
 Registry = Literal["variable", "gradient"]
 #: ``read(index)``: a block of one tensor, ``index`` a tuple of slices.
@@ -72,6 +77,9 @@ class FileSummary:
     #: The file's own metadata (safetensors' ``__metadata__`` less torchlean's layout);
     #: ``None`` for formats that have none.
     metadata: dict[str, str] | None = None
+    #: Yields an entry's stored bytes in order, chunk by chunk (each chunk valid until
+    #: the next is asked for), for formats that can read them without the rest.
+    _chunks: Callable[[TensorInfo], Iterator[memoryview]] | None = field(default=None, repr=False)
 
     @property
     def variables(self) -> tuple[TensorInfo, ...]:
@@ -143,6 +151,38 @@ class FileSummary:
             return self._blocks(info)
         whole = np.asarray(self._read(info, None))
         return contextlib.nullcontext(lambda index: whole[index])
+
+    def matches(self, info: TensorInfo, array: Any) -> bool:
+        """True when the entry ``info`` stores exactly ``array``'s bytes: the same dtype
+        and shape, the elements in C order, little-endian as stored (a NaN matches the
+        same NaN, and ``-0.0`` does not match ``0.0``).
+
+        Where the format can (safetensors), the stored bytes are read from the file
+        through one reused buffer of at most :data:`CHUNK` bytes and compared as they
+        come, so nothing of the tensor's size is allocated; else :meth:`read`'s whole
+        tensor is compared. Cost: O(tensor) time, O(:data:`CHUNK`) memory when streamed.
+        """
+        if not isinstance(info, TensorInfo):
+            raise TypeError(f"matches: info must be a TensorInfo, got {type(info).__name__}")
+        a = np.asarray(array)
+        if a.dtype.name != info.dtype or tuple(a.shape) != tuple(info.shape):
+            return False
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        # np.ascontiguousarray would turn a 0-d array into a 1-d one: reshape first
+        flat = np.ascontiguousarray(a.reshape(-1)).view(np.uint8)
+        if self._chunks is None:
+            stored = np.ascontiguousarray(np.asarray(self._read(info, None)).reshape(-1))
+            return stored.dtype == a.dtype and bool(np.array_equal(stored.view(np.uint8), flat))
+        at = 0
+        for chunk in self._chunks(info):
+            n = len(chunk)
+            if at + n > flat.size:
+                return False
+            if not np.array_equal(np.frombuffer(chunk, np.uint8), flat[at : at + n]):
+                return False
+            at += n
+        return at == flat.size
 
     def __str__(self) -> str:
         lines = [f"{os.fspath(self.path)} ({self.format}, {format_bytes(self.nbytes)})"]

@@ -31,6 +31,7 @@ Reading map:
 - :func:`save_async` -- the same, returning an :class:`AsyncSave` once the tensors are
   copied; at most one in flight per process (a second call waits for the first).
 - :func:`load_distributed` -- read a folder (``like=``: into the template's placements).
+- :func:`inspect_distributed` -- its entries from the layout and the shards' headers.
 - :func:`is_checkpoint_folder`, :data:`FORMAT` -- the registered folder format.
 """
 
@@ -50,9 +51,10 @@ from typing import Any, Final
 from torchlean._validate import require_path
 from torchlean.errors import FormatError
 from torchlean.io._atomic import publish_folder
-from torchlean.io._common import check_backend
+from torchlean.io._common import check_backend, numpy_dtype, to_numpy
 from torchlean.io._format import Format
 from torchlean.io._layout import check_layout, layout_object, plan, template_entries
+from torchlean.io._summary import FileSummary, TensorInfo
 from torchlean.runtime.backends import backend_named
 from torchlean.runtime.context import RuntimeContext, require_context
 
@@ -60,6 +62,7 @@ __all__ = [
     "FORMAT",
     "LAYOUT_NAME",
     "AsyncSave",
+    "inspect_distributed",
     "is_checkpoint_folder",
     "load_distributed",
     "save_async",
@@ -313,9 +316,7 @@ def _open(path: str) -> _Folder:
         raise FormatError(f"{where}: bigger than {LAYOUT_LIMIT} bytes; refused unread")
     with open(where, "rb") as f:
         text = f.read()
-    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
-
-    reader = HuggingFaceStorageReader(path)
+    reader = _reader(path)
     try:
         metadata = reader.read_metadata()
     except Exception as e:  # a safetensors header that does not parse
@@ -348,8 +349,81 @@ def _open(path: str) -> _Folder:
             )
     if problems:
         raise FormatError(f"{path}: the shards do not match the layout: " + "; ".join(problems))
-    reader.read_metadata = lambda: metadata  # type: ignore[method-assign]  # read once
+    reader.read_metadata = lambda: metadata  # read once
     return _Folder(variables, gradients, next_id, pin, keys, world, reader)
+
+
+def _reader(path: str) -> Any:
+    """DCP's safetensors reader, reading each shard's bytes straight into its target
+    where it can.
+
+    DCP's reader reads a request through safetensors (a fresh tensor of the requested
+    block) and copies that into the target. When the block's bytes lie contiguously in
+    the shard file (whole rows of the stored chunk) and the target is a contiguous CPU
+    tensor of the stored dtype, this one reads them from the file into the target's
+    memory at once (one ``preadv`` per request: no intermediate tensor, one copy
+    instead of two). Everything else -- the plan, which chunk feeds which target, the
+    narrowing of targets, the commit, the threads that read several files at once
+    (``thread_count``) -- is DCP's, and any other request goes through DCP's own path.
+    """
+    import torch
+    from torch.distributed.checkpoint.hf_storage import HuggingFaceStorageReader
+
+    from torchlean.io.safetensors import _File
+
+    class _DirectReader(HuggingFaceStorageReader):
+        def __init__(self, folder: str) -> None:
+            # DCP's own threads, one per shard file (up to the cores): the reads of
+            # several files run at once
+            super().__init__(folder, thread_count=os.cpu_count() or 1)
+            self._shards: dict[str, _File] = {}
+
+        def _process_read_request(self, f: Any, req: Any, planner: Any) -> None:
+            if not self._direct(req, planner):
+                super()._process_read_request(f, req, planner)
+
+        def _direct(self, req: Any, planner: Any) -> bool:
+            stored = self.storage_data[req.storage_index]
+            shape = tuple(stored.shape)
+            lengths = tuple(req.lengths)
+            target = planner.resolve_tensor(req).detach()
+            if (
+                target.device.type != "cpu"
+                or target.dtype != stored.dtype
+                or tuple(target.shape) != lengths
+                or not target.is_contiguous()
+                or not shape
+                or lengths[1:] != shape[1:]  # whole rows: one contiguous span
+            ):
+                return False
+            shard = self._shards.get(stored.relative_path)
+            if shard is None:
+                shard = self._shards[stored.relative_path] = _File(stored.relative_path)
+            spec = shard.specs.get(req.storage_index.fqn)
+            if spec is None or tuple(spec["shape"]) != shape:
+                return False
+            size = target.element_size()
+            begin = (
+                spec["data_offsets"][0] + int(req.storage_offsets[0]) * math.prod(shape[1:]) * size
+            )
+            view = memoryview(target.reshape(-1).view(torch.uint8).numpy())
+            at, done = shard.data_start + begin, 0
+            while done < len(view):
+                got = shard.read_into(at + done, view[done:])
+                if got <= 0:
+                    raise FormatError(
+                        f"{shard.where}: truncated while reading `{req.storage_index.fqn}`"
+                    )
+                done += got
+            planner.commit_tensor(req, target)
+            return True
+
+        def close_shards(self) -> None:
+            for shard in self._shards.values():
+                shard.close()
+            self._shards.clear()
+
+    return _DirectReader(path)
 
 
 def load_distributed(
@@ -385,14 +459,17 @@ def load_distributed(
     else:
         targets = _targets(where, folder, like, dtypes)
         no_dist = _group()[2] == 1
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
-        warnings.simplefilter("ignore", UserWarning)
-        load(
-            targets,
-            storage_reader=folder.reader,
-            planner=DefaultLoadPlanner(allow_partial_load=False),
-            no_dist=no_dist,
-        )
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            load(
+                targets,
+                storage_reader=folder.reader,
+                planner=DefaultLoadPlanner(allow_partial_load=False),
+                no_dist=no_dist,
+            )
+    finally:
+        folder.reader.close_shards()
     if like is None and backend != "torch":
         from torchlean.io._common import build_context
 
@@ -410,6 +487,62 @@ def load_distributed(
         next_id=folder.next_id,
         dtype=folder.pin,
         adopt=True,
+    )
+
+
+def inspect_distributed(path: str | os.PathLike[str]) -> FileSummary:
+    """A summary of a checkpoint folder from its layout and its shards' safetensors
+    headers alone (checked against each other as :func:`load_distributed` does); no
+    tensor data is read until a tensor is asked for, and then the folder is loaded
+    once, whole, in this process. Cost: O(layout + headers)."""
+    require_path(path, "inspect_distributed")
+    where = os.path.abspath(os.fspath(path))
+    folder = _open(where)
+    entries: list[TensorInfo] = []
+    for registry, pairs in (("variable", folder.variables), ("gradient", folder.gradients)):
+        seen: set[str] = set()
+        for i, (name, key) in enumerate(pairs):
+            shape = tuple(folder.keys[key]["shape"])
+            dtype = folder.keys[key]["dtype"]
+            try:
+                itemsize = numpy_dtype(dtype).itemsize
+            except TypeError:
+                itemsize = 0
+            entries.append(
+                TensorInfo(
+                    name=name,
+                    registry=registry,  # type: ignore[arg-type]
+                    position=i,
+                    shadowed=name in seen,
+                    shape=shape,
+                    dtype=dtype,
+                    nbytes=math.prod(shape) * itemsize,
+                    key=key,
+                )
+            )
+            seen.add(name)
+    loaded: list[dict[str, Any]] = []
+
+    def read(info: TensorInfo, n: int | None) -> Any:
+        if not loaded:
+            ctx = load_distributed(where, backend="torch")
+            pairs = zip(
+                folder.variables + folder.gradients,
+                ctx.var_registry + ctx.gradients,
+                strict=True,
+            )
+            loaded.append({key: to_numpy(at) for (_, key), (_, at) in pairs})
+        a = loaded[0][info.key]
+        return a if n is None else a.reshape(-1)[:n]
+
+    return FileSummary(
+        path=where,
+        format="dcp",
+        entries=tuple(entries),
+        next_id=folder.next_id,
+        dtype=folder.pin,
+        layout="torchlean",
+        _read=read,
     )
 
 
@@ -436,6 +569,10 @@ def _load_format(path: str | os.PathLike[str], *, backend: str, **kwargs: Any) -
     return load_distributed(path, backend=backend, **kwargs)
 
 
+def _inspect_format(path: str | os.PathLike[str]) -> FileSummary:
+    return inspect_distributed(path)
+
+
 _recognise: Callable[[str | os.PathLike[str]], bool] = is_checkpoint_folder
 
 #: The folder format: ``io.save(ctx, DIR, distributed=True)``, ``io.load(DIR)``.
@@ -444,8 +581,11 @@ FORMAT: Final = Format(
     suffixes=(".dcp",),
     save=_save_format,
     load=_load_format,
+    inspect=_inspect_format,
     whole_context=True,
+    header_only_inspect=True,
     directory=True,
     distributed=True,
     recognise=_recognise,
+    native_backend="torch",
 )

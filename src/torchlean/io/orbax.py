@@ -20,24 +20,33 @@ another mesh without a target fails or hangs (orbax#332, #648). So:
 - restores always give orbax an explicit target: ``jax.ShapeDtypeStruct`` of each key
   with the sharding of the template's entry (``like=``), or of this process's first
   device without one;
-- every key the layout names must be in orbax's metadata and the reverse, before any
-  array is read (orbax also refuses a target whose tree differs);
+- every key the layout names must be in orbax's metadata and the reverse, with the
+  same shapes, before any array is read: orbax itself refuses a target whose tree or
+  shapes differ from its metadata before reading, and torchlean then names each
+  difference (:func:`_check_arrays`; :func:`inspect_orbax` checks first);
 - the folder appears complete or not at all: orbax writes ``DIR.partial/arrays``
-  (itself atomically); then process 0 writes the layout and renames ``DIR.partial``
-  to ``DIR`` (an older ``DIR`` is moved aside first and removed after).
+  (itself atomically); in orbax's commit step (its background thread, after every
+  process has written) process 0 writes the layout and renames ``DIR.partial`` to
+  ``DIR`` (an older ``DIR`` is moved aside first and removed after);
+- :func:`save_async` is orbax's own asynchronous save: it returns after orbax's copy
+  of the arrays, at most one in flight.
 
 orbax-checkpoint is imported when a folder is saved or loaded, never by
 ``import torchlean.io``.
 
 Reading map:
 - :func:`save_orbax` -- write a folder (a collective under ``jax.distributed``).
+- :func:`save_async` -- the same, returning an :class:`OrbaxSave` once orbax has
+  copied the arrays; at most one in flight per process.
 - :func:`load_orbax` -- read one (``like=``: into the template's shardings).
+- :func:`inspect_orbax` -- its entries from the layout and orbax's metadata alone.
 - :func:`is_orbax_folder`, :data:`FORMAT` -- the registered folder format.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from typing import Any, Final
@@ -45,12 +54,22 @@ from typing import Any, Final
 from torchlean._validate import require_path
 from torchlean.errors import FormatError, TorchLeanError
 from torchlean.io._atomic import publish_folder
-from torchlean.io._common import check_backend
+from torchlean.io._common import check_backend, numpy_dtype, to_numpy
 from torchlean.io._format import Format
 from torchlean.io._layout import apply_roles, check_layout, layout_object, plan, template_entries
+from torchlean.io._summary import FileSummary, TensorInfo
 from torchlean.runtime.context import RuntimeContext, require_context
 
-__all__ = ["FORMAT", "LAYOUT_NAME", "is_orbax_folder", "load_orbax", "save_orbax"]
+__all__ = [
+    "FORMAT",
+    "LAYOUT_NAME",
+    "OrbaxSave",
+    "inspect_orbax",
+    "is_orbax_folder",
+    "load_orbax",
+    "save_async",
+    "save_orbax",
+]
 
 #: The layout file of an orbax checkpoint folder.
 LAYOUT_NAME: Final = "torchlean-orbax.json"
@@ -62,15 +81,39 @@ _KIND: Final = "torchlean-orbax"
 _PARTIAL: Final = ".partial"
 
 _checkpointer: list[Any] = []
+#: orbax's final ``DIR.partial/arrays`` path -> ``(DIR.partial, DIR, layout)``: what
+#: process 0 finishes in orbax's commit step once orbax has put ``arrays`` in place.
+_FINISH: dict[str, tuple[str, str, dict[str, Any]]] = {}
 
 
 def _orbax() -> Any:
-    """One ``ocp.StandardCheckpointer`` per process (its threads are reused)."""
+    """One ``ocp.StandardCheckpointer`` per process (its threads are reused), whose
+    commit step also finishes torchlean's folder (:func:`_finishing_path_class`)."""
     if not _checkpointer:
         import orbax.checkpoint as ocp
 
-        _checkpointer.append(ocp.StandardCheckpointer())
+        _checkpointer.append(
+            ocp.StandardCheckpointer(temporary_path_class=_finishing_path_class(ocp))
+        )
     return _checkpointer[0]
+
+
+def _finishing_path_class(ocp: Any) -> type[Any]:
+    """orbax's atomic-rename temporary path, whose ``finalize`` (orbax's commit step,
+    run by process 0 in orbax's background thread after every process has written and
+    before orbax's closing barrier lets the others return) renames orbax's temporary
+    folder to ``DIR.partial/arrays`` as usual, then writes torchlean's layout and
+    renames ``DIR.partial`` to ``DIR``. No thread or barrier of torchlean's own."""
+    base: type[Any] = ocp.path.atomicity.AtomicRenameTemporaryPath
+
+    class _FinishingPath(base):  # type: ignore[misc]
+        async def finalize(self) -> None:
+            await super().finalize()
+            job = _FINISH.pop(os.path.abspath(os.fspath(self.get_final())), None)
+            if job is not None:
+                _finish(*job)
+
+    return _FinishingPath
 
 
 def is_orbax_folder(path: str | os.PathLike[str]) -> bool:
@@ -100,13 +143,59 @@ def save_orbax(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
     ``jax.distributed`` call it on every process (each writes the shards it holds).
 
     jax arrays are handed to orbax as they are (sharded or not); another library's
-    through numpy. Collectives: orbax's, and two barriers with several processes.
+    through numpy. Process 0 writes the layout and renames the folder in orbax's own
+    commit step. Collectives: orbax's, and one barrier with several processes.
     Cost: O(local bytes) per process.
     """
     require_context(ctx, "save_orbax")
     require_path(path, "save_orbax")
+    _start(ctx, path)
+    _orbax().wait_until_finished()
+
+
+def save_async(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> OrbaxSave:
+    """Start writing ``ctx`` as an orbax checkpoint folder; under ``jax.distributed``
+    call it on every process.
+
+    orbax's own asynchronous save (``StandardCheckpointer``, an ``AsyncCheckpointer``):
+    returns once orbax has copied the arrays to host memory, the context may then be
+    updated; orbax writes in its background thread, and process 0 writes the layout
+    and renames the folder in orbax's commit step. At most one save is in flight per
+    process: a new one (or :func:`save_orbax`) first waits for the last. Cost: the
+    copy of the local bytes, then O(local bytes) in the background.
+    """
+    require_context(ctx, "save_async")
+    require_path(path, "save_async")
+    return OrbaxSave(_start(ctx, path))
+
+
+class OrbaxSave:
+    """A save started by :func:`save_async`: ``done()``, ``wait()`` (raises what the
+    background write raised; call it on every process)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"OrbaxSave({self.path!r})"
+
+    def done(self) -> bool:
+        """True once the folder is complete (``DIR.partial`` renamed to ``DIR``); a
+        failed save never is: :meth:`wait` raises its error."""
+        return not os.path.exists(self.path + _PARTIAL) and is_orbax_folder(self.path)
+
+    def wait(self) -> None:
+        """Block until orbax's background write and the folder's finish are over; raise
+        their error."""
+        _orbax().wait_until_finished()
+
+
+def _start(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> str:
+    """Wait for the save in flight, prepare ``DIR.partial``, start orbax's save."""
     import jax
 
+    if _checkpointer:  # at most one in flight: the last one's folder is finished first
+        _checkpointer[0].wait_until_finished()
     tensors, variables, gradients = plan(ctx)
     state: dict[str, Any] = {}
     keys: dict[str, Any] = {}
@@ -124,18 +213,25 @@ def save_orbax(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> None:
         }
     target = os.path.abspath(os.fspath(path))
     partial = target + _PARTIAL
+    arrays = os.path.join(partial, ARRAYS)
     rank, world = _process()
+    checkpointer = _orbax()
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)  # a save that died half-way
         os.makedirs(partial)
-    _barrier("torchlean-orbax-prepare", world)
-    checkpointer = _orbax()
-    checkpointer.save(os.path.join(partial, ARRAYS), state)
-    checkpointer.wait_until_finished()
-    if rank == 0:
         layout = layout_object(ctx, variables, gradients)
-        _finish(partial, target, layout | {"kind": _KIND, "keys": keys, "processes": world})
-    _barrier("torchlean-orbax-finish", world)
+        _FINISH[arrays] = (
+            partial,
+            target,
+            layout | {"kind": _KIND, "keys": keys, "processes": world},
+        )
+    _barrier("torchlean-orbax-prepare", world)
+    try:
+        checkpointer.save(arrays, state)
+    except BaseException:
+        _FINISH.pop(arrays, None)
+        raise
+    return target
 
 
 def _finish(partial: str, target: str, layout: dict[str, Any]) -> None:
@@ -147,7 +243,8 @@ def _finish(partial: str, target: str, layout: dict[str, Any]) -> None:
 
 
 def _open(where: str) -> tuple[Any, ...]:
-    """The folder's layout, checked against orbax's metadata (no array read)."""
+    """The folder's layout, validated (orbax's metadata is not read: see
+    :func:`_check_arrays`)."""
     layout_path = os.path.join(where, LAYOUT_NAME)
     if not os.path.isfile(layout_path):
         raise FormatError(f"{where}: not a torchlean orbax folder (no {LAYOUT_NAME})")
@@ -175,7 +272,12 @@ def _open(where: str) -> tuple[Any, ...]:
     ):
         raise FormatError(f"{layout_path}: not a torchlean orbax layout")
     variables, gradients, next_id, pin, layout = check_layout(layout_path, text, sorted(keys))
-    arrays = os.path.join(where, ARRAYS)
+    return variables, gradients, next_id, pin, keys, os.path.join(where, ARRAYS), layout
+
+
+def _check_arrays(where: str, keys: dict[str, Any], arrays: str) -> None:
+    """The layout's keys against orbax's metadata, both ways, with shapes and dtypes
+    (no array read): a :class:`FormatError` naming every difference."""
     try:
         metadata = _orbax().metadata(arrays).item_metadata.tree
     except Exception as e:  # orbax's own metadata missing or unreadable
@@ -195,9 +297,14 @@ def _open(where: str) -> tuple[Any, ...]:
             problems.append(
                 f"`{key}` has shape {tuple(info.shape)} in the arrays, {want} in the layout"
             )
+            continue
+        dtype = getattr(info, "dtype", None)
+        if dtype is not None and str(dtype) != keys[key]["dtype"]:
+            problems.append(
+                f"`{key}` has dtype {dtype} in the arrays, {keys[key]['dtype']} in the layout"
+            )
     if problems:
         raise FormatError(f"{where}: the arrays do not match the layout: " + "; ".join(problems))
-    return variables, gradients, next_id, pin, keys, arrays, layout
 
 
 def load_orbax(
@@ -236,7 +343,13 @@ def load_orbax(
         )
         for key, info in keys.items()
     }
-    restored = _orbax().restore(arrays, target)
+    try:
+        # orbax compares the target's tree and shapes with its own metadata before it
+        # reads any array, and refuses a difference; the precise reason is ours
+        restored = _orbax().restore(arrays, target)
+    except Exception:
+        _check_arrays(where, keys, arrays)
+        raise
     values = {key: restored[info["name"]] for key, info in keys.items()}
     if like is None and backend != "jax":
         from torchlean.io._common import build_context
@@ -258,6 +371,59 @@ def load_orbax(
             adopt=True,
         )
     return apply_roles(where, ctx, layout)
+
+
+def inspect_orbax(path: str | os.PathLike[str]) -> FileSummary:
+    """A summary of an orbax folder from its layout and orbax's metadata alone (checked
+    against each other as :func:`load_orbax` does); no array is read until one is asked
+    for, and then the folder is restored once, whole, on this process's first device.
+    Cost: O(layout + orbax metadata)."""
+    require_path(path, "inspect_orbax")
+    where = os.path.abspath(os.fspath(path))
+    variables, gradients, next_id, pin, keys, arrays, _ = _open(where)
+    _check_arrays(where, keys, arrays)
+    entries: list[TensorInfo] = []
+    for registry, pairs in (("variable", variables), ("gradient", gradients)):
+        seen: set[str] = set()
+        for i, (name, key) in enumerate(pairs):
+            shape = tuple(keys[key]["shape"])
+            dtype = keys[key]["dtype"]
+            try:
+                itemsize = numpy_dtype(dtype).itemsize
+            except TypeError:
+                itemsize = 0
+            entries.append(
+                TensorInfo(
+                    name=name,
+                    registry=registry,  # type: ignore[arg-type]
+                    position=i,
+                    shadowed=name in seen,
+                    shape=shape,
+                    dtype=dtype,
+                    nbytes=math.prod(shape) * itemsize,
+                    key=key,
+                )
+            )
+            seen.add(name)
+    loaded: list[dict[str, Any]] = []
+
+    def read(info: TensorInfo, n: int | None) -> Any:
+        if not loaded:
+            ctx = load_orbax(where)
+            pairs = zip(variables + gradients, ctx.var_registry + ctx.gradients, strict=True)
+            loaded.append({key: to_numpy(at) for (_, key), (_, at) in pairs})
+        a = loaded[0][info.key]
+        return a if n is None else a.reshape(-1)[:n]
+
+    return FileSummary(
+        path=where,
+        format="orbax",
+        entries=tuple(entries),
+        next_id=next_id,
+        dtype=pin,
+        layout="torchlean",
+        _read=read,
+    )
 
 
 def _shardings(
@@ -293,6 +459,10 @@ def _load_format(path: str | os.PathLike[str], *, backend: str, **kwargs: Any) -
     return load_orbax(path, backend=backend, **kwargs)
 
 
+def _inspect_format(path: str | os.PathLike[str]) -> FileSummary:
+    return inspect_orbax(path)
+
+
 def _recognise(path: str | os.PathLike[str]) -> bool:
     return is_orbax_folder(path)
 
@@ -303,7 +473,9 @@ FORMAT: Final = Format(
     suffixes=(".orbax",),
     save=_save_format,
     load=_load_format,
+    inspect=_inspect_format,
     whole_context=True,
+    header_only_inspect=True,
     directory=True,
     distributed=True,
     recognise=_recognise,

@@ -18,7 +18,8 @@ Reading map:
 - :func:`save_safetensors` -- write a context (atomically), with ``metadata=``.
 - :func:`load_safetensors` -- read a context; without a ``torchlean`` entry in the
   metadata, a plain safetensors file loads as variables in the file's offset order.
-- :func:`inspect_safetensors` -- a header-only :class:`~torchlean.io.FileSummary`.
+- :func:`inspect_safetensors` -- a header-only :class:`~torchlean.io.FileSummary`
+  (blocks and :meth:`~torchlean.io.FileSummary.matches` read from the file).
 - :class:`_File` -- one open file: header, metadata, reads at offsets.
 - :data:`FORMAT` -- this module's :class:`~torchlean.io.Format` record.
 - :data:`PREFIX`, :data:`LAYOUT_VERSION`, :func:`check_layout` -- from
@@ -59,7 +60,7 @@ from torchlean.io._layout import (
     layout_object,
     plan,
 )
-from torchlean.io._summary import Block, FileSummary, TensorInfo
+from torchlean.io._summary import CHUNK, Block, FileSummary, TensorInfo
 from torchlean.runtime.context import RuntimeContext
 
 __all__ = [
@@ -362,6 +363,24 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
 
         yield block
 
+    buffer: list[memoryview] = []  # one reused buffer for every entry's chunks
+
+    def chunks(info: TensorInfo) -> Iterator[memoryview]:
+        begin, end = f.specs[info.key]["data_offsets"]
+        at, stop = f.data_start + begin, f.data_start + end
+        if not buffer:
+            buffer.append(memoryview(bytearray(CHUNK)))
+        view = buffer[0]
+        while at < stop:
+            got = f.read_into(at, view[: min(len(view), stop - at)])
+            if got <= 0:
+                raise FormatError(
+                    f"{where}: truncated while reading `{printable(info.key)}`: the file"
+                    f" ends at offset {at}, its data at {stop}"
+                )
+            yield view[:got]
+            at += got
+
     return FileSummary(
         path=where,
         format="safetensors",
@@ -372,6 +391,7 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
         _read=read,
         _blocks=blocks,
         metadata=user_metadata(f.metadata),
+        _chunks=chunks,
     )
 
 
