@@ -348,12 +348,8 @@ class Optimizer:
                 pending = g.library.pending_reduction(g.t, p.t)
                 if not pending:
                     return TorchLeanError, mismatch
-                if not reduce_partial:
-                    return TorchLeanError, (
-                        f"{mismatch}, or let the step reduce its Partial placements:"
-                        " step(..., reduce_partial=True) (one collective per such"
-                        " gradient, on every rank)"
-                    )
+                if not reduce_partial:  # check()'s message, naming the option
+                    return TorchLeanError, str(placement_mismatch(name, p, g, pending=True))
         keys = self._keys.get(name)
         if keys is None:
             keys = self._keys[name] = tuple(
