@@ -161,4 +161,15 @@ def partial_fit_worker(rank: int, world: int, port: int) -> None:
         assert torch.allclose(value.to_local(), ref[name], rtol=1e-5, atol=1e-6), name
     grads = got.ctx.state_dict(gradients=True)
     assert [g.placements for g in grads.values()] == [(Partial("sum"),)] * 2  # as given
+    # two micro-batches a step: the Partial gradients add up, then the step reduces them
+    two = fit(
+        ctx(), pw.loss, optim.adamw(lr=0.1), data, steps=1, accumulate=2, progress=False,
+        reduce_partial=True,
+    )
+    plain = RuntimeContext.empty().with_variables(list(pw.start().items()))
+    ref2 = fit(
+        plain, pw.loss, optim.adamw(lr=0.1), pw.batch, steps=1, accumulate=2, progress=False
+    ).ctx.state_dict()
+    for name, value in two.ctx.state_dict().items():
+        assert torch.allclose(value.to_local(), ref2[name], rtol=1e-5, atol=1e-6), name
     leave()

@@ -1,7 +1,8 @@
 """The training loop: :func:`fit`.
 
 Reading map:
-- :func:`fit` -- checks its arguments, resumes, then runs one step per batch.
+- :func:`fit` -- checks its arguments, resumes, then runs one step per batch;
+  ``_require_one_process`` refuses checkpoint files of values that span processes.
 - :class:`FitResult` -- what it returns.
 - ``_make_step`` -- the step: ``value_and_grad`` then ``optimizer.step``, compiled as one
   call where the array library compiles (:meth:`Backend.jit`: jax).
