@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from _fsdp_workers import Scaled, batch, mlp
 from _workers import bits, join, leave
 
@@ -114,9 +113,62 @@ def fsdp_fit_worker(rank: int, world: int, port: int, folder: str) -> None:
     leave()
 
 
-def partial_fit_worker(rank: int, world: int, port: int) -> None:
+def fsdp_resume_on_one(rank: int, world: int, port: int, folder: str) -> None:
+    """The 2-rank folder of step 2 resumed by one process (an FSDP2 module on a mesh of
+    one): its last two steps equal the 2-rank run's (its folder of step 4) within
+    float32 rounding."""
+    mesh = join(rank, world, port)
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, Replicate
+
+    from torchlean import io, optim
+    from torchlean.runtime import RuntimeContext
+    from torchlean.train import fit
+
+    model = mlp()
+    fully_shard(model, mesh=mesh)
+    with torch.device("meta"):
+        template = Scaled()
+
+    def loss(c: Any, xs: Any, ys: Any) -> Any:
+        full = {
+            k: v.redistribute(placements=[Replicate()])
+            if isinstance(v, DTensor)
+            else DTensor.from_local(v, mesh, [Replicate()], run_check=False)
+            for k, v in c.state_dict().items()
+        }
+        out = torch.func.functional_call(template, full, (xs,))
+        return ((out - ys) ** 2).mean().full_tensor()
+
+    def data(step: int) -> tuple[Any, ...]:
+        return tuple(DTensor.from_local(t, mesh, [Replicate()]) for t in batch(step))
+
+    saved = Path(folder) / "whole"
+    got = fit(
+        RuntimeContext.from_module(model),
+        loss,
+        optim.adamw(lr=0.1),
+        data,
+        steps=STEPS,
+        progress=False,
+        checkpoint_dir=Path(folder) / "one",
+        distributed=True,
+        resume=saved / "step-000002",
+    )
+    assert got.step == STEPS and len(got.losses) == 2, got
+    want = io.load(saved / "step-000004", backend="torch").state_dict()
+    for prefix, ctx in (("model/", got.ctx), ("optim/", got.state)):
+        for name, value in ctx.state_dict().items():
+            if isinstance(value, DTensor):
+                value = value.full_tensor()
+            assert torch.allclose(value, want[prefix + name], rtol=1e-5, atol=1e-6), name
+    leave()
+
+
+def partial_fit_worker(rank: int, world: int, port: int, folder: str) -> None:
     """Replicated DTensor parameters, a Shard(0) batch: Partial(sum) gradients, reduced
-    by fit(reduce_partial=True); the steps equal the one-process steps."""
+    by fit(reduce_partial=True); the steps equal the one-process steps, and a run cut
+    after one step and resumed from its folder equals the uninterrupted run bitwise."""
     mesh = join(rank, world, port)
     import _partial_workers as pw
     from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
@@ -145,15 +197,29 @@ def partial_fit_worker(rank: int, world: int, port: int) -> None:
         assert "fit(..., reduce_partial=True)" in str(e), e
     else:
         raise AssertionError("fit accepted Partial gradients without reduce_partial")
-    got = fit(
-        ctx(),
-        pw.loss,
-        optim.adamw(lr=0.1),
-        data,
-        steps=pw.STEPS,
-        progress=False,
-        reduce_partial=True,
-    )
+
+    def run(steps: int, **kw: Any) -> Any:
+        return fit(
+            ctx(),
+            pw.loss,
+            optim.adamw(lr=0.1),
+            data,
+            steps=steps,
+            progress=False,
+            reduce_partial=True,
+            **kw,
+        )
+
+    got = run(pw.STEPS)
+    where = {"checkpoint_dir": Path(folder) / "partial", "distributed": True}
+    run(1, checkpoint_every=1, **where)
+    resumed = run(pw.STEPS, resume=True, **where)
+    assert resumed.losses == got.losses[1:], (resumed.losses, got.losses)
+    for (name, value), other in zip(
+        got.ctx.state_dict().items(), resumed.ctx.state_dict().values(), strict=True
+    ):
+        assert other.placements == value.placements, name
+        assert torch.equal(bits(value.to_local()), bits(other.to_local())), name
     ref = pw.reference()
     for name, value in got.ctx.state_dict().items():
         assert value.placements == (Replicate(),), (name, value.placements)
@@ -163,7 +229,13 @@ def partial_fit_worker(rank: int, world: int, port: int) -> None:
     assert [g.placements for g in grads.values()] == [(Partial("sum"),)] * 2  # as given
     # two micro-batches a step: the Partial gradients add up, then the step reduces them
     two = fit(
-        ctx(), pw.loss, optim.adamw(lr=0.1), data, steps=1, accumulate=2, progress=False,
+        ctx(),
+        pw.loss,
+        optim.adamw(lr=0.1),
+        data,
+        steps=1,
+        accumulate=2,
+        progress=False,
         reduce_partial=True,
     )
     plain = RuntimeContext.empty().with_variables(list(pw.start().items()))

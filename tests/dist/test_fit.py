@@ -1,5 +1,6 @@
 """``fit`` on DTensor contexts on 2 gloo processes: an FSDP2 context trained with
-checkpoint folders, interrupted and resumed, bitwise equal to the uninterrupted run;
+checkpoint folders, interrupted and resumed, bitwise equal to the uninterrupted run,
+and resumed by one process;
 ``Partial`` gradients reduced by ``fit(reduce_partial=True)`` (workers in
 :mod:`_fit_workers`)."""
 
@@ -24,10 +25,12 @@ from torchlean.train import fit
 
 def test_fsdp2_fit_resumes_from_folders_as_an_uninterrupted_run(tmp_path: Path) -> None:
     spawn(w.fsdp_fit_worker, str(tmp_path))
+    # 2 -> 1: the folder of step 2, resumed by one process
+    spawn(w.fsdp_resume_on_one, str(tmp_path), world=1)
 
 
-def test_fit_reduces_partial_gradients_on_request() -> None:
-    spawn(w.partial_fit_worker)
+def test_fit_reduces_partial_gradients_on_request(tmp_path: Path) -> None:
+    spawn(w.partial_fit_worker, str(tmp_path))
 
 
 @pytest.mark.parametrize(
