@@ -42,7 +42,7 @@ from torchlean.errors import (
 )
 from torchlean.optim._groups import Groups, run_grouped
 from torchlean.optim._hyper import LR, Hyper, Kind
-from torchlean.optim._plan import Plans
+from torchlean.optim._plan import Plans, placed
 from torchlean.optim._rules import Rule
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import NUMPY, Backend
@@ -342,7 +342,7 @@ class Optimizer:
                 f" is {p.backend} {p.dtype}"
             )
         pending = False
-        if type(g.library).placement is not _NO_PLACEMENT:
+        if placed(g.library):
             mismatch = placement_mismatch(name, p, g)
             if mismatch is not None:
                 pending = g.library.pending_reduction(g.t, p.t)
@@ -370,10 +370,6 @@ class Optimizer:
                 f" `{name}` has shape {p.dims}"
             )
         return _Pair(name, p, g, step, slots, pending)
-
-
-#: The ``placement`` of a library whose arrays all live in one process (skipped).
-_NO_PLACEMENT: Any = Backend.placement
 
 
 def _one_library(pairs: list[_Pair], count: AnyTensor[Any]) -> Backend:
