@@ -1185,6 +1185,12 @@ ROWS: list[Row] = [
         "fit: distributed must be a bool, got str 'yes'",
     ),
     (
+        "torchlean.train.fit",
+        lambda d: _fit(reduce_partial=1),
+        TypeError,
+        "fit: reduce_partial must be a bool, got int 1",
+    ),
+    (
         "torchlean.autograd.differentiable_names",
         lambda d: ag.differentiable_names(5),
         TypeError,

@@ -108,8 +108,7 @@ def fsdp_worker(rank: int, world: int, port: int) -> None:
     n = BATCH // world
     mine = slice(rank * n, (rank + 1) * n)
     local = [
-        tuple(DTensor.from_local(t[mine], mesh, [Shard(0)]) for t in batch(i))
-        for i in range(STEPS)
+        tuple(DTensor.from_local(t[mine], mesh, [Shard(0)]) for t in batch(i)) for i in range(STEPS)
     ]
     new, losses = train(ctx, loss, local)
     grads = new.state_dict(gradients=True)

@@ -101,6 +101,7 @@ def views(folder: str) -> None:
     other = ctx.with_gradients([("w", put(values((8, 4), 3), NamedSharding(mesh, P("y", "x"))))])
     kinds = [p.kind for p in other.check().problems]
     assert kinds == ["placement-mismatch"], kinds
+    planned_steps(mesh)
     # a NaN in one shard
     bad = values((8, 4), 4)
     bad[7, 3] = np.nan
@@ -110,6 +111,36 @@ def views(folder: str) -> None:
     (problem,) = nan_ctx.check(collective=True).problems
     assert problem.kind == "non-finite", problem
     print("views ok")
+
+
+def planned_steps(explicit: object) -> None:
+    """The step's cached plan (optim/_plan.py) keys on placements: after two planned
+    steps of one layout, a gradient sharded otherwise is refused by torchlean's check
+    (explicit mesh axes: jax's own error otherwise; auto axes: a silent reshard)."""
+    from jax.sharding import AxisType
+
+    from torchlean import optim
+    from torchlean.errors import TorchLeanError
+
+    auto = jax.make_mesh((4, 2), ("x", "y"), axis_types=(AxisType.Auto,) * 2)
+    for mesh in (explicit, auto):
+        row, col = NamedSharding(mesh, P("x")), NamedSharding(mesh, P("y"))
+        ctx = empty_context().with_variables([("w", put(values((8, 4), 5), row))])
+        opt = optim.adamw(lr=0.1)
+        state = opt.init(ctx)
+        for seed in (6, 7):
+            grads = ctx.with_gradients([("w", put(values((8, 4), seed), row))])
+            new, state = opt.step(grads, state, donate=False)
+            assert new.variable_entry("w").placement == ctx.variable_entry("w").placement
+        assert len(opt._plans.plans) == 1  # the fast path ran
+        moved = ctx.with_gradients([("w", put(values((8, 4), 8), col))])
+        try:
+            opt.step(moved, state, donate=False)
+        except TorchLeanError as e:
+            assert str(e).startswith("optimizer step: gradient `w` is laid out as P('y')"), e
+            assert str(e).endswith("; nothing was updated"), e
+        else:
+            raise AssertionError("a planned step took a gradient sharded otherwise")
 
 
 def orbax(folder: str) -> None:

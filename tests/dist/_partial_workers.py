@@ -69,7 +69,28 @@ def partial_worker(rank: int, world: int, port: int) -> None:
     _, first = grad_fn(ctx, *local(0))
     grads = first.state_dict(gradients=True)
     assert [g.placements for g in grads.values()] == [(Partial("sum"),)] * 2, grads
-    assert [p.kind for p in first.check()] == ["placement-mismatch"] * 2
+    # check() says the step can reduce them (the same text as the step's refusal), and
+    # the context view shows check()'s problems
+    hint = (
+        "gradient `{0}` is laid out as P(sum) on {1} but its variable as R on {1};"
+        " redistribute it explicitly (e.g. grad.redistribute(var.device_mesh,"
+        " var.placements) for a DTensor, jax.device_put(grad, var.sharding) for a jax"
+        " array), or let the optimizer step reduce its Partial placements:"
+        " step(..., reduce_partial=True) or fit(..., reduce_partial=True) (one collective"
+        " per such gradient, on every rank)"
+    )
+    report = first.check()
+    assert [p.kind for p in report] == ["placement-mismatch"] * 2
+    assert [p.message for p in report] == [hint.format(k, mesh) for k in ("b", "w")], report
+    from torchlean.widgets import summarize
+
+    assert summarize(first).problems == report.problems
+    # a Shard(1) gradient of a replicated variable is no pending reduction: no hint
+    other = first.with_gradients(
+        [("w", distribute_tensor(grads["w"].full_tensor(), mesh, [Shard(1)]))]
+    )
+    (moved,) = [p for p in other.check() if p.name == "w"]
+    assert moved.message.endswith("for a jax array)"), moved.message
 
     # without the opt-in: refused, naming it; nothing updated (no collective either)
     opt = optim.adamw(lr=0.1)
@@ -77,13 +98,7 @@ def partial_worker(rank: int, world: int, port: int) -> None:
     try:
         opt.step(first, state)
     except TorchLeanError as e:
-        problem = (
-            "- gradient `{0}` is laid out as P(sum) on {1} but its variable as R on {1};"
-            " redistribute it explicitly (e.g. grad.redistribute(var.device_mesh,"
-            " var.placements) for a DTensor, jax.device_put(grad, var.sharding) for a jax"
-            " array), or let the step reduce its Partial placements:"
-            " step(..., reduce_partial=True) (one collective per such gradient, on every rank)"
-        )
+        problem = "- " + hint
         assert str(e) == (
             "optimizer step: 2 problems:\n"
             f"{problem.format('w', mesh)}\n{problem.format('b', mesh)}; nothing was updated"
@@ -105,8 +120,8 @@ def partial_worker(rank: int, world: int, port: int) -> None:
     assert got.state_dict(gradients=True)["w"].placements == (Partial("sum"),)  # kept
 
     # steps of one layout (reduced by hand) and then a Partial one: refused (the step's
-    # cached plan, optim/_plan.py, compares no placements; none is made for DTensors,
-    # whose state mixes libraries: `count` is a plain tensor)
+    # cached plan, optim/_plan.py, keys on placements; none is made for this state,
+    # which mixes libraries: `count` and the step counters are plain tensors)
     planned = optim.adamw(lr=0.1)
     reduced = first.with_gradients(
         [(k, g.redistribute(placements=[Replicate()])) for k, g in grads.items()]
@@ -114,12 +129,31 @@ def partial_worker(rank: int, world: int, port: int) -> None:
     pstate = planned.init(ctx)
     for _ in range(2):
         planned.step(reduced, pstate, donate=False)
+    assert not planned._plans.plans  # the state mixes libraries: no plan
     try:
         planned.step(first, pstate, donate=False)
     except TorchLeanError as e:
-        assert "reduce_partial=True" in str(e), e
+        assert str(e).endswith(hint.format("b", mesh) + "; nothing was updated"), e
     else:
         raise AssertionError("a repeated step accepted Partial gradients")
+    # a state of DTensors only (the plain counters replicated): the plan is made, and
+    # it compares placements, so a Partial gradient still reaches the refusal
+    whole_state = pstate.with_variables(
+        [
+            (k, v if isinstance(v, DTensor) else distribute_tensor(v, mesh, [Replicate()]))
+            for k, v in pstate.state_dict().items()
+        ]
+    )
+    for _ in range(2):
+        planned.step(reduced, whole_state, donate=False)
+    (plan,) = planned._plans.plans
+    assert plan.placements == [str(Replicate()) + f" on {mesh}"] * 2, plan.placements
+    try:
+        planned.step(first, whole_state, donate=False)
+    except TorchLeanError as e:
+        assert str(e).endswith(hint.format("b", mesh) + "; nothing was updated"), e
+    else:
+        raise AssertionError("a planned step accepted Partial gradients")
 
     # a user's own Partial gradient of a Shard(0) variable: one reduce-scatter, bitwise
     # equal to the one-process step on the sum (values exact in float32)

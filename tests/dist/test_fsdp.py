@@ -1,6 +1,6 @@
 """FSDP2 (``fully_shard``) on 2 gloo processes: ``RuntimeContext.from_module`` of the
-sharded module keeps its DTensors (buffers marked, ties as aliases), and three torchlean steps by the
-documented recipe equal the one-process steps on the whole batch (float32 tolerance);
+sharded module keeps its DTensors (buffers marked, ties as aliases), and three torchlean
+steps by the documented recipe equal the one-process steps on the whole batch (float32 tolerance);
 ``functional_call`` on the FSDP module itself is an error, not zero gradients (workers
 in :mod:`_fsdp_workers`)."""
 

@@ -96,6 +96,32 @@ def test_check_pair_reads_shapes_and_dtypes_of_anything_that_has_them() -> None:
     assert orphan.message == "gradient `q` has no variable of that name"
 
 
+MESH = "DeviceMesh((2,), 'cpu', stride=(1,))"
+REDISTRIBUTE = (
+    f"gradient `w` is laid out as P(sum) on {MESH} but its variable as R on {MESH};"
+    " redistribute it explicitly (e.g. grad.redistribute(var.device_mesh,"
+    " var.placements) for a DTensor, jax.device_put(grad, var.sharding) for a jax array)"
+)
+
+
+def test_a_pending_reduction_says_the_step_can_do_it() -> None:
+    # the facts a DTensor context gives: a Partial gradient of a replicated variable
+    var = EntryFacts((3, 4), "float32", "cpu", placement=f"R on {MESH}")
+    grad = EntryFacts((3, 4), "float32", "cpu", placement=f"P(sum) on {MESH}", pending=True)
+    (problem,) = check_entries([("w", var)], [("w", grad)])
+    assert problem.kind == "placement-mismatch"
+    assert problem.message == REDISTRIBUTE + (
+        ", or let the optimizer step reduce its Partial placements:"
+        " step(..., reduce_partial=True) or fit(..., reduce_partial=True) (one collective"
+        " per such gradient, on every rank)"
+    )
+    # another difference: the explicit redistribution only
+    (other,) = check_pair(
+        "w", var, EntryFacts((3, 4), "float32", "cpu", placement=f"P(sum) on {MESH}")
+    )
+    assert other.message == REDISTRIBUTE
+
+
 def test_sampled_counts_say_so() -> None:
     (p,) = check_entries([("x", EntryFacts((10**6,), "float32", "cpu", 1, 0, 1000))])
     assert p.message == "variable `x` has 1 NaN value in a sample of 1,000"

@@ -42,7 +42,7 @@ from torchlean.errors import (
 )
 from torchlean.optim._groups import Groups, run_grouped
 from torchlean.optim._hyper import LR, Hyper, Kind
-from torchlean.optim._plan import Plans
+from torchlean.optim._plan import Plans, placed
 from torchlean.optim._rules import Rule
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import NUMPY, Backend
@@ -342,18 +342,14 @@ class Optimizer:
                 f" is {p.backend} {p.dtype}"
             )
         pending = False
-        if type(g.library).placement is not _NO_PLACEMENT:
+        if placed(g.library):
             mismatch = placement_mismatch(name, p, g)
             if mismatch is not None:
                 pending = g.library.pending_reduction(g.t, p.t)
                 if not pending:
                     return TorchLeanError, mismatch
-                if not reduce_partial:
-                    return TorchLeanError, (
-                        f"{mismatch}, or let the step reduce its Partial placements:"
-                        " step(..., reduce_partial=True) (one collective per such"
-                        " gradient, on every rank)"
-                    )
+                if not reduce_partial:  # check()'s message, naming the option
+                    return TorchLeanError, str(placement_mismatch(name, p, g, pending=True))
         keys = self._keys.get(name)
         if keys is None:
             keys = self._keys[name] = tuple(
@@ -374,10 +370,6 @@ class Optimizer:
                 f" `{name}` has shape {p.dims}"
             )
         return _Pair(name, p, g, step, slots, pending)
-
-
-#: The ``placement`` of a library whose arrays all live in one process (skipped).
-_NO_PLACEMENT: Any = Backend.placement
 
 
 def _one_library(pairs: list[_Pair], count: AnyTensor[Any]) -> Backend:

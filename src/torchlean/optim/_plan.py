@@ -4,13 +4,23 @@ Pairing each gradient with its variable and optimizer state, with every check an
 every problem in one message, is per-tensor Python work (:meth:`Optimizer._gather`).
 A training loop hands the step the same layout every time, so the pairing is done once
 and remembered as a :class:`Plan`: the gradient names, the state keys, and what the
-checks saw (dims, array libraries, dtypes). A later step reads the registries with
+checks saw (dims, array libraries, dtypes and, for a library whose values can be laid
+out over processes or devices, every placement). A later step reads the registries with
 C-level loops (:mod:`torchlean.runtime._bulk`), compares what it reads with the plan
 (whole lists at once) and, when everything agrees, hands the arrays to the backend's
 :meth:`~torchlean.runtime.backends.Backend.planned_updater` and replaces the entries
 with the trusted batch edit. Anything that differs (a name, a shape, a dtype, a library,
 a tensor written in place, new parameter tensors under donation) falls back to the
 pairing path, which explains every problem, and a new plan is made from it.
+
+Placements are part of the key by construction: a plan of a library that overrides
+:meth:`Backend.placement` (DTensor, sharded jax arrays) records the placement of every
+parameter, gradient and state entry and compares them at every step, so a gradient laid
+out differently from its variable (a DTensor ``Partial``, a jax array resharded) always
+reaches the pairing path's ``placement-mismatch`` refusal; it is never updated through
+a hidden redistribution. (A DTensor layout has no plan today: its state mixes a plain
+``count`` with DTensor entries, which :meth:`Plan.build` declines; the placements are
+compared whatever that rule becomes.)
 
 Reading map:
 - :class:`Plans` -- what an :class:`~torchlean.optim.Optimizer` keeps: a few recent
@@ -56,10 +66,12 @@ class Plan:
         "libraries",
         "library",
         "names",
+        "placements",
         "sizes",
         "slots",
         "state_dims",
         "state_libraries",
+        "state_placements",
     )
 
     def __init__(self) -> None:
@@ -72,6 +84,11 @@ class Plan:
         self.libraries: list[int] = []
         self.state_libraries: list[int] = []
         self.dtypes: list[Any] = []
+        #: the placement of each parameter (and so of its gradient) and of each state
+        #: entry, for a library that lays values out over processes or devices; None
+        #: for one whose values all live in one place (nothing to compare)
+        self.placements: list[str | None] | None = None
+        self.state_placements: list[str | None] | None = None
         self.library: Backend | None = None
         self.aliasing = True  # whether donation needs the alias check
         #: the parameters the donation alias check passed for (held, as torch.optim holds them)
@@ -115,6 +132,9 @@ class Plan:
         plan.dims, plan.libraries = params.dims, params.libraries
         plan.state_dims, plan.state_libraries = entries.dims, entries.libraries
         plan.dtypes = list(map(_DTYPE, params.tensors))
+        if placed(library):  # the pairing path checked them: gradients as parameters
+            plan.placements = list(map(library.placement, params.tensors))
+            plan.state_placements = list(map(library.placement, entries.tensors))
         # a library whose buffers are never written in place (jax) has no aliases to check
         plan.aliasing = any(library.buffer_range(t) is not None for t in params.tensors)
         if donate:
@@ -158,6 +178,8 @@ class Plan:
             and list(map(_DTYPE, grads.tensors)) == self.dtypes
         ):
             return None
+        if self.placements is not None and not self._placed(grads, params, entries):
+            return None  # laid out otherwise: the pairing path refuses or re-plans
         if donate and self.aliasing:
             checked = self.checked
             if params is not last[1] and (
@@ -197,6 +219,25 @@ class Plan:
             self.checked = new_params  # the entry counts stay: only heads were replaced
         self.last = (grads, wrote_params, wrote_entries) if donate else _NOTHING
         return new_ctx, new_state
+
+    def _placed(self, grads: _bulk.Heads, params: _bulk.Heads, entries: _bulk.Heads) -> bool:
+        """Whether the gradients and parameters have the plan's placements and the state
+        entries theirs; read at every step, also for what the plan itself wrote (an
+        update may lay its results out anew). Cost: one ``placement`` call per tensor."""
+        library = self.library
+        assert library is not None
+        where = library.placement
+        return (
+            list(map(where, grads.tensors)) == self.placements
+            and list(map(where, params.tensors)) == self.placements
+            and list(map(where, entries.tensors)) == self.state_placements
+        )
+
+
+def placed(library: Backend) -> bool:
+    """Whether ``library`` can lay values out over processes or devices (it overrides
+    :meth:`Backend.placement`): its plans compare placements."""
+    return type(library).placement is not Backend.placement
 
 
 _NOTHING: tuple[None, None, None] = (None, None, None)

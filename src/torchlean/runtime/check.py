@@ -157,6 +157,11 @@ class EntryFacts:
     sample: int | None = None
     #: A distributed tensor's placements and mesh (``None`` for a whole tensor).
     placement: str | None = None
+    #: For a gradient: laid out as its variable except for reductions still pending (a
+    #: DTensor's ``Partial`` placements), which the optimizer step does when asked
+    #: (``step(..., reduce_partial=True)``); measured by the array library
+    #: (:meth:`~torchlean.runtime.backends.Backend.pending_reduction`).
+    pending: bool = False
 
 
 def facts_of(at: AnyTensor[Any], what: str) -> EntryFacts:
@@ -219,26 +224,39 @@ def check_pair(
                 index,
             )
         )
-    mismatch = placement_mismatch(name, variable, gradient)
+    pending = bool(getattr(gradient, "pending", False))
+    mismatch = placement_mismatch(name, variable, gradient, pending=pending)
     if mismatch is not None:
         problems.append(Problem("placement-mismatch", "gradient", name, mismatch, index))
     return tuple(problems)
 
 
-def placement_mismatch(name: str, variable: object, gradient: object) -> str | None:
+def placement_mismatch(
+    name: str, variable: object, gradient: object, *, pending: bool = False
+) -> str | None:
     """The message when the gradient ``name`` is laid out over processes differently
     from its variable (their ``placement`` attributes differ), else ``None``. An update
-    would have to redistribute it: a collective nobody asked for."""
+    would have to redistribute it: a collective nobody asked for. ``pending``: the only
+    difference is reductions still pending (DTensor ``Partial`` placements), and the
+    message says the step reduces them on request. The one text of ``check()``, the
+    views and the optimizer step's refusal."""
     have = getattr(gradient, "placement", None)
     want = getattr(variable, "placement", None)
     if have == want:
         return None
-    return (
+    text = (
         f"gradient `{name}` is laid out as {have or 'a whole tensor'} but its variable"
         f" as {want or 'a whole tensor'}; redistribute it explicitly"
         " (e.g. grad.redistribute(var.device_mesh, var.placements) for a DTensor,"
         " jax.device_put(grad, var.sharding) for a jax array)"
     )
+    if pending:
+        text += (
+            ", or let the optimizer step reduce its Partial placements:"
+            " step(..., reduce_partial=True) or fit(..., reduce_partial=True) (one"
+            " collective per such gradient, on every rank)"
+        )
+    return text
 
 
 def _nonfinite(registry: str, name: str, facts: EntryFacts, index: int) -> Problem | None:
@@ -326,6 +344,7 @@ def check_context(ctx: RuntimeContext[Any], *, collective: bool = False) -> Chec
     entries = [("variable", name, at) for name, at in ctx.var_registry]
     entries += [("gradient", name, at) for name, at in ctx.gradients]
     facts = [facts_of(at, f"{registry} `{name}`") for registry, name, at in entries]
+    facts = _with_pending(ctx, entries, facts)
     scope = None
     if collective:
         facts, scope = _summed(entries, facts)
@@ -338,6 +357,30 @@ def check_context(ctx: RuntimeContext[Any], *, collective: bool = False) -> Chec
     gradients = [(name, f) for (_, name, _), f in zip(entries[n:], facts[n:], strict=True)]
     report = check_entries(variables, gradients)
     return CheckReport(report.problems, scope)
+
+
+def _with_pending(
+    ctx: RuntimeContext[Any],
+    entries: list[tuple[str, str, AnyTensor[Any]]],
+    facts: list[EntryFacts],
+) -> list[EntryFacts]:
+    """``facts`` with ``pending`` set on each gradient laid out as its visible variable
+    except for reductions still pending (asked of the array library; no collective)."""
+    from dataclasses import replace
+
+    out = list(facts)
+    for i, (registry, name, at) in enumerate(entries):
+        if registry != "gradient" or at.placement is None:
+            continue
+        variable = ctx.variable_entry(name)
+        if (
+            variable is not None
+            and variable.library is at.library
+            and variable.placement != at.placement
+            and at.library.pending_reduction(at.unchecked, variable.unchecked)
+        ):
+            out[i] = replace(out[i], pending=True)
+    return out
 
 
 def _summed(

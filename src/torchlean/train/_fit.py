@@ -1,7 +1,8 @@
 """The training loop: :func:`fit`.
 
 Reading map:
-- :func:`fit` -- checks its arguments, resumes, then runs one step per batch.
+- :func:`fit` -- checks its arguments, resumes, then runs one step per batch;
+  ``_require_one_process`` refuses checkpoint files of values that span processes.
 - :class:`FitResult` -- what it returns.
 - ``_make_step`` -- the step: ``value_and_grad`` then ``optimizer.step``, compiled as one
   call where the array library compiles (:meth:`Backend.jit`: jax).
@@ -22,7 +23,7 @@ from typing import Any
 
 from torchlean._validate import require_bool, require_callable, require_int, require_path
 from torchlean.autograd import value_and_grad
-from torchlean.errors import FormatError
+from torchlean.errors import BackendError, FormatError
 from torchlean.optim import Optimizer, clip_gradients
 from torchlean.runtime.backends import Backend
 from torchlean.runtime.context import RuntimeContext, claim, owned_by_caller, require_context
@@ -109,6 +110,7 @@ def fit(
     jit: bool = True,
     capture: bool = False,
     reduce: str | None = None,
+    reduce_partial: bool = False,
     distributed: bool = False,
     description: str = "training",
 ) -> FitResult:
@@ -150,6 +152,12 @@ def fit(
     - ``reduce="mean"`` / ``"sum"``: data-parallel training, every process running
       ``fit`` on its part of each batch (:func:`~torchlean.autograd.value_and_grad`'s
       ``reduce``: the gradients and the loss all-reduced after each micro-batch).
+    - ``reduce_partial=True`` (DTensor contexts; every process calls ``fit``): each
+      step passes it to ``optimizer.step``, which reduces gradients whose only
+      difference from their variables is ``Partial`` placements (a replicated
+      parameter used with a ``Shard(0)`` batch) through DTensor's ``redistribute``, one
+      collective per such gradient; without it the step refuses them. Clip with the
+      optimizer's ``clip=`` (after the reduction), not ``fit``'s.
     - ``distributed=True`` (every process calls ``fit``): checkpoints are folders
       ``checkpoint_dir/step-NNNNNN`` written by every process with
       :func:`torchlean.io.distributed.save_async` (the step goes on while the shards are
@@ -158,7 +166,10 @@ def fit(
       (a ``.partial`` one, left by a crash, is ignored; rank 0 chooses), loaded into the
       layout of ``ctx`` on any world size: a run saved on 2 processes resumes on 1, and
       the other way round. ``resume=DIR`` names a folder. Folders hold the parameters,
-      the optimizer state and the step, not random states.
+      the optimizer state and the step, not random states. A context whose values
+      span processes (DTensors: an FSDP2 module's ``from_module``) keeps them there:
+      its checkpoints must be folders (checkpoint files are refused before the first
+      step), saved and resumed shard by shard in the same placements.
 
     ``donate=True`` (default) lets the steps update the parameters in place: the ``ctx``
     and ``state`` you pass are donated to ``fit`` (any later use raises
@@ -209,6 +220,15 @@ def fit(
         )
     if reduce is not None and reduce not in ("mean", "sum"):
         raise ValueError(f"fit: reduce must be 'mean', 'sum' or None, got {reduce!r}")
+    require_bool(reduce_partial, "fit", "reduce_partial")
+    if reduce_partial and clip is not None:
+        raise ValueError(
+            "fit: clip= scales the gradients before the step, where reduce_partial=True"
+            " leaves them Partial (their norm would be a hidden collective); clip in the"
+            " optimizer instead, after the reduction: optim.adamw(..., clip=max_norm)"
+        )
+    if not distributed and (periodic.checkpoint_every > 0 or resume is not False):
+        _require_one_process(ctx)
     periodic.distributed = distributed
     if not isinstance(frozen, (str, Iterable)):
         raise TypeError(f"fit: frozen must be a str or an iterable of str, got {frozen!r}")
@@ -245,11 +265,16 @@ def fit(
     if capture and not donate:
         raise ValueError("fit: capture=True replays the step in place, which needs donate=True")
     if capture and (
-        accumulate != 1 or clip is not None or has_aux or has_state or reduce is not None
+        accumulate != 1
+        or clip is not None
+        or has_aux
+        or has_state
+        or reduce is not None
+        or reduce_partial
     ):
         raise ValueError(
             "fit: capture=True records one plain step; it does not combine with"
-            " accumulate, clip, has_aux, has_state or reduce"
+            " accumulate, clip, has_aux, has_state, reduce or reduce_partial"
         )
     step_fn = _make_step(
         ctx,
@@ -264,6 +289,7 @@ def fit(
         jit=jit or capture,
         capture=capture,
         reduce=reduce,
+        reduce_partial=reduce_partial,
     )
     bar = _Progress(description, steps, start, enabled=progress)
     try:
@@ -283,6 +309,19 @@ def fit(
         bar.close()
     result.ctx, result.state, result.step = ctx, state, max(start, steps)
     return result
+
+
+def _require_one_process(ctx: Context) -> None:
+    """Refuse, before the first step, checkpoint files of a context whose values span
+    processes (a file holds whole tensors; those are written shard by shard)."""
+    for name, at in ctx.latest_variables():
+        if at.local_dims is not None:
+            raise BackendError(
+                f"fit: variable `{name}` ({at.library.stand_in(at.unchecked)}) holds values"
+                " on several processes, which a checkpoint file cannot hold; pass"
+                " distributed=True (every process calls fit and writes its shards into"
+                " checkpoint folders)"
+            )
 
 
 def _total_steps(steps: int | None, epochs: int | None, data: Data, accumulate: int) -> int:
@@ -354,6 +393,7 @@ def _make_step(
     jit: bool,
     capture: bool = False,
     reduce: str | None = None,
+    reduce_partial: bool = False,
 ) -> StepFn:
     """One training step: the gradients of ``accumulate`` micro-batches, clipping, then
     the optimizer; one compiled call where the (single) array library of ``ctx``
@@ -382,7 +422,7 @@ def _make_step(
 
     def eager_step(c: Context, s: Context, micro: Micro) -> tuple[Any, Context, Context]:
         out, c = gradients(c, micro)
-        c, s = optimizer.step(c, s, donate=donate)
+        c, s = optimizer.step(c, s, donate=donate, reduce_partial=reduce_partial)
         return out, c, s
 
     libraries = {at.library for _, at in ctx.latest_variables()}
@@ -401,7 +441,7 @@ def _make_step(
 
     def pure(c: Context, s: Context, micro: Micro) -> tuple[Any, Context, Context]:
         out, c = gradients(c, micro)
-        c, s = optimizer.step(c, s, donate=False)
+        c, s = optimizer.step(c, s, donate=False, reduce_partial=reduce_partial)
         return out, c, s
 
     (library,) = libraries

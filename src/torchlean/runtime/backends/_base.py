@@ -269,7 +269,10 @@ class Backend:
 
     def placement(self, x: Any) -> str | None:
         """How ``x`` is laid out over processes (a DTensor's placements and mesh), or
-        ``None`` for a value that lives in one process."""
+        ``None`` for a value that lives in one process. Equal texts mean equal layouts:
+        a library that overrides this method has ``check()`` and the optimizer step
+        compare a gradient's with its variable's, and its cached step plans compare
+        every tensor's at every step (:mod:`torchlean.optim._plan`)."""
         return None
 
     def local_dims(self, x: Any) -> tuple[int, ...] | None:
