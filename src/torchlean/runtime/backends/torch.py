@@ -266,8 +266,6 @@ class TorchBackend(Backend):
         the backward pass reaches none of them (``loss`` not requiring grad, or every
         gradient ``None``); else unreached leaves get zeros."""
         torch = self.torch
-        from torch.utils import _pytree
-
         leaves, roots, spread = self.grad_leaves(values)
         with torch.enable_grad():
             out = fn(leaves)
@@ -281,15 +279,20 @@ class TorchBackend(Backend):
                 found = torch.autograd.grad(loss, roots, allow_unused=True)
             if unreached is not None and roots and all(g is None for g in found):
                 raise unreached(bool(loss.requires_grad))
-            raw = [
-                torch.zeros_like(root, requires_grad=False) if g is None else g
-                for root, g in zip(roots, found or [None] * len(roots), strict=True)
-            ]
-        grads = spread([g.detach() for g in raw])
+            if found and not any(map(operator.is_, found, itertools.repeat(None))):
+                raw = list(found)
+            else:
+                raw = [
+                    torch.zeros_like(root, requires_grad=False) if g is None else g
+                    for root, g in zip(roots, found or [None] * len(roots), strict=True)
+                ]
+        # without create_graph the gradients carry no history: detach only if one does
+        if any(map(_REQUIRES_GRAD, raw)):
+            raw = [g.detach() for g in raw]
+        grads = spread(raw)
         value = loss.detach()
         if has_aux:
-            aux = _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, aux)
-            return (value, aux), grads
+            return (value, _detached(torch, aux)), grads
         return value, grads
 
     def to_device(self, x: Any, device: str) -> Any:
@@ -456,7 +459,8 @@ class TorchBackend(Backend):
         n = len(values)
         bases = list(map(_BASE, values))
         if all(map(operator.is_, bases, itertools.repeat(None, n))):
-            plain = [v.detach().requires_grad_(True) for v in values]
+            tensor = torch.Tensor
+            plain = list(map(tensor.requires_grad_, map(tensor.detach, values)))
             return plain, plain, _same
         by_base: dict[int, list[int]] = {}
         for i, base in enumerate(bases):
@@ -604,6 +608,11 @@ class TorchBackend(Backend):
                     out[i] = piece.view(p.shape)
         return out
 
+    def copy_all(self, values: list[Any]) -> list[Any]:
+        """Clones of the values, without autograd history (C-level loop)."""
+        with self.torch.no_grad():
+            return list(map(self.torch.Tensor.clone, values))
+
 
 _WATCHING: list[Any] = []
 
@@ -641,6 +650,24 @@ def _same(xs: list[Any]) -> list[Any]:
     return xs
 
 
+def _detached(torch: Any, tree: Any) -> Any:
+    """``tree`` with every torch tensor that requires grad detached: plain tuples, lists
+    and dicts walked here, any other container by ``torch.utils._pytree``."""
+    kind = type(tree)
+    if kind is torch.Tensor or isinstance(tree, torch.Tensor):
+        return tree.detach() if tree.requires_grad else tree
+    if tree is None or kind in (int, float, bool, str):
+        return tree
+    if kind is dict:
+        return {k: _detached(torch, v) for k, v in tree.items()}
+    if kind is tuple or kind is list:
+        return kind(_detached(torch, v) for v in tree)
+    from torch.utils import _pytree
+
+    return _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, tree)
+
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 _BASE = operator.attrgetter("_base")
 _DTYPE = operator.attrgetter("dtype")
 _VERSION = operator.attrgetter("_version")
