@@ -29,7 +29,7 @@ import fnmatch
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from torchlean._module_call import call_module as call_module
 from torchlean._validate import require_bool, require_callable
@@ -361,16 +361,20 @@ def _returns_copies(state: Any, layout: _Layout, copies: list[Any]) -> bool:
     the loss received, their dims unchanged (BatchNorm's in-place update)."""
     if type(state) is not dict:
         return False
-    index = layout.buffer_index
-    for name, value in state.items():
-        i = index.get(name) if type(name) is str else None
-        if (
-            i is None
-            or copies[i] is not value
-            or layout.buffer_libraries[i].dims(value) != layout.buffer_dims[i]
-        ):
-            return False
-    return True
+    # C-level loops: a BatchNorm CNN returns a dozen buffers at every step
+    found = list(map(layout.buffer_index.get, state))
+    if None in found:
+        return False  # not a buffer (or not a name at all)
+    at = cast("list[int]", found)
+    values = list(state.values())
+    if not all(map(operator.is_, map(copies.__getitem__, at), values)):
+        return False
+    one = layout.buffer_library
+    if one is not None:
+        dims = list(map(one.dims, values))
+    else:
+        dims = [layout.buffer_libraries[i].dims(v) for i, v in zip(at, values, strict=True)]
+    return dims == list(map(layout.buffer_dims.__getitem__, at))
 
 
 def _land_state(
