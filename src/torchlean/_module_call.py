@@ -95,8 +95,11 @@ def call_module(
     - ``state=True`` returns ``(out, new_state)``: ``{buffer: value after the call}``
       for each buffer of the context (:meth:`RuntimeContext.buffers`), what
       ``value_and_grad(has_state=True)`` takes. A module that updates a buffer in place
-      (BatchNorm in train mode) writes the context's tensor: inside ``value_and_grad``
-      the loss gets fresh copies of the buffers, so nothing a context holds changes.
+      (BatchNorm in train mode) writes the context's tensor: inside
+      ``value_and_grad(has_state=True)`` the loss gets fresh copies of the buffers, so
+      nothing a context holds changes; called on a stored context, the write is caught
+      as for any in-place write (the context then raises
+      :class:`~torchlean.errors.InPlaceModificationError` when read).
     - ``args``: a tuple of positional arguments, or one argument that is not a tuple.
 
     The module's own tensors are back in place when the call returns or raises. Like

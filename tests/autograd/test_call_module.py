@@ -198,3 +198,14 @@ def test_trains_like_the_module() -> None:
                 p -= 0.1 * p.grad
     for name, t in reference.state_dict().items():
         assert torch.equal(ctx[name], t), name
+
+
+def test_batchnorm_writing_a_stored_context_is_caught() -> None:
+    """Outside value_and_grad(has_state=True) BatchNorm updates the context's own buffers
+    in place: the context then refuses to be read, as for any in-place write."""
+    model = nn.BatchNorm1d(2).train()
+    ctx = RuntimeContext.from_module(model)
+    call_module(model, ctx, torch.randn(4, 2))
+    with pytest.raises(InPlaceModificationError, match="variable `num_batches_tracked` was modified"):
+        ctx.state_dict()
+    assert int(model.num_batches_tracked) == 0  # the module's own buffers were not
