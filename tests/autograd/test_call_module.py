@@ -206,6 +206,6 @@ def test_batchnorm_writing_a_stored_context_is_caught() -> None:
     model = nn.BatchNorm1d(2).train()
     ctx = RuntimeContext.from_module(model)
     call_module(model, ctx, torch.randn(4, 2))
-    with pytest.raises(InPlaceModificationError, match="variable `num_batches_tracked` was modified"):
+    with pytest.raises(InPlaceModificationError, match="`num_batches_tracked` was modified"):
         ctx.state_dict()
     assert int(model.num_batches_tracked) == 0  # the module's own buffers were not

@@ -246,6 +246,7 @@ def test_engine_fast_path_agrees_with_autograd_grad(
             return (y * y).sum().to(torch.complex64)
         return (y * y).sum()
 
+    value_and_grad(quadratic)(ctx_of("torch", w=W, b=B), torch.tensor(X))
     assert torch_backend._ENGINE[0] is not None  # this torch runs the fast path
     calls: list[int] = []
     grad = torch.autograd.grad

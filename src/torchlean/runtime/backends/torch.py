@@ -38,7 +38,6 @@ class TorchBackend(Backend):
         self.torch = torch
         self._bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
         _watch_optimizers(torch)
-        _ENGINE[0] = _find_engine(torch)
 
     # ------------------------------------------------------------------ storing
 
@@ -621,11 +620,13 @@ class TorchBackend(Backend):
         to honour), the autograd engine is called as ``torch.autograd.grad`` calls it,
         without the Python around it (argument normalisation, the override checks, the
         implicit ones gradient made by ``_make_grads``): about 8 us a step on a host CPU.
-        Anything else, or a torch without the engine's entry point, takes
-        ``torch.autograd.grad`` itself."""
+        Anything else, or a torch without the engine's entry point (looked for once, at
+        the first backward pass, on a tiny graph), takes ``torch.autograd.grad`` itself."""
         torch = self.torch
         tensor = torch.Tensor
         engine = _ENGINE[0]
+        if engine is _UNKNOWN:
+            engine = _ENGINE[0] = _find_engine(torch)
         if (
             engine is not None
             and type(loss) is tensor
@@ -642,18 +643,20 @@ class TorchBackend(Backend):
 
 
 _WATCHING: list[Any] = []
-#: the autograd engine ``torch.autograd.grad`` runs (``None``: call ``torch.autograd.grad``)
-_ENGINE: list[Any] = [None]
+_UNKNOWN = object()
+#: the autograd engine ``torch.autograd.grad`` runs (``None``: call ``torch.autograd.grad``;
+#: ``_UNKNOWN`` until the first backward pass looks for it)
+_ENGINE: list[Any] = [_UNKNOWN]
 
 
 def _find_engine(torch: Any) -> Any:
     """``torch.autograd.Variable._execution_engine`` when it runs a backward pass as
-    ``torch.autograd.grad`` does (checked once on a tiny graph), else ``None``."""
+    ``torch.autograd.grad`` does (checked on a tiny graph), else ``None``."""
     engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
     if engine is None or not callable(getattr(engine, "run_backward", None)):
         return None
     try:
-        with torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad():
             x = torch.ones(2, requires_grad=True)
             unused = torch.ones(1, requires_grad=True)
             loss = (x * 3.0).sum()
