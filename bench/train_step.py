@@ -35,7 +35,7 @@ other processes on a busy machine move less than the wall time).
 Prints the median step time of each and the ratio to its baseline.
 Run: PYTHONPATH=src python bench/train_step.py [--device cuda] [--batch 256 8192]
      [--repeat 30] [--skip-jax] [--threads N] [--sizes 784 1024 1024 10]
-     PYTHONPATH=src python bench/train_step.py --models [--repeat 30]
+     PYTHONPATH=src python bench/train_step.py --models [--repeat 30] [--device cuda]
      PYTHONPATH=src python bench/train_step.py --models --host [--repeat 200] [--inner 5]
 """
 
@@ -256,7 +256,9 @@ def _nets() -> Any:
     return module
 
 
-def model_variants(*, tiny: bool = False) -> dict[str, dict[str, Callable[[], Any]]]:
+def model_variants(
+    *, tiny: bool = False, device: str = "cpu"
+) -> dict[str, dict[str, Callable[[], Any]]]:
     """``{model: {"idiomatic": step, "torchlean": step, "torchlean, call_module": step}}``
     for the BatchNorm CNN and the tied GPT-2 (``tiny``: the host-overhead configs)."""
     import copy
@@ -271,8 +273,11 @@ def model_variants(*, tiny: bool = False) -> dict[str, dict[str, Callable[[], An
     nets = _nets()
     g = torch.Generator().manual_seed(1)
     n, side, vocab, context_len, batch = (4, 8, 50, 16, 2) if tiny else (64, 16, 512, 64, 16)
-    images = torch.randn(n, 3, side, side, generator=g), torch.randint(0, 10, (n,), generator=g)
-    tokens = torch.randint(0, vocab, (batch, context_len + 1), generator=g)
+    images = (
+        torch.randn(n, 3, side, side, generator=g).to(device),
+        torch.randint(0, 10, (n,), generator=g).to(device),
+    )
+    tokens = torch.randint(0, vocab, (batch, context_len + 1), generator=g).to(device)
     idx, targets = tokens[:, :-1], tokens[:, 1:]
     try:
         from torchlean.autograd import call_module
@@ -337,8 +342,9 @@ def model_variants(*, tiny: bool = False) -> dict[str, dict[str, Callable[[], An
         return step
 
     torch.manual_seed(0)
-    cnn = nets.ResNet(width=8 if tiny else 32)
+    cnn = nets.ResNet(width=8 if tiny else 32).to(device)
     gpt = nets.GPT(vocab=vocab, context=context_len, d=32 if tiny else 128, layers=2 if tiny else 4)
+    gpt = gpt.to(device)
     out = {
         "ResNet-style CNN, BatchNorm (train)": {
             "idiomatic": idiomatic(cnn, images, False),
@@ -439,11 +445,12 @@ def main() -> None:
         return
     if args.models:
         print(
-            f"real models, AdamW(fused=True); torch {torch.__version__}"
-            f" ({torch.get_num_threads()} threads); medians of {args.repeat} interleaved steps"
+            f"real models on {args.device}, AdamW(fused=True); torch {torch.__version__}"
+            f" ({torch.get_num_threads()} threads); medians of {args.repeat} interleaved"
+            " synchronized steps"
         )
         print(f"{'model':38s} {'nn.Module loop':>15s} {'torchlean loop':>15s}  overhead")
-        for model, variants in model_variants().items():
+        for model, variants in model_variants(device=args.device).items():
             med = measure(variants, args.repeat)
             base = med.pop("idiomatic")
             for name, ours in med.items():
