@@ -13,7 +13,8 @@ and puts the module's own tensors back, even when the forward pass raises.
 
 Reading map:
 - :func:`call_module` -- the call (public as :func:`torchlean.autograd.call_module`).
-- :class:`_Prepared` -- one (module, layout): the slots, the tensors the module held.
+- :class:`_Prepared` -- one (module, layout: the context's names and roles): the slots,
+  the tensors the module held.
 - :func:`_prepare` -- the walk of the module that builds it, and the strict check.
 """
 
@@ -24,6 +25,7 @@ import operator
 import weakref
 from typing import Any
 
+from torchlean._text import short_repr
 from torchlean._validate import require_bool
 from torchlean.errors import UnknownNameError
 from torchlean.runtime import _bulk
@@ -39,11 +41,12 @@ class _Prepared:
     """The slots of one module for one layout of a context's names."""
 
     __slots__ = ("buffer_dicts", "buffer_keys", "buffers", "dicts", "keys", "names", "originals",
-                 "strict", "take")  # fmt: skip
+                 "roles", "strict", "take")  # fmt: skip
 
     def __init__(self) -> None:
-        #: the context's latest variable names this was made for
+        #: the context's latest variable names and roles (buffers, aliases) this was made for
         self.names: list[str] = []
+        self.roles: Any = None
         self.strict = True
         #: per slot: the submodule's ``_parameters`` or ``_buffers`` dict and the key
         self.dicts: list[dict[str, Any]] = []
@@ -114,7 +117,8 @@ def call_module(
     require_bool(strict, "call_module", "strict")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise TypeError(
-            f"call_module: kwargs must be a dict or None, got {type(kwargs).__name__} {kwargs!r}"
+            "call_module: kwargs must be a dict or None, got"
+            f" {type(kwargs).__name__} {short_repr(kwargs)}"
         )
     if not isinstance(args, tuple):
         args = (args,)
@@ -129,6 +133,7 @@ def call_module(
     if (
         prepared is None
         or (prepared.names is not names and prepared.names != names)
+        or prepared.roles is not _bulk.roles(ctx)
         or prepared.strict is not strict
         or not prepared.intact()
     ):
@@ -175,7 +180,7 @@ def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bo
         aliases.setdefault(canonical, []).append(alias)
     index = {name: i for i, name in enumerate(names)}
     prepared = _Prepared()
-    prepared.names, prepared.strict = names, strict
+    prepared.names, prepared.strict, prepared.roles = names, strict, _bulk.roles(ctx)
     covered: set[str] = set()
     unexpected: list[str] = []
     for i, name in enumerate(names):

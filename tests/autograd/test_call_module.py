@@ -103,6 +103,11 @@ def test_state_returns_buffers_in_place_and_reassigned() -> None:
 
     _, new = value_and_grad(loss, has_state=True)(ctx, idx)
     assert int(new["norm.num_batches_tracked"]) == 1
+    # the same names, other roles: the prepared swap is made again (one more buffer)
+    marked = new.mark_buffers("norm.bias")
+    _, state = call_module(model.eval(), marked, idx, state=True)
+    assert "norm.bias" in state and state["norm.bias"] is marked["norm.bias"]
+    model.train()
     assert int(ctx["norm.num_batches_tracked"]) == 0  # the loss got copies
     assert int(model.norm.num_batches_tracked) == 0  # and the module kept its own
 
