@@ -712,6 +712,9 @@ def _detached(torch: Any, tree: Any) -> Any:
     if tree is None or kind in (int, float, bool, str):
         return tree
     if kind is dict:
+        values = tree.values()
+        if set(map(type, values)) <= {torch.Tensor} and not any(map(_REQUIRES_GRAD, values)):
+            return tree  # plain tensors without history (BatchNorm's returned buffers)
         return {k: _detached(torch, v) for k, v in tree.items()}
     if kind is tuple or kind is list:
         return kind(_detached(torch, v) for v in tree)
