@@ -211,6 +211,8 @@ def test_batchnorm_writing_a_stored_context_is_caught() -> None:
     model = nn.BatchNorm1d(2).train()
     ctx = RuntimeContext.from_module(model)
     call_module(model, ctx, torch.randn(4, 2))
+    # (torch's CPU batch_norm kernel writes running_mean and running_var without bumping
+    # their version counters; the add_ to num_batches_tracked is what shows the write)
     with pytest.raises(InPlaceModificationError, match="`num_batches_tracked` was modified"):
         ctx.state_dict()
     assert int(model.num_batches_tracked) == 0  # the module's own buffers were not
