@@ -23,10 +23,20 @@ both loops:
 - torchlean: ``from_module`` + ``functional_call`` in the loss, ``value_and_grad``
   (``has_state=True`` for BatchNorm's running statistics) then ``adamw.step``.
 
+- torchlean, call_module: the same with :func:`torchlean.autograd.call_module` in the
+  loss instead of ``functional_call`` (the swap prepared once per module and layout).
+
+``--models --host``: the same three loops on tiny configs (CNN width 8, 8x8 images,
+batch 4; GPT d 32, 2 layers, vocab 50, batch 2x16) on the CPU with one thread, where the
+kernels cost little and the host overhead shows: the median wall and CPU microseconds per
+step, the ratio to the ``nn.Module`` loop and the extra microseconds (on CPU time, which
+other processes on a busy machine move less than the wall time).
+
 Prints the median step time of each and the ratio to its baseline.
 Run: PYTHONPATH=src python bench/train_step.py [--device cuda] [--batch 256 8192]
      [--repeat 30] [--skip-jax] [--threads N] [--sizes 784 1024 1024 10]
-     PYTHONPATH=src python bench/train_step.py --models [--repeat 30]
+     PYTHONPATH=src python bench/train_step.py --models [--repeat 30] [--device cuda]
+     PYTHONPATH=src python bench/train_step.py --models --host [--repeat 200] [--inner 5]
 """
 
 from __future__ import annotations
@@ -246,9 +256,11 @@ def _nets() -> Any:
     return module
 
 
-def model_variants() -> dict[str, dict[str, Callable[[], Any]]]:
-    """``{model: {"idiomatic": step, "torchlean": step}}`` for the BatchNorm CNN and the
-    tied GPT-2."""
+def model_variants(
+    *, tiny: bool = False, device: str = "cpu"
+) -> dict[str, dict[str, Callable[[], Any]]]:
+    """``{model: {"idiomatic": step, "torchlean": step, "torchlean, call_module": step}}``
+    for the BatchNorm CNN and the tied GPT-2 (``tiny``: the host-overhead configs)."""
     import copy
 
     import torch
@@ -260,9 +272,17 @@ def model_variants() -> dict[str, dict[str, Callable[[], Any]]]:
 
     nets = _nets()
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(64, 3, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
-    tokens = torch.randint(0, 512, (16, 65), generator=g)
+    n, side, vocab, context_len, batch = (4, 8, 50, 16, 2) if tiny else (64, 16, 512, 64, 16)
+    images = (
+        torch.randn(n, 3, side, side, generator=g).to(device),
+        torch.randint(0, 10, (n,), generator=g).to(device),
+    )
+    tokens = torch.randint(0, vocab, (batch, context_len + 1), generator=g).to(device)
     idx, targets = tokens[:, :-1], tokens[:, 1:]
+    try:
+        from torchlean.autograd import call_module
+    except ImportError:  # an older torchlean (a before/after comparison)
+        call_module = None
 
     def cnn_loss(module: Any) -> Any:
         def loss(ctx: Any, x: Any, y: Any) -> Any:
@@ -275,6 +295,20 @@ def model_variants() -> dict[str, dict[str, Callable[[], Any]]]:
     def gpt_loss(module: Any) -> Any:
         def loss(ctx: Any, idx: Any, targets: Any) -> Any:
             logits = functional_call(module, ctx.state_dict(), (idx,))
+            return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+        return loss
+
+    def cnn_prepared(module: Any) -> Any:
+        def loss(ctx: Any, x: Any, y: Any) -> Any:
+            out, state = call_module(module, ctx, x, state=True)
+            return F.cross_entropy(out, y), state
+
+        return loss
+
+    def gpt_prepared(module: Any) -> Any:
+        def loss(ctx: Any, idx: Any, targets: Any) -> Any:
+            logits = call_module(module, ctx, idx)
             return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
         return loss
@@ -308,9 +342,10 @@ def model_variants() -> dict[str, dict[str, Callable[[], Any]]]:
         return step
 
     torch.manual_seed(0)
-    cnn = nets.ResNet(width=32)
-    gpt = nets.GPT(vocab=512, context=64, d=128, layers=4)
-    return {
+    cnn = nets.ResNet(width=8 if tiny else 32).to(device)
+    gpt = nets.GPT(vocab=vocab, context=context_len, d=32 if tiny else 128, layers=2 if tiny else 4)
+    gpt = gpt.to(device)
+    out = {
         "ResNet-style CNN, BatchNorm (train)": {
             "idiomatic": idiomatic(cnn, images, False),
             "torchlean": context(cnn, images, cnn_loss, True),
@@ -320,6 +355,56 @@ def model_variants() -> dict[str, dict[str, Callable[[], Any]]]:
             "torchlean": context(gpt, (idx, targets), gpt_loss, False),
         },
     }
+    if call_module is not None:
+        cnn_variants, gpt_variants = out.values()
+        cnn_variants["torchlean, call_module"] = context(cnn, images, cnn_prepared, True)
+        gpt_variants["torchlean, call_module"] = context(gpt, (idx, targets), gpt_prepared, False)
+    return out
+
+
+def measure_host(
+    variants: dict[str, Callable[[], Any]], repeat: int, inner: int
+) -> dict[str, tuple[float, float]]:
+    """``{name: (median wall seconds, median CPU seconds)}`` per step: rounds of ``inner``
+    steps, the variants interleaved. The process's CPU time counts only this process's
+    work, so other processes on a busy machine move it less than the wall time."""
+    for f in variants.values():
+        for _ in range(10):
+            f()
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeat):
+        for name, f in variants.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(inner):
+                f()
+            cpu[name].append((time.process_time() - c0) / inner)
+            wall[name].append((time.perf_counter() - w0) / inner)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in variants}
+
+
+def host_overhead(repeat: int, inner: int) -> None:
+    """The host overhead of the context loop on tiny models (CPU, one thread), where the
+    kernels cost little and the Python around them shows."""
+    import torch
+
+    torch.set_num_threads(1)
+    print(
+        f"host overhead, tiny models on CPU (CNN width 8, 8x8 images, batch 4; GPT d 32,"
+        f" 2 layers, vocab 50, batch 2x16); torch {torch.__version__}, 1 thread;"
+        f" medians of {repeat} interleaved rounds of {inner} steps"
+    )
+    head = f"{'wall':>9s} {'ratio':>6s} {'CPU':>9s} {'ratio':>6s} {'extra CPU':>9s}"
+    print(f"{'model / loop':56s} {head}")
+    for model, variants in model_variants(tiny=True).items():
+        med = measure_host(variants, repeat, inner)
+        base_wall, base_cpu = med["idiomatic"]
+        for name, (w, c) in med.items():
+            label = f"{model}: {'nn.Module loop' if name == 'idiomatic' else name}"
+            print(
+                f"{label:56s} {w * 1e6:7.0f}us {w / base_wall:5.3f}x {c * 1e6:7.0f}us"
+                f" {c / base_cpu:5.3f}x {(c - base_cpu) * 1e6:+7.0f}us"
+            )
 
 
 def measure(variants: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
@@ -343,25 +428,37 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--skip-jax", action="store_true")
     parser.add_argument("--models", action="store_true", help="the BatchNorm CNN and tied GPT-2")
+    parser.add_argument(
+        "--host",
+        action="store_true",
+        help="with --models: tiny configs on the CPU, one thread (the host overhead)",
+    )
+    parser.add_argument("--inner", type=int, default=5, help="with --host: steps per round")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.models and args.host:
+        host_overhead(args.repeat, args.inner)
+        return
     if args.models:
         print(
-            f"real models, AdamW(fused=True); torch {torch.__version__}"
-            f" ({torch.get_num_threads()} threads); medians of {args.repeat} interleaved steps"
+            f"real models on {args.device}, AdamW(fused=True); torch {torch.__version__}"
+            f" ({torch.get_num_threads()} threads); medians of {args.repeat} interleaved"
+            " synchronized steps"
         )
         print(f"{'model':38s} {'nn.Module loop':>15s} {'torchlean loop':>15s}  overhead")
-        for model, variants in model_variants().items():
+        for model, variants in model_variants(device=args.device).items():
             med = measure(variants, args.repeat)
-            base, ours = med["idiomatic"], med["torchlean"]
-            print(
-                f"{model:38s} {base * 1e3:12.2f} ms {ours * 1e3:12.2f} ms"
-                f"  {(ours / base - 1) * 100:+6.1f}%"
-            )
+            base = med.pop("idiomatic")
+            for name, ours in med.items():
+                label = model if name == "torchlean" else f"  {name.split(', ')[1]}"
+                print(
+                    f"{label:38s} {base * 1e3:12.2f} ms {ours * 1e3:12.2f} ms"
+                    f"  {(ours / base - 1) * 100:+6.1f}%"
+                )
         return
     sizes = tuple(args.sizes)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"

@@ -53,6 +53,10 @@ run 150 "$PY" bench/step_overhead.py $OVERHEAD
 run 240 "$PY" bench/optim_step.py --device "$DEVICE" --size $SIZE --repeat $REPEAT --compile --jax
 # the MLP training step, eager and captured, vs nn.Module + fused AdamW (and its CUDA graph)
 run 200 "$PY" bench/train_step.py --device "$DEVICE" --batch $BATCH --sizes $SIZES --repeat $REPEAT
+# the BatchNorm CNN and the tied GPT-2: the context loops (functional_call, call_module) vs
+# the nn.Module loop on the device, then their host overhead on tiny configs (CPU)
+run 200 "$PY" bench/train_step.py --models --device "$DEVICE" --repeat $REPEAT
+run 150 "$PY" bench/train_step.py --models --host $OVERHEAD
 # the tests of the optimizers and the training loop (the captured step on CUDA too)
 run 300 "$PY" -m pytest tests/optim tests/train -q -p no:cacheprovider
 echo; echo "=== all done in $((SECONDS - TOTAL)) s; failures: $FAILED"

@@ -72,6 +72,12 @@ def _fit(**changes: Any) -> Any:
     return tr.fit(**kwargs)
 
 
+def _linear() -> Any:
+    import torch
+
+    return torch.nn.Linear(2, 2)
+
+
 def _step(ctx: Any, state: Any = None, **kwargs: Any) -> Any:
     sgd = opt.sgd()
     return sgd.step(ctx, sgd.init(CTX) if state is None else state, **kwargs)
@@ -1122,6 +1128,38 @@ ROWS: list[Row] = [
         "total_steps (5) must be larger than warmup_steps (10)",
     ),
     # -- autograd
+    (
+        "torchlean.autograd.call_module",
+        lambda d: ag.call_module(5, CTX),
+        TypeError,
+        "call_module expects a torch nn.Module, got int",
+    ),
+    (
+        "torchlean.autograd.call_module",
+        lambda d: ag.call_module(_linear(), 5),
+        TypeError,
+        "call_module: ctx must be a RuntimeContext, got int 5",
+    ),
+    (
+        "torchlean.autograd.call_module",
+        lambda d: ag.call_module(_linear(), CTX, state="y"),
+        TypeError,  # type: ignore[arg-type]
+        "call_module: state must be a bool, got str 'y'",
+    ),
+    (
+        "torchlean.autograd.call_module",
+        lambda d: ag.call_module(_linear(), CTX, (), [1]),
+        TypeError,  # type: ignore[arg-type]
+        "call_module: kwargs must be a dict or None, got list [1]",
+    ),
+    (
+        "torchlean.autograd.call_module",
+        lambda d: ag.call_module(_linear(), CTX),
+        UnknownNameError,
+        "call_module(Linear): the module has no parameter or buffer `w`; the context has no"
+        " variable for `weight`, `bias` (pass strict=False to keep the module's own); build"
+        " the context with RuntimeContext.from_module(module)",
+    ),
     (
         "torchlean.autograd.value_and_grad",
         lambda d: ag.value_and_grad(5),

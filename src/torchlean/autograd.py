@@ -11,6 +11,8 @@ Reading map:
   (a loss that returns updated buffers), ``accumulate``, ``frozen``, ``reduce``
   (data-parallel: the gradients and the loss all-reduced over the process group).
 - :func:`differentiable_names` -- the variables that get a gradient (after ``frozen``).
+- :func:`call_module` -- a torch ``nn.Module`` run with a context's tensors
+  (``functional_call`` prepared once per layout; :mod:`torchlean._module_call`).
 - :meth:`torchlean.runtime.backends.Backend.value_and_grad` -- each library's autograd
   (torch, jax), which :func:`value_and_grad` calls on the variables' values.
 
@@ -27,15 +29,16 @@ import fnmatch
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
+from torchlean._module_call import call_module as call_module
 from torchlean._validate import require_bool, require_callable
 from torchlean.errors import BackendError, ShapeMismatchError, TorchLeanError, UnknownNameError
 from torchlean.runtime import _bulk
 from torchlean.runtime.backends import Backend, backend_named, backend_of
 from torchlean.runtime.context import RuntimeContext, require_context
 
-__all__ = ["differentiable_names", "value_and_grad"]
+__all__ = ["call_module", "differentiable_names", "value_and_grad"]
 
 Loss = Callable[..., Any]
 _FLOAT_KINDS = ("float", "bfloat", "complex")
@@ -166,7 +169,11 @@ def value_and_grad(
         copies: list[Any] = []
         if has_state and layout.buffers:
             # fresh copies: a loss may update them in place (BatchNorm in train mode)
-            copies = list(map(_copy, layout.buffer_libraries, layout.buffer_values))
+            one = layout.buffer_library
+            if one is not None:
+                copies = one.copy_all(layout.buffer_values)
+            else:
+                copies = list(map(_copy, layout.buffer_libraries, layout.buffer_values))
             edited = layout.edited
 
             def inner(leaves: list[Any]) -> RuntimeContext[Any]:
@@ -252,6 +259,8 @@ class _Layout(NamedTuple):
     edited: list[str]
     #: ``{buffer: position in buffers}``
     buffer_index: dict[str, int]
+    #: the buffers' one array library (``None``: none, or several)
+    buffer_library: Backend | None
 
 
 class _Layouts:
@@ -301,6 +310,8 @@ class _Layouts:
         buffer_libraries = [_bulk.library(read.libraries[i]) for i in kept]
         edited = [*names, *buffers]
         buffer_index = {name: i for i, name in enumerate(buffers)}
+        kinds = set(buffer_libraries)
+        buffer_library = buffer_libraries[0] if len(kinds) == 1 else None
 
         def layout(tensors: list[Any]) -> _Layout:
             return _Layout(
@@ -314,6 +325,7 @@ class _Layouts:
                 buffer_libraries,
                 edited,
                 buffer_index,
+                buffer_library,
             )
 
         self.last = (every, roles, read.libraries, list(map(_DTYPE, read.tensors)), layout)
@@ -351,16 +363,20 @@ def _returns_copies(state: Any, layout: _Layout, copies: list[Any]) -> bool:
     the loss received, their dims unchanged (BatchNorm's in-place update)."""
     if type(state) is not dict:
         return False
-    index = layout.buffer_index
-    for name, value in state.items():
-        i = index.get(name) if type(name) is str else None
-        if (
-            i is None
-            or copies[i] is not value
-            or layout.buffer_libraries[i].dims(value) != layout.buffer_dims[i]
-        ):
-            return False
-    return True
+    # C-level loops: a BatchNorm CNN returns a dozen buffers at every step
+    found = list(map(layout.buffer_index.get, state))
+    if None in found:
+        return False  # not a buffer (or not a name at all)
+    at = cast("list[int]", found)
+    values = list(state.values())
+    if not all(map(operator.is_, map(copies.__getitem__, at), values)):
+        return False
+    one = layout.buffer_library
+    if one is not None:
+        dims = list(map(one.dims, values))
+    else:
+        dims = [layout.buffer_libraries[i].dims(v) for i, v in zip(at, values, strict=True)]
+    return dims == list(map(layout.buffer_dims.__getitem__, at))
 
 
 def _land_state(
@@ -378,8 +394,12 @@ def _land_state(
     else goes through :meth:`RuntimeContext.with_variables`, which checks every value."""
     if layout is not None:
         keys = list(new_state)
-        index = layout.buffer_index
-        fresh = [layout.buffer_libraries[index[n]].adopt(new_state[n]) for n in keys]
+        one = layout.buffer_library
+        if one is not None:
+            fresh = one.adopt_all(list(new_state.values()))
+        else:
+            index = layout.buffer_index
+            fresh = [layout.buffer_libraries[index[n]].adopt(new_state[n]) for n in keys]
         return _bulk.replace_heads_trusted(ctx, keys, fresh)
     differentiated = set(names)
     problems: list[str] = []

@@ -220,3 +220,52 @@ def test_loss_reaching_no_variable_is_an_error() -> None:
     )
     with pytest.raises(TorchLeanError, match="so every gradient would be zero; compute"):
         value_and_grad(lambda c: torch.tensor(1.0))(ctx)
+
+
+class _Marked(torch.Tensor):
+    """A tensor subclass: the backward pass then goes through torch.autograd.grad."""
+
+
+@pytest.mark.parametrize("kind", ["plain", "subclass", "complex"])
+def test_engine_fast_path_agrees_with_autograd_grad(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The torch backend calls the autograd engine itself for plain tensors and a real
+    loss (an unused variable gets zeros); a subclass and a complex loss go through
+    torch.autograd.grad itself."""
+    from torchlean.runtime.backends import torch as torch_backend
+
+    w, b = torch.tensor(W), torch.tensor(B)
+    if kind == "subclass":
+        w = w.as_subclass(_Marked)
+    ctx = RuntimeContext.empty().register_variables({"w": w, "b": b, "u": torch.ones(2)})
+    x = torch.tensor(X)
+
+    def loss(c: RuntimeContext[Any], x: torch.Tensor) -> Any:
+        y = x @ c["w"] + c["b"]
+        if kind == "complex":
+            return (y * y).sum().to(torch.complex64)
+        return (y * y).sum()
+
+    value_and_grad(quadratic)(ctx_of("torch", w=W, b=B), torch.tensor(X))
+    assert torch_backend._ENGINE[0] is not None  # this torch runs the fast path
+    calls: list[int] = []
+    grad = torch.autograd.grad
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    if kind == "complex":
+        with pytest.raises(RuntimeError, match="real scalar outputs"):
+            value_and_grad(loss)(ctx, x)
+        return
+    value, new = value_and_grad(loss)(ctx, x)
+    assert bool(calls) == (kind == "subclass")  # (a subclass dispatches it once more)
+    lw, lb = torch.tensor(W).requires_grad_(), torch.tensor(B).requires_grad_()
+    want = grad(((x @ lw + lb) ** 2).sum(), [lw, lb])
+    assert torch.equal(torch.as_tensor(new.gradient("w")), want[0])
+    assert torch.equal(new.gradient("b"), want[1])
+    assert torch.equal(new.gradient("u"), torch.zeros(2))  # unused: zeros
+    assert not new.gradient("w").requires_grad and not value.requires_grad

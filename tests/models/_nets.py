@@ -83,7 +83,7 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         t = idx.shape[1]
         tr: Any = self.transformer
-        x = tr["wte"](idx) + tr["wpe"](torch.arange(t))
+        x = tr["wte"](idx) + tr["wpe"](torch.arange(t, device=idx.device))
         for block in tr["h"]:
             x = block(x)
         return self.lm_head(tr["ln_f"](x))

@@ -18,7 +18,7 @@ from torch.func import functional_call
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchlean import RuntimeContext, io, optim
-from torchlean.autograd import value_and_grad
+from torchlean.autograd import call_module, value_and_grad
 from torchlean.train import StepInfo, fit
 
 
@@ -61,6 +61,24 @@ def gpt_loss(model: torch.nn.Module) -> Any:
     return loss
 
 
+def cnn_loss_prepared(model: torch.nn.Module) -> Any:
+    """The same with call_module (the swap prepared once), which returns the buffers."""
+
+    def loss(ctx: RuntimeContext[Any], x: torch.Tensor, y: torch.Tensor) -> Any:
+        out, state = call_module(model, ctx, x, state=True)
+        return F.cross_entropy(out, y), state
+
+    return loss
+
+
+def gpt_loss_prepared(model: torch.nn.Module) -> Any:
+    def loss(ctx: RuntimeContext[Any], idx: torch.Tensor, targets: torch.Tensor) -> Any:
+        logits = call_module(model, ctx, idx)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    return loss
+
+
 def torch_reference(model: torch.nn.Module, make_opt: Any, batches: list[Any]) -> list[float]:
     model.train()
     opt = make_opt(model.parameters())
@@ -85,7 +103,8 @@ def assert_module_equals_context(model: torch.nn.Module, ctx: RuntimeContext[Any
         torch.testing.assert_close(got[canonical], t, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_resnet_batchnorm_trains_as_module_train() -> None:
+@pytest.mark.parametrize("recipe", [cnn_loss, cnn_loss_prepared])
+def test_resnet_batchnorm_trains_as_module_train(recipe: Any) -> None:
     torch.manual_seed(0)
     model = ResNet()
     reference = copy.deepcopy(model)
@@ -95,7 +114,7 @@ def test_resnet_batchnorm_trains_as_module_train() -> None:
     assert ctx.buffers() == [n for n, _ in model.named_buffers()]
     result = fit(
         ctx,
-        cnn_loss(model),
+        recipe(model),
         optim.adamw(lr=1e-2),
         lambda step: batches[step],
         steps=STEPS,
@@ -169,7 +188,8 @@ def test_has_state_layout_is_cached_and_invalidated() -> None:
         grad_fn(four, x)
 
 
-def test_gpt2_tied_embeddings_train_as_torch() -> None:
+@pytest.mark.parametrize("recipe", [gpt_loss, gpt_loss_prepared])
+def test_gpt2_tied_embeddings_train_as_torch(recipe: Any) -> None:
     torch.manual_seed(0)
     model = GPT()
     reference = copy.deepcopy(model)
@@ -185,7 +205,7 @@ def test_gpt2_tied_embeddings_train_as_torch() -> None:
     assert "lm_head.weight" not in ctx.variable_names()
     result = fit(
         ctx,
-        gpt_loss(model),
+        recipe(model),
         optim.adamw(lr=3e-3, weight_decay=0.1),
         batches,  # a list of dict batches: keyword arguments
         steps=STEPS,

@@ -220,8 +220,10 @@ class RuntimeContext(Generic[ArrayT]):
         roles = self._roles
         if roles is None or not roles.buffers:
             return []
+        from torchlean.runtime import _bulk
+
         marks = roles.buffers
-        return [n for n, _ in self._v.visible() if n in marks]
+        return [n for n in _bulk.latest_names(self) if n in marks]
 
     def is_buffer(self, name: str) -> bool:
         """True iff ``name`` is marked as a buffer. Cost: O(1)."""
@@ -756,10 +758,19 @@ class RuntimeContext(Generic[ArrayT]):
     def state_dict(self, *, gradients: bool = False) -> dict[str, ArrayT]:
         """The most recent entry of each name, as a plain dict in first-registered order.
 
-        ``gradients=True`` gives the gradients instead of the variables. Cost: O(n).
+        ``gradients=True`` gives the gradients instead of the variables. Every value is
+        checked against in-place writes. Cost: O(n), in C-level loops.
         """
         if not isinstance(gradients, bool):
             raise TypeError(f"state_dict: gradients must be a bool, got {gradients!r}")
+        from torchlean.runtime import _bulk
+
+        # the whole registry read in C-level loops (a training loss calls this every step)
+        names = _bulk.latest_names(self, gradients=gradients)
+        read = _bulk.heads(self, names, gradients=gradients)
+        if read is not None:
+            return dict(zip(names, read.tensors, strict=True))
+        # a tensor written in place: the entry-by-entry read names it
         registry = self._g if gradients else self._v
         kind = "gradient" if gradients else "variable"
         out: dict[str, ArrayT] = {}

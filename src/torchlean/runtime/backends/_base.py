@@ -355,6 +355,11 @@ class Backend:
         it with the same gradients in the same order."""
         raise BackendError(f"the {self.name} backend has no pending reductions to do")
 
+    def copy_all(self, values: list[Any]) -> list[Any]:
+        """:meth:`copy` of each value (the buffers ``value_and_grad(has_state=True)`` hands
+        a loss). Cost: O(total elements)."""
+        return [self.copy(x) for x in values]
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

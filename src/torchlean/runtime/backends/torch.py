@@ -266,8 +266,6 @@ class TorchBackend(Backend):
         the backward pass reaches none of them (``loss`` not requiring grad, or every
         gradient ``None``); else unreached leaves get zeros."""
         torch = self.torch
-        from torch.utils import _pytree
-
         leaves, roots, spread = self.grad_leaves(values)
         with torch.enable_grad():
             out = fn(leaves)
@@ -278,18 +276,23 @@ class TorchBackend(Backend):
                 )
             found: tuple[Any, ...] = ()
             if loss.requires_grad and roots:
-                found = torch.autograd.grad(loss, roots, allow_unused=True)
-            if unreached is not None and roots and all(g is None for g in found):
-                raise unreached(bool(loss.requires_grad))
-            raw = [
-                torch.zeros_like(root, requires_grad=False) if g is None else g
-                for root, g in zip(roots, found or [None] * len(roots), strict=True)
-            ]
-        grads = spread([g.detach() for g in raw])
+                found = self._gradients(loss, roots)
+            if found and not any(map(operator.is_, found, itertools.repeat(None))):
+                raw = list(found)
+            else:
+                if unreached is not None and roots and all(g is None for g in found):
+                    raise unreached(bool(loss.requires_grad))
+                raw = [
+                    torch.zeros_like(root, requires_grad=False) if g is None else g
+                    for root, g in zip(roots, found or [None] * len(roots), strict=True)
+                ]
+        # without create_graph the gradients carry no history: detach only if one does
+        if any(map(_REQUIRES_GRAD, raw)):
+            raw = [g.detach() for g in raw]
+        grads = spread(raw)
         value = loss.detach()
         if has_aux:
-            aux = _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, aux)
-            return (value, aux), grads
+            return (value, _detached(torch, aux)), grads
         return value, grads
 
     def to_device(self, x: Any, device: str) -> Any:
@@ -456,7 +459,8 @@ class TorchBackend(Backend):
         n = len(values)
         bases = list(map(_BASE, values))
         if all(map(operator.is_, bases, itertools.repeat(None, n))):
-            plain = [v.detach().requires_grad_(True) for v in values]
+            tensor = torch.Tensor
+            plain = list(map(tensor.requires_grad_, map(tensor.detach, values)))
             return plain, plain, _same
         by_base: dict[int, list[int]] = {}
         for i, base in enumerate(bases):
@@ -609,8 +613,66 @@ class TorchBackend(Backend):
         DTensor: ``from_module`` of an FSDP2 module keeps its sharded parameters)."""
         return isinstance(source, TorchBackend)
 
+    def copy_all(self, values: list[Any]) -> list[Any]:
+        """Clones of the values, without autograd history (C-level loop)."""
+        with self.torch.no_grad():
+            return list(map(self.torch.Tensor.clone, values))
+
+    def _gradients(self, loss: Any, roots: list[Any]) -> tuple[Any, ...]:
+        """``torch.autograd.grad(loss, roots, allow_unused=True)`` for a scalar loss.
+
+        For a real floating loss and plain ``torch.Tensor`` roots (no ``__torch_function__``
+        to honour), the autograd engine is called as ``torch.autograd.grad`` calls it,
+        without the Python around it (argument normalisation, the override checks, the
+        implicit ones gradient made by ``_make_grads``): about 8 us a step on a host CPU.
+        Anything else, or a torch without the engine's entry point (looked for once, at
+        the first backward pass, on a tiny graph), takes ``torch.autograd.grad`` itself."""
+        torch = self.torch
+        tensor = torch.Tensor
+        engine = _ENGINE[0]
+        if engine is _UNKNOWN:
+            engine = _ENGINE[0] = _find_engine(torch)
+        if (
+            engine is not None
+            and type(loss) is tensor
+            and loss.dtype.is_floating_point
+            and all(map(operator.is_, map(type, roots), itertools.repeat(tensor)))
+        ):
+            # run_backward(outputs, grad_outputs, keep_graph, create_graph, inputs,
+            #              allow_unused, accumulate_grad), as torch.autograd.grad passes them
+            found: tuple[Any, ...] = engine.run_backward(
+                (loss,), (torch.ones_like(loss),), False, False, tuple(roots), True, False
+            )
+            return found
+        return tuple(torch.autograd.grad(loss, roots, allow_unused=True))
+
 
 _WATCHING: list[Any] = []
+_UNKNOWN = object()
+#: the autograd engine ``torch.autograd.grad`` runs (``None``: call ``torch.autograd.grad``;
+#: ``_UNKNOWN`` until the first backward pass looks for it)
+_ENGINE: list[Any] = [_UNKNOWN]
+
+
+def _find_engine(torch: Any) -> Any:
+    """``torch.autograd.Variable._execution_engine`` when it runs a backward pass as
+    ``torch.autograd.grad`` does (checked on a tiny graph), else ``None``."""
+    engine = getattr(getattr(torch.autograd, "Variable", None), "_execution_engine", None)
+    if engine is None or not callable(getattr(engine, "run_backward", None)):
+        return None
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            x = torch.ones(2, requires_grad=True)
+            unused = torch.ones(1, requires_grad=True)
+            loss = (x * 3.0).sum()
+            found = engine.run_backward(
+                (loss,), (torch.ones_like(loss),), False, False, (x, unused), True, False
+            )
+    except (TypeError, RuntimeError, AttributeError):  # another signature
+        return None
+    if len(found) != 2 or found[1] is not None or not bool((found[0] == 3.0).all()):
+        return None  # pragma: no cover - a torch whose engine answers otherwise
+    return engine
 
 
 def _watch_optimizers(torch: Any) -> None:
@@ -646,6 +708,27 @@ def _same(xs: list[Any]) -> list[Any]:
     return xs
 
 
+def _detached(torch: Any, tree: Any) -> Any:
+    """``tree`` with every torch tensor that requires grad detached: plain tuples, lists
+    and dicts walked here, any other container by ``torch.utils._pytree``."""
+    kind = type(tree)
+    if kind is torch.Tensor or isinstance(tree, torch.Tensor):
+        return tree.detach() if tree.requires_grad else tree
+    if tree is None or kind in (int, float, bool, str):
+        return tree
+    if kind is dict:
+        values = tree.values()
+        if set(map(type, values)) <= {torch.Tensor} and not any(map(_REQUIRES_GRAD, values)):
+            return tree  # plain tensors without history (BatchNorm's returned buffers)
+        return {k: _detached(torch, v) for k, v in tree.items()}
+    if kind is tuple or kind is list:
+        return kind(_detached(torch, v) for v in tree)
+    from torch.utils import _pytree
+
+    return _pytree.tree_map(lambda x: x.detach() if isinstance(x, torch.Tensor) else x, tree)
+
+
+_REQUIRES_GRAD = operator.attrgetter("requires_grad")
 _BASE = operator.attrgetter("_base")
 _DTYPE = operator.attrgetter("dtype")
 _VERSION = operator.attrgetter("_version")
