@@ -44,6 +44,7 @@ from torchlean.optim._groups import Groups, run_grouped
 from torchlean.optim._hyper import LR, Hyper, Kind
 from torchlean.optim._plan import Plans
 from torchlean.optim._rules import Rule
+from torchlean.runtime._collector import paused
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import NUMPY, Backend
 from torchlean.runtime.backends._update import Update, Updated
@@ -190,6 +191,15 @@ class Optimizer:
             raise TypeError(f"optimizer step: donate must be a bool, got {donate!r}")
         if ctx is state:
             raise TorchLeanError("optimizer step: ctx and state must be different contexts")
+        # the step frees what it allocates; a collection in between only promotes the
+        # live contexts and leads to full collections (runtime/_collector.py)
+        with paused:
+            return self._step(ctx, state, donate)
+
+    def _step(
+        self, ctx: RuntimeContext[Any], state: RuntimeContext[Any], donate: bool
+    ) -> tuple[RuntimeContext[Any], RuntimeContext[Any]]:
+        """:meth:`step` after its argument checks."""
         if self.groups.trivial and self.clip is None:
             planned = self._plans.step(self, ctx, state, donate)
             if planned is not None:
