@@ -9,10 +9,19 @@ Reading map:
   :meth:`torchlean.runtime.backends.Backend.updater`.
 
 The state is a :class:`RuntimeContext` whose variables are ``count`` (steps taken, for
-schedules) and, per parameter ``p``, ``step/p`` (float32, torch's per-parameter counter)
-and the moments: ``momentum_buffer/p`` (SGD with momentum), ``exp_avg/p``,
-``exp_avg_sq/p`` and ``max_exp_avg_sq/p`` (Adam, AdamW, amsgrad). It saves and loads
-with :mod:`torchlean.io` like any context.
+schedules), the step counters (float32, torch's per-parameter bias-correction counts)
+and, per parameter ``p``, the moments: ``momentum_buffer/p`` (SGD with momentum),
+``exp_avg/p``, ``exp_avg_sq/p`` and ``max_exp_avg_sq/p`` (Adam, AdamW, amsgrad). It saves
+and loads with :mod:`torchlean.io` like any context.
+
+The counters: on jax and numpy (without parameter groups) one ``step`` counts every
+parameter that has moments and no ``step/p`` of its own, so that the update takes one
+counter, as optax's does; torch keeps one ``step/p`` per parameter (views of one buffer,
+incremented by one kernel). A parameter that stops stepping with the others (frozen: no
+gradient) gets its own ``step/p`` with the shared value, and keeps it, so every
+parameter counts exactly as in torch; once the parameters that step mix their own and
+the shared counter, each gets its own (:meth:`Optimizer._split`). States with a
+``step/p`` per parameter (older files, torch's) step as they are.
 
 Donation (``step(..., donate=True)``, the default): the step takes the buffers of ``ctx``
 and ``state`` over and updates them in place, as torch.optim does; both contexts are
