@@ -13,7 +13,7 @@ Every variant updates its own copy of the same tensors; the variants run interle
 medians of ``--repeat`` rounds of ``--inner`` calls each.
 
 Run: PYTHONPATH=src python bench/step_overhead.py [--repeat 50] [--inner 20] [--threads 1]
-     [--skip-jax] [--skip-train]
+     [--skip-optim] [--skip-train] [--skip-jax]
 """
 
 from __future__ import annotations
@@ -207,6 +207,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--inner", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--skip-optim", action="store_true", help="no torch AdamW step")
     parser.add_argument("--skip-jax", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     args = parser.parse_args()
@@ -215,8 +216,9 @@ def main() -> None:
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU, tiny tensors;"
         f" medians of {args.repeat} interleaved rounds of {args.inner} calls"
     )
-    med = measure(optimizer_variants(), args.repeat, args.inner)
-    report("AdamW step, GPT-2's 148 tensors (tiny)", med, "torch AdamW(fused=True).step()")
+    if not args.skip_optim:
+        med = measure(optimizer_variants(), args.repeat, args.inner)
+        report("AdamW step, GPT-2's 148 tensors (tiny)", med, "torch AdamW(fused=True).step()")
     if not args.skip_train:
         med = measure(train_variants(), args.repeat, args.inner)
         base = "nn.Module + AdamW(fused=True) loop"
