@@ -7,22 +7,25 @@ Python around them is left. Prints ratios to the reference measured in the same 
 - Training step (value_and_grad + step) of a tiny MLP 32-64-64-10 at batch 16: the
   default, the flat-storage and the captured step vs an ``nn.Module`` + fused AdamW loop.
 - jax: the AdamW step on the same 148 arrays, the default call and inside a user's
-  ``jax.jit``, vs ``optax.adamw``'s update under ``jax.jit`` (params and state donated).
+  ``jax.jit``, vs ``optax.adamw``'s update under ``jax.jit`` (params and state donated);
+  and the operations of the compiled steps (each ``fusion`` is one CPU kernel).
 
 Every variant updates its own copy of the same tensors; the variants run interleaved;
 medians of ``--repeat`` rounds of ``--inner`` calls each.
 
 Run: PYTHONPATH=src python bench/step_overhead.py [--repeat 50] [--inner 20] [--threads 1]
-     [--skip-jax] [--skip-train]
+     [--skip-optim] [--skip-train] [--skip-jax]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -202,11 +205,51 @@ def jax_variants() -> Variants:
     }
 
 
+def hlo_counts() -> dict[str, Counter[str]]:
+    """The operations of the compiled step (the entry computation of the optimized HLO):
+    ``optax.adamw``'s update and torchlean's step inside a user's ``jax.jit`` (each
+    ``fusion`` is one kernel on the CPU)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    shapes = gpt2_shapes(8, 16, 8)
+    params = {k: jnp.zeros(s) for k, s in shapes.items()}
+    grads = {k: jnp.full(s, 0.01) for k, s in shapes.items()}
+    tx = optax.adamw(1e-3, weight_decay=1e-2)
+
+    def update(p: Any, s: Any, g: Any) -> Any:
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    opt = optim.adamw(lr=1e-3)
+    ctx = RuntimeContext.from_state_dict(params).with_gradients(grads)
+    texts = {
+        "optax.adamw update under jax.jit": jax.jit(update, donate_argnums=(0, 1))
+        .lower(params, tx.init(params), grads)
+        .compile()
+        .as_text(),
+        "torchlean adamw step inside a user's jax.jit": jax.jit(
+            lambda c, s: opt.step(c, s, donate=False), donate_argnums=(0, 1)
+        )
+        .lower(ctx, opt.init(ctx))
+        .compile()
+        .as_text(),
+    }
+    counts: dict[str, Counter[str]] = {}
+    for name, text in texts.items():
+        entry = text[text.index("ENTRY") :]
+        ops = re.findall(r"^\s*(?:ROOT )?%?[\w.\-]+ = \S+ ([\w\-]+)\(", entry, re.MULTILINE)
+        counts[name] = Counter(ops)
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--inner", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--skip-optim", action="store_true", help="no torch AdamW step")
     parser.add_argument("--skip-jax", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
     args = parser.parse_args()
@@ -215,8 +258,9 @@ def main() -> None:
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), CPU, tiny tensors;"
         f" medians of {args.repeat} interleaved rounds of {args.inner} calls"
     )
-    med = measure(optimizer_variants(), args.repeat, args.inner)
-    report("AdamW step, GPT-2's 148 tensors (tiny)", med, "torch AdamW(fused=True).step()")
+    if not args.skip_optim:
+        med = measure(optimizer_variants(), args.repeat, args.inner)
+        report("AdamW step, GPT-2's 148 tensors (tiny)", med, "torch AdamW(fused=True).step()")
     if not args.skip_train:
         med = measure(train_variants(), args.repeat, args.inner)
         base = "nn.Module + AdamW(fused=True) loop"
@@ -224,6 +268,10 @@ def main() -> None:
     if not args.skip_jax:
         med = measure(jax_variants(), args.repeat, args.inner)
         report("jax AdamW step, GPT-2's 148 arrays (tiny)", med, "optax.adamw update under jax.jit")
+        print("\ncompiled step (optimized HLO, entry computation): operations")
+        for name, ops in hlo_counts().items():
+            detail = ", ".join(f"{op} {n}" for op, n in ops.most_common())
+            print(f"  {name:52s} {sum(ops.values()):5d}   ({detail})")
 
 
 if __name__ == "__main__":

@@ -171,4 +171,5 @@ def test_a_step_without_gradients_only_counts(backend: str) -> None:
     opt = optim.adam(lr=0.1)
     new, state = opt.step(ctx, opt.init(ctx), donate=False)
     assert_same(snapshot(ctx), snapshot(new))
-    assert int(host(state["count"])) == 1 and float(host(state["step/w"])) == 0.0
+    counter = "step/w" if backend == "torch" else "step"  # jax and numpy share one
+    assert int(host(state["count"])) == 1 and float(host(state[counter])) == 0.0

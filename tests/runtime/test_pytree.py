@@ -398,3 +398,78 @@ def test_register_names_a_missing_library(monkeypatch):
     with pytest.raises(BackendError, match="jax is not installed"):
         pytree.register("jax")
     assert pytree.register() == ("torch",)  # a missing library is skipped quietly
+
+
+# ---------------------------------------------------------------- the quick paths
+
+
+def jax_context() -> RuntimeContext[Any]:
+    """Names with one entry each (the quick paths' case), gradients for some."""
+    ctx = RuntimeContext.empty().with_variables(
+        {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3), "s": jnp.asarray(2.0)}
+    )
+    return ctx.with_gradients({"w": jnp.full((2, 3), 0.5), "s": jnp.asarray(1.0)})
+
+
+def test_a_jax_round_trip_builds_records_only_when_read():
+    from torchlean.runtime._registry import LazyRegistry
+
+    ctx = jax_context()
+    leaves, treedef = jax.tree_util.tree_flatten(ctx)
+    back = jax.tree_util.tree_unflatten(treedef, [x + 1 for x in leaves])
+    assert type(back._v) is LazyRegistry and not back._v.built
+    # flattening it again reads no record, and gives the very same layout object
+    again, layout_again = pytree._flatten(back)
+    assert not back._v.built and not back._g.built
+    assert layout_again is pytree._flatten(back)[1]
+    assert [float(np.sum(x)) for x in again] == [float(np.sum(x + 1)) for x in leaves]
+    # reading it builds the records: the context is the one an eager build gives
+    assert layout(back) == layout(ctx)
+    assert back._v.built
+    np.testing.assert_array_equal(np.asarray(back["w"]), np.arange(6.0).reshape(2, 3) + 1)
+    np.testing.assert_array_equal(np.asarray(back.gradient("s")), 2.0)
+    assert back.variable_names() == ctx.variable_names()
+    edited = back.set_variable("b", jnp.zeros(3)).register_variable("new", jnp.ones(1))
+    assert edited.variable_names() == ["new", *ctx.variable_names()]
+    np.testing.assert_array_equal(np.asarray(edited["b"]), np.zeros(3))
+
+
+def test_a_jitted_step_loop_keeps_the_layout_object():
+    ctx = jax_context()
+    step = jax.jit(lambda c: jax.tree_util.tree_map(lambda x: x * 2, c))
+    layouts = []
+    for _ in range(3):
+        ctx = step(ctx)
+        layouts.append(jax.tree_util.tree_structure(ctx))
+    assert layouts[0] == layouts[1] == layouts[2]
+    np.testing.assert_array_equal(np.asarray(ctx["b"]), np.full(3, 8.0))
+    assert step._cache_size() == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "leaves",
+    [
+        pytest.param(lambda xs: [np.asarray(x) for x in xs], id="numpy (copied)"),
+        pytest.param(lambda xs: [torch.tensor(np.asarray(x)) for x in xs], id="torch (versioned)"),
+        pytest.param(lambda xs: [None for _ in xs], id="none"),
+        pytest.param(lambda xs: [*xs[:-1], np.asarray(xs[-1])], id="two libraries"),
+    ],
+)
+def test_leaves_the_quick_path_does_not_take_build_as_before(leaves):
+    from torchlean.runtime._registry import LazyRegistry
+
+    ctx = jax_context()
+    flat, treedef = jax.tree_util.tree_flatten(ctx)
+    back = jax.tree_util.tree_unflatten(treedef, leaves(flat))
+    assert type(back._v) is not LazyRegistry
+    assert [name for name, _ in back.var_registry] == [name for name, _ in ctx.var_registry]
+
+
+def test_a_shadowed_layout_takes_the_full_path():
+    from torchlean.runtime._registry import LazyRegistry
+
+    ctx = jax_context().register_variable("b", jnp.zeros(3))
+    flat, treedef = jax.tree_util.tree_flatten(ctx)
+    back = jax.tree_util.tree_unflatten(treedef, flat)
+    assert type(back._v) is not LazyRegistry
+    assert layout(back) == layout(ctx)

@@ -37,7 +37,7 @@ import numpy as np
 from torchlean._text import did_you_mean, short_repr
 from torchlean.errors import ExpectationError, ShapeMismatchError, TorchLeanError, UnknownNameError
 from torchlean.optim._hyper import Hyper, Kind
-from torchlean.optim._optimizer import Optimizer
+from torchlean.optim._optimizer import SHARED_STEP, Optimizer
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import backend_of
 from torchlean.runtime.context import RuntimeContext, require_context
@@ -614,8 +614,10 @@ def _fill(
     names: Sequence[str],
 ) -> RuntimeContext[Any]:
     """:meth:`Optimizer.init`'s state for ``ctx`` with the imported moments and steps;
-    every one of ``names`` (the source's parameters) must be a variable with state."""
-    template = optimizer.init(ctx)
+    every one of ``names`` (the source's parameters) must be a variable with state. The
+    counters are one shared ``step`` where ``init`` keeps one and every parameter's
+    step is the same; else one ``step/p`` per parameter."""
+    template = optimizer._init(ctx, shared=False)
     slots = optimizer.hyper.slots
     variables = {n for n, _ in ctx.latest_variables()}
     problems = _Problems(where)
@@ -658,10 +660,24 @@ def _fill(
                 continue
             converted[key] = _convert(value, like, key)
     problems.raise_any()
+    entries = template.latest_variables()
+    counters = {key[5:]: steps.get(key[5:], 0.0) for key, _ in entries if key.startswith("step/")}
+    shared = (
+        bool(counters)
+        and len(set(counters.values())) == 1
+        and optimizer._shares(list({at.library for _, at in entries}))
+    )
     items: list[tuple[str, Any]] = []
-    for key, at in template.latest_variables():
+    placed = False  # the shared counter, in place of the first `step/p`
+    for key, at in entries:
         if key == "count":
             items.append(("count", at.library.scalar(count, at.library.counter_dtype, at.t)))
+        elif key.startswith("step/") and shared:
+            if not placed:
+                var = ctx.variable_entry(key[5:])
+                assert var is not None
+                items.append((SHARED_STEP, at.library.scalar(counters[key[5:]], at.dtype, var.t)))
+                placed = True
         elif key.startswith("step/") and key[5:] in steps:
             var = ctx.variable_entry(key[5:])
             assert var is not None

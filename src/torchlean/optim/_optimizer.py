@@ -9,10 +9,19 @@ Reading map:
   :meth:`torchlean.runtime.backends.Backend.updater`.
 
 The state is a :class:`RuntimeContext` whose variables are ``count`` (steps taken, for
-schedules) and, per parameter ``p``, ``step/p`` (float32, torch's per-parameter counter)
-and the moments: ``momentum_buffer/p`` (SGD with momentum), ``exp_avg/p``,
-``exp_avg_sq/p`` and ``max_exp_avg_sq/p`` (Adam, AdamW, amsgrad). It saves and loads
-with :mod:`torchlean.io` like any context.
+schedules), the step counters (float32, torch's per-parameter bias-correction counts)
+and, per parameter ``p``, the moments: ``momentum_buffer/p`` (SGD with momentum),
+``exp_avg/p``, ``exp_avg_sq/p`` and ``max_exp_avg_sq/p`` (Adam, AdamW, amsgrad). It saves
+and loads with :mod:`torchlean.io` like any context.
+
+The counters: on jax and numpy (without parameter groups) one ``step`` counts every
+parameter that has moments and no ``step/p`` of its own, so that the update takes one
+counter, as optax's does; torch keeps one ``step/p`` per parameter (views of one buffer,
+incremented by one kernel). A parameter that stops stepping with the others (frozen: no
+gradient) gets its own ``step/p`` with the shared value, and keeps it, so every
+parameter counts exactly as in torch; once the parameters that step mix their own and
+the shared counter, each gets its own (:meth:`Optimizer._split`). States with a
+``step/p`` per parameter (older files, torch's) step as they are.
 
 Donation (``step(..., donate=True)``, the default): the step takes the buffers of ``ctx``
 and ``state`` over and updates them in place, as torch.optim does; both contexts are
@@ -44,6 +53,7 @@ from torchlean.optim._groups import Groups, run_grouped
 from torchlean.optim._hyper import LR, Hyper, Kind
 from torchlean.optim._plan import Plans, placed
 from torchlean.optim._rules import Rule
+from torchlean.runtime._collector import paused
 from torchlean.runtime.any_tensor import AnyTensor
 from torchlean.runtime.backends import NUMPY, Backend
 from torchlean.runtime.backends._update import Update, Updated
@@ -61,14 +71,20 @@ __all__ = ["Optimizer", "adam", "adamw", "sgd"]
 _FLOAT_KINDS = ("float", "bfloat")
 
 
+#: The state's step counter shared by every parameter without a ``step/p`` of its own.
+SHARED_STEP = "step"
+
+
 class _Pair(NamedTuple):
     """A gradient with its variable and optimizer state (entries, not yet read)."""
 
     name: str
     param: AnyTensor[Any]
     grad: AnyTensor[Any]
+    #: its own ``step/p``, or the shared ``step`` (``shared``)
     step: AnyTensor[Any]
     slots: tuple[AnyTensor[Any], ...]
+    shared: bool = False
     #: the gradient waits for reductions (DTensor ``Partial``) the step does on request
     pending: bool = False
 
@@ -124,16 +140,29 @@ class Optimizer:
         lr = self.hyper.lr
         return lr(count) if callable(lr) else lr
 
+    def _shares(self, libraries: list[Backend]) -> bool:
+        """Whether a state of these libraries' parameters keeps one shared step counter:
+        each library takes one (:attr:`Backend.shared_step_counter`) and every parameter
+        runs in one update (no parameter groups)."""
+        return self.groups.trivial and all(lib.shared_step_counter for lib in libraries)
+
     # ------------------------------------------------------------------ init
 
     def init(self, ctx: RuntimeContext[Any]) -> RuntimeContext[Any]:
         """A fresh state for every floating-point variable of ``ctx`` (its most recent entry).
 
         Moments are zeros shaped like their variable, on its device and of its array
-        library; ``step/p`` is a float32 zero; ``count`` is an integer zero. Lean
+        library; ``count`` is an integer zero; the step counter is a float32 zero: one
+        ``step`` shared by every parameter on jax and numpy (without parameter groups),
+        one ``step/p`` per parameter on torch (see the module docstring). Lean
         counterpart: none. Cost: O(total elements) to allocate the moments.
         """
         require_context(ctx, "optimizer init")
+        return self._init(ctx)
+
+    def _init(self, ctx: RuntimeContext[Any], *, shared: bool | None = None) -> RuntimeContext[Any]:
+        """:meth:`init`; ``shared``: one counter for all (``None``: as the library keeps
+        them, :attr:`Backend.shared_step_counter`)."""
         buffers = set(ctx.buffers())
         floats = [
             (n, at)
@@ -160,9 +189,14 @@ class Optimizer:
             count = library.scalar(0, library.counter_dtype, values[0])
         else:
             count = NUMPY.scalar(0, NUMPY.counter_dtype, None)
+        if shared is None:
+            shared = self._shares(list(by_library))
         items: list[tuple[str, Any]] = [("count", count)]
+        if shared and floats:
+            items.append((SHARED_STEP, steps[0]))
         for i, (name, _) in enumerate(floats):
-            items.append((f"step/{name}", steps[i]))
+            if not shared:
+                items.append((f"step/{name}", steps[i]))
             items.extend((f"{slot}/{name}", slots[slot][i]) for slot in self.hyper.slots)
         # fresh arrays, stored as they are (views of a flat buffer stay views)
         return RuntimeContext.empty().with_variables(items, adopt=True)
@@ -208,6 +242,19 @@ class Optimizer:
             )
         if ctx is state:
             raise TorchLeanError("optimizer step: ctx and state must be different contexts")
+        # the step frees what it allocates; a collection in between only promotes the
+        # live contexts and leads to full collections (runtime/_collector.py)
+        with paused:
+            return self._step(ctx, state, donate, reduce_partial)
+
+    def _step(
+        self,
+        ctx: RuntimeContext[Any],
+        state: RuntimeContext[Any],
+        donate: bool,
+        reduce_partial: bool,
+    ) -> tuple[RuntimeContext[Any], RuntimeContext[Any]]:
+        """:meth:`step` after its argument checks."""
         if self.groups.trivial and self.clip is None and not reduce_partial:
             planned = self._plans.step(self, ctx, state, donate)
             if planned is not None:
@@ -219,6 +266,13 @@ class Optimizer:
                 "optimizer step: the state has no `count`; build it with init(ctx)"
             )
         library = _one_library(pairs, count)
+        # parameters that stop stepping with the others get counters of their own
+        grown = state
+        split = self._split(library, pairs, state)
+        if split:
+            grown = state.with_variables(split, adopt=True)
+            pairs = self._gather(ctx, grown, reduce_partial)
+        shared = bool(pairs) and pairs[0].shared
         grads = [p.grad.t for p in pairs]
         pending = [i for i, p in enumerate(pairs) if p.pending]
         if pending:  # before anything is donated: a failed collective leaves all as it was
@@ -230,18 +284,20 @@ class Optimizer:
         slots = self.hyper.slots
         params = [p.param for p in pairs]
         slot_lists = [[p.slots[i] for p in pairs] for i in range(len(slots))]
-        steps = [p.step for p in pairs]
+        steps = [pairs[0].step] if shared else [p.step for p in pairs]
         if donate:
             # every entry the step writes in place, and whether each must be a copy
             written = [*params, *(e for v in slot_lists for e in v), *steps, count]
-            fresh = _unshared(library, pairs, written, ctx, state, self._keys)
+            fresh = _unshared(library, pairs, written, ctx, grown, self._keys)
             # the caller's own arrays are never written: the first step updates copies
             fresh.update(id(at.unchecked) for at in written if owned_by_caller(at.unchecked))
             ctx, state = claim(ctx, state, to=f"{self.hyper.kind}.step")
+            state = state if not split else grown
 
             def read(at: AnyTensor[Any]) -> Any:
                 return library.copy(at.t) if id(at.unchecked) in fresh else at.t
         else:
+            state = grown
 
             def read(at: AnyTensor[Any]) -> Any:
                 return at.t
@@ -263,7 +319,10 @@ class Optimizer:
         )
         keys = [self._keys[n] for n in names]
         updated: list[tuple[str, Any]] = [("count", new.count)]
-        updated += [(k[0], s) for k, s in zip(keys, new.steps, strict=True)]
+        if shared:
+            updated.append((SHARED_STEP, new.steps[0]))
+        else:
+            updated += [(k[0], s) for k, s in zip(keys, new.steps, strict=True)]
         for slot, values in new.slots.items():
             i = slots.index(slot) + 1
             updated += [(k[i], x) for k, x in zip(keys, values, strict=True)]
@@ -356,6 +415,10 @@ class Optimizer:
                 f"{slot}/{name}" for slot in ("step", *self.hyper.slots)
             )
         step = state.variable_entry(keys[0])
+        shared = False
+        if step is None:
+            step = state.variable_entry(SHARED_STEP)
+            shared = step is not None
         entries = [state.variable_entry(key) for key in keys[1:]]
         if step is None or any(e is None for e in entries):
             return UnknownNameError, (
@@ -369,7 +432,40 @@ class Optimizer:
                 f"optimizer state of `{name}` has shape {bad[0].dims} but variable"
                 f" `{name}` has shape {p.dims}"
             )
-        return _Pair(name, p, g, step, slots, pending)
+        return _Pair(name, p, g, step, slots, shared, pending)
+
+    def _split(
+        self, library: Backend, pairs: list[_Pair], state: RuntimeContext[Any]
+    ) -> list[tuple[str, Any]]:
+        """The counters to split off the shared ``step`` before this step, as
+        ``(step/p, a copy of its value)``; empty when the shared counter still counts
+        exactly the parameters that step.
+
+        The shared counter counts every parameter with moments and no ``step/p``. When
+        some of those get no gradient (frozen), they keep its value as their own counter
+        (torch keeps a counter per parameter: theirs stops); when the parameters that
+        step mix own and shared counters, or the library or parameter groups take one
+        counter per parameter, every parameter gets its own. Cost: O(state entries)."""
+        users = [p for p in pairs if p.shared]
+        if not users:
+            return []
+        covered = self._covered(state, users)
+        together = len(users) == len(pairs) and self._shares([library])
+        stepping = {p.name for p in users} if together else set()
+        value = users[0].step
+        return [(f"step/{name}", library.copy(value.t)) for name in covered if name not in stepping]
+
+    def _covered(self, state: RuntimeContext[Any], users: list[_Pair]) -> list[str]:
+        """The parameters the shared counter of ``state`` counts (state order): those
+        with moments and no ``step/p``; for an optimizer without moments, ``users``."""
+        slots = self.hyper.slots
+        if not slots:
+            return [p.name for p in users]
+        names = [n for n, _ in state.latest_variables()]
+        own = {n[5:] for n in names if n.startswith("step/")}
+        prefix = f"{slots[0]}/"
+        size = len(prefix)
+        return [n[size:] for n in names if n.startswith(prefix) and n[size:] not in own]
 
 
 def _one_library(pairs: list[_Pair], count: AnyTensor[Any]) -> Backend:
@@ -424,6 +520,8 @@ def _unshared(
         return set()
     heads = {p.name for p in pairs}
     state_heads = {"count"} | {key for p in pairs for key in keys[p.name]}
+    if pairs and pairs[0].shared:
+        state_heads.add(SHARED_STEP)
     for source, gradients, written_heads in (
         (ctx, False, heads),
         (ctx, True, set()),

@@ -72,6 +72,8 @@ class Plan:
         "state_dims",
         "state_libraries",
         "state_placements",
+        "state_size",
+        "steps",
     )
 
     def __init__(self) -> None:
@@ -90,6 +92,11 @@ class Plan:
         self.placements: list[str | None] | None = None
         self.state_placements: list[str | None] | None = None
         self.library: Backend | None = None
+        #: how many step counters the update takes: one per parameter, or 1 (shared)
+        self.steps = 0
+        #: the state's entry count with a shared counter (an added ``step/p`` changes
+        #: which counter a parameter reads: the pairing path then pairs again)
+        self.state_size: int | None = None
         self.aliasing = True  # whether donation needs the alias check
         #: the parameters the donation alias check passed for (held, as torch.optim holds them)
         self.checked: list[Any] | None = None
@@ -104,20 +111,27 @@ class Plan:
     def build(cls, opt: Optimizer, ctx: Context, state: Context, *, donate: bool) -> Plan | None:
         """The plan of this layout, after the pairing path's checks (which raise every
         problem at once); ``None`` for a layout the plan does not cover."""
-        from torchlean.optim._optimizer import _one_library
+        from torchlean.optim._optimizer import SHARED_STEP, _one_library
 
         pairs = opt._gather(ctx, state)
         count = state.variable_entry("count")
         if count is None or not pairs:
             return None
         library = _one_library(pairs, count)
+        if opt._split(library, pairs, state):
+            return None  # the pairing path gives counters of their own first
         if donate and _needs_copies(opt, library, pairs, count, ctx, state):
             return None  # the pairing path updates the shared buffers as copies
         plan = cls()
         plan.names = [p.name for p in pairs]
         plan.slots = opt.hyper.slots
         keys = [opt._keys[n] for n in plan.names]
-        plan.keys = [k[0] for k in keys]
+        if pairs[0].shared:
+            plan.keys = [SHARED_STEP]
+            plan.state_size = state.context_size()
+        else:
+            plan.keys = [k[0] for k in keys]
+        plan.steps = len(plan.keys)
         for i in range(len(plan.slots)):
             plan.keys += [k[i + 1] for k in keys]
         plan.keys.append("count")
@@ -188,13 +202,16 @@ class Plan:
                 return None  # new parameter tensors: the pairing path checks aliases again
             if self.sizes != _sizes(ctx, state):
                 return None  # new entries: they may hold a buffer the step writes
+        if self.state_size is not None and self.state_size != state.context_size():
+            return None
         if donate:
             # claimed before anything is written: of two threads, exactly one steps
             ctx, state = claim(ctx, state, to=where)
         n = len(names)
+        k = self.steps
         values = entries.tensors
-        slots = {slot: values[n * (i + 1) : n * (i + 2)] for i, slot in enumerate(self.slots)}
-        new = updater(Update(params.tensors, grads.tensors, slots, values[:n], values[-1]))
+        slots = {slot: values[k + n * i : k + n * (i + 1)] for i, slot in enumerate(self.slots)}
+        new = updater(Update(params.tensors, grads.tensors, slots, values[:k], values[-1]))
         library = self.library
         assert library is not None
         updated = list(new.steps)
@@ -261,7 +278,8 @@ def _needs_copies(
     from torchlean.optim._optimizer import _unshared
 
     slots = [e for p in pairs for e in p.slots]
-    written = [*(p.param for p in pairs), *slots, *(p.step for p in pairs), count]
+    steps = [pairs[0].step] if pairs[0].shared else [p.step for p in pairs]
+    written = [*(p.param for p in pairs), *slots, *steps, count]
     if any(owned_by_caller(at.unchecked) for at in written):
         return True  # the caller's own arrays: the first step updates copies
     return bool(_unshared(library, pairs, written, ctx, state, opt._keys))

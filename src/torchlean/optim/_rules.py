@@ -170,23 +170,30 @@ class Rule:
 
         The per-parameter scalars (bias corrections) are computed over one vector of the
         step counters per dtype, so a jitted update runs one small kernel for them, not
-        three per parameter: a jitted AdamW step then compiles to the kernels of
-        ``optax.adamw`` plus one per step counter."""
+        three per parameter; with one shared counter (``u.steps`` of one array) they are
+        computed once, and a jitted AdamW step compiles to the kernels of
+        ``optax.adamw``."""
         h = self.hyper
         maths, _, scalars = MATHS[h.kind]
         lr_value = h.lr(u.count) if callable(h.lr) else h.lr
-        steps = [s + 1 for s in u.steps]
+        # one counter shared by every parameter: its scalars once, no per-parameter ones
+        shared = len(u.steps) == 1
+        if shared:
+            steps = [u.steps[0] + 1]
+            counters = steps[0]
+        else:
+            steps = [s + 1 for s in u.steps]
+            counters = xp.stack(u.steps) + 1 if steps else None
         per_dtype: dict[Any, tuple[Any, ...]] = {}
         if steps:
-            stacked = xp.stack(u.steps) + 1
             for p in u.params:
                 if p.dtype not in per_dtype:
                     lr = xp.asarray(lr_value, dtype=p.dtype)
-                    per_dtype[p.dtype] = scalars(xp, h, lr, stacked, p.dtype)
+                    per_dtype[p.dtype] = scalars(xp, h, lr, counters, p.dtype)
         params: list[Any] = []
         slots: dict[str, list[Any]] = {k: [] for k in u.slots}
         for i, (p, g) in enumerate(zip(u.params, u.grads, strict=True)):
-            t = tuple(x[i] for x in per_dtype[p.dtype])
+            t = per_dtype[p.dtype] if shared else tuple(x[i] for x in per_dtype[p.dtype])
             lr = xp.asarray(lr_value, dtype=p.dtype)
             new_p, new_slots = maths(xp, h, lr, t, p, g, {k: v[i] for k, v in u.slots.items()})
             params.append(new_p)

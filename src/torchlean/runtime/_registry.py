@@ -32,19 +32,22 @@ Reading map:
   :meth:`Registry.head` and :meth:`Registry.entries` hand out).
 - :class:`Registry` -- ``push``, ``push_many``, ``head``, ``record``, ``set_all``,
   ``replace_heads``, ``entries``, ``names``, ``visible``, ``size``; :data:`EMPTY`.
+- :class:`LazyRegistry` -- a registry of names with one entry each, its records built
+  when first read (what a jax pytree unflattening makes).
 - :class:`DonatedRegistry` -- stands in for the registries of a donated context.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from itertools import repeat
 from typing import Any, Final
 
 import immutables
 
 from torchlean.runtime.any_tensor import AnyTensor, Entry, as_tensor, restamp
 
-__all__ = ["CHUNK", "EMPTY", "DonatedRegistry", "Registry"]
+__all__ = ["CHUNK", "EMPTY", "DonatedRegistry", "LazyRegistry", "Registry"]
 
 #: The names of all entries, most recent first, in chunks: ``(names, older)`` or ``None``.
 Order = tuple[tuple[str, ...], "Order"] | None
@@ -200,6 +203,59 @@ class Registry:
 
 
 EMPTY: Final = Registry(immutables.Map(), None, 0)
+
+
+class LazyRegistry(Registry):
+    """A registry of names with one entry each whose records are built when first read.
+
+    What a jax pytree unflattening makes (:mod:`torchlean.runtime.pytree`): a jitted
+    training step hands each output context straight to the next call, which flattens
+    it again; the leaves, names and shapes are all that call reads, so the records (one
+    tuple per entry) and the map are built only for a context something else reads.
+    The values are stored as they are: arrays of a library that is never written in
+    place (no versions to record) and never copied on the way in (not numpy).
+    """
+
+    __slots__ = ("_map", "leaf_dims", "leaf_names", "leaves", "library")
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        dims: tuple[tuple[int, ...], ...],
+        leaves: list[Any],
+        index: int,
+        order: Order,
+    ) -> None:
+        self._map: immutables.Map[str, Entry] | None = None
+        #: the names, most recent first (each once), their dims and values; the library's index
+        self.leaf_names = names
+        self.leaf_dims = dims
+        self.leaves = leaves
+        self.library = index
+        self.order = order
+        self.size = len(names)
+
+    @property
+    def map(self) -> immutables.Map[str, Entry]:
+        """The records, built on the first read. Cost: O(n) once, then O(1)."""
+        mapping = self._map
+        if mapping is None:
+            n = self.size
+            records = zip(
+                self.leaf_dims, self.leaves, repeat(None, n), repeat(self.library, n),
+                repeat(1, n), repeat(None, n), repeat(1, n), strict=True,
+            )  # fmt: skip
+            mapping = self._map = immutables.Map(zip(self.leaf_names, records, strict=True))
+        return mapping
+
+    @map.setter
+    def map(self, mapping: immutables.Map[str, Entry]) -> None:
+        self._map = mapping
+
+    @property
+    def built(self) -> bool:
+        """Whether the records were built (something read them)."""
+        return self._map is not None
 
 
 class DonatedRegistry:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import importlib.abc
 import json
+import operator
 import sys
 import threading
 import warnings
@@ -42,9 +43,9 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from torchlean.errors import BackendError
-from torchlean.runtime._registry import EMPTY, Registry
+from torchlean.runtime._registry import EMPTY, LazyRegistry, Order, Registry
 from torchlean.runtime._roles import Roles
-from torchlean.runtime.any_tensor import Entry, fresh_entry
+from torchlean.runtime.any_tensor import Entry, fresh_entry, library_index, read_record
 from torchlean.runtime.backends import BY_TYPE, NUMPY, OPAQUE, backend_of
 from torchlean.runtime.context import RuntimeContext
 
@@ -125,20 +126,140 @@ def _leaves(registry: Registry, kind: str) -> tuple[list[Any], list[str], list[A
 
 
 def _flatten(ctx: RuntimeContext[Any]) -> tuple[list[Any], Layout]:
-    """The leaves of ``ctx`` (variables, then gradients) and its layout. Cost: O(n)."""
-    vleaves, vnames, vdims = _leaves(ctx._v, "variable")
-    gleaves, gnames, gdims = _leaves(ctx._g, "gradient")
+    """The leaves of ``ctx`` (variables, then gradients) and its layout. Cost: O(n),
+    C-level loops when every name has one entry (:func:`_quick_leaves`)."""
+    v, g = ctx._v, ctx._g
+    quick_v = _quick_leaves(v, "variable")
+    quick_g = _quick_leaves(g, "gradient") if quick_v is not None else None
+    if quick_v is not None and quick_g is not None:
+        vleaves, vnames, vdims = quick_v
+        gleaves, gnames, gdims = quick_g
+        layout = _same_layout(vnames, vdims, gnames, gdims, ctx._next_id, ctx._pin, ctx._roles)
+        vleaves.extend(gleaves)
+        return vleaves, layout
+    leaves, names, dims = _leaves(v, "variable")
+    gleaves, more_names, more_dims = _leaves(g, "gradient")
     layout = Layout(
-        tuple(vnames),
-        tuple(vdims),
-        tuple(gnames),
-        tuple(gdims),
+        tuple(names),
+        tuple(dims),
+        tuple(more_names),
+        tuple(more_dims),
         ctx._next_id,
         ctx._pin,
         ctx._roles,
     )
-    vleaves.extend(gleaves)
-    return vleaves, layout
+    leaves.extend(gleaves)
+    return leaves, layout
+
+
+# ---------------------------------------------------------------------- quick paths
+#
+# A training step flattens and unflattens the same layout call after call (a jitted step
+# over ``(ctx, state)``: ~900 leaves for GPT-2 and AdamW). When every name has exactly one
+# entry (no shadowing), the leaves are the records' tensors in the order's name order, and
+# a registry is a map of fresh records plus that order: both built with C-level loops,
+# and the order (names, chunks) and the Layout object are remembered per layout, so that
+# jax compares and hashes an identical object.
+
+_DIMS = operator.itemgetter(0)
+_TENSOR = operator.itemgetter(1)
+_VERSION = operator.itemgetter(2)
+_SHAPE = operator.attrgetter("shape")
+#: How many layouts (and registry orders) are remembered; a few models side by side.
+_KEEP = 16
+#: id(order) -> (order, its names most recent first): the orders of remembered layouts.
+_ORDERS: dict[int, tuple[Order, tuple[str, ...]]] = {}
+#: id(layout) -> (layout, variables' order, gradients' order).
+_SKELETONS: dict[int, tuple[Layout, Order, Order]] = {}
+#: (id(variable names), id(gradient names)) -> the last Layout flattened with them.
+_LAYOUTS: dict[tuple[int, int], Layout] = {}
+
+
+def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(table) >= _KEEP:
+        table.clear()  # a loop over many layouts: start again (each entry is a cache)
+    table[key] = value
+
+
+def _order_names(registry: Registry) -> tuple[str, ...]:
+    """The names of ``registry``'s entries, most recent first (remembered per order)."""
+    order = registry.order
+    found = _ORDERS.get(id(order))
+    if found is not None and found[0] is order:
+        return found[1]
+    names = tuple(registry.names())
+    _remember(_ORDERS, id(order), (order, names))
+    return names
+
+
+def _quick_leaves(
+    registry: Registry, kind: str
+) -> tuple[list[Any], tuple[str, ...], tuple[tuple[int, ...], ...]] | None:
+    """``_leaves`` with C-level loops, for a registry whose names have one entry each
+    (``None`` otherwise). Tensors recorded with a version are checked as ``_leaves``
+    checks them. A :class:`LazyRegistry` nobody read gives its leaves as they are."""
+    if type(registry) is LazyRegistry and not registry.built:
+        return list(registry.leaves), registry.leaf_names, registry.leaf_dims
+    mapping = registry.map
+    if registry.size != len(mapping):
+        return None
+    names = _order_names(registry)
+    records = list(map(mapping.__getitem__, names))
+    versions = list(map(_VERSION, records))
+    if versions.count(None) != len(versions):
+        for name, record in zip(names, records, strict=True):
+            if record[2] is not None:
+                read_record(record, f"{kind} `{name}`")
+    return list(map(_TENSOR, records)), names, tuple(map(_DIMS, records))
+
+
+def _same_layout(
+    vnames: tuple[str, ...],
+    vdims: tuple[tuple[int, ...], ...],
+    gnames: tuple[str, ...],
+    gdims: tuple[tuple[int, ...], ...],
+    next_id: int,
+    pin: tuple[str, str | None] | None,
+    roles: Roles | None,
+) -> Layout:
+    """The :class:`Layout` of these parts: the one made last time for the same names
+    when every part is equal (jax then compares an identical object), else a new one."""
+    key = (id(vnames), id(gnames))
+    last = _LAYOUTS.get(key)
+    if (
+        last is not None
+        and last.variables is vnames
+        and last.gradients is gnames
+        and last.variable_dims == vdims
+        and last.gradient_dims == gdims
+        and last.next_id == next_id
+        and last.pin == pin
+        and last.roles is roles
+    ):
+        return last
+    layout = Layout(vnames, vdims, gnames, gdims, next_id, pin, roles)
+    _remember(_LAYOUTS, key, layout)
+    return layout
+
+
+def _quick_registry(names: tuple[str, ...], leaves: list[Any], order: Order) -> Registry | None:
+    """``_registry`` for names with one entry each whose leaves are arrays of one
+    library that stores them as they are, never written in place (jax: not numpy, which
+    copies a writeable array, nor torch, whose versions are recorded): a
+    :class:`LazyRegistry` over the remembered ``order``. ``None`` when the leaves do
+    not qualify."""
+    if not leaves:
+        return EMPTY
+    kinds = set(map(type, leaves))
+    if len(kinds) != 1:
+        return None
+    backend = BY_TYPE.get(next(iter(kinds)))
+    if backend is None or backend is NUMPY or backend.versioned:
+        return None
+    dims = tuple(map(_SHAPE, leaves))
+    if set(map(type, dims)) != {tuple}:
+        return None
+    return LazyRegistry(names, dims, leaves, library_index(backend), order)
 
 
 def _keys(registry: Literal["variables", "gradients"], names: Sequence[str]) -> list[EntryKey]:
@@ -199,7 +320,8 @@ _BLANK: Final[RuntimeContext[Any]] = RuntimeContext()
 def _unflatten(layout: Layout, children: Iterable[Any]) -> RuntimeContext[Any]:
     """A context with ``layout`` and ``children`` as its leaves, taken as they are.
 
-    Cost: O(n log n).
+    Cost: O(n log n); C-level loops for a remembered layout whose names have one entry
+    each and whose leaves are arrays of one library (:func:`_quick_registry`).
     """
     leaves = list(children)
     nv = len(layout.variables)
@@ -207,12 +329,47 @@ def _unflatten(layout: Layout, children: Iterable[Any]) -> RuntimeContext[Any]:
         raise ValueError(
             f"a context with this layout has {nv + len(layout.gradients)} leaves, got {len(leaves)}"
         )
-    v = _registry(layout.variables, layout.variable_dims, leaves[:nv])
-    g = _registry(layout.gradients, layout.gradient_dims, leaves[nv:])
+    v = g = None
+    skeleton = _skeleton(layout)
+    if skeleton is not None:
+        v = _quick_registry(layout.variables, leaves[:nv], skeleton[1])
+        if v is not None:
+            g = _quick_registry(layout.gradients, leaves[nv:], skeleton[2])
+    if v is None or g is None:
+        v = _registry(layout.variables, layout.variable_dims, leaves[:nv])
+        g = _registry(layout.gradients, layout.gradient_dims, leaves[nv:])
     ctx = _BLANK._derive(v, g, layout.next_id)
     ctx._pin = layout.pin
     ctx._roles = layout.roles
     return ctx
+
+
+def _skeleton(layout: Layout) -> tuple[Layout, Order, Order] | None:
+    """``(layout, variables' order, gradients' order)`` for a layout whose names have
+    one entry each (remembered per layout object), else ``None``."""
+    found = _SKELETONS.get(id(layout))
+    if found is not None and found[0] is layout:
+        return found
+    v, g = layout.variables, layout.gradients
+    if len(set(v)) != len(v) or len(set(g)) != len(g):
+        return None
+    skeleton = (layout, _order_of(v), _order_of(g))
+    _remember(_SKELETONS, id(layout), skeleton)
+    # flattening a context built on this layout gives this very object back
+    _remember(_LAYOUTS, (id(v), id(g)), layout)
+    return skeleton
+
+
+def _order_of(names: tuple[str, ...]) -> Order:
+    """The order of a registry holding ``names`` (most recent first), remembered with
+    its names so that flattening a context built on it finds them."""
+    order = EMPTY.push_many((name, _PLACEHOLDER) for name in reversed(names)).order
+    _remember(_ORDERS, id(order), (order, names))
+    return order
+
+
+#: A record standing for any value while an order is built (never stored).
+_PLACEHOLDER: Final[Entry] = ((), None, None, 0, 0, None, 0)
 
 
 def _unflatten_torch(children: Iterable[Any], layout: Layout) -> RuntimeContext[Any]:

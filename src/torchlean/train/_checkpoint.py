@@ -146,6 +146,7 @@ def read_checkpoint(
 
     library = context_library(ctx)
     tensors = io.load(path, backend=library.name).state_dict()
+    state = _counters_like(ctx, state, tensors)
     # names, shapes and dtypes: the one comparison of torchlean.io.expect
     want = {f"model/{n}": at for n, at in ctx.latest_variables()}
     want |= {f"optim/{n}": at for n, at in state.latest_variables()}
@@ -229,6 +230,37 @@ def context_library(ctx: RuntimeContext[Any]) -> Backend:
     for _, at in ctx.latest_variables():
         return at.library
     return NUMPY
+
+
+def _counters_like(
+    ctx: RuntimeContext[Any], state: RuntimeContext[Any], tensors: Mapping[str, Any]
+) -> RuntimeContext[Any]:
+    """``state`` with the optimizer's step counters the file has: one shared ``step``
+    (what ``init`` gives on jax and numpy) or ``step/p`` per parameter (torch's, files
+    written before the shared counter, a run whose parameters stepped apart). The
+    counters the file has for variables of ``ctx`` but ``state`` lacks are added (like
+    one of ``state``'s; the file's values replace them), those it lacks are left out;
+    any other counter stays unexpected. Cost: O(names)."""
+    variables = {name for name, _ in ctx.latest_variables()}
+    theirs = [
+        name[6:]
+        for name in tensors
+        if name == "optim/step" or (name.startswith("optim/step/") and name[11:] in variables)
+    ]
+    entries = state.latest_variables()
+    ours = [name for name, _ in entries if name == "step" or name.startswith("step/")]
+    if not theirs or not ours or set(theirs) == set(ours):
+        return state
+    like = state.variable_entry(ours[0])
+    assert like is not None
+    counters = set(ours)
+    items: list[tuple[str, Any]] = []
+    for name, at in entries:
+        if name == ours[0]:
+            items += [(n, like.library.copy(like.t)) for n in theirs]
+        elif name not in counters:
+            items.append((name, at.t))
+    return RuntimeContext.empty().with_variables(items, adopt=True)
 
 
 def _fill(

@@ -45,6 +45,11 @@ class Backend:
     versioned: bool = False
     #: True when the library can differentiate (``torchlean.autograd``).
     differentiable: bool = False
+    #: True when an optimizer state keeps one step counter shared by the parameters that
+    #: step together (an :class:`Update` whose ``steps`` is one array); False for a
+    #: library whose updater takes a counter per parameter (torch: views of one buffer,
+    #: incremented by one kernel).
+    shared_step_counter: bool = True
 
     # ------------------------------------------------------------------ storing
 

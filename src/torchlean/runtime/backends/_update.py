@@ -27,7 +27,8 @@ class Update(NamedTuple):
     grads: list[Any]
     #: moment name (``exp_avg``...) -> one array per parameter
     slots: dict[str, list[Any]]
-    #: per-parameter step counters (float32 0-d arrays, as torch.optim keeps them)
+    #: per-parameter step counters (float32 0-d arrays, as torch.optim keeps them), or
+    #: one counter shared by every parameter (a list of one array)
     steps: list[Any]
     #: the number of steps taken (an integer 0-d array, read by schedules)
     count: Any

@@ -31,6 +31,8 @@ class TorchBackend(Backend):
     name = "torch"
     versioned = True
     differentiable = True
+    # the fused kernels take a counter per parameter (views of one buffer per group)
+    shared_step_counter = False
 
     def __init__(self) -> None:
         import torch
