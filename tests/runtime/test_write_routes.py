@@ -99,3 +99,17 @@ def test_a_name_with_a_lone_surrogate_is_refused_when_stored(name: str) -> None:
 def test_names_that_are_not_ascii_are_fine() -> None:
     ctx = RuntimeContext.empty().register_variable("poids_é_λ_😀", np.zeros(1))
     assert ctx.variable_names() == ["poids_é_λ_😀"]
+
+
+def test_batch_norm_running_statistics_are_seen_through_num_batches_tracked() -> None:
+    # torch's CPU batch-norm kernel writes running_mean / running_var without bumping
+    # their version counters (a route docs/arrays.md lists as not seen); in train mode
+    # the module adds to num_batches_tracked with an ordinary in-place add in the same
+    # call, so a context holding the module's whole state refuses it on the next read
+    bn = torch.nn.BatchNorm1d(4)
+    ctx = RuntimeContext.from_module(bn)
+    torch.func.functional_call(bn, ctx.state_dict(), (torch.randn(8, 4),))
+    with pytest.raises(InPlaceModificationError, match="`num_batches_tracked`"):
+        ctx.state_dict()
+    # the statistics themselves carry no trace of the write: what the docs say
+    assert not torch.equal(ctx["running_mean"], torch.zeros(4))
