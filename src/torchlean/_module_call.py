@@ -100,9 +100,11 @@ def call_module(
       ``value_and_grad(has_state=True)`` takes. A module that updates a buffer in place
       (BatchNorm in train mode) writes the context's tensor: inside
       ``value_and_grad(has_state=True)`` the loss gets fresh copies of the buffers, so
-      nothing a context holds changes; called on a stored context, the write is caught
-      as for any in-place write (the context then raises
-      :class:`~torchlean.errors.InPlaceModificationError` when read).
+      nothing a context holds changes. Called on a stored context, BatchNorm's write
+      is caught through ``num_batches_tracked`` (an ordinary in-place add: the context
+      then raises :class:`~torchlean.errors.InPlaceModificationError` when that entry
+      or the whole state is read); torch's kernel writes the running statistics
+      themselves without a version bump (docs/arrays.md, routes not seen).
     - ``args``: a tuple of positional arguments, or one argument that is not a tuple.
 
     The module's own tensors are back in place when the call returns or raises. Like
