@@ -238,8 +238,8 @@ def read_region(
     ``ints(python ints, dtype, ...)`` makes integers exactly. ``scratch``: the
     parser and buffer to reuse (one per file: once grown, they serve every tensor,
     with no new pages to fault in). Anything irregular raises the FormatError
-    :func:`locate_problem` gives. Cost: O(region) time; memory: the output, a few
-    blocks, and one byte per element.
+    :func:`locate_problem` gives. Cost: O(region) time; memory: the output twice while
+    it is put together, a few blocks, and (a block at a time) one byte per element.
     """
     import orjson
 
