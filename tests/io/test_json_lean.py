@@ -457,3 +457,9 @@ def test_io_load_passes_the_json_options(tmp_path: Path) -> None:
     tio.save(empty_context().register_variable("w", np.ones(1, np.float32)), st_path)
     with pytest.raises(ValueError, match="load: lean= do not apply to format 'safetensors'"):
         tio.load(st_path, lean=True)
+
+
+@given(text=st.binary(max_size=600).map(lambda b: bytes(b"[],1 "[x % 5] for x in b)))
+def test_count_opens_counts_every_bracket(text: bytes) -> None:
+    for end in {0, len(text) // 2, len(text)}:
+        assert _json_stream._count_opens(bytearray(text), end) == text.count(b"[", 0, end)

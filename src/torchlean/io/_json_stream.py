@@ -464,7 +464,7 @@ def _read_elements(
             cut = found + len(closer) - 1  # the comma
         buffer[0], buffer[cut] = 0x5B, 0x5D  # "[" chunk "]"
         text = view[: cut + 1]
-        opens = int(np.count_nonzero(np.frombuffer(text, np.uint8) == 0x5B))
+        opens = _count_opens(buffer, cut + 1)
         if opens * _json_fast.BYTES_PER_LIST > max(cut, CHUNK):
             return None  # lists too many to walk in Python: the skeleton decides
         parsed: Any = None
@@ -489,6 +489,19 @@ def _read_elements(
     if rest is None or 1 + len(rest) > MAX_DIMS:
         return None
     return _over_bytes(parts, (rows, *rest), dtype, name, where)
+
+
+def _count_opens(buffer: bytearray, end: int) -> int:
+    """How many ``[`` ``buffer[:end]`` holds: found one by one while they are few (a
+    matrix's rows: memchr speed, three times numpy's count), else counted by numpy."""
+    n = 0
+    i = buffer.find(b"[", 0, end)
+    while i >= 0:
+        n += 1
+        if n > 64:
+            return int(np.count_nonzero(np.frombuffer(buffer, np.uint8, end) == 0x5B))
+        i = buffer.find(b"[", i + 1, end)
+    return n
 
 
 def _learn_closer(buffer: bytearray, end: int) -> bytes:
