@@ -17,16 +17,16 @@ from hypothesis import strategies as st
 import torchlean.io as tio
 from torchlean import empty_context
 from torchlean.errors import FormatError
-from torchlean.io import _json_stream, lean_json
+from torchlean.io import _json_fast, _json_stream, lean_json
 from torchlean.io import torchlean_json as tj
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import lean_reads_the_same
 
 
-def write(tmp_path: Path, doc: Any, name: str = "w.json") -> Path:
+def write(tmp_path: Path, doc: Any, name: str = "w.json", indent: Any = None) -> Path:
     path = tmp_path / name
-    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc, indent=indent))
     return path
 
 
@@ -220,6 +220,8 @@ def small_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_json_stream, "REGION_MIN", 40)
     monkeypatch.setattr(_json_stream, "BLOCK", 64)
     monkeypatch.setattr(_json_stream, "PIECE", 7)
+    monkeypatch.setattr(_json_stream, "CHUNK", 48)
+    monkeypatch.setattr(_json_stream, "CHUNK_MAX", 96)
 
 
 def test_streaming_round_trip(tmp_path: Path, small_stream: None) -> None:
@@ -279,6 +281,8 @@ def test_streaming_reader_agrees_with_whole_reader(
     mp.setattr(tj, "STREAM_ABOVE", 0)
     mp.setattr(_json_stream, "REGION_MIN", 40)
     mp.setattr(_json_stream, "BLOCK", 64)
+    mp.setattr(_json_stream, "CHUNK", 40)
+    mp.setattr(_json_stream, "CHUNK_MAX", 80)
     try:
         streamed = outcome(path)
     finally:
@@ -287,6 +291,142 @@ def test_streaming_reader_agrees_with_whole_reader(
         assert streamed[0] == "error"
     else:
         assert streamed == whole
+
+
+def _no_chunks(*args: Any) -> None:
+    return None
+
+
+@st.composite
+def tensor_texts(draw: Any) -> tuple[bytes, str]:
+    """A float tensor of rank 1 to 3 as TorchLean JSON, sometimes damaged, and what the
+    damage is."""
+    dims = draw(st.lists(st.integers(1, 6), min_size=1, max_size=3))
+    numbers = st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False, width=32),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(-(2**60), 2**60),
+    )
+
+    def nested(d: list[int]) -> Any:
+        return [nested(d[1:]) for _ in range(d[0])] if d else draw(numbers)
+
+    value = nested(dims)
+    damage = draw(st.sampled_from(["none", "none", "short", "long", "leaf", "deep", "huge", "row"]))
+    inner = value
+    for _ in range(draw(st.integers(0, len(dims) - 1))):
+        inner = inner[draw(st.integers(0, len(inner) - 1))]
+    spot = draw(st.integers(0, len(inner) - 1))
+    if damage == "short" and len(inner) > 1:
+        del inner[spot]
+    elif damage == "long":
+        inner.insert(spot, inner[spot])
+    elif damage == "leaf":
+        inner[spot] = draw(st.sampled_from(["x", None, True, {}]))
+    elif damage == "deep":
+        inner[spot] = [inner[spot]]
+    elif damage == "huge":
+        inner[spot] = 1e300  # out of range for float32
+    elif damage == "row":
+        value.append(value[0] if len(dims) == 1 else [value[0]])
+    doc = {"params": {"a": [1.0], "w": value, "b": 2.0}}
+    indent = draw(st.sampled_from([None, None, 1, 2]))
+    text = json.dumps(doc, indent=indent)
+    if draw(st.booleans()):
+        text = text.replace(",", " , ")
+    return text.encode(), damage
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=tensor_texts(), chunk=st.sampled_from([1, 16, 64, 256]), dtype=st.sampled_from(
+    ["float32", "float64", "float16"]
+))  # fmt: skip
+def test_chunked_reader_agrees_with_the_other_readers(
+    tmp_path_factory: pytest.TempPathFactory, case: tuple[bytes, str], chunk: int, dtype: str
+) -> None:
+    # the chunk reader gives what the whole-document reader gives; where it declines,
+    # the other streaming readers give the same result and the same error as without it
+    text, _ = case
+    path = tmp_path_factory.mktemp("c") / "w.json"
+    path.write_bytes(text)
+
+    def read() -> Any:
+        try:
+            got = arrays(path, dtype=dtype)
+        except FormatError as e:
+            return ("error", str(e))
+        return [(n, a.dtype.name, a.shape, a.tobytes()) for n, a in got.items()]
+
+    whole = read()
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tj, "STREAM_ABOVE", 0)
+    mp.setattr(_json_stream, "REGION_MIN", 24)  # above the blanks after a list
+    mp.setattr(_json_stream, "BLOCK", 64)
+    mp.setattr(_json_stream, "CHUNK", chunk)
+    mp.setattr(_json_stream, "CHUNK_MAX", 4 * chunk)
+    mp.setattr(_json_fast, "BYTES_PER_LIST", 0)  # small lists: walked all the same
+    try:
+        chunked = read()
+        mp.setattr(_json_stream, "_read_elements", _no_chunks)
+        without = read()
+    finally:
+        mp.undo()
+    assert chunked == without
+    if whole[0] == "error":
+        assert chunked[0] == "error"
+    else:
+        assert chunked == whole
+
+
+def _never(*args: Any) -> None:
+    raise AssertionError("read another way than in chunks")
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+@pytest.mark.parametrize(
+    "shape", [(300,), (40, 7), (5, 6, 7), (2, 3, 2, 5), (1, 1), (1, 100), (250, 1)]
+)
+def test_clean_float_tensors_are_read_in_chunks_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...], indent: Any
+) -> None:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(shape).astype(np.float32)
+    path = write(tmp_path, {"params": {"w": w.tolist()}}, indent=indent)
+    monkeypatch.setattr(tj, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(_json_stream, "REGION_MIN", 8)
+    monkeypatch.setattr(_json_stream, "CHUNK", 200)
+    monkeypatch.setattr(_json_stream, "CHUNK_MAX", 3200)
+    monkeypatch.setattr(_json_fast, "BYTES_PER_LIST", 0)  # small lists: checked all the same
+    monkeypatch.setattr(_json_stream, "_read_whole", _never)
+    monkeypatch.setattr(_json_stream, "_block_numbers", _never)
+    got = arrays(path)["w"]
+    assert got.shape == w.shape and got.tobytes() == w.tobytes()
+    assert not got.flags.writeable and type(got.base) is bytes  # adopted without a copy
+
+
+def test_a_big_tensor_nested_deeper_than_numpy_holds_is_a_format_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # read a tensor at a time, it raised numpy's bare ValueError
+    path = write(tmp_path, '{"w": ' + "[" * 99 + "1.5, 2.5" + "]" * 99 + "}")
+    monkeypatch.setattr(tj, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(_json_stream, "REGION_MIN", 8)
+    for chunk in (4, 1 << 20):
+        monkeypatch.setattr(_json_stream, "CHUNK", chunk)
+        with pytest.raises(FormatError, match=r"`w` is nested 99 lists deep; a tensor has at"):
+            tio.load(path)
+
+
+def test_an_element_longer_than_the_widest_chunk_is_read_another_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = np.arange(600, dtype=np.float32).reshape(2, 300) / 7
+    path = write(tmp_path, {"params": {"w": w.tolist()}})
+    monkeypatch.setattr(tj, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(_json_stream, "REGION_MIN", 8)
+    monkeypatch.setattr(_json_stream, "CHUNK", 64)
+    monkeypatch.setattr(_json_stream, "CHUNK_MAX", 256)
+    assert arrays(path)["w"].tobytes() == w.tobytes()
 
 
 def test_a_bad_leaf_in_a_big_tensor_is_found_in_bounded_memory(tmp_path: Path) -> None:
@@ -317,3 +457,9 @@ def test_io_load_passes_the_json_options(tmp_path: Path) -> None:
     tio.save(empty_context().register_variable("w", np.ones(1, np.float32)), st_path)
     with pytest.raises(ValueError, match="load: lean= do not apply to format 'safetensors'"):
         tio.load(st_path, lean=True)
+
+
+@given(text=st.binary(max_size=600).map(lambda b: bytes(b"[],1 "[x % 5] for x in b)))
+def test_count_opens_counts_every_bracket(text: bytes) -> None:
+    for end in {0, len(text) // 2, len(text)}:
+        assert _json_stream._count_opens(bytearray(text), end) == text.count(b"[", 0, end)

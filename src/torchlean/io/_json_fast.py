@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import numpy as np
 
-__all__ = ["Flat", "array_dims", "count_bytes", "fast_document", "skeleton_dims"]
+__all__ = ["MAX_DIMS", "Flat", "array_dims", "count_bytes", "fast_document", "skeleton_dims"]
 
 _NUMBER_AND_BLANK: Final = b"0123456789.eE+- \t\n\r"
 _BLANK_AND_CLOSERS: Final = b" \t\n\r,}"
@@ -83,15 +83,19 @@ def count_bytes(text: Any, needles: bytes) -> tuple[int, ...]:
     return tuple(counts)
 
 
+#: The most dimensions a tensor has (numpy's limit).
+MAX_DIMS: Final = 64
+
 #: :func:`array_dims` decides when the text has at least this many bytes per list.
 BYTES_PER_LIST: Final = 256
 
 
-def array_dims(array: Any, count: int, opens: int, size: int) -> tuple[int, ...] | None:
+def array_dims(array: Any, count: int, opens: int, size: int | None) -> tuple[int, ...] | None:
     """The dims of ``array``, a simdjson array parsed from a text of ``size`` bytes
     holding ``opens`` bytes ``[``, whose numbers ``as_buffer`` flattened to ``count``
     values, when it is a regular array of numbers; ``None`` when it is not, or when its
-    lists are too many to check this way (then :func:`skeleton_dims` decides).
+    lists are more than one per :data:`BYTES_PER_LIST` bytes, too many to check this
+    way (then :func:`skeleton_dims` decides). ``size=None``: the caller bounds them.
 
     The first elements give the dims; every list above the innermost level must hold
     that many lists, every innermost list that many elements. Those are all the lists a
@@ -112,7 +116,7 @@ def array_dims(array: Any, count: int, opens: int, size: int) -> tuple[int, ...]
     if type(x) not in (int, float) or math.prod(dims) != count:
         return None
     lists = sum(math.prod(dims[:d]) for d in range(len(dims)))
-    if lists * BYTES_PER_LIST > size or opens != lists:
+    if (size is not None and lists * BYTES_PER_LIST > size) or opens != lists:
         return None
     level = [array]
     for d in dims[:-1]:

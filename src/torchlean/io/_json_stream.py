@@ -1,20 +1,26 @@
 """TorchLean JSON read and written a tensor at a time, in bounded memory.
 
 A big weight file is mostly the nested lists of its tensors; everything else (names,
-``meta``) is small. Reading: one pass over the file finds every string (memchr speed);
-the text between two strings that holds a big list after a key is a *region*, cut out
-and replaced by a placeholder string, so that what remains (the *skeleton*) is a small
-JSON document that the ordinary, exact parser reads with all its checks. A region is
-read later, in blocks of :data:`BLOCK` bytes, straight into the tensor's array: its
-numbers through simdjson (correctly rounded float64, or exact integers through orjson),
-its nesting checked from its brackets and commas (:func:`~._json_fast.skeleton_dims`).
-Each block goes to simdjson as it is, with the ``[`` of the lists open at its start
-put before it and the ``]`` that close them after it. A float tensor of at most
-:data:`WHOLE` blocks of text, with few numbers per byte, is parsed in one piece and its
-nesting checked on the parsed lists (:func:`~._json_fast.array_dims`). Peak memory:
-the output arrays, a few blocks, and one byte per element of the tensor being read.
-Anything wrong in a big region is located by :func:`locate_problem`, which walks the
-brackets with O(depth) memory and names the index.
+``meta``) is small. Reading: one pass over the file finds every string (memchr speed,
+through one reused buffer: :class:`_Window`); the text between two strings that holds a
+big list after a key is a *region*, cut out and replaced by a placeholder string, so
+that what remains (the *skeleton*) is a small JSON document that the ordinary, exact
+parser reads with all its checks. A region is read later, straight into the tensor's
+array, its numbers through simdjson (correctly rounded float64, or exact integers
+through orjson). A float tensor is read in chunks of about :data:`CHUNK` bytes, each a
+run of whole elements of its outer list parsed as one small document whose nesting is
+checked on the parsed lists (:func:`_read_elements`, :func:`~._json_fast.array_dims`):
+the text, simdjson's tape and the numbers stay in the processor's cache. A tensor that
+is not read so (elements longer than :data:`CHUNK_MAX`, many small lists, anything
+irregular) is parsed in one piece when its text is at most :data:`WHOLE` blocks and
+has few numbers per byte, else (and integers always) in blocks of :data:`BLOCK` bytes
+with its nesting checked from its brackets and commas
+(:func:`~._json_fast.skeleton_dims`): each block goes to simdjson as it is, with the
+``[`` of the lists open at its start put before it and the ``]`` that close them after
+it. Every way gives the same array, or declines and leaves the next way to read it or
+say what is wrong. Peak memory: the output arrays, the tensor being read twice, a few
+blocks. Anything wrong in a big region is located by :func:`locate_problem`, which
+walks the brackets with O(depth) memory and names the index.
 
 Writing: :func:`tensor_pieces` yields a tensor's JSON text in pieces of at most
 :data:`PIECE` elements (rows of the leading dimensions), so the writer never holds more
@@ -22,8 +28,8 @@ than one piece's text.
 
 Reading map:
 - :func:`scan` -- the skeleton of a file and its regions (:class:`Region`).
-- :func:`read_region` -- one region's numbers as an array of a dtype; :class:`Scratch`,
-  what it reuses from one region to the next.
+- :func:`read_region` -- one region's numbers as an array of a dtype (in chunks,
+  whole, or in blocks); :class:`Scratch`, what it reuses from one region to the next.
 - :func:`locate_problem` -- the first problem in a tensor's text, with its index.
 - :func:`tensor_pieces` -- a tensor's JSON text, piece by piece.
 """
@@ -41,7 +47,8 @@ from typing import IO, Any, Final
 import numpy as np
 
 from torchlean.errors import FormatError
-from torchlean.io._json_fast import array_dims, count_bytes, skeleton_dims
+from torchlean.io import _json_fast
+from torchlean.io._json_fast import MAX_DIMS, array_dims, count_bytes, skeleton_dims
 
 __all__ = [
     "BLOCK",
@@ -65,10 +72,17 @@ WHOLE_BYTES_PER_NUMBER: Final = 8
 REGION_MIN: Final = 64 << 10
 #: Elements per piece of text written.
 PIECE: Final = 1 << 18
+#: A float tensor's text is parsed this many bytes at a time (whole elements of its
+#: outer list, :func:`_read_elements`), so that the text, simdjson's tape (16 bytes a
+#: number) and the numbers stay in the processor's cache; a window widens up to
+#: :data:`CHUNK_MAX` bytes to hold one element.
+CHUNK: Final = 1 << 20
+CHUNK_MAX: Final = 4 << 20
 
 _BLANK: Final = b" \t\n\r"
 _NUMBER_AND_BLANK: Final = b"0123456789.eE+- \t\n\r"
 _BRACKETS_TO_BLANK: Final = bytes.maketrans(b"[]", b"  ")
+_OPENING: Final = re.compile(rb"[\[\s]*")
 
 
 class Unclean(Exception):
@@ -91,18 +105,54 @@ class Region:
     key: str
 
 
-def _find(f: IO[bytes], needle: bytes, at: int, size: int) -> int:
-    """The offset of the first ``needle`` (one byte) at or after ``at``, or ``size``."""
-    while at < size:
-        f.seek(at)
-        block = f.read(BLOCK)
-        if not block:
+class _Window:
+    """Reads of a file through one reused buffer holding :data:`BLOCK` bytes of it: a
+    search or a read inside the bytes it holds copies nothing more from the file, so
+    finding each of many small strings costs what they span, not a block each."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self.fd = f.fileno()
+        self.size = size
+        self.buffer = bytearray(max(1, min(BLOCK, size)))
+        self.lo = self.hi = 0  # the file's bytes lo..hi are in the buffer
+
+    def _fill(self, at: int) -> None:
+        n = _pread_into(self.fd, memoryview(self.buffer), at)
+        self.lo, self.hi = at, at + n
+
+    def find(self, needle: bytes, at: int) -> int:
+        """The offset of the first ``needle`` (one byte) at or after ``at``, or the
+        file's size."""
+        while at < self.size:
+            if not self.lo <= at < self.hi:
+                self._fill(at)
+                if self.hi == self.lo:
+                    break  # the file is shorter than it was
+            i = self.buffer.find(needle, at - self.lo, self.hi - self.lo)
+            if i >= 0:
+                return self.lo + i
+            at = self.hi
+        return self.size
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes ``start`` to ``end`` (fewer at the end of the file)."""
+        start = max(start, 0)
+        if self.lo <= start and end <= self.hi:
+            return bytes(self.buffer[start - self.lo : end - self.lo])
+        out = bytearray(max(0, min(end, self.size) - start))
+        return bytes(out[: _pread_into(self.fd, memoryview(out), start)])
+
+
+def _pread_into(fd: int, view: memoryview, at: int) -> int:
+    """Fill ``view`` with the file's bytes from ``at``; how many there were."""
+    got = 0
+    n = len(view)
+    while got < n:
+        k = os.preadv(fd, [view[got:]], at + got)
+        if not k:
             break
-        i = block.find(needle)
-        if i >= 0:
-            return at + i
-        at += len(block)
-    return size
+        got += k
+    return got
 
 
 def _read(f: IO[bytes], start: int, end: int) -> bytes:
@@ -119,43 +169,44 @@ def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]
     skeleton).
     """
     nonce = secrets.token_hex(8)
+    w = _Window(f, size)
     parts: list[bytes] = []
     regions: dict[str, Region] = {}
     pos = 0
     last_key = ""
     while True:
-        q = _find(f, b'"', pos, size)
+        q = w.find(b'"', pos)
         if q - pos <= REGION_MIN:
-            parts.append(_read(f, pos, q))
+            parts.append(w.read(pos, q))
         else:
-            head = _read(f, pos, pos + 64).lstrip(_BLANK)
+            head = w.read(pos, pos + 64).lstrip(_BLANK)
             tail_start = max(pos, q - REGION_MIN)
-            tail = _read(f, tail_start, q)
+            tail = w.read(tail_start, q)
             close = tail.rfind(b"]")
             if not head.startswith(b":") or not head[1:].lstrip(_BLANK).startswith(b"["):
                 raise Unclean()
-            start = pos + _read(f, pos, pos + 64).index(b"[")
+            start = pos + w.read(pos, pos + 64).index(b"[")
             if close < 0 or tail[close + 1 :].translate(None, _BLANK + b",}"):
                 raise Unclean(Region(start, q, last_key))
             end = tail_start + close + 1
             placeholder = f"\\u0000tl{nonce}:{len(regions)}"
             regions[f"\0tl{nonce}:{len(regions)}"] = Region(start, end, last_key)
-            parts.append(_read(f, pos, start) + f'"{placeholder}"'.encode() + _read(f, end, q))
+            parts.append(w.read(pos, start) + f'"{placeholder}"'.encode() + w.read(end, q))
         if q >= size:
             break
         # the string starting at q: find its closing quote (not escaped)
         e = q + 1
         while True:
-            e = _find(f, b'"', e, size)
+            e = w.find(b'"', e)
             if e >= size:
                 raise Unclean()  # unterminated: the exact parser says so
             back = 0
-            while _read(f, e - back - 1, e - back) == b"\\":
+            while w.read(e - back - 1, e - back) == b"\\":
                 back += 1
             if back % 2 == 0:
                 break
             e += 1
-        text = _read(f, q, e + 1)
+        text = w.read(q, e + 1)
         parts.append(text)
         if b"\\" not in text:
             try:
@@ -176,24 +227,31 @@ def read_region(
     ints: Callable[[list[Any], np.dtype[Any], str, str, int], np.ndarray[Any, Any]],
     scratch: Scratch | None = None,
 ) -> np.ndarray[Any, Any]:
-    """The tensor in ``region`` as an array of ``dtype``, read a block at a time.
+    """The tensor in ``region`` as a read-only array of ``dtype`` over a ``bytes`` object
+    of its own (a context adopts it without a copy).
 
+    A float tensor is read in chunks of whole elements of its outer list
+    (:func:`_read_elements`); one that is not (its elements are longer than
+    :data:`CHUNK_MAX`, its lists many beside its numbers, or it is irregular) in one
+    piece when it is at most :data:`WHOLE` blocks, else, like integers, a block at a time.
     ``narrow(float64 values, dtype, name, where, offset)`` rounds a block of numbers;
     ``ints(python ints, dtype, ...)`` makes integers exactly. ``scratch``: the
     parser and buffer to reuse (one per file: once grown, they serve every tensor,
     with no new pages to fault in). Anything irregular raises the FormatError
-    :func:`locate_problem` gives. Cost: O(region) time; memory: the output, a few
-    blocks, and one byte per element.
+    :func:`locate_problem` gives. Cost: O(region) time; memory: the output twice while
+    it is put together, a few blocks, and (a block at a time) one byte per element.
     """
     import orjson
 
     if scratch is None:
         scratch = Scratch()
     parser = scratch.parser
-    if dtype.kind not in "iub" and region.end - region.start <= WHOLE * BLOCK:
-        whole = _read_whole(f, region, dtype, name, where, narrow, scratch)
-        if whole is not None:
-            return whole
+    if dtype.kind not in "iub":
+        found = _read_elements(f, region, dtype, name, where, narrow, scratch)
+        if found is None and region.end - region.start <= WHOLE * BLOCK:
+            found = _read_whole(f, region, dtype, name, where, narrow, scratch)
+        if found is not None:
+            return found
     skeleton = bytearray()
     blocks: list[np.ndarray[Any, Any]] = []
     count = 0
@@ -237,8 +295,31 @@ def read_region(
     dims = skeleton_dims(bytes(skeleton), count)
     if dims is None:
         raise locate_problem(f, region, name, where)
-    out = np.concatenate(blocks) if len(blocks) != 1 else blocks[0]
-    return out.reshape(dims)
+    return _over_bytes(blocks, dims, dtype, name, where)
+
+
+def _over_bytes(
+    parts: list[np.ndarray[Any, Any]],
+    dims: tuple[int, ...],
+    dtype: np.dtype[Any],
+    name: str,
+    where: str,
+) -> np.ndarray[Any, Any]:
+    """The values of ``parts`` (flat arrays of ``dtype``, in order) as one read-only
+    array of shape ``dims`` over a ``bytes`` object of its own, made with one copy: a
+    context adopts such an array as it is (``Backend.adopt`` copies any other), so a
+    big file's tensors are held once while the context is built, not twice. A 1-byte
+    array gets a 2-byte buffer (CPython shares every 1-byte ``bytes``). More dims than
+    numpy holds is a FormatError (the whole-document reader's)."""
+    if len(dims) > MAX_DIMS:
+        raise FormatError(
+            f"{where}: tensor `{name}` is nested {len(dims)} lists deep; a tensor has at"
+            f" most {MAX_DIMS} dimensions"
+        )
+    data = b"".join([p.data for p in parts])
+    if len(data) == 1:
+        data += b"\0"
+    return np.ndarray(dims, dtype, data)
 
 
 def _block_numbers(
@@ -268,14 +349,21 @@ def _block_numbers(
 
 class Scratch:
     """What reading a file's tensors reuses from one tensor to the next: a simdjson
-    parser and a buffer for a tensor's text (both grow to the biggest tensor read in
-    one piece, at most :data:`WHOLE` blocks)."""
+    parser, a buffer for a tensor's text (both grow to the biggest tensor read in one
+    piece, at most :data:`WHOLE` blocks) and one for a chunk of it."""
 
     def __init__(self) -> None:
         import simdjson
 
         self.parser = simdjson.Parser()
         self.buffer = bytearray()
+        self.chunk = bytearray()
+
+    def window(self, n: int) -> memoryview:
+        """The chunk buffer, at least ``n`` bytes, as a memoryview."""
+        if len(self.chunk) < n:
+            self.chunk = bytearray(n)
+        return memoryview(self.chunk)
 
     def read(self, f: IO[bytes], start: int, end: int) -> memoryview:
         """Bytes ``start`` to ``end`` of ``f``, in the buffer (valid until the next read);
@@ -324,7 +412,108 @@ def _read_whole(
         dims = skeleton_dims(bytes(text).translate(None, _NUMBER_AND_BLANK), wide.size)
         if dims is None:
             return None
-    return narrow(wide, dtype, name, where, 0).reshape(dims)
+    return _over_bytes([narrow(wide, dtype, name, where, 0)], dims, dtype, name, where)
+
+
+def _read_elements(
+    f: IO[bytes],
+    region: Region,
+    dtype: np.dtype[Any],
+    name: str,
+    where: str,
+    narrow: Callable[[np.ndarray[Any, Any], np.dtype[Any], str, str, int], np.ndarray[Any, Any]],
+    scratch: Scratch,
+) -> np.ndarray[Any, Any] | None:
+    """The float tensor in ``region`` parsed a chunk of about :data:`CHUNK` bytes at a
+    time, or ``None`` when it is not read this way (the other readers then read it, and
+    say what is wrong: this one never raises).
+
+    A chunk is a run of whole elements of the outer list, cut at the comma after an
+    element: the text that ends one (``]`` once less than the lists nest, then ``,``)
+    is learned from the first and found from the end of the chunk's window. The chunk
+    goes to simdjson as ``[`` + chunk + ``]`` (the two bytes written around it in the
+    buffer, no copy) and must parse to a regular array of numbers ``(n, *rest)``
+    (:func:`~._json_fast.array_dims`, its ``[`` counted) with the same ``rest`` for
+    every chunk. The tensor's text is those chunks joined by commas inside its
+    brackets, so it is then the regular array ``(sum of n, *rest)`` of their numbers,
+    wherever the cuts fell. The text, simdjson's tape and the numbers of a chunk stay
+    in the processor's cache; memory: the output, twice while it is joined."""
+    view = scratch.window(CHUNK_MAX + 2)
+    buffer = scratch.chunk
+    fd = f.fileno()
+    at, stop = region.start + 1, region.end - 1  # inside the outer brackets
+    closer = b""  # learned from the first element that ends in a window
+    window = CHUNK
+    parts: list[np.ndarray[Any, Any]] = []
+    rows = 0
+    rest: tuple[int, ...] | None = None
+    while at < stop:
+        want = min(window, stop - at)
+        if _pread_into(fd, view[1 : 1 + want], at) != want:
+            return None  # the file changed under us
+        cut = 1 + want
+        if at + want < stop:
+            if not closer:
+                closer = _learn_closer(buffer, cut)
+            found = buffer.rfind(closer, 1, cut) if closer else -1
+            if found < 0:  # no element ends in the window: widen it
+                if window >= CHUNK_MAX:
+                    return None
+                window = min(2 * window, CHUNK_MAX)
+                continue
+            cut = found + len(closer) - 1  # the comma
+        buffer[0], buffer[cut] = 0x5B, 0x5D  # "[" chunk "]"
+        text = view[: cut + 1]
+        opens = _count_opens(buffer, cut + 1)
+        if opens * _json_fast.BYTES_PER_LIST > max(cut, CHUNK):
+            return None  # lists too many to walk in Python: the skeleton decides
+        parsed: Any = None
+        try:
+            parsed = scratch.parser.parse(text)
+            wide = np.frombuffer(parsed.as_buffer(of_type="d"), np.float64)
+            dims = array_dims(parsed, wide.size, opens, None)
+        except (ValueError, TypeError, RuntimeError, AttributeError):
+            return None
+        finally:
+            parsed = None  # the parser is reused
+        if dims is None or (rest is not None and dims[1:] != rest):
+            return None
+        rest = dims[1:]
+        try:
+            parts.append(narrow(wide, dtype, name, where, rows * math.prod(rest)))
+        except FormatError:
+            return None  # out of range: the other readers say where, as always
+        rows += dims[0]
+        at += cut  # past the comma
+        window = CHUNK
+    if rest is None or 1 + len(rest) > MAX_DIMS:
+        return None
+    return _over_bytes(parts, (rows, *rest), dtype, name, where)
+
+
+def _count_opens(buffer: bytearray, end: int) -> int:
+    """How many ``[`` ``buffer[:end]`` holds: found one by one while they are few (a
+    matrix's rows: memchr speed, three times numpy's count), else counted by numpy."""
+    n = 0
+    i = buffer.find(b"[", 0, end)
+    while i >= 0:
+        n += 1
+        if n > 64:
+            return int(np.count_nonzero(np.frombuffer(buffer, np.uint8, end) == 0x5B))
+        i = buffer.find(b"[", i + 1, end)
+    return n
+
+
+def _learn_closer(buffer: bytearray, end: int) -> bytes:
+    """The text that closes the first element of the outer list whose text starts at
+    ``buffer[1]`` and is followed by a comma (``b","`` when its elements are numbers),
+    or ``b""`` when ``buffer[1:end]`` holds none."""
+    opening = _OPENING.match(buffer, 1, end)
+    depth = opening.group().count(b"[") if opening else 0
+    if depth == 0:
+        return b","
+    found = re.compile(rb"\]" + rb"\s*\]" * (depth - 1) + rb"\s*,").search(buffer, 1, end)
+    return found.group() if found else b""
 
 
 _STRUCTURE: Final = re.compile(rb"[\[\]]|[^\[\],0-9.eE+\-\s]")

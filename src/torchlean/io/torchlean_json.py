@@ -59,7 +59,7 @@ from torchlean.io._common import (
     to_numpy,
 )
 from torchlean.io._format import Format
-from torchlean.io._json_fast import Flat, fast_document
+from torchlean.io._json_fast import MAX_DIMS, Flat, fast_document
 from torchlean.io._json_stream import tensor_pieces
 from torchlean.runtime.context import RuntimeContext
 from torchlean.runtime.dtypes import dtype_name, is_extended_float
@@ -547,7 +547,7 @@ def _to_array(
     return _shaped(out, tuple(dims), name, where)
 
 
-_MAX_DIMS: Final = 64  # numpy's limit
+_MAX_DIMS: Final = MAX_DIMS  # numpy's limit
 
 
 def _shaped(
@@ -777,9 +777,8 @@ def _read_streaming(
         found = regions.get(value) if type(value) is str else None
         if found is None:
             return None
-        return _over_bytes(
-            _stream.read_region(f, found, want, name, where, _narrow, _integers, scratch)
-        )
+        # over a bytes object of its own: a context adopts it without a copy
+        return _stream.read_region(f, found, want, name, where, _narrow, _integers, scratch)
 
     doc, numbers_only = _parse(skeleton, where)
     if type(doc) is dict and regions:
@@ -787,17 +786,6 @@ def _read_streaming(
         if isinstance(meta, dict) and any(type(v) is str and v in regions for v in _strings(meta)):
             return None  # a big list inside meta: read the file whole
     return parse_document(doc, where, numbers_only, dtype=dtype, region=region)
-
-
-def _over_bytes(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    """``a``'s values in a read-only array over a ``bytes`` object of their own, ``a``
-    itself dropped: a context adopts such an array as it is (``Backend.adopt`` copies
-    any other), so a big file's tensors are held once while the context is built, not
-    twice. A 1-byte array gets a 2-byte buffer (CPython shares every 1-byte ``bytes``)."""
-    data = a.tobytes()
-    if len(data) == 1:
-        data += b"\0"
-    return np.ndarray(a.shape, a.dtype, data)
 
 
 def _strings(x: Any) -> Iterator[Any]:
