@@ -9,6 +9,10 @@ Reading map:
   it (:meth:`FileSummary.blocks`, read from disk alone where the format can), and
   whether an entry's stored bytes are exactly an array's (:meth:`FileSummary.matches`,
   streamed from disk through one small buffer where the format can).
+- :func:`layout_entries` -- the entries of a file in the torchlean key layout, from
+  each registry's ``(name, key)`` pairs and each key's shape and dtype.
+- :func:`read_whole_once` -- a ``FileSummary`` reader that loads the whole file once,
+  when a first value is asked for (folder formats without block reads).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,7 +30,7 @@ import numpy as np
 from torchlean._text import did_you_mean, format_bytes, printable
 from torchlean.errors import UnknownNameError
 
-__all__ = ["CHUNK", "FileSummary", "TensorInfo"]
+__all__ = ["CHUNK", "FileSummary", "TensorInfo", "layout_entries", "read_whole_once"]
 
 #: The most bytes :meth:`FileSummary.matches` reads at a time.
 CHUNK = 4 << 20
@@ -199,3 +203,61 @@ class FileSummary:
                 f"  {format_bytes(e.nbytes)}"
             )
         return "\n".join(lines)
+
+
+def layout_entries(
+    variables: Sequence[tuple[str, str]],
+    gradients: Sequence[tuple[str, str]],
+    spec: Callable[[str], tuple[tuple[int, ...], str]],
+) -> list[TensorInfo]:
+    """The entries of a file in the torchlean key layout: each registry's ``(name, key)``
+    pairs, most recent first, with ``spec(key)`` giving the key's shape and dtype name
+    (a dtype numpy cannot hold counts 0 bytes). Cost: O(entries)."""
+    from torchlean.io._common import numpy_dtype
+
+    entries: list[TensorInfo] = []
+    registry: Registry
+    for registry, pairs in (("variable", variables), ("gradient", gradients)):
+        seen: set[str] = set()
+        for i, (name, key) in enumerate(pairs):
+            shape, dtype = spec(key)
+            try:
+                itemsize = numpy_dtype(dtype).itemsize
+            except TypeError:
+                itemsize = 0
+            entries.append(
+                TensorInfo(
+                    name=name,
+                    registry=registry,
+                    position=i,
+                    shadowed=name in seen,
+                    shape=shape,
+                    dtype=dtype,
+                    nbytes=math.prod(shape) * itemsize,
+                    key=key,
+                )
+            )
+            seen.add(name)
+    return entries
+
+
+def read_whole_once(
+    load: Callable[[], Any], keys: Sequence[tuple[str, str]]
+) -> Callable[[TensorInfo, int | None], Any]:
+    """A :class:`FileSummary` reader for a file read only whole: the first value asked
+    for loads it (``load()``, a context whose registries, variables then gradients,
+    hold the entries of ``keys`` in order) and keeps its arrays as numpy by key; a
+    value is then the whole array, or its first ``n`` elements. Cost: one whole load."""
+    from torchlean.io._common import to_numpy
+
+    loaded: list[dict[str, Any]] = []
+
+    def read(info: TensorInfo, n: int | None) -> Any:
+        if not loaded:
+            ctx = load()
+            pairs = zip(keys, ctx.var_registry + ctx.gradients, strict=True)
+            loaded.append({key: to_numpy(at) for (_, key), (_, at) in pairs})
+        a = loaded[0][info.key]
+        return a if n is None else a.reshape(-1)[:n]
+
+    return read

@@ -51,10 +51,10 @@ from typing import Any, Final
 from torchlean._validate import require_path
 from torchlean.errors import FormatError
 from torchlean.io._atomic import publish_folder
-from torchlean.io._common import check_backend, numpy_dtype, to_numpy
+from torchlean.io._common import check_backend
 from torchlean.io._format import Format
 from torchlean.io._layout import check_layout, layout_object, plan, template_entries
-from torchlean.io._summary import FileSummary, TensorInfo
+from torchlean.io._summary import FileSummary, layout_entries, read_whole_once
 from torchlean.runtime.backends import backend_named
 from torchlean.runtime.context import RuntimeContext, require_context
 
@@ -498,43 +498,15 @@ def inspect_distributed(path: str | os.PathLike[str]) -> FileSummary:
     require_path(path, "inspect_distributed")
     where = os.path.abspath(os.fspath(path))
     folder = _open(where)
-    entries: list[TensorInfo] = []
-    for registry, pairs in (("variable", folder.variables), ("gradient", folder.gradients)):
-        seen: set[str] = set()
-        for i, (name, key) in enumerate(pairs):
-            shape = tuple(folder.keys[key]["shape"])
-            dtype = folder.keys[key]["dtype"]
-            try:
-                itemsize = numpy_dtype(dtype).itemsize
-            except TypeError:
-                itemsize = 0
-            entries.append(
-                TensorInfo(
-                    name=name,
-                    registry=registry,  # type: ignore[arg-type]
-                    position=i,
-                    shadowed=name in seen,
-                    shape=shape,
-                    dtype=dtype,
-                    nbytes=math.prod(shape) * itemsize,
-                    key=key,
-                )
-            )
-            seen.add(name)
-    loaded: list[dict[str, Any]] = []
-
-    def read(info: TensorInfo, n: int | None) -> Any:
-        if not loaded:
-            ctx = load_distributed(where, backend="torch")
-            pairs = zip(
-                folder.variables + folder.gradients,
-                ctx.var_registry + ctx.gradients,
-                strict=True,
-            )
-            loaded.append({key: to_numpy(at) for (_, key), (_, at) in pairs})
-        a = loaded[0][info.key]
-        return a if n is None else a.reshape(-1)[:n]
-
+    keys = folder.keys
+    entries = layout_entries(
+        folder.variables,
+        folder.gradients,
+        lambda key: (tuple(keys[key]["shape"]), keys[key]["dtype"]),
+    )
+    read = read_whole_once(
+        lambda: load_distributed(where, backend="torch"), folder.variables + folder.gradients
+    )
     return FileSummary(
         path=where,
         format="dcp",

@@ -46,7 +46,6 @@ Reading map:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from typing import Any, Final
@@ -54,10 +53,10 @@ from typing import Any, Final
 from torchlean._validate import require_path
 from torchlean.errors import FormatError, TorchLeanError
 from torchlean.io._atomic import publish_folder
-from torchlean.io._common import check_backend, numpy_dtype, to_numpy
+from torchlean.io._common import check_backend
 from torchlean.io._format import Format
 from torchlean.io._layout import apply_roles, check_layout, layout_object, plan, template_entries
-from torchlean.io._summary import FileSummary, TensorInfo
+from torchlean.io._summary import FileSummary, layout_entries, read_whole_once
 from torchlean.runtime.context import RuntimeContext, require_context
 
 __all__ = [
@@ -382,39 +381,10 @@ def inspect_orbax(path: str | os.PathLike[str]) -> FileSummary:
     where = os.path.abspath(os.fspath(path))
     variables, gradients, next_id, pin, keys, arrays, _ = _open(where)
     _check_arrays(where, keys, arrays)
-    entries: list[TensorInfo] = []
-    for registry, pairs in (("variable", variables), ("gradient", gradients)):
-        seen: set[str] = set()
-        for i, (name, key) in enumerate(pairs):
-            shape = tuple(keys[key]["shape"])
-            dtype = keys[key]["dtype"]
-            try:
-                itemsize = numpy_dtype(dtype).itemsize
-            except TypeError:
-                itemsize = 0
-            entries.append(
-                TensorInfo(
-                    name=name,
-                    registry=registry,  # type: ignore[arg-type]
-                    position=i,
-                    shadowed=name in seen,
-                    shape=shape,
-                    dtype=dtype,
-                    nbytes=math.prod(shape) * itemsize,
-                    key=key,
-                )
-            )
-            seen.add(name)
-    loaded: list[dict[str, Any]] = []
-
-    def read(info: TensorInfo, n: int | None) -> Any:
-        if not loaded:
-            ctx = load_orbax(where)
-            pairs = zip(variables + gradients, ctx.var_registry + ctx.gradients, strict=True)
-            loaded.append({key: to_numpy(at) for (_, key), (_, at) in pairs})
-        a = loaded[0][info.key]
-        return a if n is None else a.reshape(-1)[:n]
-
+    entries = layout_entries(
+        variables, gradients, lambda key: (tuple(keys[key]["shape"]), keys[key]["dtype"])
+    )
+    read = read_whole_once(lambda: load_orbax(where), variables + gradients)
     return FileSummary(
         path=where,
         format="orbax",

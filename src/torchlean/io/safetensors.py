@@ -60,7 +60,7 @@ from torchlean.io._layout import (
     layout_object,
     plan,
 )
-from torchlean.io._summary import CHUNK, Block, FileSummary, TensorInfo
+from torchlean.io._summary import CHUNK, Block, FileSummary, TensorInfo, layout_entries
 from torchlean.runtime.context import RuntimeContext
 
 __all__ = [
@@ -300,7 +300,6 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
     Cost: O(header size); the tensor data is not touched.
     """
     where = os.fspath(path)
-    entries: list[TensorInfo] = []
     f = _File(path)
     try:
         variables, gradients, next_id, pin, layout = f.layout()
@@ -318,27 +317,7 @@ def inspect_safetensors(path: str | os.PathLike[str]) -> FileSummary:
                 f"{where}: tensor `{printable(key)}` has dtype {specs[key][1]} but the file"
                 f" says the context holds {pin} only"
             )
-    for registry, pairs in (("variable", variables), ("gradient", gradients)):
-        seen: set[str] = set()
-        for i, (name, key) in enumerate(pairs):
-            shape, dtype = specs[key]
-            try:
-                itemsize = numpy_dtype(dtype).itemsize
-            except TypeError:
-                itemsize = 0
-            entries.append(
-                TensorInfo(
-                    name=name,
-                    registry=registry,  # type: ignore[arg-type]
-                    position=i,
-                    shadowed=name in seen,
-                    shape=shape,
-                    dtype=dtype,
-                    nbytes=math.prod(shape) * itemsize,
-                    key=key,
-                )
-            )
-            seen.add(name)
+    entries = layout_entries(variables, gradients, specs.__getitem__)
 
     def elements(info: TensorInfo, first: int, count: int) -> np.ndarray[Any, Any]:
         dtype = f.dtype_of(info.key)
