@@ -365,6 +365,11 @@ class Backend:
         a loss). Cost: O(total elements)."""
         return [self.copy(x) for x in values]
 
+    def placements(self, values: list[Any]) -> list[str | None]:
+        """:meth:`placement` of each value (what a cached step plan compares at every
+        step); a library may answer faster in bulk, never otherwise. Cost: O(n)."""
+        return list(map(self.placement, values))
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""
