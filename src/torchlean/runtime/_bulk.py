@@ -18,7 +18,10 @@ Reading map:
   hold ``values``: tensors of the same library and dims as the entries they replace
   (written in place, or copies), adopted as they are; :func:`replace_heads_read` also
   returns the :class:`Heads` written, which the next :func:`heads` takes as ``last``
-  (a registry still holding those records costs one version read per tensor).
+  (a registry still holding those records costs one version read per tensor). Replacing
+  every entry of a library without versions (jax) gives a
+  :class:`~torchlean.runtime._registry.LazyRegistry` (:func:`_replace_lazily`): no
+  per-entry records are built unless something reads them.
 - :func:`heads_unchecked` -- the records as :class:`Heads`, versions not checked.
 - :func:`roles` -- the context's buffers-and-aliases record, shared by derived contexts
   (``is`` tells a cached layout that they did not change).
