@@ -22,6 +22,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=" + (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 if MODE == "multi":
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -141,6 +142,27 @@ def planned_steps(explicit: object) -> None:
             assert str(e).endswith("; nothing was updated"), e
         else:
             raise AssertionError("a planned step took a gradient sharded otherwise")
+        # donated: once the plan saw the update keep its placements, it no longer reads
+        # what it wrote, and still reads every new gradient
+        ctx = empty_context().with_variables([("w", put(values((8, 4), 5), row))], adopt=True)
+        state = opt.init(ctx)
+        for seed in (6, 7, 8, 9):
+            grads = ctx.with_gradients([("w", put(values((8, 4), seed), row))])
+            ctx, state = opt.step(grads, state)
+        (plan,) = opt._plans.plans
+        assert plan.settled and plan.placements == [ctx.variable_entry("w").placement]
+        moved = ctx.with_gradients([("w", put(values((8, 4), 8), col))])
+        try:
+            opt.step(moved, state)
+        except TorchLeanError as e:
+            assert str(e).startswith("optimizer step: gradient `w` is laid out as P('y')"), e
+        else:
+            raise AssertionError("a settled plan took a gradient sharded otherwise")
+        # the bulk read of placements answers as the one-by-one read
+        library = ctx.variable_entry("w").library
+        mixed = [put(values((8, 4), 1), row), jnp.zeros(3), put(values((8, 4), 2), col)]
+        for arrays in (mixed, mixed[1:2] * 3, mixed[::2], []):
+            assert library.placements(arrays) == list(map(library.placement, arrays))
 
 
 def orbax(folder: str) -> None:

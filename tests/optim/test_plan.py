@@ -20,6 +20,7 @@ from torchlean.errors import (
     UnknownNameError,
 )
 from torchlean.runtime import _bulk
+from torchlean.runtime._registry import LazyRegistry
 
 SHAPES = {"w": (3, 2), "b": (2,), "s": ()}
 
@@ -220,3 +221,57 @@ def test_latest_names_follows_first_registration() -> None:
     assert _bulk.latest_names(ctx) == ["w", "b", "s", "z"]
     assert _bulk.latest_names(ctx) is _bulk.latest_names(ctx)
     assert _bulk.latest_names(ctx, gradients=True) == []
+
+
+def entries(ctx: RuntimeContext[Any]) -> list[tuple[str, tuple[int, ...], list[float]]]:
+    return [(n, at.dims, np.asarray(at.t).ravel().tolist()) for n, at in ctx.var_registry]
+
+
+def test_replacing_every_jax_entry_builds_the_records_only_when_read() -> None:
+    ctx = make("jax")  # names w, b, s: one entry each
+    names = ["s", "w", "b"]  # another order than the registry's
+    fresh = [jnp.full(SHAPES[n], i + 1.0) for i, n in enumerate(names)]
+    new, wrote = _bulk.replace_heads_read(ctx, names, fresh)
+    assert isinstance(new._v, LazyRegistry) and not new._v.built
+    # the next step, handed this context and what it wrote, reads nothing again
+    assert _bulk.heads(new, names, last=wrote) is wrote
+    again, wrote2 = _bulk.replace_heads_read(new, names, [x + 1 for x in fresh], read=wrote)
+    assert not new._v.built and isinstance(again._v, LazyRegistry)
+    # read like any context: the same entries as the public batch edit gives
+    want = ctx.with_variables(list(zip(names, [x + 1 for x in fresh], strict=True)), adopt=True)
+    assert entries(again) == entries(want)
+    assert again.next_id == ctx.next_id
+    with pytest.raises(ShapeMismatchError, match=r"variable `w` has shape \(3, 2\)"):
+        again.variable("w", (2, 3))  # a lookup still checks the shape it returns
+    # once built, the written heads still serve the next read
+    assert _bulk.heads(again, names, last=wrote2) is wrote2
+    assert float(ctx["s"]) != float(again["s"])  # the first context is unchanged
+
+
+def test_replacing_some_or_shadowed_jax_entries_keeps_the_eager_records() -> None:
+    ctx = make("jax")
+    some, _ = _bulk.replace_heads_read(ctx, ["w"], [jnp.zeros((3, 2))])
+    assert not isinstance(some._v, LazyRegistry)
+    shadowed = ctx.register_variable("b", jnp.ones(2))
+    new, _ = _bulk.replace_heads_read(
+        shadowed, ["w", "b", "s"], [jnp.zeros(s) for s in [(3, 2), (2,), ()]]
+    )
+    assert not isinstance(new._v, LazyRegistry)
+    assert [n for n, _ in new.var_registry] == ["b", "s", "b", "w"]
+    assert np.asarray(new.var_registry[2][1].t).tolist() == np.asarray(ctx["b"]).tolist()
+
+
+def test_planned_jax_steps_hand_on_unbuilt_registries_and_keep_every_value() -> None:
+    opt, ref = optim.adamw(lr=0.1), optim.adamw(lr=0.1)
+    ctx = with_grads(make("jax"))
+    state = opt.init(ctx)
+    want = with_grads(make("jax"))
+    want_state = ref.init(want)
+    for _ in range(4):
+        ctx, state = opt.step(ctx, state)
+        want, want_state = ref.step(want, want_state, donate=False)
+    assert isinstance(ctx._v, LazyRegistry) and not ctx._v.built
+    assert isinstance(state._v, LazyRegistry) and not state._v.built
+    assert entries(ctx) == entries(want)
+    assert entries(state) == entries(want_state)
+    assert ctx.gradient_names() == want.gradient_names()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import jax
@@ -15,7 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from torchlean import RuntimeContext, empty_context
-from torchlean.errors import BackendError, DonatedContextError, InPlaceModificationError
+from torchlean.errors import (
+    BackendError,
+    DonatedContextError,
+    InPlaceModificationError,
+    ShapeMismatchError,
+)
 from torchlean.runtime import pytree
 from torchlean.runtime.context import donate
 from torchlean.runtime.pytree import EntryKey, Layout
@@ -283,6 +289,31 @@ def test_eval_shape_gives_shape_dtype_structs():
 def test_a_leaf_of_another_shape_gives_the_entry_that_shape():
     out = jax.tree_util.tree_map(lambda x: jnp.zeros((7,)), sample())
     assert {at.dims for _, at in out.var_registry} == {(7,)}
+
+
+def test_remembered_avals_stand_for_the_layout_dims_and_nothing_else():
+    ctx = RuntimeContext.from_state_dict({"w": jnp.ones((3, 2)), "b": jnp.zeros(2)})
+    ctx = ctx.with_gradients([("w", jnp.ones((3, 2)))], adopt=True)
+    step = jax.jit(lambda c: jax.tree_util.tree_map(lambda x: x + 1, c))
+    for _ in range(3):  # the outputs' avals are remembered with the layout
+        ctx = step(ctx)
+    leaves, treedef = jax.tree_util.tree_flatten(ctx)
+    skeleton = pytree._skeleton(treedef.node_data()[1])
+    assert skeleton is not None
+    assert all(map(operator.is_, skeleton[3][0], [x.aval for x in leaves[:2]]))
+    assert [at.dims for _, at in ctx.var_registry] == [(2,), (3, 2)]
+    # other shapes or dtypes under the same layout: the shapes are read
+    for fn, dims, grads in (
+        (lambda x: x[None], [(1, 2), (1, 3, 2)], [(1, 3, 2)]),
+        (lambda x: x.sum(), [(), ()], [()]),
+        (lambda x: x.astype(jnp.int32), [(2,), (3, 2)], [(3, 2)]),
+    ):
+        out = jax.tree_util.tree_map(fn, ctx)
+        assert [at.dims for _, at in out.var_registry] == dims
+        assert [at.dims for _, at in out.gradients] == grads
+        assert jax.tree_util.tree_structure(out).node_data()[1].variable_dims == tuple(dims)
+    with pytest.raises(ShapeMismatchError, match=r"variable `w` has shape \(3, 2\)"):
+        step(ctx).variable("w", (2, 3))
 
 
 # ---------------------------------------------------------------- protection

@@ -15,12 +15,13 @@ pairing path, which explains every problem, and a new plan is made from it.
 
 Placements are part of the key by construction: a plan of a library that overrides
 :meth:`Backend.placement` (DTensor, sharded jax arrays) records the placement of every
-parameter, gradient and state entry and compares them at every step, so a gradient laid
-out differently from its variable (a DTensor ``Partial``, a jax array resharded) always
-reaches the pairing path's ``placement-mismatch`` refusal; it is never updated through
-a hidden redistribution. (A DTensor layout has no plan today: its state mixes a plain
-``count`` with DTensor entries, which :meth:`Plan.build` declines; the placements are
-compared whatever that rule becomes.)
+parameter, gradient and state entry and compares them at every step (all but the
+arrays the previous step read or wrote, whose layout is known: :meth:`Plan._placed`),
+so a gradient laid out differently from its variable (a DTensor ``Partial``, a jax
+array resharded) always reaches the pairing path's ``placement-mismatch`` refusal; it
+is never updated through a hidden redistribution. (A DTensor layout has no plan today:
+its state mixes a plain ``count`` with DTensor entries, which :meth:`Plan.build`
+declines; the placements are compared whatever that rule becomes.)
 
 Reading map:
 - :class:`Plans` -- what an :class:`~torchlean.optim.Optimizer` keeps: a few recent
@@ -67,6 +68,7 @@ class Plan:
         "library",
         "names",
         "placements",
+        "settled",
         "sizes",
         "slots",
         "state_dims",
@@ -91,6 +93,9 @@ class Plan:
         #: for one whose values all live in one place (nothing to compare)
         self.placements: list[str | None] | None = None
         self.state_placements: list[str | None] | None = None
+        #: whether the update was seen to give results of the plan's placements from
+        #: arguments of the plan's placements (then what it writes is not read again)
+        self.settled = False
         self.library: Backend | None = None
         #: how many step counters the update takes: one per parameter, or 1 (shared)
         self.steps = 0
@@ -147,8 +152,8 @@ class Plan:
         plan.state_dims, plan.state_libraries = entries.dims, entries.libraries
         plan.dtypes = list(map(_DTYPE, params.tensors))
         if placed(library):  # the pairing path checked them: gradients as parameters
-            plan.placements = list(map(library.placement, params.tensors))
-            plan.state_placements = list(map(library.placement, entries.tensors))
+            plan.placements = library.placements(params.tensors)
+            plan.state_placements = library.placements(entries.tensors)
         # a library whose buffers are never written in place (jax) has no aliases to check
         plan.aliasing = any(library.buffer_range(t) is not None for t in params.tensors)
         if donate:
@@ -192,7 +197,7 @@ class Plan:
             and list(map(_DTYPE, grads.tensors)) == self.dtypes
         ):
             return None
-        if self.placements is not None and not self._placed(grads, params, entries):
+        if self.placements is not None and not self._placed(grads, params, entries, last):
             return None  # laid out otherwise: the pairing path refuses or re-plans
         if donate and self.aliasing:
             checked = self.checked
@@ -237,18 +242,33 @@ class Plan:
         self.last = (grads, wrote_params, wrote_entries) if donate else _NOTHING
         return new_ctx, new_state
 
-    def _placed(self, grads: _bulk.Heads, params: _bulk.Heads, entries: _bulk.Heads) -> bool:
+    def _placed(
+        self, grads: _bulk.Heads, params: _bulk.Heads, entries: _bulk.Heads, last: Any
+    ) -> bool:
         """Whether the gradients and parameters have the plan's placements and the state
-        entries theirs; read at every step, also for what the plan itself wrote (an
-        update may lay its results out anew). Cost: one ``placement`` call per tensor."""
+        entries theirs. What the previous step read (``last[0]``: the same arrays,
+        unwritten) compared equal then, and is not read again; what it wrote
+        (``last[1]``, ``last[2]``) is read until one step finds it laid out as planned
+        (an update may lay its results out anew): from then on the update is known to
+        keep the plan's placements (the layout of a result is a function of its
+        arguments' layouts), and what it writes from arguments laid out as planned is
+        not read again. Cost: :meth:`Backend.placements` of each list read (C-level
+        loops for jax arrays on one device each)."""
         library = self.library
         assert library is not None
-        where = library.placement
-        return (
-            list(map(where, grads.tensors)) == self.placements
-            and list(map(where, params.tensors)) == self.placements
-            and list(map(where, entries.tensors)) == self.state_placements
-        )
+        where = library.placements
+        settled = self.settled
+        wrote_params = params is last[1]
+        wrote_entries = entries is last[2]
+        if not (
+            (grads is last[0] or where(grads.tensors) == self.placements)
+            and ((settled and wrote_params) or where(params.tensors) == self.placements)
+            and ((settled and wrote_entries) or where(entries.tensors) == self.state_placements)
+        ):
+            return False
+        if wrote_params and wrote_entries:
+            self.settled = True
+        return True
 
 
 def placed(library: Backend) -> bool:

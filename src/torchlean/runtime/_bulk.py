@@ -18,7 +18,10 @@ Reading map:
   hold ``values``: tensors of the same library and dims as the entries they replace
   (written in place, or copies), adopted as they are; :func:`replace_heads_read` also
   returns the :class:`Heads` written, which the next :func:`heads` takes as ``last``
-  (a registry still holding those records costs one version read per tensor).
+  (a registry still holding those records costs one version read per tensor). Replacing
+  every entry of a library without versions (jax) gives a
+  :class:`~torchlean.runtime._registry.LazyRegistry` (:func:`_replace_lazily`): no
+  per-entry records are built unless something reads them.
 - :func:`heads_unchecked` -- the records as :class:`Heads`, versions not checked.
 - :func:`roles` -- the context's buffers-and-aliases record, shared by derived contexts
   (``is`` tells a cached layout that they did not change).
@@ -30,7 +33,7 @@ import operator
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from torchlean.runtime._registry import Order, Registry
+from torchlean.runtime._registry import LazyRegistry, Order, Registry
 from torchlean.runtime.any_tensor import LIBRARIES, VERSION_READERS
 from torchlean.runtime.backends import Backend
 from torchlean.runtime.context import RuntimeContext
@@ -65,15 +68,28 @@ class Heads(NamedTuple):
     counts: tuple[int, ...] = ()
     rests: tuple[Any, ...] = ()
     ids: tuple[int, ...] = ()
-    #: the registry mapping the records were read from (or written to)
+    #: the registry mapping the records were read from (or written to); ``None`` for
+    #: a :class:`LazyRegistry` written without its records
     mapping: Any = None
+    #: the registry read (or written): holding it, a context holds exactly these entries
+    registry: Any = None
 
 
 def _registry(ctx: RuntimeContext[Any], gradients: bool) -> Registry:
     # a donated context's registry raises DonatedContextError on the first attribute read
     registry: Registry = ctx._g if gradients else ctx._v
-    registry.map  # noqa: B018
+    registry.size  # noqa: B018
     return registry
+
+
+def _holds(registry: Registry, read: Heads) -> bool:
+    """Whether ``registry`` holds exactly the entries ``read`` was read from (or wrote);
+    a :class:`LazyRegistry` is not built to tell."""
+    if read.registry is registry:
+        return True
+    if type(registry) is LazyRegistry and not registry.built:
+        return False
+    return read.mapping is not None and read.mapping is registry.map
 
 
 # One remembered answer per registry kind: (order object, names). The order of a
@@ -118,18 +134,19 @@ def heads(
     again and ``last`` itself is returned (``is`` tells the caller nothing changed).
     Cost: O(m) C-level steps for m names.
     """
-    mapping = _registry(ctx, gradients).map
-    if last is not None and last.mapping is mapping and last.versions:
+    registry = _registry(ctx, gradients)
+    if last is not None and last.versions and _holds(registry, last):
         reader = VERSION_READERS[last.libraries[0]]
         if reader is not None and tuple(map(reader, last.tensors)) != last.versions:
             return None
         return last
+    mapping = registry.map
     try:
         records = list(map(mapping.__getitem__, names))
     except KeyError:
         return None
     if not records:
-        return Heads([], [], [], [], mapping=mapping)
+        return Heads([], [], [], [], mapping=mapping, registry=registry)
     dims, tensors, versions, libraries, counts, rests, ids = zip(*records, strict=True)
     first = libraries[0]
     if libraries.count(first) == len(libraries):
@@ -139,7 +156,7 @@ def heads(
         # one library: the versions are remembered for a later ``last`` read
         return Heads(
             list(tensors), list(dims), list(libraries), records,
-            versions, counts, rests, ids, mapping,
+            versions, counts, rests, ids, mapping, registry,
         )  # fmt: skip
     for record in records:
         version = record[2]
@@ -183,11 +200,16 @@ def replace_heads_read(
     :func:`replace_heads_trusted`.
     """
     registry = _registry(ctx, gradients)
-    mapping = registry.map
-    if read is None or read.mapping is not mapping:
-        read = heads_unchecked(mapping, names)
+    if read is None or not _holds(registry, read):
+        read = heads_unchecked(registry.map, names, registry)
     libraries = read.libraries
     one = bool(libraries) and libraries.count(libraries[0]) == len(libraries)
+    if one and VERSION_READERS[libraries[0]] is None:
+        lazy = _replace_lazily(ctx, registry, names, values, read, gradients)
+        if lazy is not None:
+            return lazy
+    if names and not read.records:  # written lazily: the records are built now
+        read = heads_unchecked(registry.map, names, registry)
     if one:
         reader = VERSION_READERS[libraries[0]]
         versions = (None,) * len(values) if reader is None else tuple(map(reader, values))
@@ -211,14 +233,14 @@ def replace_heads_read(
             else (r[0], v, version, r[3], 1, (r, r[4] - 1, r[5]), r[6])
             for r, v, version in zip(read.records, values, versions, strict=True)
         ]
-    new_map = mapping.update(zip(names, new, strict=True))
+    new_map = registry.map.update(zip(names, new, strict=True))
     registry = Registry(new_map, registry.order, registry.size)
     if gradients:
         out = ctx._derive(ctx._v, registry, ctx._next_id)
     else:
         out = ctx._derive(registry, ctx._g, ctx._next_id)
     if not new:
-        return out, Heads([], [], [], [], mapping=new_map)
+        return out, Heads([], [], [], [], mapping=new_map, registry=registry)
     wrote = Heads(
         list(values),
         read.dims,
@@ -229,20 +251,81 @@ def replace_heads_read(
         rests if rests is not None else tuple(map(_REST, new)),
         read.ids if read.ids else tuple(map(_ID, new)),
         new_map,
+        registry,
     )
     return out, wrote
 
 
-def heads_unchecked(mapping: Any, names: Sequence[str]) -> Heads:
-    """The records of ``names`` in ``mapping`` as :class:`Heads`, versions not checked
-    (every name must have an entry). Cost: O(m) C-level steps."""
+# (id(names), id(order)) -> (a copy of names, order, the registry's names most recent
+# first, the position in ``names`` of each of those): a plan replaces the same names
+# step after step
+_LAZY_ORDERS: dict[tuple[int, int], tuple[list[str], Order, tuple[str, ...], list[int]]] = {}
+#: How many (names, order) pairs are remembered.
+_KEEP = 16
+
+
+def _replace_lazily(
+    ctx: RuntimeContext[Any],
+    registry: Registry,
+    names: Sequence[str],
+    values: Sequence[Any],
+    read: Heads,
+    gradients: bool,
+) -> tuple[RuntimeContext[Any], Heads] | None:
+    """:func:`replace_heads_read` for ``names`` that are every name of ``registry``, one
+    entry each, of one library without versions (jax): the new registry is a
+    :class:`LazyRegistry` over the values (its records and map built only if something
+    reads it), so a step that replaces everything builds no per-entry records. ``None``
+    when the registry or the names do not qualify. Cost: O(n) C-level steps."""
+    n = len(names)
+    if n == 0 or n != registry.size:
+        return None
+    found = _LAZY_ORDERS.get((id(names), id(registry.order)))
+    if found is not None and found[1] is registry.order and found[0] == names:
+        ordered, where = found[2], found[3]
+    else:
+        if type(registry) is LazyRegistry and not registry.built:
+            ordered = registry.leaf_names
+        elif len(registry.map) == n:
+            ordered = tuple(registry.names())
+        else:
+            return None  # a name with several entries
+        index = {name: i for i, name in enumerate(names)}
+        if len(index) != n or not all(map(index.__contains__, ordered)):
+            return None
+        where = list(map(index.__getitem__, ordered))
+        if len(_LAZY_ORDERS) >= _KEEP:
+            _LAZY_ORDERS.clear()
+        key = (id(names), id(registry.order))
+        _LAZY_ORDERS[key] = (list(names), registry.order, ordered, where)
+    leaves = list(map(values.__getitem__, where))
+    dims = read.dims
+    new = LazyRegistry(
+        ordered, tuple(map(dims.__getitem__, where)), leaves, read.libraries[0], registry.order
+    )
+    if gradients:
+        out = ctx._derive(ctx._v, new, ctx._next_id)
+    else:
+        out = ctx._derive(new, ctx._g, ctx._next_id)
+    ones = (1,) * n
+    wrote = Heads(
+        list(values), dims, read.libraries, [],
+        (None,) * n, ones, (None,) * n, ones, None, new,
+    )  # fmt: skip
+    return out, wrote
+
+
+def heads_unchecked(mapping: Any, names: Sequence[str], registry: Any = None) -> Heads:
+    """The records of ``names`` in ``mapping`` (the map of ``registry``) as
+    :class:`Heads`, versions not checked (every name must have an entry). Cost: O(m)
+    C-level steps."""
     records = list(map(mapping.__getitem__, names))
     if not records:
-        return Heads([], [], [], [], mapping=mapping)
+        return Heads([], [], [], [], mapping=mapping, registry=registry)
     dims, tensors, versions, libraries, counts, rests, ids = zip(*records, strict=True)
     return Heads(
         list(tensors), list(dims), list(libraries), records,
-        versions, counts, rests, ids, mapping,
+        versions, counts, rests, ids, mapping, registry,
     )  # fmt: skip
 
 

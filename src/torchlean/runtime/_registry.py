@@ -212,6 +212,8 @@ class LazyRegistry(Registry):
     training step hands each output context straight to the next call, which flattens
     it again; the leaves, names and shapes are all that call reads, so the records (one
     tuple per entry) and the map are built only for a context something else reads.
+    An optimizer step that replaces every entry of jax arrays makes one too
+    (:mod:`torchlean.runtime._bulk`): the next step reads its leaves as it wrote them.
     The values are stored as they are: arrays of a library that is never written in
     place (no versions to record) and never copied on the way in (not numpy).
     """

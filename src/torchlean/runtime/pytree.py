@@ -159,7 +159,9 @@ def _flatten(ctx: RuntimeContext[Any]) -> tuple[list[Any], Layout]:
 # entry (no shadowing), the leaves are the records' tensors in the order's name order, and
 # a registry is a map of fresh records plus that order: both built with C-level loops,
 # and the order (names, chunks) and the Layout object are remembered per layout, so that
-# jax compares and hashes an identical object.
+# jax compares and hashes an identical object. The shapes of a jitted loop's outputs are
+# not read one by one either: jax gives them the same aval objects at every call, and
+# avals seen once with the layout's dims stand for those dims (Backend.shape_keys).
 
 _DIMS = operator.itemgetter(0)
 _TENSOR = operator.itemgetter(1)
@@ -169,8 +171,11 @@ _SHAPE = operator.attrgetter("shape")
 _KEEP = 16
 #: id(order) -> (order, its names most recent first): the orders of remembered layouts.
 _ORDERS: dict[int, tuple[Order, tuple[str, ...]]] = {}
-#: id(layout) -> (layout, variables' order, gradients' order).
-_SKELETONS: dict[int, tuple[Layout, Order, Order]] = {}
+#: A remembered layout: (layout, variables' order, gradients' order, and for each the
+#: shape keys of leaves that had the layout's dims, in a list of one).
+_Skeleton = tuple[Layout, Order, Order, list[Any], list[Any]]
+#: id(layout) -> its skeleton.
+_SKELETONS: dict[int, _Skeleton] = {}
 #: (id(variable names), id(gradient names)) -> the last Layout flattened with them.
 _LAYOUTS: dict[tuple[int, int], Layout] = {}
 
@@ -242,12 +247,23 @@ def _same_layout(
     return layout
 
 
-def _quick_registry(names: tuple[str, ...], leaves: list[Any], order: Order) -> Registry | None:
+def _quick_registry(
+    names: tuple[str, ...],
+    leaves: list[Any],
+    order: Order,
+    dims: tuple[tuple[int, ...], ...],
+    seen: list[Any],
+) -> Registry | None:
     """``_registry`` for names with one entry each whose leaves are arrays of one
     library that stores them as they are, never written in place (jax: not numpy, which
     copies a writeable array, nor torch, whose versions are recorded): a
     :class:`LazyRegistry` over the remembered ``order``. ``None`` when the leaves do
-    not qualify."""
+    not qualify.
+
+    ``dims``: the layout's; ``seen[0]``: the :meth:`Backend.shape_keys` of leaves found
+    to have exactly those dims before (kept alive there). Leaves with the very same key
+    objects have those dims (a jitted loop's outputs: jax's avals), and their shapes
+    are not read one by one."""
     if not leaves:
         return EMPTY
     kinds = set(map(type, leaves))
@@ -256,9 +272,21 @@ def _quick_registry(names: tuple[str, ...], leaves: list[Any], order: Order) -> 
     backend = BY_TYPE.get(next(iter(kinds)))
     if backend is None or backend is NUMPY or backend.versioned:
         return None
-    dims = tuple(map(_SHAPE, leaves))
-    if set(map(type, dims)) != {tuple}:
-        return None
+    keys = backend.shape_keys(leaves)
+    known = seen[0]
+    if (
+        keys is None
+        or known is None
+        or len(keys) != len(known)
+        or not all(map(operator.is_, keys, known))
+    ):
+        found = tuple(map(_SHAPE, leaves))
+        if set(map(type, found)) != {tuple}:
+            return None
+        if found != dims:
+            dims = found
+        elif keys is not None:
+            seen[0] = keys  # they stand for these dims from now on
     return LazyRegistry(names, dims, leaves, library_index(backend), order)
 
 
@@ -332,9 +360,10 @@ def _unflatten(layout: Layout, children: Iterable[Any]) -> RuntimeContext[Any]:
     v = g = None
     skeleton = _skeleton(layout)
     if skeleton is not None:
-        v = _quick_registry(layout.variables, leaves[:nv], skeleton[1])
+        _, vorder, gorder, vseen, gseen = skeleton
+        v = _quick_registry(layout.variables, leaves[:nv], vorder, layout.variable_dims, vseen)
         if v is not None:
-            g = _quick_registry(layout.gradients, leaves[nv:], skeleton[2])
+            g = _quick_registry(layout.gradients, leaves[nv:], gorder, layout.gradient_dims, gseen)
     if v is None or g is None:
         v = _registry(layout.variables, layout.variable_dims, leaves[:nv])
         g = _registry(layout.gradients, layout.gradient_dims, leaves[nv:])
@@ -344,16 +373,18 @@ def _unflatten(layout: Layout, children: Iterable[Any]) -> RuntimeContext[Any]:
     return ctx
 
 
-def _skeleton(layout: Layout) -> tuple[Layout, Order, Order] | None:
-    """``(layout, variables' order, gradients' order)`` for a layout whose names have
-    one entry each (remembered per layout object), else ``None``."""
+def _skeleton(layout: Layout) -> _Skeleton | None:
+    """``(layout, variables' order, gradients' order, [variables' keys], [gradients'
+    keys])`` for a layout whose names have one entry each (remembered per layout
+    object), else ``None``; the keys (``None`` at first) are those of leaves found to
+    have the layout's dims (:func:`_quick_registry`)."""
     found = _SKELETONS.get(id(layout))
     if found is not None and found[0] is layout:
         return found
     v, g = layout.variables, layout.gradients
     if len(set(v)) != len(v) or len(set(g)) != len(g):
         return None
-    skeleton = (layout, _order_of(v), _order_of(g))
+    skeleton: _Skeleton = (layout, _order_of(v), _order_of(g), [None], [None])
     _remember(_SKELETONS, id(layout), skeleton)
     # flattening a context built on this layout gives this very object back
     _remember(_LAYOUTS, (id(v), id(g)), layout)

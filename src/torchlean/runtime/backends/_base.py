@@ -365,6 +365,19 @@ class Backend:
         a loss). Cost: O(total elements)."""
         return [self.copy(x) for x in values]
 
+    def placements(self, values: list[Any]) -> list[str | None]:
+        """:meth:`placement` of each value (what a cached step plan compares at every
+        step); a library may answer faster in bulk, never otherwise. Cost: O(n)."""
+        return list(map(self.placement, values))
+
+    def shape_keys(self, values: list[Any]) -> list[Any] | None:
+        """For each value an object that only values of one shape share, read faster
+        than the shape (jax: the aval, one object per shape and dtype), or ``None``
+        (the default) where the library has none. A caller that remembers the keys of
+        values whose shapes it read compares later keys by identity instead of reading
+        shapes again. Cost: O(n) C-level steps."""
+        return None
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

