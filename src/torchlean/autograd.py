@@ -174,13 +174,22 @@ def value_and_grad(
                 copies = one.copy_all(layout.buffer_values)
             else:
                 copies = list(map(_copy, layout.buffer_libraries, layout.buffer_values))
-            edited = layout.edited
+            edited, order = layout.edited, layout.edited_order
 
             def inner(leaves: list[Any]) -> RuntimeContext[Any]:
-                return _bulk.replace_heads_trusted(ctx, edited, [*leaves, *copies])
+                given = [*leaves, *copies]
+                if order is None:
+                    return _bulk.replace_heads_trusted(ctx, edited, given)
+                # every variable, in the registry's order: call_module's read of this
+                # context is then what the edit wrote (versions checked only)
+                every = list(map(given.__getitem__, order))
+                return _bulk.replace_heads_trusted(ctx, layout.every, every, read=layout.read)
         else:
+            whole = layout.whole
 
             def inner(leaves: list[Any]) -> RuntimeContext[Any]:
+                if whole:
+                    return _bulk.replace_heads_trusted(ctx, layout.every, leaves, read=layout.read)
                 return _bulk.replace_heads_trusted(ctx, names, leaves)
 
         if reduce is not None:
@@ -261,6 +270,15 @@ class _Layout(NamedTuple):
     buffer_index: dict[str, int]
     #: the buffers' one array library (``None``: none, or several)
     buffer_library: Backend | None
+    #: when ``edited`` holds every variable: for each name of :attr:`every`, its
+    #: position in ``edited`` (else ``None``)
+    edited_order: list[int] | None
+    #: whether ``names`` is every variable, in the registry's order
+    whole: bool
+    #: the names of the latest entries (:func:`~torchlean.runtime._bulk.latest_names`)
+    #: and their records, read and checked
+    every: list[str]
+    read: _bulk.Heads
 
 
 class _Layouts:
@@ -293,8 +311,8 @@ class _Layouts:
                 and last[2] == read.libraries
                 and last[3] == dtypes
             ):
-                build: Callable[[list[Any]], _Layout] = last[4]
-                return build(read.tensors)
+                build: Callable[[_bulk.Heads], _Layout] = last[4]
+                return build(read)
         names = differentiable_names(ctx, self.frozen)
         library = _library_of_names(ctx, names)
         ctx.state_dict()  # every entry read and checked
@@ -309,27 +327,36 @@ class _Layouts:
         buffer_dims = [read.dims[i] for i in kept]
         buffer_libraries = [_bulk.library(read.libraries[i]) for i in kept]
         edited = [*names, *buffers]
+        at = {name: i for i, name in enumerate(edited)}
+        covers = len(at) == len(every) and all(name in at for name in every)
+        edited_order = [at[name] for name in every] if covers else None
+        whole = names == every
         buffer_index = {name: i for i, name in enumerate(buffers)}
         kinds = set(buffer_libraries)
         buffer_library = buffer_libraries[0] if len(kinds) == 1 else None
 
-        def layout(tensors: list[Any]) -> _Layout:
+        def layout(read: _bulk.Heads) -> _Layout:
+            tensors = read.tensors
             return _Layout(
                 names,
                 library,
-                [tensors[i] for i in positions],
+                list(tensors) if whole else list(map(tensors.__getitem__, positions)),
                 dims,
                 buffers,
-                [tensors[i] for i in kept],
+                list(map(tensors.__getitem__, kept)),
                 buffer_dims,
                 buffer_libraries,
                 edited,
                 buffer_index,
                 buffer_library,
+                edited_order,
+                whole,
+                every,
+                read,
             )
 
         self.last = (every, roles, read.libraries, list(map(_DTYPE, read.tensors)), layout)
-        return layout(read.tensors)
+        return layout(read)
 
 
 _DTYPE = operator.attrgetter("dtype")
@@ -363,6 +390,11 @@ def _returns_copies(state: Any, layout: _Layout, copies: list[Any]) -> bool:
     the loss received, their dims unchanged (BatchNorm's in-place update)."""
     if type(state) is not dict:
         return False
+    one = layout.buffer_library
+    if one is not None and len(state) == len(copies) and list(state) == layout.buffers:
+        # every buffer, in the layout's order (what call_module returns): C-level passes
+        values = list(state.values())
+        return all(map(operator.is_, values, copies)) and one.dims_all(values) == layout.buffer_dims
     # C-level loops: a BatchNorm CNN returns a dozen buffers at every step
     found = list(map(layout.buffer_index.get, state))
     if None in found:
@@ -371,7 +403,6 @@ def _returns_copies(state: Any, layout: _Layout, copies: list[Any]) -> bool:
     values = list(state.values())
     if not all(map(operator.is_, map(copies.__getitem__, at), values)):
         return False
-    one = layout.buffer_library
     if one is not None:
         dims = list(map(one.dims, values))
     else:
@@ -395,6 +426,10 @@ def _land_state(
     if layout is not None:
         keys = list(new_state)
         one = layout.buffer_library
+        if one is not None and keys == layout.buffers:
+            # every buffer in the layout's order: their records were read with the layout
+            fresh = one.adopt_all(list(new_state.values()))
+            return _bulk.replace_heads_trusted(ctx, keys, fresh)
         if one is not None:
             fresh = one.adopt_all(list(new_state.values()))
         else:

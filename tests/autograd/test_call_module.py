@@ -216,3 +216,31 @@ def test_batchnorm_writing_a_stored_context_is_caught() -> None:
     with pytest.raises(InPlaceModificationError, match="`num_batches_tracked` was modified"):
         ctx.state_dict()
     assert int(model.num_batches_tracked) == 0  # the module's own buffers were not
+
+
+def test_write_inside_the_loss_before_the_call_is_caught() -> None:
+    """value_and_grad's inner context is read back by call_module checking versions only
+    (the records it just wrote): a write through it in between is still caught, and the
+    stored context's buffers and the module's own are untouched."""
+    model = Tied().train()
+    ctx = RuntimeContext.from_module(model)
+    idx = torch.tensor([1, 2, 3])
+    kept = {n: ctx[n].clone() for n in ctx.buffers()}
+
+    def loss(c: RuntimeContext[Any], write: bool) -> Any:
+        if write:
+            c["norm.num_batches_tracked"].add_(5)
+        out, state = call_module(model, c, idx, state=True)
+        return out.sum(), state
+
+    grad_fn = value_and_grad(loss, has_state=True)
+    _, new = grad_fn(ctx, False)  # the layout cached, the buffers landed
+    assert int(new["norm.num_batches_tracked"]) == 1
+    with pytest.raises(
+        InPlaceModificationError, match=r"`norm\.num_batches_tracked` was modified in place"
+    ):
+        grad_fn(new, True)
+    for name, value in kept.items():
+        assert torch.equal(ctx[name], value), name
+    assert int(new["norm.num_batches_tracked"]) == 1
+    assert int(model.norm.num_batches_tracked) == 0

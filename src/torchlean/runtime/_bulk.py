@@ -12,7 +12,8 @@ Reading map:
   cached per registry layout (O(1) when the names did not change).
 - :func:`heads` -- the tensors, dims and library indices of the most recent entry of
   each name, checked against in-place writes; ``None`` when a name is missing or a
-  tensor was written (the caller then takes its explaining path).
+  tensor was written (the caller then takes its explaining path). A read of the names
+  the last replace wrote, on the registry it made, checks only the versions.
 - :func:`library` -- the backend a :attr:`Heads.libraries` index names.
 - :func:`replace_heads_trusted` -- a new context whose most recent entries of ``names``
   hold ``values``: tensors of the same library and dims as the entries they replace
@@ -76,6 +77,11 @@ def _registry(ctx: RuntimeContext[Any], gradients: bool) -> Registry:
     return registry
 
 
+# The names and Heads of the last replace_heads_read per registry kind: a heads() of the
+# same names list (the same object) on the registry it wrote checks only the versions
+# (value_and_grad's inner context, then call_module's read of it).
+_WROTE: dict[bool, tuple[Sequence[str], Heads]] = {}
+
 # One remembered answer per registry kind: (order object, names). The order of a
 # registry is shared by every context derived by replacing heads, so a training loop
 # hits it at every step.
@@ -116,9 +122,16 @@ def heads(
     ``last``: what an earlier call (or :func:`replace_heads_read`) gave for these names;
     when the registry still holds exactly those records, only the versions are read
     again and ``last`` itself is returned (``is`` tells the caller nothing changed).
+    Without ``last``, the last :func:`replace_heads_read` of the same ``names`` list
+    (the same object) on this very registry serves as ``last`` (``value_and_grad``'s
+    inner context, read back by ``call_module`` or ``state_dict``).
     Cost: O(m) C-level steps for m names.
     """
     mapping = _registry(ctx, gradients).map
+    if last is None:
+        wrote = _WROTE.get(gradients)
+        if wrote is not None and wrote[0] is names:
+            last = wrote[1]  # these names of this registry were just written: versions only
     if last is not None and last.mapping is mapping and last.versions:
         reader = VERSION_READERS[last.libraries[0]]
         if reader is not None and tuple(map(reader, last.tensors)) != last.versions:
@@ -230,6 +243,7 @@ def replace_heads_read(
         read.ids if read.ids else tuple(map(_ID, new)),
         new_map,
     )
+    _WROTE[gradients] = (names, wrote)
     return out, wrote
 
 

@@ -365,6 +365,11 @@ class Backend:
         a loss). Cost: O(total elements)."""
         return [self.copy(x) for x in values]
 
+    def dims_all(self, values: list[Any]) -> list[tuple[int, ...]]:
+        """:meth:`dims` of each value (whether a loss left the buffers it was handed their
+        shapes). Cost: O(len(values))."""
+        return list(map(self.dims, values))
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""
