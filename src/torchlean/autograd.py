@@ -182,14 +182,13 @@ def value_and_grad(
                     return _bulk.replace_heads_trusted(ctx, edited, given)
                 # every variable, in the registry's order: call_module's read of this
                 # context is then what the edit wrote (versions checked only)
-                every = list(map(given.__getitem__, order))
-                return _bulk.replace_heads_trusted(ctx, layout.every, every, read=layout.read)
+                return _expected(ctx, layout, list(map(given.__getitem__, order)))
         else:
             whole = layout.whole
 
             def inner(leaves: list[Any]) -> RuntimeContext[Any]:
                 if whole:
-                    return _bulk.replace_heads_trusted(ctx, layout.every, leaves, read=layout.read)
+                    return _expected(ctx, layout, leaves)
                 return _bulk.replace_heads_trusted(ctx, names, leaves)
 
         if reduce is not None:
@@ -218,9 +217,12 @@ def value_and_grad(
         def unreached(other: bool) -> TorchLeanError:
             return _unreached_error(where, reduce, names, ctx, other=other)
 
-        out, raw = library.value_and_grad(
-            on_values, values, has_aux=has_aux or has_state, unreached=unreached
-        )
+        try:
+            out, raw = library.value_and_grad(
+                on_values, values, has_aux=has_aux or has_state, unreached=unreached
+            )
+        finally:
+            _bulk.expect_read(layout.every, None)  # the inner context's tensors not kept
         if has_state:
             loss, (aux, new_state) = out
             out = (loss, aux) if has_aux else loss
@@ -360,6 +362,15 @@ class _Layouts:
 
 
 _DTYPE = operator.attrgetter("dtype")
+
+
+def _expected(ctx: RuntimeContext[Any], layout: _Layout, values: list[Any]) -> RuntimeContext[Any]:
+    """``ctx`` with every variable (:attr:`_Layout.every`, in order) holding ``values``;
+    a read of them (``call_module``, ``state_dict``) until the loss returns checks only
+    their versions (:func:`~torchlean.runtime._bulk.expect_read`)."""
+    new, wrote = _bulk.replace_heads_read(ctx, layout.every, values, read=layout.read)
+    _bulk.expect_read(layout.every, wrote)
+    return new
 
 
 def library_copy(value: Any) -> Any:

@@ -7,6 +7,8 @@ change, and every name problem in one message."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -244,3 +246,26 @@ def test_write_inside_the_loss_before_the_call_is_caught() -> None:
         assert torch.equal(ctx[name], value), name
     assert int(new["norm.num_batches_tracked"]) == 1
     assert int(model.norm.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("state", [False, True])
+def test_the_inner_context_is_not_kept_after_the_call(state: bool) -> None:
+    """The read call_module checks by versions only is forgotten when the loss returns:
+    nothing keeps the leaves handed to the loss alive."""
+    model = Tied().train() if state else nn.Linear(4, 3)
+    ctx = RuntimeContext.from_module(model)
+    name = "embed.weight" if state else "weight"
+    x = torch.tensor([1, 2]) if state else torch.ones(2, 4)
+    leaves: list[Any] = []
+
+    def loss(c: RuntimeContext[Any]) -> Any:
+        leaves.append(weakref.ref(c[name]))
+        if state:
+            out, new_state = call_module(model, c, x, state=True)
+            return out.sum(), new_state
+        return call_module(model, c, x).sum()
+
+    _, new = value_and_grad(loss, has_state=state)(ctx)
+    gc.collect()
+    assert leaves[0]() is None
+    assert new.gradient(name).shape == ctx[name].shape
