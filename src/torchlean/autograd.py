@@ -197,7 +197,9 @@ def value_and_grad(
                 raise _unreached_error(where, reduce, names, ctx)
 
         #: whether the new state is the buffers' copies, as the loss received them
-        returned = [False]
+        #: (``_COPIES``; ``_ALL_COPIES``: every one in order, no history: kept in ``intact``)
+        returned = [_NOT_COPIES]
+        intact: list[Any] = [None]
 
         def on_values(leaves: list[Any]) -> Any:
             out = fn(inner(leaves), *args, **kwargs)
@@ -206,6 +208,8 @@ def value_and_grad(
                 out, state = _split_state(out, where)
                 if copies:
                     returned[0] = _returns_copies(state, layout, copies)
+                    if returned[0] is _ALL_COPIES:
+                        intact[0], state = state, None  # stored as they are: no detach
             loss, aux = _split(out, has_aux)
             shape = tuple(getattr(loss, "shape", ()))
             if shape != ():
@@ -226,7 +230,10 @@ def value_and_grad(
         if has_state:
             loss, (aux, new_state) = out
             out = (loss, aux) if has_aux else loss
-            ctx = _land_state(ctx, new_state, names, where, layout if returned[0] else None)
+            if intact[0] is not None:
+                new_state = intact[0]
+            matched = layout if returned[0] is not _NOT_COPIES else None
+            ctx = _land_state(ctx, new_state, names, where, matched)
         if reduce is not None:
             value = out[0] if has_aux else out
             *raw, value = library.all_reduce([*raw, value], mean=reduce == "mean")
@@ -396,29 +403,37 @@ def _copy(library: Backend, value: Any) -> Any:
     return library.copy(value)
 
 
-def _returns_copies(state: Any, layout: _Layout, copies: list[Any]) -> bool:
+#: What :func:`_returns_copies` found.
+_NOT_COPIES, _COPIES, _ALL_COPIES = "not copies", "copies", "all copies"
+
+
+def _returns_copies(state: Any, layout: _Layout, copies: list[Any]) -> str:
     """Whether ``state`` (what the loss returned) maps buffer names to the very copies
-    the loss received, their dims unchanged (BatchNorm's in-place update)."""
+    the loss received, their dims unchanged (BatchNorm's in-place update): ``_COPIES``;
+    ``_ALL_COPIES`` when it holds every buffer in the layout's order (what
+    ``call_module`` returns), none with autograd history (stored without a detach);
+    else ``_NOT_COPIES``."""
     if type(state) is not dict:
-        return False
+        return _NOT_COPIES
     one = layout.buffer_library
     if one is not None and len(state) == len(copies) and list(state) == layout.buffers:
-        # every buffer, in the layout's order (what call_module returns): C-level passes
+        # every buffer, in the layout's order: C-level passes
         values = list(state.values())
-        return all(map(operator.is_, values, copies)) and one.dims_all(values) == layout.buffer_dims
+        if all(map(operator.is_, values, copies)) and one.intact_copies(values, layout.buffer_dims):
+            return _ALL_COPIES
     # C-level loops: a BatchNorm CNN returns a dozen buffers at every step
     found = list(map(layout.buffer_index.get, state))
     if None in found:
-        return False  # not a buffer (or not a name at all)
+        return _NOT_COPIES  # not a buffer (or not a name at all)
     at = cast("list[int]", found)
     values = list(state.values())
     if not all(map(operator.is_, map(copies.__getitem__, at), values)):
-        return False
+        return _NOT_COPIES
     if one is not None:
         dims = list(map(one.dims, values))
     else:
         dims = [layout.buffer_libraries[i].dims(v) for i, v in zip(at, values, strict=True)]
-    return dims == list(map(layout.buffer_dims.__getitem__, at))
+    return _COPIES if dims == list(map(layout.buffer_dims.__getitem__, at)) else _NOT_COPIES
 
 
 def _land_state(

@@ -269,3 +269,22 @@ def test_the_inner_context_is_not_kept_after_the_call(state: bool) -> None:
     gc.collect()
     assert leaves[0]() is None
     assert new.gradient(name).shape == ctx[name].shape
+
+
+def test_returned_buffers_are_stored_without_autograd_history() -> None:
+    """The copies a loss returns are stored as they are, unless the loss made one
+    require grad: that one is stored detached, as any returned state is."""
+    model = Tied().train()
+    ctx = RuntimeContext.from_module(model)
+
+    def loss(c: RuntimeContext[Any], grad: bool) -> Any:
+        out, state = call_module(model, c, torch.tensor([1, 2]), state=True)
+        if grad:
+            state["norm.running_mean"].requires_grad_(True)
+        return out.sum(), state
+
+    grad_fn = value_and_grad(loss, has_state=True)
+    for grad in (False, True, False):
+        _, ctx = grad_fn(ctx, grad)
+        assert not any(ctx[n].requires_grad for n in ctx.buffers())
+    assert int(ctx["norm.num_batches_tracked"]) == 3

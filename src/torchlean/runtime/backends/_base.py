@@ -365,10 +365,11 @@ class Backend:
         a loss). Cost: O(total elements)."""
         return [self.copy(x) for x in values]
 
-    def dims_all(self, values: list[Any]) -> list[tuple[int, ...]]:
-        """:meth:`dims` of each value (whether a loss left the buffers it was handed their
-        shapes). Cost: O(len(values))."""
-        return list(map(self.dims, values))
+    def intact_copies(self, values: list[Any], dims: list[tuple[int, ...]]) -> bool:
+        """Whether ``values`` (copies made by :meth:`copy_all`, handed to a loss and
+        returned by it) still have ``dims`` and carry no autograd history, so that a
+        context may store them as they are. Cost: O(len(values))."""
+        return list(map(self.dims, values)) == dims
 
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:

@@ -653,9 +653,10 @@ class TorchBackend(Backend):
             return found
         return tuple(torch.autograd.grad(loss, roots, allow_unused=True))
 
-    def dims_all(self, values: list[Any]) -> list[tuple[int, ...]]:
-        """The shapes (``torch.Size``, a tuple) of the values (C-level loop)."""
-        return list(map(_SHAPE, values))
+    def intact_copies(self, values: list[Any], dims: list[tuple[int, ...]]) -> bool:
+        """The shapes compared (``torch.Size`` is a tuple) and ``requires_grad`` read in
+        C-level loops."""
+        return list(map(_SHAPE, values)) == dims and not any(map(_REQUIRES_GRAD, values))
 
 
 _WATCHING: list[Any] = []
