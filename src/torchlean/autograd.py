@@ -452,10 +452,6 @@ def _land_state(
     if layout is not None:
         keys = list(new_state)
         one = layout.buffer_library
-        if one is not None and keys == layout.buffers:
-            # every buffer in the layout's order: their records were read with the layout
-            fresh = one.adopt_all(list(new_state.values()))
-            return _bulk.replace_heads_trusted(ctx, keys, fresh)
         if one is not None:
             fresh = one.adopt_all(list(new_state.values()))
         else:
