@@ -174,13 +174,21 @@ def value_and_grad(
                 copies = one.copy_all(layout.buffer_values)
             else:
                 copies = list(map(_copy, layout.buffer_libraries, layout.buffer_values))
-            edited = layout.edited
+            edited, order = layout.edited, layout.edited_order
 
             def inner(leaves: list[Any]) -> RuntimeContext[Any]:
-                return _bulk.replace_heads_trusted(ctx, edited, [*leaves, *copies])
+                given = [*leaves, *copies]
+                if order is None:
+                    return _bulk.replace_heads_trusted(ctx, edited, given)
+                # every variable, in the registry's order: call_module's read of this
+                # context is then what the edit wrote (versions checked only)
+                return _expected(ctx, layout, list(map(given.__getitem__, order)))
         else:
+            whole = layout.whole
 
             def inner(leaves: list[Any]) -> RuntimeContext[Any]:
+                if whole:
+                    return _expected(ctx, layout, leaves)
                 return _bulk.replace_heads_trusted(ctx, names, leaves)
 
         if reduce is not None:
@@ -189,7 +197,9 @@ def value_and_grad(
                 raise _unreached_error(where, reduce, names, ctx)
 
         #: whether the new state is the buffers' copies, as the loss received them
-        returned = [False]
+        #: (``_COPIES``; ``_ALL_COPIES``: every one in order, no history: kept in ``intact``)
+        returned = [_NOT_COPIES]
+        intact: list[Any] = [None]
 
         def on_values(leaves: list[Any]) -> Any:
             out = fn(inner(leaves), *args, **kwargs)
@@ -198,6 +208,8 @@ def value_and_grad(
                 out, state = _split_state(out, where)
                 if copies:
                     returned[0] = _returns_copies(state, layout, copies)
+                    if returned[0] is _ALL_COPIES:
+                        intact[0], state = state, None  # stored as they are: no detach
             loss, aux = _split(out, has_aux)
             shape = tuple(getattr(loss, "shape", ()))
             if shape != ():
@@ -209,13 +221,19 @@ def value_and_grad(
         def unreached(other: bool) -> TorchLeanError:
             return _unreached_error(where, reduce, names, ctx, other=other)
 
-        out, raw = library.value_and_grad(
-            on_values, values, has_aux=has_aux or has_state, unreached=unreached
-        )
+        try:
+            out, raw = library.value_and_grad(
+                on_values, values, has_aux=has_aux or has_state, unreached=unreached
+            )
+        finally:
+            _bulk.expect_read(layout.every, None)  # the inner context's tensors not kept
         if has_state:
             loss, (aux, new_state) = out
             out = (loss, aux) if has_aux else loss
-            ctx = _land_state(ctx, new_state, names, where, layout if returned[0] else None)
+            if intact[0] is not None:
+                new_state = intact[0]
+            matched = layout if returned[0] is not _NOT_COPIES else None
+            ctx = _land_state(ctx, new_state, names, where, matched)
         if reduce is not None:
             value = out[0] if has_aux else out
             *raw, value = library.all_reduce([*raw, value], mean=reduce == "mean")
@@ -261,6 +279,15 @@ class _Layout(NamedTuple):
     buffer_index: dict[str, int]
     #: the buffers' one array library (``None``: none, or several)
     buffer_library: Backend | None
+    #: when ``edited`` holds every variable: for each name of :attr:`every`, its
+    #: position in ``edited`` (else ``None``)
+    edited_order: list[int] | None
+    #: whether ``names`` is every variable, in the registry's order
+    whole: bool
+    #: the names of the latest entries (:func:`~torchlean.runtime._bulk.latest_names`)
+    #: and their records, read and checked
+    every: list[str]
+    read: _bulk.Heads
 
 
 class _Layouts:
@@ -293,8 +320,8 @@ class _Layouts:
                 and last[2] == read.libraries
                 and last[3] == dtypes
             ):
-                build: Callable[[list[Any]], _Layout] = last[4]
-                return build(read.tensors)
+                build: Callable[[_bulk.Heads], _Layout] = last[4]
+                return build(read)
         names = differentiable_names(ctx, self.frozen)
         library = _library_of_names(ctx, names)
         ctx.state_dict()  # every entry read and checked
@@ -309,30 +336,48 @@ class _Layouts:
         buffer_dims = [read.dims[i] for i in kept]
         buffer_libraries = [_bulk.library(read.libraries[i]) for i in kept]
         edited = [*names, *buffers]
+        at = {name: i for i, name in enumerate(edited)}
+        covers = len(at) == len(every) and all(name in at for name in every)
+        edited_order = [at[name] for name in every] if covers else None
+        whole = names == every
         buffer_index = {name: i for i, name in enumerate(buffers)}
         kinds = set(buffer_libraries)
         buffer_library = buffer_libraries[0] if len(kinds) == 1 else None
 
-        def layout(tensors: list[Any]) -> _Layout:
+        def layout(read: _bulk.Heads) -> _Layout:
+            tensors = read.tensors
             return _Layout(
                 names,
                 library,
-                [tensors[i] for i in positions],
+                list(tensors) if whole else list(map(tensors.__getitem__, positions)),
                 dims,
                 buffers,
-                [tensors[i] for i in kept],
+                list(map(tensors.__getitem__, kept)),
                 buffer_dims,
                 buffer_libraries,
                 edited,
                 buffer_index,
                 buffer_library,
+                edited_order,
+                whole,
+                every,
+                read,
             )
 
         self.last = (every, roles, read.libraries, list(map(_DTYPE, read.tensors)), layout)
-        return layout(read.tensors)
+        return layout(read)
 
 
 _DTYPE = operator.attrgetter("dtype")
+
+
+def _expected(ctx: RuntimeContext[Any], layout: _Layout, values: list[Any]) -> RuntimeContext[Any]:
+    """``ctx`` with every variable (:attr:`_Layout.every`, in order) holding ``values``;
+    a read of them (``call_module``, ``state_dict``) until the loss returns checks only
+    their versions (:func:`~torchlean.runtime._bulk.expect_read`)."""
+    new, wrote = _bulk.replace_heads_read(ctx, layout.every, values, read=layout.read)
+    _bulk.expect_read(layout.every, wrote)
+    return new
 
 
 def library_copy(value: Any) -> Any:
@@ -358,25 +403,37 @@ def _copy(library: Backend, value: Any) -> Any:
     return library.copy(value)
 
 
-def _returns_copies(state: Any, layout: _Layout, copies: list[Any]) -> bool:
+#: What :func:`_returns_copies` found.
+_NOT_COPIES, _COPIES, _ALL_COPIES = "not copies", "copies", "all copies"
+
+
+def _returns_copies(state: Any, layout: _Layout, copies: list[Any]) -> str:
     """Whether ``state`` (what the loss returned) maps buffer names to the very copies
-    the loss received, their dims unchanged (BatchNorm's in-place update)."""
+    the loss received, their dims unchanged (BatchNorm's in-place update): ``_COPIES``;
+    ``_ALL_COPIES`` when it holds every buffer in the layout's order (what
+    ``call_module`` returns), none with autograd history (stored without a detach);
+    else ``_NOT_COPIES``."""
     if type(state) is not dict:
-        return False
+        return _NOT_COPIES
+    one = layout.buffer_library
+    if one is not None and len(state) == len(copies) and list(state) == layout.buffers:
+        # every buffer, in the layout's order: C-level passes
+        values = list(state.values())
+        if all(map(operator.is_, values, copies)) and one.intact_copies(values, layout.buffer_dims):
+            return _ALL_COPIES
     # C-level loops: a BatchNorm CNN returns a dozen buffers at every step
     found = list(map(layout.buffer_index.get, state))
     if None in found:
-        return False  # not a buffer (or not a name at all)
+        return _NOT_COPIES  # not a buffer (or not a name at all)
     at = cast("list[int]", found)
     values = list(state.values())
     if not all(map(operator.is_, map(copies.__getitem__, at), values)):
-        return False
-    one = layout.buffer_library
+        return _NOT_COPIES
     if one is not None:
         dims = list(map(one.dims, values))
     else:
         dims = [layout.buffer_libraries[i].dims(v) for i, v in zip(at, values, strict=True)]
-    return dims == list(map(layout.buffer_dims.__getitem__, at))
+    return _COPIES if dims == list(map(layout.buffer_dims.__getitem__, at)) else _NOT_COPIES
 
 
 def _land_state(

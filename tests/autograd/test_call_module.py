@@ -7,6 +7,8 @@ change, and every name problem in one message."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -216,3 +218,73 @@ def test_batchnorm_writing_a_stored_context_is_caught() -> None:
     with pytest.raises(InPlaceModificationError, match="`num_batches_tracked` was modified"):
         ctx.state_dict()
     assert int(model.num_batches_tracked) == 0  # the module's own buffers were not
+
+
+def test_write_inside_the_loss_before_the_call_is_caught() -> None:
+    """value_and_grad's inner context is read back by call_module checking versions only
+    (the records it just wrote): a write through it in between is still caught, and the
+    stored context's buffers and the module's own are untouched."""
+    model = Tied().train()
+    ctx = RuntimeContext.from_module(model)
+    idx = torch.tensor([1, 2, 3])
+    kept = {n: ctx[n].clone() for n in ctx.buffers()}
+
+    def loss(c: RuntimeContext[Any], write: bool) -> Any:
+        if write:
+            c["norm.num_batches_tracked"].add_(5)
+        out, state = call_module(model, c, idx, state=True)
+        return out.sum(), state
+
+    grad_fn = value_and_grad(loss, has_state=True)
+    _, new = grad_fn(ctx, False)  # the layout cached, the buffers landed
+    assert int(new["norm.num_batches_tracked"]) == 1
+    with pytest.raises(
+        InPlaceModificationError, match=r"`norm\.num_batches_tracked` was modified in place"
+    ):
+        grad_fn(new, True)
+    for name, value in kept.items():
+        assert torch.equal(ctx[name], value), name
+    assert int(new["norm.num_batches_tracked"]) == 1
+    assert int(model.norm.num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("state", [False, True])
+def test_the_inner_context_is_not_kept_after_the_call(state: bool) -> None:
+    """The read call_module checks by versions only is forgotten when the loss returns:
+    nothing keeps the leaves handed to the loss alive."""
+    model = Tied().train() if state else nn.Linear(4, 3)
+    ctx = RuntimeContext.from_module(model)
+    name = "embed.weight" if state else "weight"
+    x = torch.tensor([1, 2]) if state else torch.ones(2, 4)
+    leaves: list[Any] = []
+
+    def loss(c: RuntimeContext[Any]) -> Any:
+        leaves.append(weakref.ref(c[name]))
+        if state:
+            out, new_state = call_module(model, c, x, state=True)
+            return out.sum(), new_state
+        return call_module(model, c, x).sum()
+
+    _, new = value_and_grad(loss, has_state=state)(ctx)
+    gc.collect()
+    assert leaves[0]() is None
+    assert new.gradient(name).shape == ctx[name].shape
+
+
+def test_returned_buffers_are_stored_without_autograd_history() -> None:
+    """The copies a loss returns are stored as they are, unless the loss made one
+    require grad: that one is stored detached, as any returned state is."""
+    model = Tied().train()
+    ctx = RuntimeContext.from_module(model)
+
+    def loss(c: RuntimeContext[Any], grad: bool) -> Any:
+        out, state = call_module(model, c, torch.tensor([1, 2]), state=True)
+        if grad:
+            state["norm.running_mean"].requires_grad_(True)
+        return out.sum(), state
+
+    grad_fn = value_and_grad(loss, has_state=True)
+    for grad in (False, True, False):
+        _, ctx = grad_fn(ctx, grad)
+        assert not any(ctx[n].requires_grad for n in ctx.buffers())
+    assert int(ctx["norm.num_batches_tracked"]) == 3

@@ -12,7 +12,8 @@ Reading map:
   cached per registry layout (O(1) when the names did not change).
 - :func:`heads` -- the tensors, dims and library indices of the most recent entry of
   each name, checked against in-place writes; ``None`` when a name is missing or a
-  tensor was written (the caller then takes its explaining path).
+  tensor was written (the caller then takes its explaining path). :func:`expect_read`
+  -- a read of names just written, to check versions only.
 - :func:`library` -- the backend a :attr:`Heads.libraries` index names.
 - :func:`replace_heads_trusted` -- a new context whose most recent entries of ``names``
   hold ``values``: tensors of the same library and dims as the entries they replace
@@ -40,6 +41,7 @@ from torchlean.runtime.context import RuntimeContext
 
 __all__ = [
     "Heads",
+    "expect_read",
     "heads",
     "heads_unchecked",
     "latest_names",
@@ -92,6 +94,20 @@ def _holds(registry: Registry, read: Heads) -> bool:
     return read.mapping is not None and read.mapping is registry.map
 
 
+# The names and Heads of a variable read to expect (:func:`expect_read`): a heads() of
+# the same names list (the same object) on the registry they came from checks only the
+# versions (value_and_grad's inner context, then call_module's read of it).
+_EXPECTED: list[tuple[Sequence[str], Heads] | None] = [None]
+
+
+def expect_read(names: Sequence[str], read: Heads | None) -> None:
+    """Until the next call, :func:`heads` of the variables ``names`` (this very list) on
+    the registry ``read`` came from takes ``read`` as its ``last`` (versions checked
+    only); ``None`` forgets it (the caller does once the expected read is over: what is
+    remembered keeps its tensors alive). Cost: O(1)."""
+    _EXPECTED[0] = None if read is None else (names, read)
+
+
 # One remembered answer per registry kind: (order object, names). The order of a
 # registry is shared by every context derived by replacing heads, so a training loop
 # hits it at every step.
@@ -132,9 +148,16 @@ def heads(
     ``last``: what an earlier call (or :func:`replace_heads_read`) gave for these names;
     when the registry still holds exactly those records, only the versions are read
     again and ``last`` itself is returned (``is`` tells the caller nothing changed).
+    Without ``last``, what :func:`expect_read` was given for the same ``names`` list
+    (the same object) serves as ``last`` on the registry it came from
+    (``value_and_grad``'s inner context, read back by ``call_module`` or ``state_dict``).
     Cost: O(m) C-level steps for m names.
     """
     registry = _registry(ctx, gradients)
+    if last is None and not gradients:
+        expected = _EXPECTED[0]
+        if expected is not None and expected[0] is names:
+            last = expected[1]  # these names of this registry were just written
     if last is not None and last.versions and _holds(registry, last):
         reader = VERSION_READERS[last.libraries[0]]
         if reader is not None and tuple(map(reader, last.tensors)) != last.versions:

@@ -378,6 +378,12 @@ class Backend:
         shapes again. Cost: O(n) C-level steps."""
         return None
 
+    def intact_copies(self, values: list[Any], dims: list[tuple[int, ...]]) -> bool:
+        """Whether ``values`` (copies made by :meth:`copy_all`, handed to a loss and
+        returned by it) still have ``dims`` and carry no autograd history, so that a
+        context may store them as they are. Cost: O(len(values))."""
+        return list(map(self.dims, values)) == dims
+
 
 def numpy_nonfinite(array: np.ndarray[Any, Any]) -> tuple[int, int]:
     """The NaN and infinity counts of a numpy array (extended floats included)."""

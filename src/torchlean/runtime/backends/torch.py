@@ -616,9 +616,14 @@ class TorchBackend(Backend):
         return isinstance(source, TorchBackend)
 
     def copy_all(self, values: list[Any]) -> list[Any]:
-        """Clones of the values, without autograd history (C-level loop)."""
-        with self.torch.no_grad():
-            return list(map(self.torch.Tensor.clone, values))
+        """Clones of the values, without autograd history (C-level loop; the clone of a
+        tensor that does not require grad has none, so ``no_grad`` is entered only when
+        one does)."""
+        clone = self.torch.Tensor.clone
+        if any(map(_REQUIRES_GRAD, values)):
+            with self.torch.no_grad():
+                return list(map(clone, values))
+        return list(map(clone, values))
 
     def _gradients(self, loss: Any, roots: list[Any]) -> tuple[Any, ...]:
         """``torch.autograd.grad(loss, roots, allow_unused=True)`` for a scalar loss.
@@ -647,6 +652,11 @@ class TorchBackend(Backend):
             )
             return found
         return tuple(torch.autograd.grad(loss, roots, allow_unused=True))
+
+    def intact_copies(self, values: list[Any], dims: list[tuple[int, ...]]) -> bool:
+        """The shapes compared (``torch.Size`` is a tuple) and ``requires_grad`` read in
+        C-level loops."""
+        return list(map(_SHAPE, values)) == dims and not any(map(_REQUIRES_GRAD, values))
 
 
 _WATCHING: list[Any] = []
@@ -731,6 +741,7 @@ def _detached(torch: Any, tree: Any) -> Any:
 
 
 _REQUIRES_GRAD = operator.attrgetter("requires_grad")
+_SHAPE = operator.attrgetter("shape")
 _BASE = operator.attrgetter("_base")
 _DTYPE = operator.attrgetter("dtype")
 _VERSION = operator.attrgetter("_version")
