@@ -31,6 +31,8 @@ Reading map:
 - :func:`read_region` -- one region's numbers as an array of a dtype (in chunks,
   whole, or in blocks); :class:`Scratch`, what it reuses from one region to the next.
 - :func:`locate_problem` -- the first problem in a tensor's text, with its index.
+- :class:`Streamed`, :func:`describe` -- a region in a parsed skeleton, and how a
+  message shows it (never the placeholder).
 - :func:`tensor_pieces` -- a tensor's JSON text, piece by piece.
 """
 
@@ -55,6 +57,8 @@ __all__ = [
     "PIECE",
     "Region",
     "Scratch",
+    "Streamed",
+    "describe",
     "locate_problem",
     "read_region",
     "scan",
@@ -83,6 +87,7 @@ _BLANK: Final = b" \t\n\r"
 _NUMBER_AND_BLANK: Final = b"0123456789.eE+- \t\n\r"
 _BRACKETS_TO_BLANK: Final = bytes.maketrans(b"[]", b"  ")
 _OPENING: Final = re.compile(rb"[\[\s]*")
+_BLANKS: Final = re.compile(rb"[ \t\n\r]+")
 
 
 class Unclean(Exception):
@@ -142,6 +147,62 @@ class _Window:
         out = bytearray(max(0, min(end, self.size) - start))
         return bytes(out[: _pread_into(self.fd, memoryview(out), start)])
 
+    def byte(self, at: int) -> bytes:
+        """The byte at ``at`` (``b""`` past the end of the file)."""
+        if self.lo <= at < self.hi:
+            return bytes(self.buffer[at - self.lo : at - self.lo + 1])
+        return self.read(at, at + 1)
+
+    def skip(self, at: int, end: int, chars: bytes) -> int:
+        """The offset of the first byte not in ``chars`` from ``at`` on, or ``end``.
+        Reads 64 bytes, then twice as many each time, up to 64 KiB."""
+        step = 64
+        while at < end:
+            piece = self.read(at, min(at + step, end))
+            kept = piece.lstrip(chars)
+            if kept:
+                return at + len(piece) - len(kept)
+            if not piece:
+                break  # the file is shorter than it was
+            at += len(piece)
+            step = min(2 * step, 1 << 16)
+        return end
+
+    def skip_back(self, end: int, lo: int, chars: bytes) -> int:
+        """The offset of the last byte not in ``chars`` before ``end``, or ``lo``.
+        Reads as :meth:`skip` does, backwards."""
+        step = 64
+        while end > lo:
+            piece = self.read(max(lo, end - step), end)
+            kept = piece.rstrip(chars)
+            if kept:
+                return end - len(piece) + len(kept) - 1
+            if not piece:
+                break
+            end -= len(piece)
+            step = min(2 * step, 1 << 16)
+        return lo
+
+    def strip(self, start: int, end: int, *, keep: bool = False) -> bytes | None:
+        """Bytes ``start`` to ``end`` with their blanks removed (``keep``: each run of
+        blanks made one space), or ``None`` when what is left is more than
+        :data:`REGION_MIN` bytes. Reads :data:`REGION_MIN` bytes at a time."""
+        out: list[bytes] = []
+        n = 0
+        for at in range(start, end, REGION_MIN):
+            piece = self.read(at, min(at + REGION_MIN, end))
+            if keep:
+                piece = _BLANKS.sub(b" ", piece)
+                if out and out[-1].endswith(b" ") and piece.startswith(b" "):
+                    piece = piece[1:]
+            else:
+                piece = piece.translate(None, _BLANK)
+            n += len(piece)
+            if n > REGION_MIN:
+                return None
+            out.append(piece)
+        return b"".join(out)
+
 
 def _pread_into(fd: int, view: memoryview, at: int) -> int:
     """Fill ``view`` with the file's bytes from ``at``; how many there were."""
@@ -164,6 +225,11 @@ def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]
     """The skeleton of the file ``f`` (``size`` bytes): its text with every big list that
     follows a key replaced by a placeholder string, and the placeholders' regions.
 
+    Blank space between tokens may be of any length: a run of blanks longer than
+    :data:`REGION_MIN` outside a region is written to the skeleton as one space (JSON
+    reads both the same), and the ``:`` before a region and the ``]``, ``,`` and ``}``
+    after it are found across any number of blanks.
+
     Raises :class:`Unclean` when a big stretch is not a list followed by ``,`` or ``}``
     (the caller then locates the problem). Cost: O(size) at memchr speed, memory O(the
     skeleton).
@@ -179,19 +245,7 @@ def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]
         if q - pos <= REGION_MIN:
             parts.append(w.read(pos, q))
         else:
-            head = w.read(pos, pos + 64).lstrip(_BLANK)
-            tail_start = max(pos, q - REGION_MIN)
-            tail = w.read(tail_start, q)
-            close = tail.rfind(b"]")
-            if not head.startswith(b":") or not head[1:].lstrip(_BLANK).startswith(b"["):
-                raise Unclean()
-            start = pos + w.read(pos, pos + 64).index(b"[")
-            if close < 0 or tail[close + 1 :].translate(None, _BLANK + b",}"):
-                raise Unclean(Region(start, q, last_key))
-            end = tail_start + close + 1
-            placeholder = f"\\u0000tl{nonce}:{len(regions)}"
-            regions[f"\0tl{nonce}:{len(regions)}"] = Region(start, end, last_key)
-            parts.append(w.read(pos, start) + f'"{placeholder}"'.encode() + w.read(end, q))
+            parts.extend(_stretch(w, pos, q, last_key, nonce, regions))
         if q >= size:
             break
         # the string starting at q: find its closing quote (not escaped)
@@ -215,6 +269,32 @@ def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]
                 last_key = ""
         pos = e + 1
     return b"".join(parts), regions
+
+
+def _stretch(
+    w: _Window, pos: int, q: int, key: str, nonce: str, regions: dict[str, Region]
+) -> list[bytes]:
+    """The skeleton's text for the file's bytes ``pos`` to ``q`` (more than
+    :data:`REGION_MIN` of them, no string inside): ``:`` and a placeholder for a big
+    list after a key (its region added to ``regions``), else the text with its long
+    blank runs made one space. Raises :class:`Unclean` for anything else big."""
+    colon = w.skip(pos, q, _BLANK)
+    start = w.skip(colon + 1, q, _BLANK) if w.byte(colon) == b":" else q
+    listed = w.byte(start) == b"["
+    if listed:
+        last = w.skip_back(q, start, _BLANK + b",}")
+        end = last + 1
+        trailer = w.strip(end, q) if w.byte(last) == b"]" else None
+        if trailer is not None:
+            if end - start <= REGION_MIN:  # a small list among long blanks
+                return [b":", w.read(start, end), trailer]
+            placeholder = f"\\u0000tl{nonce}:{len(regions)}"
+            regions[f"\0tl{nonce}:{len(regions)}"] = Region(start, end, key)
+            return [b":", f'"{placeholder}"'.encode(), trailer]
+    text = w.strip(pos, q, keep=True)
+    if text is not None:
+        return [text]
+    raise Unclean(Region(start, q, key) if listed else None)
 
 
 def read_region(
@@ -530,6 +610,51 @@ def locate_problem(f: IO[bytes], region: Region, name: str, where: str) -> Forma
     non-numeric leaf or ragged nesting, with its index. Walks only brackets and
     non-numeric characters (commas are counted in C), so memory is O(nesting depth)
     whatever the tensor's size."""
+    found = _walk(f, region, name, where)
+    if isinstance(found, FormatError):
+        return found
+    return FormatError(
+        f"{where}: tensor `{name}` is not a regular array of numbers"
+        f" (a malformed number, or text after it at byte {found[1]})"
+    )
+
+
+def describe(f: IO[bytes], region: Region) -> str:
+    """A short description of the list in ``region`` for a message, where the
+    whole-document reader shows the value: ``<list of shape (1100, 1024)>``, or its size
+    in bytes when it is not a regular array. Walks the list as :func:`locate_problem`
+    does: O(region) time, O(nesting depth) memory."""
+    found = _walk(f, region, "", "")
+    if isinstance(found, FormatError) or found[1] != region.end:
+        return f"<list of {region.end - region.start} bytes, not a regular array of numbers>"
+    return f"<list of shape {found[0]}>"
+
+
+class Streamed:
+    """What a placeholder of the skeleton stands for once the skeleton is parsed: the
+    big list in ``region``, read later. Its ``description`` (:func:`describe`, computed
+    when first asked for, while the file is open) stands for the value in messages."""
+
+    def __init__(self, f: IO[bytes], region: Region) -> None:
+        self.f = f
+        self.region = region
+        self._description: str | None = None
+
+    @property
+    def description(self) -> str:
+        if self._description is None:
+            self._description = describe(self.f, self.region)
+        return self._description
+
+    def __repr__(self) -> str:
+        return self.description
+
+
+def _walk(
+    f: IO[bytes], region: Region, name: str, where: str
+) -> FormatError | tuple[tuple[int, ...], int]:
+    """The walk of :func:`locate_problem`: its FormatError, or, when the list closes
+    with no problem found, its shape and the offset after its ``]``."""
     path: list[int] = []  # the index at each open list
     nonempty: list[bool] = []
     first_len: dict[int, int] = {}
@@ -583,10 +708,8 @@ def locate_problem(f: IO[bytes], region: Region, name: str, where: str) -> Forma
                 path.pop()
                 nonempty.pop()
                 if not path:
-                    return FormatError(
-                        f"{where}: tensor `{name}` is not a regular array of numbers"
-                        f" (a malformed number, or text after it at byte {at + p + 1})"
-                    )
+                    deepest = leaf_depth if leaf_depth is not None else len(first_len)
+                    return tuple(first_len[d] for d in range(deepest)), at + p + 1
             else:
                 leaf = _read(f, at + p, at + p + 40)
                 stop = min((i for i in (leaf.find(b","), leaf.find(b"]")) if i >= 0), default=40)

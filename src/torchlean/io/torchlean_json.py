@@ -396,11 +396,24 @@ def _parse(data: bytes, where: str) -> tuple[Any, bool]:
     return doc, numbers_only
 
 
+class _Repr(reprlib.Repr):
+    """:mod:`reprlib`'s short repr, with a big list the streaming reader has not read
+    (:class:`~._json_stream.Streamed`) shown by its description."""
+
+    def repr1(self, x: Any, level: int) -> str:
+        if type(x) is _stream.Streamed:
+            return x.description
+        return super().repr1(x, level)
+
+
+_REPR: Final = _Repr()
+
+
 def _show(x: Any) -> str:
     """A JSON value, shortly (never recursing into a deeply nested one)."""
     if x is None or type(x) in (str, bool, int, float):
         return json.dumps(x)[:40]
-    return reprlib.repr(x)
+    return _REPR.repr(x)
 
 
 def _index(path: tuple[int, ...]) -> str:
@@ -618,7 +631,7 @@ def _meta_dtype(value: Any, where: str, what: str) -> np.dtype[Any]:
 
 def _meta_shape(value: Any, where: str, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
-        shown = reprlib.repr(value).replace("'", '"')
+        shown = _REPR.repr(value).replace("'", '"')
         raise FormatError(
             f"{where}: meta shape of `{name}` must be a list of non-negative ints, got {shown}"
         )
@@ -626,7 +639,7 @@ def _meta_shape(value: Any, where: str, name: str) -> tuple[int, ...]:
         raise FormatError(
             f"{where}: meta shape of `{name}` is not a possible tensor shape: at most"
             f" {_MAX_DIMS} dimensions, fewer than 2**62 elements"
-            f" (got {reprlib.repr(value)})"
+            f" (got {_REPR.repr(value)})"
         )
     return tuple(value)
 
@@ -774,18 +787,41 @@ def _read_streaming(
     scratch = _stream.Scratch()  # one for the file: its buffers serve every tensor
 
     def region(value: Any, name: str, want: np.dtype[Any]) -> np.ndarray[Any, Any] | None:
-        found = regions.get(value) if type(value) is str else None
-        if found is None:
+        if type(value) is not _stream.Streamed:
             return None
         # over a bytes object of its own: a context adopts it without a copy
-        return _stream.read_region(f, found, want, name, where, _narrow, _integers, scratch)
+        return _stream.read_region(f, value.region, want, name, where, _narrow, _integers, scratch)
 
     doc, numbers_only = _parse(skeleton, where)
+    doc = _streamed(doc, regions, f)
     if type(doc) is dict and regions:
         meta = doc.get("meta")
-        if isinstance(meta, dict) and any(type(v) is str and v in regions for v in _strings(meta)):
+        if isinstance(meta, dict) and any(type(v) is _stream.Streamed for v in _strings(meta)):
             return None  # a big list inside meta: read the file whole
     return parse_document(doc, where, numbers_only, dtype=dtype, region=region)
+
+
+def _streamed(doc: Any, regions: dict[str, _stream.Region], f: Any) -> Any:
+    """``doc`` (a parsed skeleton) with each placeholder, a value in an object, replaced
+    by the :class:`~._json_stream.Streamed` list it stands for: so that the placeholder
+    is read as its tensor and shown in messages by a description, never as itself.
+    Cost: O(skeleton) at most; it stops once every placeholder is found."""
+    left = len(regions)
+    stack = [doc]
+    while stack and left:  # stops once every placeholder is found
+        x = stack.pop()
+        if type(x) is dict:
+            for key, value in x.items():
+                if type(value) is str:
+                    found = regions.get(value)
+                    if found is not None:
+                        x[key] = _stream.Streamed(f, found)
+                        left -= 1
+                elif type(value) in (dict, list):
+                    stack.append(value)
+        elif type(x) is list:
+            stack.extend(y for y in x if type(y) in (dict, list))
+    return doc
 
 
 def _strings(x: Any) -> Iterator[Any]:
