@@ -27,7 +27,8 @@ Writing: :func:`tensor_pieces` yields a tensor's JSON text in pieces of at most
 than one piece's text.
 
 Reading map:
-- :func:`scan` -- the skeleton of a file and its regions (:class:`Region`).
+- :func:`scan` -- the skeleton of a file and its regions (:class:`Region`);
+  :func:`place` -- where a parser's error in the skeleton is in the file.
 - :func:`read_region` -- one region's numbers as an array of a dtype (in chunks,
   whole, or in blocks); :class:`Scratch`, what it reuses from one region to the next.
 - :func:`locate_problem` -- the first problem in a tensor's text, with its index.
@@ -38,6 +39,7 @@ Reading map:
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -153,55 +155,121 @@ class _Window:
             return bytes(self.buffer[at - self.lo : at - self.lo + 1])
         return self.read(at, at + 1)
 
-    def skip(self, at: int, end: int, chars: bytes) -> int:
-        """The offset of the first byte not in ``chars`` from ``at`` on, or ``end``.
-        Reads 64 bytes, then twice as many each time, up to 64 KiB."""
+    def skip(self, at: int, end: int, chars: bytes, counted: bytes = b"") -> tuple[int, int]:
+        """The offset of the first byte not in ``chars`` from ``at`` on (or ``end``),
+        and how many ``counted`` bytes (one byte) were skipped. Reads 64 bytes, then
+        twice as many each time, up to 64 KiB."""
         step = 64
+        n = 0
         while at < end:
             piece = self.read(at, min(at + step, end))
             kept = piece.lstrip(chars)
+            skipped = len(piece) - len(kept)
+            if counted:
+                n += piece.count(counted, 0, skipped)
             if kept:
-                return at + len(piece) - len(kept)
+                return at + skipped, n
             if not piece:
                 break  # the file is shorter than it was
             at += len(piece)
             step = min(2 * step, 1 << 16)
-        return end
+        return end, n
 
-    def skip_back(self, end: int, lo: int, chars: bytes) -> int:
-        """The offset of the last byte not in ``chars`` before ``end``, or ``lo``.
-        Reads as :meth:`skip` does, backwards."""
+    def skip_back(self, end: int, lo: int, chars: bytes, counted: bytes = b"") -> tuple[int, int]:
+        """The offset of the last byte not in ``chars`` before ``end`` (or ``lo``), and
+        how many ``counted`` bytes were skipped. Reads as :meth:`skip` does, backwards."""
         step = 64
+        n = 0
         while end > lo:
             piece = self.read(max(lo, end - step), end)
             kept = piece.rstrip(chars)
+            if counted:
+                n += piece.count(counted, len(kept))
             if kept:
-                return end - len(piece) + len(kept) - 1
+                return end - len(piece) + len(kept) - 1, n
             if not piece:
                 break
             end -= len(piece)
             step = min(2 * step, 1 << 16)
-        return lo
+        return lo, n
 
-    def strip(self, start: int, end: int, *, keep: bool = False) -> bytes | None:
-        """Bytes ``start`` to ``end`` with their blanks removed (``keep``: each run of
-        blanks made one space), or ``None`` when what is left is more than
-        :data:`REGION_MIN` bytes. Reads :data:`REGION_MIN` bytes at a time."""
-        out: list[bytes] = []
+    def strip(self, start: int, end: int) -> list[tuple[bytes, int]] | None:
+        """Bytes ``start`` to ``end`` with each run of blanks made one space, as pieces
+        of text and the offset in the file of each, or ``None`` when that text is more
+        than :data:`REGION_MIN` bytes. Reads :data:`REGION_MIN` bytes at a time."""
+        out: list[tuple[bytes, int]] = []
         n = 0
         for at in range(start, end, REGION_MIN):
             piece = self.read(at, min(at + REGION_MIN, end))
-            if keep:
-                piece = _BLANKS.sub(b" ", piece)
-                if out and out[-1].endswith(b" ") and piece.startswith(b" "):
-                    piece = piece[1:]
-            else:
-                piece = piece.translate(None, _BLANK)
-            n += len(piece)
+            i = 0
+            for m in _BLANKS.finditer(piece):
+                if m.start() > i:
+                    out.append((piece[i : m.start()], at + i))
+                    n += m.start() - i
+                if not (out and out[-1][0] == b" " and i == m.start() == 0):
+                    out.append((b" ", at + m.start()))
+                    n += 1
+                i = m.end()
+            if i < len(piece):
+                out.append((piece[i:], at + i))
+                n += len(piece) - i
             if n > REGION_MIN:
                 return None
-            out.append(piece)
-        return b"".join(out)
+        return out
+
+
+class _Skeleton:
+    """The skeleton's text put together, and where each of its bytes is in the file:
+    ``anchors`` holds ``(skeleton offset, file offset)`` wherever the difference of the
+    two changes (at each region and each long blank run), so a place in the skeleton
+    can be told as a place in the file (:func:`file_offset`)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.anchors: list[tuple[int, int]] = []
+        self.shift: int | None = None
+
+    def add(self, text: bytes, at: int) -> None:
+        """Append ``text``, which stands for the file's bytes from ``at``."""
+        if self.size - at != self.shift:
+            self.shift = self.size - at
+            self.anchors.append((self.size, at))
+        self.parts.append(text)
+        self.size += len(text)
+
+
+def file_offset(anchors: list[tuple[int, int]], at: int) -> int:
+    """The offset in the file of the skeleton's byte ``at`` (:class:`_Skeleton`)."""
+    i = bisect.bisect_right(anchors, (at, math.inf)) - 1
+    if i < 0:
+        return at
+    skeleton_at, file_at = anchors[i]
+    return file_at + at - skeleton_at
+
+
+def place(f: IO[bytes], anchors: list[tuple[int, int]], skeleton: bytes, pos: int) -> str:
+    """Where the skeleton's character ``pos`` (a JSON parser's error position) is in the
+    file, as the parser says it of the whole file: ``line L column C (char N)``, counted
+    in characters. Reads the file up to there: O(that offset) time, a block of memory."""
+    text = skeleton.decode("utf-8", "surrogateescape")[:pos]
+    at = file_offset(anchors, len(text.encode("utf-8", "surrogateescape")))
+    newlines = chars = since_newline = 0
+    offset = 0
+    while offset < at:
+        block = _read(f, offset, min(offset + BLOCK, at))
+        if not block:
+            break
+        lead = np.frombuffer(block, np.uint8) & 0xC0 != 0x80  # a character starts here
+        n = block.count(b"\n")
+        if n:
+            newlines += n
+            since_newline = int(np.count_nonzero(lead[block.rfind(b"\n") + 1 :]))
+        else:
+            since_newline += int(np.count_nonzero(lead))
+        chars += int(np.count_nonzero(lead))
+        offset += len(block)
+    return f"line {newlines + 1} column {since_newline + 1} (char {chars})"
 
 
 def _pread_into(fd: int, view: memoryview, at: int) -> int:
@@ -221,9 +289,12 @@ def _read(f: IO[bytes], start: int, end: int) -> bytes:
     return f.read(end - start)
 
 
-def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]:
+def scan(
+    f: IO[bytes], size: int, where: str
+) -> tuple[bytes, dict[str, Region], list[tuple[int, int]]]:
     """The skeleton of the file ``f`` (``size`` bytes): its text with every big list that
-    follows a key replaced by a placeholder string, and the placeholders' regions.
+    follows a key replaced by a placeholder string, the placeholders' regions, and the
+    anchors that tell a place in the skeleton as a place in the file (:func:`place`).
 
     Blank space between tokens may be of any length: a run of blanks longer than
     :data:`REGION_MIN` outside a region is written to the skeleton as one space (JSON
@@ -236,16 +307,17 @@ def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]
     """
     nonce = secrets.token_hex(8)
     w = _Window(f, size)
-    parts: list[bytes] = []
+    out = _Skeleton()
     regions: dict[str, Region] = {}
     pos = 0
     last_key = ""
     while True:
         q = w.find(b'"', pos)
         if q - pos <= REGION_MIN:
-            parts.append(w.read(pos, q))
+            out.add(w.read(pos, q), pos)
         else:
-            parts.extend(_stretch(w, pos, q, last_key, nonce, regions))
+            for text, at in _stretch(f, w, pos, q, last_key, nonce, regions):
+                out.add(text, at)
         if q >= size:
             break
         # the string starting at q: find its closing quote (not escaped)
@@ -261,40 +333,61 @@ def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]
                 break
             e += 1
         text = w.read(q, e + 1)
-        parts.append(text)
+        out.add(text, q)
         if b"\\" not in text:
             try:
                 last_key = text[1:-1].decode("utf-8")
             except UnicodeDecodeError:
                 last_key = ""
         pos = e + 1
-    return b"".join(parts), regions
+    return b"".join(out.parts), regions, out.anchors
 
 
 def _stretch(
-    w: _Window, pos: int, q: int, key: str, nonce: str, regions: dict[str, Region]
-) -> list[bytes]:
+    f: IO[bytes],
+    w: _Window,
+    pos: int,
+    q: int,
+    key: str,
+    nonce: str,
+    regions: dict[str, Region],
+) -> list[tuple[bytes, int]]:
     """The skeleton's text for the file's bytes ``pos`` to ``q`` (more than
-    :data:`REGION_MIN` of them, no string inside): ``:`` and a placeholder for a big
-    list after a key (its region added to ``regions``), else the text with its long
-    blank runs made one space. Raises :class:`Unclean` for anything else big."""
-    colon = w.skip(pos, q, _BLANK)
-    start = w.skip(colon + 1, q, _BLANK) if w.byte(colon) == b":" else q
-    listed = w.byte(start) == b"["
-    if listed:
-        last = w.skip_back(q, start, _BLANK + b",}")
+    :data:`REGION_MIN` of them, no string inside), as pieces and the offset in the file
+    each stands for: ``:`` and a placeholder for a big list after a key (its region
+    added to ``regions``) and what follows it, else the text; blank runs made one space.
+
+    A list's end is its last ``]`` before only blanks, ``,`` and ``}`` when as many
+    ``]`` end it as ``[`` begin it (as in every tensor; memory and time: those runs);
+    otherwise it is found by walking the list's brackets (:func:`_walk`: a list inside
+    a list, text after it), so that the skeleton holds exactly what the file holds
+    around it. Raises :class:`Unclean` for a list with a problem in it (the caller
+    locates it) and for anything else big."""
+    colon, _ = w.skip(pos, q, _BLANK)
+    start = w.skip(colon + 1, q, _BLANK)[0] if w.byte(colon) == b":" else q
+    if w.byte(start) != b"[":
+        text = w.strip(pos, q)
+        if text is None:
+            raise Unclean()
+        return text
+    _, opened = w.skip(start, q, _BLANK + b"[", b"[")
+    last, _ = w.skip_back(q, start, _BLANK + b",}")
+    _, closed = w.skip_back(last + 1, start, _BLANK + b"]", b"]")
+    if w.byte(last) == b"]" and closed == opened:
         end = last + 1
-        trailer = w.strip(end, q) if w.byte(last) == b"]" else None
-        if trailer is not None:
-            if end - start <= REGION_MIN:  # a small list among long blanks
-                return [b":", w.read(start, end), trailer]
-            placeholder = f"\\u0000tl{nonce}:{len(regions)}"
-            regions[f"\0tl{nonce}:{len(regions)}"] = Region(start, end, key)
-            return [b":", f'"{placeholder}"'.encode(), trailer]
-    text = w.strip(pos, q, keep=True)
-    if text is not None:
-        return [text]
-    raise Unclean(Region(start, q, key) if listed else None)
+    else:  # walk the list to its end
+        found = _walk(f, Region(start, q, key), key, "")
+        if isinstance(found, FormatError):
+            raise Unclean(Region(start, q, key))
+        end = found[1]
+    trailer = w.strip(end, q)
+    if trailer is None:
+        raise Unclean(Region(start, q, key))
+    if end - start <= REGION_MIN:  # a small list among long blanks
+        return [(b":", colon), (w.read(start, end), start), *trailer]
+    placeholder = f"\\u0000tl{nonce}:{len(regions)}"
+    regions[f"\0tl{nonce}:{len(regions)}"] = Region(start, end, key)
+    return [(b":", colon), (f'"{placeholder}"'.encode(), start), *trailer]
 
 
 def read_region(

@@ -42,7 +42,7 @@ import queue
 import re
 import reprlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -354,12 +354,14 @@ def _depth(doc: Any) -> int:
     return deepest
 
 
-def _parse(data: bytes, where: str) -> tuple[Any, bool]:
+def _parse(data: bytes, where: str, place: Callable[[int], str] | None = None) -> tuple[Any, bool]:
     """Parse JSON text; duplicate keys, NaN and bad syntax raise FormatError.
 
     Also returns whether the tensors' nested lists can hold numbers only: true when the
     file has no more quotes and ``true``/``false``/``null`` than the rest of the document
-    accounts for (then no string or literal hides among the numbers).
+    accounts for (then no string or literal hides among the numbers). ``place(pos)``
+    tells a syntax error's character position in ``data`` as the file's ``line L
+    column C (char N)`` (``data`` is the streaming reader's skeleton of the file).
     """
     import orjson
 
@@ -368,9 +370,10 @@ def _parse(data: bytes, where: str) -> tuple[Any, bool]:
     except orjson.JSONDecodeError as e:
         if not data.strip():
             raise FormatError(f"{where}: empty file, not JSON") from None
-        if "unexpected end of data" in str(e):
-            raise FormatError(f"{where}: truncated JSON ({e})") from None
-        raise FormatError(f"{where}: not valid JSON ({e})") from None
+        found = str(e) if place is None else f"{e.msg}: {place(e.pos)}"
+        if "unexpected end of data" in found:
+            raise FormatError(f"{where}: truncated JSON ({found})") from None
+        raise FormatError(f"{where}: not valid JSON ({found})") from None
     keys, strings, literals = _census(doc)
     # Each ':' outside a string belongs to one key; when they are as many as the keys
     # orjson kept, no key was repeated (a ':' inside a string only costs a re-check).
@@ -447,7 +450,7 @@ def _explain(name: str, value: Any, where: str) -> FormatError:
             if len(x) != expected[depth]:
                 return FormatError(
                     f"{where}: tensor `{name}` has ragged nesting: {_index(at)} has"
-                    f" {len(x)} elements but {_index(at[:-1])}[0] has {expected[depth]}"
+                    f" {len(x)} elements but {_index((0,) * depth)} has {expected[depth]}"
                 )
             return None
         if type(x) not in _LEAF_TYPES:
@@ -778,7 +781,7 @@ def _read_streaming(
     """The pairs of a big file read a tensor at a time, or ``None`` when the file is not
     one the streaming reader takes (then it is read whole)."""
     try:
-        skeleton, regions = _stream.scan(f, size, where)
+        skeleton, regions, anchors = _stream.scan(f, size, where)
     except _stream.Unclean as e:
         if e.region is None:
             return None
@@ -792,7 +795,9 @@ def _read_streaming(
         # over a bytes object of its own: a context adopts it without a copy
         return _stream.read_region(f, value.region, want, name, where, _narrow, _integers, scratch)
 
-    doc, numbers_only = _parse(skeleton, where)
+    doc, numbers_only = _parse(
+        skeleton, where, lambda pos: _stream.place(f, anchors, skeleton, pos)
+    )
     doc = _streamed(doc, regions, f)
     if type(doc) is dict and regions:
         meta = doc.get("meta")
