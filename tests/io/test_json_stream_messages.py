@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from torchlean.errors import FormatError
 from torchlean.io import _json_stream
@@ -185,6 +187,13 @@ DIFFERENT = {
         "tensor `b` is truncated (the file ends inside it)",
         "truncated JSON (unexpected end of data: line 91 column 121 (char 405))",
     ),
+    "a syntax error in a big list": (
+        '{"w": [' + ", ".join(["1.5"] * 30) + ",, 1.5]}",
+        "tensor `w` is not a regular array of numbers (a malformed number, or text after it"
+        " at byte 162)",
+        "not valid JSON (unexpected character, expected a JSON value: line 1 column 157"
+        " (char 156))",
+    ),
     "a string in a big list, after a bad entry": (
         '{"a": "x", "w": [' + ", ".join(["1.5"] * 30) + ', "x"]}',
         'tensor `w` has a non-numeric leaf at [30]: "x"',
@@ -254,3 +263,37 @@ def test_an_error_after_long_blanks_is_placed_as_the_whole_reader_places_it(
     assert whole.startswith(f"{path}: not valid JSON (unexpected character")
     monkeypatch.setattr(tj, "STREAM_ABOVE", 0)
     assert outcome(path) == whole
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    spots=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 300)), min_size=1, max_size=6),
+    region_min=st.sampled_from([8, 40, 100]),
+    damage=st.sampled_from(["none", "comma", "colon", "brace"]),
+)
+def test_blanks_anywhere_read_as_the_whole_reader_reads_them(
+    tmp_path_factory: pytest.TempPathFactory,
+    spots: list[tuple[float, int]],
+    region_min: int,
+    damage: str,
+) -> None:
+    # blank runs of random lengths between any two tokens, in tiny blocks, in a valid
+    # document or one with a syntax error outside its lists: the same arrays, or the
+    # same message
+    text = '{"params": {"w": @, "v": [[1.5, 2.5]], "b": 3}, "meta": {"w": {"shape": [6, 5]}}}'
+    text = doc(text)
+    if damage == "comma":
+        text = text.replace(', "b"', ' "b"')
+    elif damage == "colon":
+        text = text.replace('"v":', '"v"')
+    elif damage == "brace":
+        text = text[:-1]
+    between = [i for i in range(len(text) + 1) if i == len(text) or text[i] in "{}[],: "]
+    for where, length in sorted(spots, reverse=True):
+        at = between[int(where * (len(between) - 1))]
+        text = text[:at] + ("\n \t" * length)[: length * 2] + text[at:]
+    path = tmp_path_factory.mktemp("b") / "w.json"
+    path.write_text(text)
+    whole = outcome(path)
+    assert streamed(path, region_min=region_min) == whole
+    assert (damage == "none") == (not isinstance(whole, str))

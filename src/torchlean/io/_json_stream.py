@@ -94,8 +94,9 @@ _BLANKS: Final = re.compile(rb"[ \t\n\r]+")
 
 class Unclean(Exception):
     """The file is not one the streaming reader takes: a big stretch that is not a list
-    after a key (``region`` is ``None``), or a list after a key that is not followed by
-    ``,`` or ``}`` (``region``: where its text starts)."""
+    after a key (``region`` is ``None``), or a big list after a key with a problem in it
+    or more than :data:`REGION_MIN` bytes of text after it (``region``: where its text
+    starts)."""
 
     def __init__(self, region: Region | None = None) -> None:
         super().__init__(region)
@@ -206,9 +207,12 @@ class _Window:
                 if m.start() > i:
                     out.append((piece[i : m.start()], at + i))
                     n += m.start() - i
-                if not (out and out[-1][0] == b" " and i == m.start() == 0):
+                if m.start() == 0 and len(out) >= 2 and out[-2][0] == b" " and not out[-1][0]:
+                    out.pop()  # the run goes on from the piece before
+                else:
                     out.append((b" ", at + m.start()))
                     n += 1
+                out.append((b"", at + m.end()))  # what follows the run is where it is
                 i = m.end()
             if i < len(piece):
                 out.append((piece[i:], at + i))
