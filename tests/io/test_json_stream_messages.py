@@ -253,6 +253,26 @@ def test_blank_runs_of_any_length_are_read(
 
 
 @pytest.mark.parametrize("length", [R - 1, R + 1, 2 * R + 1])
+@pytest.mark.parametrize("shape", ["[110, 100]", "[110, 99]"])
+def test_long_blanks_in_a_small_list_of_meta_are_read_a_tensor_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, length: int, shape: str
+) -> None:
+    # the list is a region for the scanner; read as the small list it is, not by
+    # reading the whole file (which the reader does for a big list inside meta)
+    text = TEXT[:-1] + ', "meta": {"w": {"shape": ' + shape.replace(",", "," + " " * length)
+    path = tmp_path / "w.json"
+    path.write_text(text + "}}}")
+    whole = outcome(path)
+    monkeypatch.setattr(tj, "STREAM_ABOVE", 0)
+    monkeypatch.setattr(tj, "read_document", None)  # no reading the file whole
+    assert outcome(path) == whole
+    if shape == "[110, 99]":
+        assert whole == f"{path}: tensor `w` has shape (110, 100) but meta says (110, 99)"
+    else:
+        assert whole[0][3] == W.tobytes()
+
+
+@pytest.mark.parametrize("length", [R - 1, R + 1, 2 * R + 1])
 def test_an_error_after_long_blanks_is_placed_as_the_whole_reader_places_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, length: int
 ) -> None:

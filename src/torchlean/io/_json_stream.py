@@ -33,7 +33,8 @@ Reading map:
   whole, or in blocks); :class:`Scratch`, what it reuses from one region to the next.
 - :func:`locate_problem` -- the first problem in a tensor's text, with its index.
 - :class:`Streamed`, :func:`describe` -- a region in a parsed skeleton, and how a
-  message shows it (never the placeholder).
+  message shows it (never the placeholder); :func:`small_value` -- a region that is a
+  small list among long blanks, read as JSON.
 - :func:`tensor_pieces` -- a tensor's JSON text, piece by piece.
 """
 
@@ -64,6 +65,7 @@ __all__ = [
     "locate_problem",
     "read_region",
     "scan",
+    "small_value",
     "tensor_pieces",
 ]
 
@@ -725,6 +727,25 @@ def describe(f: IO[bytes], region: Region) -> str:
     if isinstance(found, FormatError) or found[1] != region.end:
         return f"<list of {region.end - region.start} bytes, not a regular array of numbers>"
     return f"<list of shape {found[0]}>"
+
+
+def small_value(f: IO[bytes], region: Region) -> Any:
+    """The JSON value in ``region`` when its text, each run of blanks made one space,
+    is at most :data:`REGION_MIN` bytes and parses, else ``None``. Memory: that text."""
+    import orjson
+
+    out: list[bytes] = []
+    n = 0
+    for at in range(region.start, region.end, REGION_MIN):
+        piece = _BLANKS.sub(b" ", _read(f, at, min(at + REGION_MIN, region.end)))
+        n += len(piece)
+        if n > REGION_MIN:
+            return None
+        out.append(piece)
+    try:
+        return orjson.loads(b"".join(out))
+    except orjson.JSONDecodeError:
+        return None
 
 
 class Streamed:

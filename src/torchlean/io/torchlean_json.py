@@ -801,7 +801,7 @@ def _read_streaming(
     doc = _streamed(doc, regions, f)
     if type(doc) is dict and regions:
         meta = doc.get("meta")
-        if isinstance(meta, dict) and any(type(v) is _stream.Streamed for v in _strings(meta)):
+        if isinstance(meta, dict) and not _inline(meta):
             return None  # a big list inside meta: read the file whole
     return parse_document(doc, where, numbers_only, dtype=dtype, region=region)
 
@@ -829,16 +829,22 @@ def _streamed(doc: Any, regions: dict[str, _stream.Region], f: Any) -> Any:
     return doc
 
 
-def _strings(x: Any) -> Iterator[Any]:
-    stack = [x]
+def _inline(meta: dict[str, Any]) -> bool:
+    """Replace each :class:`~._json_stream.Streamed` list inside ``meta`` by its value,
+    read when it is a small list among long blanks (``"shape": [1100,`` and 70,000
+    blanks before ``1024]``); ``False`` when one is a big list (or not JSON)."""
+    stack: list[Any] = [meta]
     while stack:
-        y = stack.pop()
-        if type(y) is dict:
-            stack.extend(y.values())
-        elif type(y) is list:
-            stack.extend(y)
-        else:
-            yield y
+        x = stack.pop()
+        for key, value in x.items() if type(x) is dict else enumerate(x):
+            if type(value) is _stream.Streamed:
+                value = _stream.small_value(value.f, value.region)
+                if value is None:
+                    return False
+                x[key] = value
+            if type(value) in (dict, list):
+                stack.append(value)
+    return True
 
 
 def _load_dtype(dtype: Any, default: str | None) -> np.dtype[Any] | None:
