@@ -108,6 +108,13 @@ SAME = {
     "a duplicate key": doc('{"w": @, "w": @}'),
     "ragged nesting": doc('{"w": @}', RAGGED),
     "ragged nesting, deeper": '{"w": [[[1.0, 2.0], [3.0, 4.0]], [[5.0], [7.0, 8.0]]]}',
+    "a list where the first element's nesting has a number, found at its end": (
+        '{"w": [[[1.0, 2.0]], [1.0, 2.0], [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]]}'
+    ),
+    "a number where a list is, after many commas": '{"w": [[1.5], 1.5, 2.5, 3.5, 4.5, 5.5]}',
+    "ragged nesting before a value out of range": (
+        '{"w": [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1e300, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]}'
+    ),
     "a string leaf": '{"w": [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], [1, 2, 3, "x", 5, 6, 7]]}',
     "UTF-8 before the error": doc('{"é": @, "ü": 1 2}'),
     "UTF-8 across lines": doc('{"é":\n @,\n "ü€": [1,\n 2] 3}'),

@@ -464,8 +464,9 @@ def read_region(
             else:
                 wide = _block_numbers(parser, text, depth, depth + opened - closed, b"[]" in shape)
                 block = narrow(wide, dtype, name, where, count)
-        except FormatError:
-            raise
+        except FormatError as e:  # a value out of range: after any problem of nesting,
+            walked = _walk(f, region, name, where)  # as the whole-document reader says
+            raise (walked if isinstance(walked, FormatError) else e) from None
         except Exception:
             raise locate_problem(f, region, name, where) from None
         depth += opened - closed
@@ -784,23 +785,32 @@ def _walk(
     def ragged(message: str) -> FormatError:
         return FormatError(f"{where}: tensor `{name}` has ragged nesting: {message}")
 
+    def numbers(run: bytes) -> FormatError | None:
+        """Count the commas of ``run`` (text between brackets, in the innermost open
+        list); a problem when it holds a number where the first element has a list."""
+        nonlocal leaf_depth
+        if run.translate(None, _BLANK + b","):  # a number
+            nonempty[-1] = True
+            if leaf_depth is None:
+                leaf_depth = len(path)
+            elif leaf_depth != len(path):
+                first = len(run) - len(run.lstrip(_BLANK + b","))
+                here = [*path[:-1], path[-1] + run.count(b",", 0, first)]
+                return ragged(
+                    f"a number at {_index(here)} where the first element's nesting has a list"
+                )
+        path[-1] += run.count(b",")
+        return None
+
     while at < size:
         block = _read(f, at, min(at + BLOCK, size))
         prev = 0
         for m in _STRUCTURE.finditer(block):
             p = m.start()
-            run = block[prev:p]
             if path:
-                path[-1] += run.count(b",")
-                if run.translate(None, _BLANK + b","):  # a number
-                    nonempty[-1] = True
-                    if leaf_depth is None:
-                        leaf_depth = len(path)
-                    elif leaf_depth != len(path):
-                        return ragged(
-                            f"a number at {_index(path)} where the first element's nesting"
-                            " has a list"
-                        )
+                problem = numbers(block[prev:p])
+                if problem is not None:
+                    return problem
             c = block[p : p + 1]
             if c == b"[":
                 if path:
@@ -838,9 +848,9 @@ def _walk(
                 )
             prev = p + 1
         if path:
-            path[-1] += block[prev:].count(b",")
-            if block[prev:].translate(None, _BLANK + b","):
-                nonempty[-1] = True
+            problem = numbers(block[prev:])
+            if problem is not None:
+                return problem
         at += len(block)
     return FormatError(f"{where}: tensor `{name}` is truncated (the file ends inside it)")
 

@@ -426,74 +426,62 @@ def _index(path: tuple[int, ...]) -> str:
 
 
 def _explain(name: str, value: Any, where: str) -> FormatError:
-    """The first problem in a nested list that is not a regular array of numbers."""
+    """The first problem in a nested list that is not a regular array of numbers, found
+    in the order the streaming reader's bracket walk finds it
+    (:func:`~._json_stream.locate_problem`), so both readers say the same: in document
+    order, a list's length checked at its end against the first list of its depth
+    ``[0]...[0]`` to end, a number's depth against the first number's, a list's depth
+    against it too. Without recursion, with O(depth) memory."""
+    if type(value) is not list:
+        return FormatError(
+            f"{where}: tensor `{name}` has a non-numeric leaf at the top: {_show(value)}"
+        )
+    first_len: dict[int, int] = {}
+    leaf_depth: int | None = None
 
-    def shape_of(x: Any) -> tuple[int, ...]:
-        dims = []
-        while type(x) is list:
-            dims.append(len(x))
-            if not x:
-                break
-            x = x[0]
-        return tuple(dims)
+    def ragged(message: str) -> FormatError:
+        return FormatError(f"{where}: tensor `{name}` has ragged nesting: {message}")
 
-    expected = shape_of(value)
-
-    def check(x: Any, at: tuple[int, ...]) -> FormatError | None:
-        depth = len(at)
+    # one (list, next index) pair per open list, never one per element
+    stack: list[list[Any]] = [[value, 0]]
+    at: list[int] = []  # the index of the element being looked at in each open list
+    while stack:
+        frame = stack[-1]
+        items, i = frame
+        if i == len(items):  # the list ends
+            depth = len(stack) - 1
+            want = first_len.setdefault(depth, len(items))
+            here = tuple(at[:depth])
+            if len(items) != want:
+                return ragged(
+                    f"{_index(here)} has {len(items)} elements but {_index((0,) * depth)}"
+                    f" has {want}"
+                )
+            stack.pop()
+            continue
+        frame[1] = i + 1
+        x = items[i]
+        del at[len(stack) - 1 :]
+        at.append(i)
+        here = tuple(at)
         if type(x) is list:
-            if depth >= len(expected):
-                return FormatError(
-                    f"{where}: tensor `{name}` has ragged nesting: a list at {_index(at)}"
-                    " where the first element's nesting has a number"
+            if leaf_depth is not None and len(stack) >= leaf_depth:
+                return ragged(
+                    f"a list at {_index(here)} where the first element's nesting has a number"
                 )
-            if len(x) != expected[depth]:
-                return FormatError(
-                    f"{where}: tensor `{name}` has ragged nesting: {_index(at)} has"
-                    f" {len(x)} elements but {_index((0,) * depth)} has {expected[depth]}"
+            stack.append([x, 0])
+        elif type(x) in _LEAF_TYPES:
+            if leaf_depth is None:
+                leaf_depth = len(stack)
+            elif leaf_depth != len(stack):
+                return ragged(
+                    f"a number at {_index(here)} where the first element's nesting has a list"
                 )
-            return None
-        if type(x) not in _LEAF_TYPES:
+        else:
             return FormatError(
-                f"{where}: tensor `{name}` has a non-numeric leaf at {_index(at) or 'the top'}:"
-                f" {_show(x)}"
+                f"{where}: tensor `{name}` has a non-numeric leaf at {_index(here)}: {_show(x)}"
             )
-        if depth < len(expected):
-            return FormatError(
-                f"{where}: tensor `{name}` has ragged nesting: a number at {_index(at)}"
-                " where the first element's nesting has a list"
-            )
-        return None
-
-    def walk(top: Any) -> FormatError | None:
-        # depth first, in document order, without recursion and with O(depth) memory:
-        # one (list, next index) pair per open list, never one per element
-        e = check(top, ())
-        if e is not None or type(top) is not list:
-            return e
-        stack: list[list[Any]] = [[top, 0]]
-        at: list[int] = []
-        while stack:
-            frame = stack[-1]
-            items, i = frame
-            if i == len(items):
-                stack.pop()
-                if at:
-                    at.pop()
-                continue
-            frame[1] = i + 1
-            x = items[i]
-            here = (*at, i)
-            e = check(x, here)
-            if e is not None:
-                return e
-            if type(x) is list:
-                at.append(i)
-                stack.append([x, 0])
-        return None
-
-    found = walk(value)
-    return found or FormatError(f"{where}: tensor `{name}` is not a regular array of numbers")
+    return FormatError(f"{where}: tensor `{name}` is not a regular array of numbers")
 
 
 def _to_array(
