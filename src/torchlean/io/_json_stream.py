@@ -27,15 +27,20 @@ Writing: :func:`tensor_pieces` yields a tensor's JSON text in pieces of at most
 than one piece's text.
 
 Reading map:
-- :func:`scan` -- the skeleton of a file and its regions (:class:`Region`).
+- :func:`scan` -- the skeleton of a file and its regions (:class:`Region`);
+  :func:`place` -- where a parser's error in the skeleton is in the file.
 - :func:`read_region` -- one region's numbers as an array of a dtype (in chunks,
   whole, or in blocks); :class:`Scratch`, what it reuses from one region to the next.
 - :func:`locate_problem` -- the first problem in a tensor's text, with its index.
+- :class:`Streamed`, :func:`describe` -- a region in a parsed skeleton, and how a
+  message shows it (never the placeholder); :func:`small_value` -- a region that is a
+  small list among long blanks, read as JSON.
 - :func:`tensor_pieces` -- a tensor's JSON text, piece by piece.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import re
@@ -55,9 +60,12 @@ __all__ = [
     "PIECE",
     "Region",
     "Scratch",
+    "Streamed",
+    "describe",
     "locate_problem",
     "read_region",
     "scan",
+    "small_value",
     "tensor_pieces",
 ]
 
@@ -83,12 +91,14 @@ _BLANK: Final = b" \t\n\r"
 _NUMBER_AND_BLANK: Final = b"0123456789.eE+- \t\n\r"
 _BRACKETS_TO_BLANK: Final = bytes.maketrans(b"[]", b"  ")
 _OPENING: Final = re.compile(rb"[\[\s]*")
+_BLANKS: Final = re.compile(rb"[ \t\n\r]+")
 
 
 class Unclean(Exception):
     """The file is not one the streaming reader takes: a big stretch that is not a list
-    after a key (``region`` is ``None``), or a list after a key that is not followed by
-    ``,`` or ``}`` (``region``: where its text starts)."""
+    after a key (``region`` is ``None``), or a big list after a key with a problem in it
+    or more than :data:`REGION_MIN` bytes of text after it (``region``: where its text
+    starts)."""
 
     def __init__(self, region: Region | None = None) -> None:
         super().__init__(region)
@@ -142,6 +152,131 @@ class _Window:
         out = bytearray(max(0, min(end, self.size) - start))
         return bytes(out[: _pread_into(self.fd, memoryview(out), start)])
 
+    def byte(self, at: int) -> bytes:
+        """The byte at ``at`` (``b""`` past the end of the file)."""
+        if self.lo <= at < self.hi:
+            return bytes(self.buffer[at - self.lo : at - self.lo + 1])
+        return self.read(at, at + 1)
+
+    def skip(self, at: int, end: int, chars: bytes, counted: bytes = b"") -> tuple[int, int]:
+        """The offset of the first byte not in ``chars`` from ``at`` on (or ``end``),
+        and how many ``counted`` bytes (one byte) were skipped. Reads 64 bytes, then
+        twice as many each time, up to 64 KiB."""
+        step = 64
+        n = 0
+        while at < end:
+            piece = self.read(at, min(at + step, end))
+            kept = piece.lstrip(chars)
+            skipped = len(piece) - len(kept)
+            if counted:
+                n += piece.count(counted, 0, skipped)
+            if kept:
+                return at + skipped, n
+            if not piece:
+                break  # the file is shorter than it was
+            at += len(piece)
+            step = min(2 * step, 1 << 16)
+        return end, n
+
+    def skip_back(self, end: int, lo: int, chars: bytes, counted: bytes = b"") -> tuple[int, int]:
+        """The offset of the last byte not in ``chars`` before ``end`` (or ``lo``), and
+        how many ``counted`` bytes were skipped. Reads as :meth:`skip` does, backwards."""
+        step = 64
+        n = 0
+        while end > lo:
+            piece = self.read(max(lo, end - step), end)
+            kept = piece.rstrip(chars)
+            if counted:
+                n += piece.count(counted, len(kept))
+            if kept:
+                return end - len(piece) + len(kept) - 1, n
+            if not piece:
+                break
+            end -= len(piece)
+            step = min(2 * step, 1 << 16)
+        return lo, n
+
+    def strip(self, start: int, end: int) -> list[tuple[bytes, int]] | None:
+        """Bytes ``start`` to ``end`` with each run of blanks made one space, as pieces
+        of text and the offset in the file of each, or ``None`` when that text is more
+        than :data:`REGION_MIN` bytes. Reads :data:`REGION_MIN` bytes at a time."""
+        out: list[tuple[bytes, int]] = []
+        n = 0
+        for at in range(start, end, REGION_MIN):
+            piece = self.read(at, min(at + REGION_MIN, end))
+            i = 0
+            for m in _BLANKS.finditer(piece):
+                if m.start() > i:
+                    out.append((piece[i : m.start()], at + i))
+                    n += m.start() - i
+                if m.start() == 0 and len(out) >= 2 and out[-2][0] == b" " and not out[-1][0]:
+                    out.pop()  # the run goes on from the piece before
+                else:
+                    out.append((b" ", at + m.start()))
+                    n += 1
+                out.append((b"", at + m.end()))  # what follows the run is where it is
+                i = m.end()
+            if i < len(piece):
+                out.append((piece[i:], at + i))
+                n += len(piece) - i
+            if n > REGION_MIN:
+                return None
+        return out
+
+
+class _Skeleton:
+    """The skeleton's text put together, and where each of its bytes is in the file:
+    ``anchors`` holds ``(skeleton offset, file offset)`` wherever the difference of the
+    two changes (at each region and each long blank run), so a place in the skeleton
+    can be told as a place in the file (:func:`file_offset`)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.anchors: list[tuple[int, int]] = []
+        self.shift: int | None = None
+
+    def add(self, text: bytes, at: int) -> None:
+        """Append ``text``, which stands for the file's bytes from ``at``."""
+        if self.size - at != self.shift:
+            self.shift = self.size - at
+            self.anchors.append((self.size, at))
+        self.parts.append(text)
+        self.size += len(text)
+
+
+def file_offset(anchors: list[tuple[int, int]], at: int) -> int:
+    """The offset in the file of the skeleton's byte ``at`` (:class:`_Skeleton`)."""
+    i = bisect.bisect_right(anchors, (at, math.inf)) - 1
+    if i < 0:
+        return at
+    skeleton_at, file_at = anchors[i]
+    return file_at + at - skeleton_at
+
+
+def place(f: IO[bytes], anchors: list[tuple[int, int]], skeleton: bytes, pos: int) -> str:
+    """Where the skeleton's character ``pos`` (a JSON parser's error position) is in the
+    file, as the parser says it of the whole file: ``line L column C (char N)``, counted
+    in characters. Reads the file up to there: O(that offset) time, a block of memory."""
+    text = skeleton.decode("utf-8", "surrogateescape")[:pos]
+    at = file_offset(anchors, len(text.encode("utf-8", "surrogateescape")))
+    newlines = chars = since_newline = 0
+    offset = 0
+    while offset < at:
+        block = _read(f, offset, min(offset + BLOCK, at))
+        if not block:
+            break
+        lead = np.frombuffer(block, np.uint8) & 0xC0 != 0x80  # a character starts here
+        n = block.count(b"\n")
+        if n:
+            newlines += n
+            since_newline = int(np.count_nonzero(lead[block.rfind(b"\n") + 1 :]))
+        else:
+            since_newline += int(np.count_nonzero(lead))
+        chars += int(np.count_nonzero(lead))
+        offset += len(block)
+    return f"line {newlines + 1} column {since_newline + 1} (char {chars})"
+
 
 def _pread_into(fd: int, view: memoryview, at: int) -> int:
     """Fill ``view`` with the file's bytes from ``at``; how many there were."""
@@ -160,9 +295,17 @@ def _read(f: IO[bytes], start: int, end: int) -> bytes:
     return f.read(end - start)
 
 
-def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]:
+def scan(
+    f: IO[bytes], size: int, where: str
+) -> tuple[bytes, dict[str, Region], list[tuple[int, int]]]:
     """The skeleton of the file ``f`` (``size`` bytes): its text with every big list that
-    follows a key replaced by a placeholder string, and the placeholders' regions.
+    follows a key replaced by a placeholder string, the placeholders' regions, and the
+    anchors that tell a place in the skeleton as a place in the file (:func:`place`).
+
+    Blank space between tokens may be of any length: a run of blanks longer than
+    :data:`REGION_MIN` outside a region is written to the skeleton as one space (JSON
+    reads both the same), and the ``:`` before a region and the ``]``, ``,`` and ``}``
+    after it are found across any number of blanks.
 
     Raises :class:`Unclean` when a big stretch is not a list followed by ``,`` or ``}``
     (the caller then locates the problem). Cost: O(size) at memchr speed, memory O(the
@@ -170,28 +313,17 @@ def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]
     """
     nonce = secrets.token_hex(8)
     w = _Window(f, size)
-    parts: list[bytes] = []
+    out = _Skeleton()
     regions: dict[str, Region] = {}
     pos = 0
     last_key = ""
     while True:
         q = w.find(b'"', pos)
         if q - pos <= REGION_MIN:
-            parts.append(w.read(pos, q))
+            out.add(w.read(pos, q), pos)
         else:
-            head = w.read(pos, pos + 64).lstrip(_BLANK)
-            tail_start = max(pos, q - REGION_MIN)
-            tail = w.read(tail_start, q)
-            close = tail.rfind(b"]")
-            if not head.startswith(b":") or not head[1:].lstrip(_BLANK).startswith(b"["):
-                raise Unclean()
-            start = pos + w.read(pos, pos + 64).index(b"[")
-            if close < 0 or tail[close + 1 :].translate(None, _BLANK + b",}"):
-                raise Unclean(Region(start, q, last_key))
-            end = tail_start + close + 1
-            placeholder = f"\\u0000tl{nonce}:{len(regions)}"
-            regions[f"\0tl{nonce}:{len(regions)}"] = Region(start, end, last_key)
-            parts.append(w.read(pos, start) + f'"{placeholder}"'.encode() + w.read(end, q))
+            for text, at in _stretch(f, w, pos, q, last_key, nonce, regions):
+                out.add(text, at)
         if q >= size:
             break
         # the string starting at q: find its closing quote (not escaped)
@@ -207,14 +339,61 @@ def scan(f: IO[bytes], size: int, where: str) -> tuple[bytes, dict[str, Region]]
                 break
             e += 1
         text = w.read(q, e + 1)
-        parts.append(text)
+        out.add(text, q)
         if b"\\" not in text:
             try:
                 last_key = text[1:-1].decode("utf-8")
             except UnicodeDecodeError:
                 last_key = ""
         pos = e + 1
-    return b"".join(parts), regions
+    return b"".join(out.parts), regions, out.anchors
+
+
+def _stretch(
+    f: IO[bytes],
+    w: _Window,
+    pos: int,
+    q: int,
+    key: str,
+    nonce: str,
+    regions: dict[str, Region],
+) -> list[tuple[bytes, int]]:
+    """The skeleton's text for the file's bytes ``pos`` to ``q`` (more than
+    :data:`REGION_MIN` of them, no string inside), as pieces and the offset in the file
+    each stands for: ``:`` and a placeholder for a big list after a key (its region
+    added to ``regions``) and what follows it, else the text; blank runs made one space.
+
+    A list's end is its last ``]`` before only blanks, ``,`` and ``}`` when as many
+    ``]`` end it as ``[`` begin it (as in every tensor; memory and time: those runs);
+    otherwise it is found by walking the list's brackets (:func:`_walk`: a list inside
+    a list, text after it), so that the skeleton holds exactly what the file holds
+    around it. Raises :class:`Unclean` for a list with a problem in it (the caller
+    locates it) and for anything else big."""
+    colon, _ = w.skip(pos, q, _BLANK)
+    start = w.skip(colon + 1, q, _BLANK)[0] if w.byte(colon) == b":" else q
+    if w.byte(start) != b"[":
+        text = w.strip(pos, q)
+        if text is None:
+            raise Unclean()
+        return text
+    _, opened = w.skip(start, q, _BLANK + b"[", b"[")
+    last, _ = w.skip_back(q, start, _BLANK + b",}")
+    _, closed = w.skip_back(last + 1, start, _BLANK + b"]", b"]")
+    if w.byte(last) == b"]" and closed == opened:
+        end = last + 1
+    else:  # walk the list to its end
+        found = _walk(f, Region(start, q, key), key, "")
+        if isinstance(found, FormatError):
+            raise Unclean(Region(start, q, key))
+        end = found[1]
+    trailer = w.strip(end, q)
+    if trailer is None:
+        raise Unclean(Region(start, q, key))
+    if end - start <= REGION_MIN:  # a small list among long blanks
+        return [(b":", colon), (w.read(start, end), start), *trailer]
+    placeholder = f"\\u0000tl{nonce}:{len(regions)}"
+    regions[f"\0tl{nonce}:{len(regions)}"] = Region(start, end, key)
+    return [(b":", colon), (f'"{placeholder}"'.encode(), start), *trailer]
 
 
 def read_region(
@@ -285,8 +464,9 @@ def read_region(
             else:
                 wide = _block_numbers(parser, text, depth, depth + opened - closed, b"[]" in shape)
                 block = narrow(wide, dtype, name, where, count)
-        except FormatError:
-            raise
+        except FormatError as e:  # a value out of range: after any problem of nesting,
+            walked = _walk(f, region, name, where)  # as the whole-document reader says
+            raise (walked if isinstance(walked, FormatError) else e) from None
         except Exception:
             raise locate_problem(f, region, name, where) from None
         depth += opened - closed
@@ -530,6 +710,70 @@ def locate_problem(f: IO[bytes], region: Region, name: str, where: str) -> Forma
     non-numeric leaf or ragged nesting, with its index. Walks only brackets and
     non-numeric characters (commas are counted in C), so memory is O(nesting depth)
     whatever the tensor's size."""
+    found = _walk(f, region, name, where)
+    if isinstance(found, FormatError):
+        return found
+    return FormatError(
+        f"{where}: tensor `{name}` is not a regular array of numbers"
+        f" (a malformed number, or text after it at byte {found[1]})"
+    )
+
+
+def describe(f: IO[bytes], region: Region) -> str:
+    """A short description of the list in ``region`` for a message, where the
+    whole-document reader shows the value: ``<list of shape (1100, 1024)>``, or its size
+    in bytes when it is not a regular array. Walks the list as :func:`locate_problem`
+    does: O(region) time, O(nesting depth) memory."""
+    found = _walk(f, region, "", "")
+    if isinstance(found, FormatError) or found[1] != region.end:
+        return f"<list of {region.end - region.start} bytes, not a regular array of numbers>"
+    return f"<list of shape {found[0]}>"
+
+
+def small_value(f: IO[bytes], region: Region) -> Any:
+    """The JSON value in ``region`` when its text, each run of blanks made one space,
+    is at most :data:`REGION_MIN` bytes and parses, else ``None``. Memory: that text."""
+    import orjson
+
+    out: list[bytes] = []
+    n = 0
+    for at in range(region.start, region.end, REGION_MIN):
+        piece = _BLANKS.sub(b" ", _read(f, at, min(at + REGION_MIN, region.end)))
+        n += len(piece)
+        if n > REGION_MIN:
+            return None
+        out.append(piece)
+    try:
+        return orjson.loads(b"".join(out))
+    except orjson.JSONDecodeError:
+        return None
+
+
+class Streamed:
+    """What a placeholder of the skeleton stands for once the skeleton is parsed: the
+    big list in ``region``, read later. Its ``description`` (:func:`describe`, computed
+    when first asked for, while the file is open) stands for the value in messages."""
+
+    def __init__(self, f: IO[bytes], region: Region) -> None:
+        self.f = f
+        self.region = region
+        self._description: str | None = None
+
+    @property
+    def description(self) -> str:
+        if self._description is None:
+            self._description = describe(self.f, self.region)
+        return self._description
+
+    def __repr__(self) -> str:
+        return self.description
+
+
+def _walk(
+    f: IO[bytes], region: Region, name: str, where: str
+) -> FormatError | tuple[tuple[int, ...], int]:
+    """The walk of :func:`locate_problem`: its FormatError, or, when the list closes
+    with no problem found, its shape and the offset after its ``]``."""
     path: list[int] = []  # the index at each open list
     nonempty: list[bool] = []
     first_len: dict[int, int] = {}
@@ -541,23 +785,32 @@ def locate_problem(f: IO[bytes], region: Region, name: str, where: str) -> Forma
     def ragged(message: str) -> FormatError:
         return FormatError(f"{where}: tensor `{name}` has ragged nesting: {message}")
 
+    def numbers(run: bytes) -> FormatError | None:
+        """Count the commas of ``run`` (text between brackets, in the innermost open
+        list); a problem when it holds a number where the first element has a list."""
+        nonlocal leaf_depth
+        if run.translate(None, _BLANK + b","):  # a number
+            nonempty[-1] = True
+            if leaf_depth is None:
+                leaf_depth = len(path)
+            elif leaf_depth != len(path):
+                first = len(run) - len(run.lstrip(_BLANK + b","))
+                here = [*path[:-1], path[-1] + run.count(b",", 0, first)]
+                return ragged(
+                    f"a number at {_index(here)} where the first element's nesting has a list"
+                )
+        path[-1] += run.count(b",")
+        return None
+
     while at < size:
         block = _read(f, at, min(at + BLOCK, size))
         prev = 0
         for m in _STRUCTURE.finditer(block):
             p = m.start()
-            run = block[prev:p]
             if path:
-                path[-1] += run.count(b",")
-                if run.translate(None, _BLANK + b","):  # a number
-                    nonempty[-1] = True
-                    if leaf_depth is None:
-                        leaf_depth = len(path)
-                    elif leaf_depth != len(path):
-                        return ragged(
-                            f"a number at {_index(path)} where the first element's nesting"
-                            " has a list"
-                        )
+                problem = numbers(block[prev:p])
+                if problem is not None:
+                    return problem
             c = block[p : p + 1]
             if c == b"[":
                 if path:
@@ -583,10 +836,8 @@ def locate_problem(f: IO[bytes], region: Region, name: str, where: str) -> Forma
                 path.pop()
                 nonempty.pop()
                 if not path:
-                    return FormatError(
-                        f"{where}: tensor `{name}` is not a regular array of numbers"
-                        f" (a malformed number, or text after it at byte {at + p + 1})"
-                    )
+                    deepest = leaf_depth if leaf_depth is not None else len(first_len)
+                    return tuple(first_len[d] for d in range(deepest)), at + p + 1
             else:
                 leaf = _read(f, at + p, at + p + 40)
                 stop = min((i for i in (leaf.find(b","), leaf.find(b"]")) if i >= 0), default=40)
@@ -597,9 +848,9 @@ def locate_problem(f: IO[bytes], region: Region, name: str, where: str) -> Forma
                 )
             prev = p + 1
         if path:
-            path[-1] += block[prev:].count(b",")
-            if block[prev:].translate(None, _BLANK + b","):
-                nonempty[-1] = True
+            problem = numbers(block[prev:])
+            if problem is not None:
+                return problem
         at += len(block)
     return FormatError(f"{where}: tensor `{name}` is truncated (the file ends inside it)")
 

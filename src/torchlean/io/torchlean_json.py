@@ -42,7 +42,7 @@ import queue
 import re
 import reprlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import numpy as np
@@ -354,12 +354,14 @@ def _depth(doc: Any) -> int:
     return deepest
 
 
-def _parse(data: bytes, where: str) -> tuple[Any, bool]:
+def _parse(data: bytes, where: str, place: Callable[[int], str] | None = None) -> tuple[Any, bool]:
     """Parse JSON text; duplicate keys, NaN and bad syntax raise FormatError.
 
     Also returns whether the tensors' nested lists can hold numbers only: true when the
     file has no more quotes and ``true``/``false``/``null`` than the rest of the document
-    accounts for (then no string or literal hides among the numbers).
+    accounts for (then no string or literal hides among the numbers). ``place(pos)``
+    tells a syntax error's character position in ``data`` as the file's ``line L
+    column C (char N)`` (``data`` is the streaming reader's skeleton of the file).
     """
     import orjson
 
@@ -368,9 +370,10 @@ def _parse(data: bytes, where: str) -> tuple[Any, bool]:
     except orjson.JSONDecodeError as e:
         if not data.strip():
             raise FormatError(f"{where}: empty file, not JSON") from None
-        if "unexpected end of data" in str(e):
-            raise FormatError(f"{where}: truncated JSON ({e})") from None
-        raise FormatError(f"{where}: not valid JSON ({e})") from None
+        found = str(e) if place is None else f"{e.msg}: {place(e.pos)}"
+        if "unexpected end of data" in found:
+            raise FormatError(f"{where}: truncated JSON ({found})") from None
+        raise FormatError(f"{where}: not valid JSON ({found})") from None
     keys, strings, literals = _census(doc)
     # Each ':' outside a string belongs to one key; when they are as many as the keys
     # orjson kept, no key was repeated (a ':' inside a string only costs a re-check).
@@ -396,11 +399,24 @@ def _parse(data: bytes, where: str) -> tuple[Any, bool]:
     return doc, numbers_only
 
 
+class _Repr(reprlib.Repr):
+    """:mod:`reprlib`'s short repr, with a big list the streaming reader has not read
+    (:class:`~._json_stream.Streamed`) shown by its description."""
+
+    def repr1(self, x: Any, level: int) -> str:
+        if type(x) is _stream.Streamed:
+            return x.description
+        return super().repr1(x, level)
+
+
+_REPR: Final = _Repr()
+
+
 def _show(x: Any) -> str:
     """A JSON value, shortly (never recursing into a deeply nested one)."""
     if x is None or type(x) in (str, bool, int, float):
         return json.dumps(x)[:40]
-    return reprlib.repr(x)
+    return _REPR.repr(x)
 
 
 def _index(path: tuple[int, ...]) -> str:
@@ -410,74 +426,62 @@ def _index(path: tuple[int, ...]) -> str:
 
 
 def _explain(name: str, value: Any, where: str) -> FormatError:
-    """The first problem in a nested list that is not a regular array of numbers."""
+    """The first problem in a nested list that is not a regular array of numbers, found
+    in the order the streaming reader's bracket walk finds it
+    (:func:`~._json_stream.locate_problem`), so both readers say the same: in document
+    order, a list's length checked at its end against the first list of its depth
+    ``[0]...[0]`` to end, a number's depth against the first number's, a list's depth
+    against it too. Without recursion, with O(depth) memory."""
+    if type(value) is not list:
+        return FormatError(
+            f"{where}: tensor `{name}` has a non-numeric leaf at the top: {_show(value)}"
+        )
+    first_len: dict[int, int] = {}
+    leaf_depth: int | None = None
 
-    def shape_of(x: Any) -> tuple[int, ...]:
-        dims = []
-        while type(x) is list:
-            dims.append(len(x))
-            if not x:
-                break
-            x = x[0]
-        return tuple(dims)
+    def ragged(message: str) -> FormatError:
+        return FormatError(f"{where}: tensor `{name}` has ragged nesting: {message}")
 
-    expected = shape_of(value)
-
-    def check(x: Any, at: tuple[int, ...]) -> FormatError | None:
-        depth = len(at)
+    # one (list, next index) pair per open list, never one per element
+    stack: list[list[Any]] = [[value, 0]]
+    at: list[int] = []  # the index of the element being looked at in each open list
+    while stack:
+        frame = stack[-1]
+        items, i = frame
+        if i == len(items):  # the list ends
+            depth = len(stack) - 1
+            want = first_len.setdefault(depth, len(items))
+            here = tuple(at[:depth])
+            if len(items) != want:
+                return ragged(
+                    f"{_index(here)} has {len(items)} elements but {_index((0,) * depth)}"
+                    f" has {want}"
+                )
+            stack.pop()
+            continue
+        frame[1] = i + 1
+        x = items[i]
+        del at[len(stack) - 1 :]
+        at.append(i)
+        here = tuple(at)
         if type(x) is list:
-            if depth >= len(expected):
-                return FormatError(
-                    f"{where}: tensor `{name}` has ragged nesting: a list at {_index(at)}"
-                    " where the first element's nesting has a number"
+            if leaf_depth is not None and len(stack) >= leaf_depth:
+                return ragged(
+                    f"a list at {_index(here)} where the first element's nesting has a number"
                 )
-            if len(x) != expected[depth]:
-                return FormatError(
-                    f"{where}: tensor `{name}` has ragged nesting: {_index(at)} has"
-                    f" {len(x)} elements but {_index(at[:-1])}[0] has {expected[depth]}"
+            stack.append([x, 0])
+        elif type(x) in _LEAF_TYPES:
+            if leaf_depth is None:
+                leaf_depth = len(stack)
+            elif leaf_depth != len(stack):
+                return ragged(
+                    f"a number at {_index(here)} where the first element's nesting has a list"
                 )
-            return None
-        if type(x) not in _LEAF_TYPES:
+        else:
             return FormatError(
-                f"{where}: tensor `{name}` has a non-numeric leaf at {_index(at) or 'the top'}:"
-                f" {_show(x)}"
+                f"{where}: tensor `{name}` has a non-numeric leaf at {_index(here)}: {_show(x)}"
             )
-        if depth < len(expected):
-            return FormatError(
-                f"{where}: tensor `{name}` has ragged nesting: a number at {_index(at)}"
-                " where the first element's nesting has a list"
-            )
-        return None
-
-    def walk(top: Any) -> FormatError | None:
-        # depth first, in document order, without recursion and with O(depth) memory:
-        # one (list, next index) pair per open list, never one per element
-        e = check(top, ())
-        if e is not None or type(top) is not list:
-            return e
-        stack: list[list[Any]] = [[top, 0]]
-        at: list[int] = []
-        while stack:
-            frame = stack[-1]
-            items, i = frame
-            if i == len(items):
-                stack.pop()
-                if at:
-                    at.pop()
-                continue
-            frame[1] = i + 1
-            x = items[i]
-            here = (*at, i)
-            e = check(x, here)
-            if e is not None:
-                return e
-            if type(x) is list:
-                at.append(i)
-                stack.append([x, 0])
-        return None
-
-    found = walk(value)
-    return found or FormatError(f"{where}: tensor `{name}` is not a regular array of numbers")
+    return FormatError(f"{where}: tensor `{name}` is not a regular array of numbers")
 
 
 def _to_array(
@@ -618,7 +622,7 @@ def _meta_dtype(value: Any, where: str, what: str) -> np.dtype[Any]:
 
 def _meta_shape(value: Any, where: str, name: str) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(type(d) is int and d >= 0 for d in value):
-        shown = reprlib.repr(value).replace("'", '"')
+        shown = _REPR.repr(value).replace("'", '"')
         raise FormatError(
             f"{where}: meta shape of `{name}` must be a list of non-negative ints, got {shown}"
         )
@@ -626,7 +630,7 @@ def _meta_shape(value: Any, where: str, name: str) -> tuple[int, ...]:
         raise FormatError(
             f"{where}: meta shape of `{name}` is not a possible tensor shape: at most"
             f" {_MAX_DIMS} dimensions, fewer than 2**62 elements"
-            f" (got {reprlib.repr(value)})"
+            f" (got {_REPR.repr(value)})"
         )
     return tuple(value)
 
@@ -765,7 +769,7 @@ def _read_streaming(
     """The pairs of a big file read a tensor at a time, or ``None`` when the file is not
     one the streaming reader takes (then it is read whole)."""
     try:
-        skeleton, regions = _stream.scan(f, size, where)
+        skeleton, regions, anchors = _stream.scan(f, size, where)
     except _stream.Unclean as e:
         if e.region is None:
             return None
@@ -774,30 +778,61 @@ def _read_streaming(
     scratch = _stream.Scratch()  # one for the file: its buffers serve every tensor
 
     def region(value: Any, name: str, want: np.dtype[Any]) -> np.ndarray[Any, Any] | None:
-        found = regions.get(value) if type(value) is str else None
-        if found is None:
+        if type(value) is not _stream.Streamed:
             return None
         # over a bytes object of its own: a context adopts it without a copy
-        return _stream.read_region(f, found, want, name, where, _narrow, _integers, scratch)
+        return _stream.read_region(f, value.region, want, name, where, _narrow, _integers, scratch)
 
-    doc, numbers_only = _parse(skeleton, where)
+    doc, numbers_only = _parse(
+        skeleton, where, lambda pos: _stream.place(f, anchors, skeleton, pos)
+    )
+    doc = _streamed(doc, regions, f)
     if type(doc) is dict and regions:
         meta = doc.get("meta")
-        if isinstance(meta, dict) and any(type(v) is str and v in regions for v in _strings(meta)):
+        if isinstance(meta, dict) and not _inline(meta):
             return None  # a big list inside meta: read the file whole
     return parse_document(doc, where, numbers_only, dtype=dtype, region=region)
 
 
-def _strings(x: Any) -> Iterator[Any]:
-    stack = [x]
+def _streamed(doc: Any, regions: dict[str, _stream.Region], f: Any) -> Any:
+    """``doc`` (a parsed skeleton) with each placeholder, a value in an object, replaced
+    by the :class:`~._json_stream.Streamed` list it stands for: so that the placeholder
+    is read as its tensor and shown in messages by a description, never as itself.
+    Cost: O(skeleton) at most; it stops once every placeholder is found."""
+    left = len(regions)
+    stack = [doc]
+    while stack and left:  # stops once every placeholder is found
+        x = stack.pop()
+        if type(x) is dict:
+            for key, value in x.items():
+                if type(value) is str:
+                    found = regions.get(value)
+                    if found is not None:
+                        x[key] = _stream.Streamed(f, found)
+                        left -= 1
+                elif type(value) in (dict, list):
+                    stack.append(value)
+        elif type(x) is list:
+            stack.extend(y for y in x if type(y) in (dict, list))
+    return doc
+
+
+def _inline(meta: dict[str, Any]) -> bool:
+    """Replace each :class:`~._json_stream.Streamed` list inside ``meta`` by its value,
+    read when it is a small list among long blanks (``"shape": [1100,`` and 70,000
+    blanks before ``1024]``); ``False`` when one is a big list (or not JSON)."""
+    stack: list[Any] = [meta]
     while stack:
-        y = stack.pop()
-        if type(y) is dict:
-            stack.extend(y.values())
-        elif type(y) is list:
-            stack.extend(y)
-        else:
-            yield y
+        x = stack.pop()
+        for key, value in x.items() if type(x) is dict else enumerate(x):
+            if type(value) is _stream.Streamed:
+                value = _stream.small_value(value.f, value.region)
+                if value is None:
+                    return False
+                x[key] = value
+            if type(value) in (dict, list):
+                stack.append(value)
+    return True
 
 
 def _load_dtype(dtype: Any, default: str | None) -> np.dtype[Any] | None:
