@@ -65,6 +65,7 @@ def test_whole_rows_are_read_straight_into_the_targets(
     """A load reads each shard's rows from the file into the target (one read per
     request) where the bytes are contiguous; a 0-d tensor goes through DCP's own reader
     and an empty one reads nothing; every value comes back bitwise, in every dtype."""
+    from torchlean.io import distributed
     from torchlean.io.safetensors import _File
     from torchlean.runtime import RuntimeContext
 
@@ -87,10 +88,16 @@ def test_whole_rows_are_read_straight_into_the_targets(
         return read_into(self, offset, view)
 
     monkeypatch.setattr(_File, "read_into", counted)
-    got = io.load(tmp_path / "c", backend="torch")
-    for name, want in values.items():
-        t = got.variable_entry(name).t
-        assert t.dtype == want.dtype and t.shape == want.shape, name
-        assert torch.equal(_workers.bits(t), _workers.bits(want)), name
+    # a process alone reads through DCP's own path (its copy uses every core)
+    alone = io.load(tmp_path / "c", backend="torch")
+    assert reads == []
+    # beside other ranks (as in a process group of several), the direct reads
+    monkeypatch.setattr(distributed, "_shared_machine", lambda: True)
+    shared = io.load(tmp_path / "c", backend="torch")
+    for got in (alone, shared):
+        for name, want in values.items():
+            t = got.variable_entry(name).t
+            assert t.dtype == want.dtype and t.shape == want.shape, name
+            assert torch.equal(_workers.bits(t), _workers.bits(want)), name
     # w, h, i, n straight from the file (in one read each); s (0-d) by DCP; e: no bytes
     assert sorted(reads) == sorted([9 * 7 * 4, 5 * 3 * 2, 12 * 8, 3 * 4])
