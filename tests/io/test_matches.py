@@ -42,10 +42,13 @@ def test_matches_reads_every_byte_in_chunks(
         if array.dtype.kind != "V":  # numpy's own dtypes: a big-endian copy matches too
             assert fs.matches(info, array.astype(array.dtype.newbyteorder(">")))
         if array.size:
-            changed = array.copy()
-            flat = changed.reshape(-1).view(np.uint8)
-            flat[-1] ^= 1  # the last byte: the last chunk is compared too
-            assert not fs.matches(info, changed), name
+            # the first byte (a full chunk, compared by memcmp) and the last (the last
+            # chunk, full or not)
+            for where in (0, -1):
+                changed = array.copy()
+                flat = changed.reshape(-1).view(np.uint8)
+                flat[where] ^= 1
+                assert not fs.matches(info, changed), (name, where)
     info = fs.info("w")
     assert not fs.matches(info, arrays["w"].astype(np.float64))  # another dtype
     assert not fs.matches(info, arrays["w"].reshape(11, 13))  # another shape

@@ -183,7 +183,12 @@ class FileSummary:
             n = len(chunk)
             if at + n > flat.size:
                 return False
-            if not np.array_equal(np.frombuffer(chunk, np.uint8), flat[at : at + n]):
+            whole = chunk.obj if isinstance(chunk, memoryview) else None
+            if isinstance(whole, bytearray) and len(whole) == n:  # memcmp, no temporary
+                same = whole == flat[at : at + n].data
+            else:
+                same = np.array_equal(np.frombuffer(chunk, np.uint8), flat[at : at + n])
+            if not same:
                 return False
             at += n
         return at == flat.size
