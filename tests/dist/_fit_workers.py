@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _fsdp_workers import Scaled, batch, mlp
+from _fsdp_workers import batch, recipe_loss, sharded_mlp
 from _workers import bits, join, leave
 
 STEPS = 4
@@ -16,8 +16,7 @@ STEPS = 4
 
 def fsdp_fit_worker(rank: int, world: int, port: int, folder: str) -> None:
     mesh = join(rank, world, port)
-    from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor import DTensor, Shard
 
     from torchlean import optim
     from torchlean.errors import BackendError
@@ -25,23 +24,8 @@ def fsdp_fit_worker(rank: int, world: int, port: int, folder: str) -> None:
     from torchlean.runtime import RuntimeContext
     from torchlean.train import fit
 
-    model = mlp()
-    for layer in model.net:
-        if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    with torch.device("meta"):
-        template = Scaled()
-
-    def loss(c: Any, xs: Any, ys: Any) -> Any:
-        full = {
-            k: v.redistribute(placements=[Replicate()])
-            if isinstance(v, DTensor)
-            else DTensor.from_local(v, mesh, [Replicate()], run_check=False)
-            for k, v in c.state_dict().items()
-        }
-        out = torch.func.functional_call(template, full, (xs,))
-        return ((out - ys) ** 2).mean().full_tensor()
+    model = sharded_mlp(mesh)
+    loss = recipe_loss(mesh)
 
     n = 6 // world
     mine = slice(rank * n, (rank + 1) * n)
@@ -118,27 +102,14 @@ def fsdp_resume_on_one(rank: int, world: int, port: int, folder: str) -> None:
     one): its last two steps equal the 2-rank run's (its folder of step 4) within
     float32 rounding."""
     mesh = join(rank, world, port)
-    from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import DTensor, Replicate
 
     from torchlean import io, optim
     from torchlean.runtime import RuntimeContext
     from torchlean.train import fit
 
-    model = mlp()
-    fully_shard(model, mesh=mesh)
-    with torch.device("meta"):
-        template = Scaled()
-
-    def loss(c: Any, xs: Any, ys: Any) -> Any:
-        full = {
-            k: v.redistribute(placements=[Replicate()])
-            if isinstance(v, DTensor)
-            else DTensor.from_local(v, mesh, [Replicate()], run_check=False)
-            for k, v in c.state_dict().items()
-        }
-        out = torch.func.functional_call(template, full, (xs,))
-        return ((out - ys) ** 2).mean().full_tensor()
+    model = sharded_mlp(mesh, per_layer=False)
+    loss = recipe_loss(mesh)
 
     def data(step: int) -> tuple[Any, ...]:
         return tuple(DTensor.from_local(t, mesh, [Replicate()]) for t in batch(step))

@@ -64,34 +64,26 @@ def train(ctx: Any, loss: Any, batches: list[tuple[Any, ...]]) -> tuple[Any, lis
     return ctx, losses
 
 
-def fsdp_worker(rank: int, world: int, port: int) -> None:
-    mesh = join(rank, world, port)
+def sharded_mlp(mesh: Any, *, per_layer: bool = True) -> Scaled:
+    """:func:`mlp` under ``fully_shard`` (each Linear first when ``per_layer``)."""
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import DTensor, Replicate, Shard
-
-    from torchlean.errors import TorchLeanError
-    from torchlean.runtime import RuntimeContext
 
     model = mlp()
-    for layer in model.net:
-        if isinstance(layer, torch.nn.Linear):
-            fully_shard(layer, mesh=mesh)
+    if per_layer:
+        for layer in model.net:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    ctx = RuntimeContext.from_module(model)
-    assert list(ctx.state_dict()) == list(model.state_dict()), list(ctx.state_dict())
-    assert ctx.buffers() == ["scale"], ctx.buffers()
-    w = ctx.variable_entry("net.0.weight")
-    assert w is not None and w.backend == "dtensor" and w.dims == (8, 4), w
-    assert w.local_dims == (4, 4) and w.placement is not None, w
-    assert w.placement.startswith("S(0) on DeviceMesh"), w.placement
-    scale = ctx.variable_entry("scale")
-    assert scale is not None and scale.backend == "torch", scale
-    # a copy: the module's own shards are not the context's
-    assert w.t.to_local().data_ptr() != model.net[0].weight.to_local().data_ptr()
+    return model
 
-    # the recipe: an unsharded module of the same class (on meta: no memory), run by
-    # functional_call on the context's DTensors all-gathered (FSDP's all-gather; the
-    # backward reduce-scatters into Shard(0) gradients) and the buffers as replicated
+
+def recipe_loss(mesh: Any) -> Any:
+    """The documented recipe's loss: an unsharded module of the same class (on meta: no
+    memory), run by functional_call on the context's DTensors all-gathered (FSDP's
+    all-gather; the backward reduce-scatters into Shard(0) gradients) and the buffers as
+    replicated; the squared error's mean as a plain tensor."""
+    from torch.distributed.tensor import DTensor, Replicate
+
     with torch.device("meta"):
         template = Scaled()
 
@@ -104,6 +96,32 @@ def fsdp_worker(rank: int, world: int, port: int) -> None:
         }
         out = torch.func.functional_call(template, full, (xs,))
         return ((out - ys) ** 2).mean().full_tensor()
+
+    return loss
+
+
+def fsdp_worker(rank: int, world: int, port: int) -> None:
+    mesh = join(rank, world, port)
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, Shard
+
+    from torchlean.errors import TorchLeanError
+    from torchlean.runtime import RuntimeContext
+
+    model = sharded_mlp(mesh)
+    ctx = RuntimeContext.from_module(model)
+    assert list(ctx.state_dict()) == list(model.state_dict()), list(ctx.state_dict())
+    assert ctx.buffers() == ["scale"], ctx.buffers()
+    w = ctx.variable_entry("net.0.weight")
+    assert w is not None and w.backend == "dtensor" and w.dims == (8, 4), w
+    assert w.local_dims == (4, 4) and w.placement is not None, w
+    assert w.placement.startswith("S(0) on DeviceMesh"), w.placement
+    scale = ctx.variable_entry("scale")
+    assert scale is not None and scale.backend == "torch", scale
+    # a copy: the module's own shards are not the context's
+    assert w.t.to_local().data_ptr() != model.net[0].weight.to_local().data_ptr()
+
+    loss = recipe_loss(mesh)  # the documented recipe
 
     n = BATCH // world
     mine = slice(rank * n, (rank + 1) * n)
