@@ -55,7 +55,7 @@ from torchlean.errors import FormatError
 from torchlean.io._common import build_context, check_backend, check_regular_file, to_numpy
 from torchlean.io._format import Format
 from torchlean.io._layout import PREFIX, apply_roles, check_layout, layout_object, plan
-from torchlean.io._summary import Block, FileSummary, TensorInfo
+from torchlean.io._summary import Block, FileSummary, TensorInfo, layout_entries
 from torchlean.io.safetensors import inspect_safetensors, load_safetensors
 from torchlean.runtime.context import RuntimeContext
 
@@ -420,29 +420,17 @@ def inspect_sharded(path: str | os.PathLike[str]) -> FileSummary:
     index = _resolve(path)
     found = _locate(index)
     variables, gradients, next_id, pin = _registries(index, found)
-    entries: list[TensorInfo] = []
-    for registry, pairs in (("variable", variables), ("gradient", gradients)):
-        seen: set[str] = set()
-        for i, (name, key) in enumerate(pairs):
+    if pin is not None:
+        for _, key in (*variables, *gradients):
             info = found[key][1]
-            if pin is not None and info.dtype != pin:
+            if info.dtype != pin:
                 raise FormatError(
                     f"{index.where}: tensor `{key}` has dtype {info.dtype} but the index says"
                     f" the context holds {pin} only"
                 )
-            entries.append(
-                TensorInfo(
-                    name=name,
-                    registry=registry,  # type: ignore[arg-type]
-                    position=i,
-                    shadowed=name in seen,
-                    shape=info.shape,
-                    dtype=info.dtype,
-                    nbytes=info.nbytes,
-                    key=key,
-                )
-            )
-            seen.add(name)
+    entries = layout_entries(
+        variables, gradients, lambda key: (found[key][1].shape, found[key][1].dtype)
+    )
 
     def read(info: TensorInfo, n: int | None) -> np.ndarray[Any, Any]:
         summary, inner = found[info.key]
