@@ -122,13 +122,7 @@ def save_distributed(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> 
     and scatter of the plan, one gather of the write results and a broadcast); none of
     torchlean's own. Cost: O(local bytes) per rank.
     """
-    require_context(ctx, "save_distributed")
-    require_path(path, "save_distributed")
-    _wait_in_flight()
-    target = os.path.abspath(os.fspath(path))
-    state, layout = _state(ctx, target)
-    _, _, world = _group()
-    writer = _writer(target, layout, world)
+    _, state, writer, world = _prepare(ctx, path, "save_distributed")
     if world == 1:  # DCP's `save` warns "torch.distributed is disabled" for no_dist
         _save_one_process(state, writer)
         return
@@ -246,6 +240,20 @@ def _wait_in_flight() -> None:
         _IN_FLIGHT.pop().wait()
 
 
+def _prepare(
+    ctx: RuntimeContext[Any], path: str | os.PathLike[str], where: str
+) -> tuple[str, dict[str, Any], Any, int]:
+    """What both saves start with: the arguments checked, the save in flight waited
+    for, then ``(target, state, writer, world size)``."""
+    require_context(ctx, where)
+    require_path(path, where)
+    _wait_in_flight()
+    target = os.path.abspath(os.fspath(path))
+    state, layout = _state(ctx, target)
+    _, _, world = _group()
+    return target, state, _writer(target, layout, world), world
+
+
 def save_async(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> AsyncSave:
     """Start writing ``ctx`` as a checkpoint folder; call it on every rank.
 
@@ -255,13 +263,7 @@ def save_async(ctx: RuntimeContext[Any], path: str | os.PathLike[str]) -> AsyncS
     finishing step. At most one save is in flight per process: a new one first waits
     for the last.
     """
-    require_context(ctx, "save_async")
-    require_path(path, "save_async")
-    _wait_in_flight()
-    target = os.path.abspath(os.fspath(path))
-    state, layout = _state(ctx, target)
-    _, _, world = _group()
-    writer = _writer(target, layout, world)
+    target, state, writer, world = _prepare(ctx, path, "save_async")
     future: Future[Any]
     if world == 1:
         future = _async_one_process(state, writer)
