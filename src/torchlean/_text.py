@@ -9,15 +9,17 @@ Reading map:
 - :func:`did_you_mean` -- the candidates closest to a name (difflib), nearest first.
 - :func:`format_bytes` -- ``512 B``, ``1.5 KiB``, ``3.2 GiB``.
 - :func:`printable` -- control characters (ESC, BEL, ...) escaped visibly (``\\x1b``).
+- :func:`unmatched_patterns` -- the globs that match none of some names, as message text.
 """
 
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import re
 from collections.abc import Iterable
 
-__all__ = ["did_you_mean", "format_bytes", "printable", "short_repr"]
+__all__ = ["did_you_mean", "format_bytes", "printable", "short_repr", "unmatched_patterns"]
 
 
 def short_repr(x: object, limit: int = 60) -> str:
@@ -69,3 +71,15 @@ def printable(text: str) -> str:
     back as it is. Names read from a file go through this before they reach a
     terminal. Cost: O(len(text))."""
     return _UNPRINTABLE.sub(_escape, text) if _UNPRINTABLE.search(text) else text
+
+
+def unmatched_patterns(patterns: Iterable[str], names: Iterable[str]) -> str | None:
+    """The patterns (names or :func:`fnmatch.fnmatchcase` globs) that match none of
+    ``names``, as the start of a message (``"`a*` matches"``, ``"`a`, `b` match"``), or
+    ``None`` when each matches some name. Cost: O(patterns x names)."""
+    pool = list(names)
+    unused = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in pool)]
+    if not unused:
+        return None
+    listed = ", ".join(f"`{p}`" for p in unused)
+    return f"{listed} match{'es' if len(unused) == 1 else ''}"

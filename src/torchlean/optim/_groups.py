@@ -22,6 +22,7 @@ import fnmatch
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from torchlean._text import unmatched_patterns
 from torchlean.errors import UnknownNameError
 from torchlean.optim._hyper import Hyper
 from torchlean.runtime.backends import Backend
@@ -146,12 +147,11 @@ class Groups:
         ``no_decay``'s pattern matches none of ``names`` (a typo would silently leave
         those parameters with the defaults)."""
         pats = [p for group in self.patterns for p in group] + list(self.no_decay)
-        unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        unused = unmatched_patterns(pats, names)
         if unused:
-            listed = ", ".join(f"`{p}`" for p in unused)
             raise UnknownNameError(
-                f"optimizer groups: {listed} match{'es' if len(unused) == 1 else ''} no"
-                f" parameter (the context has {len(names)} floating-point variables)"
+                f"optimizer groups: {unused} no parameter (the context has {len(names)}"
+                " floating-point variables)"
             )
 
 

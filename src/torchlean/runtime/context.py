@@ -40,13 +40,12 @@ counter is recorded, so a write in place is detected and every later read of it 
 
 from __future__ import annotations
 
-import fnmatch
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal
 
-from torchlean._text import did_you_mean, short_repr
+from torchlean._text import did_you_mean, short_repr, unmatched_patterns
 from torchlean.errors import (
     BackendError,
     DTypeMismatchError,
@@ -201,11 +200,10 @@ class RuntimeContext(Generic[ArrayT]):
     ) -> RuntimeContext[ArrayT]:
         pats = _patterns(patterns, where)
         names = list(self._v.map.keys())
-        unused = [p for p in pats if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+        unused = unmatched_patterns(pats, names)
         if unused:
-            listed = ", ".join(f"`{p}`" for p in unused)
             raise UnknownNameError(
-                f"{where}: {listed} match{'es' if len(unused) == 1 else ''} no variable"
+                f"{where}: {unused} no variable"
                 f" (the context has {_count(len(names), 'variable name')})"
             )
         new = self._derive(self._v, self._g, self._next_id)
