@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from optim_step import gpt2_shapes
+from optim_step import jax_variants as optim_jax_variants
 from torchlean import RuntimeContext, optim
 from torchlean.autograd import value_and_grad
 
@@ -154,31 +155,16 @@ def train_variants() -> Variants:
 
 
 def jax_variants() -> Variants:
+    """``bench/optim_step.py``'s jax rows on GPT-2's tiny arrays, with one more baseline:
+    optax's update passing its gradients through, as a context returns them."""
     import jax
     import jax.numpy as jnp
     import optax
 
     shapes = gpt2_shapes(8, 16, 8)
-    key = jax.random.PRNGKey(0)
-    init = {k: jax.random.normal(key, s) * 0.02 for k, s in shapes.items()}
+    variants = optim_jax_variants(shapes)
+    init = {k: jax.random.normal(jax.random.PRNGKey(0), s) * 0.02 for k, s in shapes.items()}
     grads = {k: jnp.full(s, 0.01) for k, s in shapes.items()}
-
-    def optax_jit() -> Callable[[], Any]:
-        tx = optax.adamw(1e-3, weight_decay=1e-2)
-        params = {k: jnp.array(v) for k, v in init.items()}
-        # a copy of each state leaf: donated buffers must be distinct
-        box = [params, jax.tree.map(jnp.array, tx.init(params))]
-
-        def update(p: Any, s: Any, g: Any) -> Any:
-            u, s = tx.update(g, s, p)
-            return optax.apply_updates(p, u), s
-
-        jitted = jax.jit(update, donate_argnums=(0, 1))
-
-        def step() -> None:
-            box[0], box[1] = jitted(box[0], box[1], grads)
-
-        return step
 
     def optax_jit_through() -> Callable[[], Any]:
         # as a context returns them: the gradients donated and returned by the call
@@ -201,32 +187,8 @@ def jax_variants() -> Variants:
 
         return step
 
-    def ours(*, inside_jit: bool) -> Callable[[], Any]:
-        opt = optim.adamw(lr=1e-3)
-        ctx = RuntimeContext.from_state_dict({k: jnp.array(v) for k, v in init.items()})
-        # its own gradients: a jitted step donates the whole context, gradients included
-        ctx = ctx.with_gradients([(k, jnp.array(g)) for k, g in grads.items()], adopt=True)
-        box = [ctx, opt.init(ctx)]
-        if not inside_jit:
-
-            def step() -> None:
-                box[0], box[1] = opt.step(box[0], box[1])
-
-            return step
-
-        jitted = jax.jit(lambda c, s: opt.step(c, s, donate=False), donate_argnums=(0, 1))
-
-        def jit_step() -> None:
-            box[0], box[1] = jitted(box[0], box[1])
-
-        return jit_step
-
-    return {
-        "optax.adamw update under jax.jit": optax_jit(),
-        "optax, gradients donated and returned": optax_jit_through(),
-        "torchlean adamw step (default call)": ours(inside_jit=False),
-        "torchlean adamw step inside a user's jax.jit": ours(inside_jit=True),
-    }
+    first, *rest = variants.items()
+    return dict([first, ("optax, gradients donated and returned", optax_jit_through()), *rest])
 
 
 def hlo_counts() -> dict[str, Counter[str]]:
