@@ -32,11 +32,17 @@ kernels cost little and the host overhead shows: the median wall and CPU microse
 step, the ratio to the ``nn.Module`` loop and the extra microseconds (on CPU time, which
 other processes on a busy machine move less than the wall time).
 
-Prints the median step time of each and the ratio to its baseline.
+Prints the median step time of each and the ratio to its baseline (``--models``: and the
+median minor page faults a step). The loops share one process, and with glibc's default
+thresholds the page faults of memory its malloc gives back land on whichever loop touches
+it next, which depends on the order of the loops, not on the loop (bench/_alloc.py): the
+thresholds are held fixed unless ``--malloc default`` is given.
 Run: PYTHONPATH=src python bench/train_step.py [--device cuda] [--batch 256 8192]
      [--repeat 30] [--skip-jax] [--threads N] [--sizes 784 1024 1024 10]
      PYTHONPATH=src python bench/train_step.py --models [--repeat 30] [--device cuda]
      PYTHONPATH=src python bench/train_step.py --models --host [--repeat 200] [--inner 5]
+     PYTHONPATH=src python bench/train_step.py --models --alone 3 [--malloc default]
+     (any of them with [--malloc default]: glibc's own malloc thresholds)
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from _alloc import page_faults, steady_malloc
 
 SIZES = (784, 1024, 1024, 10)
 
@@ -383,7 +391,7 @@ def measure_host(
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in variants}
 
 
-def host_overhead(repeat: int, inner: int) -> None:
+def host_overhead(repeat: int, inner: int, malloc: str) -> None:
     """The host overhead of the context loop on tiny models (CPU, one thread), where the
     kernels cost little and the Python around them shows."""
     import torch
@@ -392,7 +400,7 @@ def host_overhead(repeat: int, inner: int) -> None:
     print(
         f"host overhead, tiny models on CPU (CNN width 8, 8x8 images, batch 4; GPT d 32,"
         f" 2 layers, vocab 50, batch 2x16); torch {torch.__version__}, 1 thread;"
-        f" medians of {repeat} interleaved rounds of {inner} steps"
+        f" medians of {repeat} interleaved rounds of {inner} steps; {malloc}"
     )
     head = f"{'wall':>9s} {'ratio':>6s} {'CPU':>9s} {'ratio':>6s} {'extra CPU':>9s}"
     print(f"{'model / loop':56s} {head}")
@@ -408,16 +416,66 @@ def host_overhead(repeat: int, inner: int) -> None:
 
 
 def measure(variants: dict[str, Callable[[], Any]], repeat: int) -> dict[str, float]:
+    return {k: t for k, (t, _) in measure_faults(variants, repeat).items()}
+
+
+def measure_faults(
+    variants: dict[str, Callable[[], Any]], repeat: int
+) -> dict[str, tuple[float, float]]:
+    """``{name: (median seconds, median minor page faults)}`` per step, interleaved."""
     for f in variants.values():
         for _ in range(4):
             float(f())
     times: dict[str, list[float]] = {k: [] for k in variants}
+    faults: dict[str, list[int]] = {k: [] for k in variants}
     for _ in range(repeat):
         for name, f in variants.items():
-            t0 = time.perf_counter()
+            n0, t0 = page_faults(), time.perf_counter()
             float(f())  # waits for the result (a device sync)
             times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            faults[name].append(page_faults() - n0)
+    return {k: (statistics.median(times[k]), statistics.median(faults[k])) for k in variants}
+
+
+def alone(rounds: int, argv: list[str]) -> None:
+    """Each loop of ``--models`` in a process of its own (no loop before it to leave the
+    allocator in a state), ``rounds`` processes per loop taken in turn: the median over all
+    their steps of the step time and the minor page faults."""
+    import json
+    import subprocess
+    import sys
+
+    names = {m: list(v) for m, v in model_variants(tiny=True).items()}
+    steps: dict[tuple[str, str], list[tuple[float, float]]] = {
+        (m, n): [] for m, ns in names.items() for n in ns
+    }
+    for _ in range(rounds):
+        for model, name in steps:
+            command = [sys.executable, __file__, *argv, "--only", model, name]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            steps[model, name] += [tuple(x) for x in json.loads(out)]
+    for model, ns in names.items():
+        base = statistics.median(t for t, _ in steps[model, ns[0]])
+        for name in ns:
+            t = statistics.median(t for t, _ in steps[model, name])
+            faults = statistics.median(f for _, f in steps[model, name])
+            label = f"{model}: {'nn.Module loop' if name == 'idiomatic' else name}"
+            print(f"{label:62s} {t * 1e3:8.2f} ms {t / base:6.3f}x {faults:8.0f} faults/step")
+
+
+def only(model: str, name: str, repeat: int, device: str) -> None:
+    """One loop of ``--models`` alone: its step times and page faults, as JSON."""
+    import json
+
+    f = model_variants(device=device)[model][name]
+    for _ in range(4):
+        float(f())
+    out = []
+    for _ in range(repeat):
+        n0, t0 = page_faults(), time.perf_counter()
+        float(f())
+        out.append((time.perf_counter() - t0, page_faults() - n0))
+    print(json.dumps(out))
 
 
 def main() -> None:
@@ -435,36 +493,72 @@ def main() -> None:
     )
     parser.add_argument("--inner", type=int, default=5, help="with --host: steps per round")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument(
+        "--malloc",
+        choices=("steady", "default"),
+        default="steady",
+        help="hold glibc's malloc thresholds fixed (bench/_alloc.py) or leave its defaults",
+    )
+    parser.add_argument(
+        "--alone",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="with --models: each loop in processes of its own, ROUNDS each (no interleaving)",
+    )
+    parser.add_argument("--only", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only:
+        if args.malloc == "steady":
+            steady_malloc()
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        only(*args.only, args.repeat, args.device)
+        return
+    if args.models and args.alone:
+        print(
+            f"real models on {args.device}, each loop alone in {args.alone} processes of its"
+            f" own, {args.repeat} steps each; medians over all steps; the malloc of each:"
+            f" {'held steady' if args.malloc == 'steady' else 'glibc defaults'}"
+        )
+        argv = ["--repeat", str(args.repeat), "--device", args.device, "--malloc", args.malloc]
+        alone(args.alone, [*argv, "--threads", str(args.threads)])
+        return
+    malloc = steady_malloc() if args.malloc == "steady" else "glibc malloc defaults"
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.models and args.host:
-        host_overhead(args.repeat, args.inner)
+        host_overhead(args.repeat, args.inner, malloc)
         return
     if args.models:
         print(
             f"real models on {args.device}, AdamW(fused=True); torch {torch.__version__}"
             f" ({torch.get_num_threads()} threads); medians of {args.repeat} interleaved"
-            " synchronized steps"
+            f" synchronized steps; {malloc}"
         )
-        print(f"{'model':38s} {'nn.Module loop':>15s} {'torchlean loop':>15s}  overhead")
+        print(
+            f"{'model':38s} {'nn.Module loop':>15s} {'torchlean loop':>15s}  overhead"
+            "  page faults/step (nn.Module, torchlean)"
+        )
         for model, variants in model_variants(device=args.device).items():
-            med = measure(variants, args.repeat)
-            base = med.pop("idiomatic")
-            for name, ours in med.items():
+            med = measure_faults(variants, args.repeat)
+            base, base_faults = med.pop("idiomatic")
+            for name, (ours, faults) in med.items():
                 label = model if name == "torchlean" else f"  {name.split(', ')[1]}"
                 print(
                     f"{label:38s} {base * 1e3:12.2f} ms {ours * 1e3:12.2f} ms"
-                    f"  {(ours / base - 1) * 100:+6.1f}%"
+                    f"  {(ours / base - 1) * 100:+6.1f}%   {base_faults:6.0f} {faults:6.0f}"
                 )
         return
     sizes = tuple(args.sizes)
     where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "CPU"
     print(
         f"MLP {'-'.join(map(str, sizes))}, AdamW, on {where}; torch {torch.__version__};"
-        f" medians of {args.repeat} interleaved synchronized steps"
+        f" medians of {args.repeat} interleaved synchronized steps; {malloc}"
     )
     for batch in args.batch:
         med = measure(torch_variants(sizes, batch, args.device), args.repeat)
