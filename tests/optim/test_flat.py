@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,105 @@ def test_a_library_without_flat_buffers_is_refused() -> None:
         optim.flatten(RuntimeContext.from_state_dict({"w": jnp.ones(2)}))
     with pytest.raises(TypeError, match="flatten: frozen must be"):
         optim.flatten(RuntimeContext.empty(), frozen=3)  # type: ignore[arg-type]
+
+
+# The tilings flat_base remembers (torchlean.runtime.backends.torch._TILINGS): an answer
+# from the memory must be the answer of the full check, whatever happened to the views.
+
+
+def _backend() -> Any:
+    from torchlean.runtime.backends.torch import TorchBackend
+
+    return TorchBackend()
+
+
+def _tiled() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    base = torch.arange(12.0)
+    views = [p.view(s) for p, s in zip(base.split([6, 2, 4]), [(2, 3), (2,), (4,)], strict=True)]
+    return base, views
+
+
+@pytest.mark.parametrize(
+    ("change", "still_tiles"),
+    [
+        (lambda v: v.t_(), False),
+        (lambda v: v.transpose_(0, 1), False),
+        (lambda v: v.as_strided_((3, 2), (1, 3)), False),
+        (lambda v: v.unsqueeze_(0), True),  # the same elements in the same order
+        (lambda v: v.resize_(3), False),
+        (lambda v: v.set_(torch.zeros(2, 3)), False),  # other memory, same _base
+        (lambda v: setattr(v, "data", torch.zeros(2, 3)), False),  # no version bump
+        (lambda v: v.mul_(2), True),  # a write of the data only
+    ],
+    ids=["t_", "transpose_", "as_strided_", "unsqueeze_", "resize_", "set_", "data", "mul_"],
+)
+def test_a_remembered_tiling_is_not_trusted_after_a_view_changed(
+    change: Any, still_tiles: bool
+) -> None:
+    from torchlean.runtime.backends import torch as torch_backend
+
+    backend = _backend()
+    base, views = _tiled()
+    assert backend.flat_base(views) is base  # checked in full, then remembered
+    assert backend.flat_base(views) is base  # from the memory
+    change(views[0])
+    answer = backend.flat_base(views)
+    torch_backend._TILINGS.pop(id(base), None)
+    assert backend.flat_base(views) is answer  # the memory answers as the full check
+    assert answer is (base if still_tiles else None)
+
+
+def test_a_remembered_tiling_answers_only_for_the_very_views() -> None:
+    backend = _backend()
+    base, views = _tiled()
+    assert backend.flat_base(views) is base
+    assert backend.flat_base(views[:2]) is None  # they do not tile the whole buffer
+    assert backend.flat_base([views[1], views[0], views[2]]) is None  # out of order
+    other = [p.view(v.shape) for p, v in zip(base.split([6, 2, 4]), views, strict=True)]
+    assert backend.flat_base(other) is base  # new views: the full check (they do tile it)
+
+
+def test_a_tiling_is_forgotten_with_its_buffer_and_a_reused_id_is_not_trusted() -> None:
+    import gc
+
+    from torchlean.runtime.backends import torch as torch_backend
+
+    backend = _backend()
+    base, views = _tiled()
+    key = id(base)
+    assert backend.flat_base(views) is base
+    assert key in torch_backend._TILINGS
+    del base, views
+    gc.collect()
+    assert key not in torch_backend._TILINGS
+    # a remembered entry whose buffer is gone (as if its id were reused) is not used
+    new, new_views = _tiled()
+    stale = torch.zeros(1)
+    torch_backend._TILINGS[id(new)] = (
+        weakref.ref(stale),
+        tuple(map(weakref.ref, new_views)),
+        new._version,
+        tuple(v.data_ptr() for v in new_views),
+    )
+    assert backend.flat_base(new_views) is new  # the full check, not the stale entry
+    new_views[0].t_()
+    assert backend.flat_base(new_views) is None
+
+
+def test_the_steps_own_write_keeps_the_tiling_and_a_users_write_is_still_refused() -> None:
+    from torchlean.runtime.backends import torch as torch_backend
+
+    x, y = batch()
+    opt = optim.adamw(lr=0.01)
+    ctx = flat_context()
+    state = opt.init(ctx)
+    grad_fn = value_and_grad(loss)
+    for _ in range(3):
+        _, ctx = grad_fn(ctx, x, y)
+        ctx, state = opt.step(ctx, state)
+    base = ctx["fc1.weight"]._base
+    tiling = torch_backend._TILINGS[id(base)]
+    assert tiling[0]() is base and tiling[2] == base._version  # still trusted after steps
+    ctx["fc2.bias"].mul_(2)  # a write by the user, through one view
+    with pytest.raises(InPlaceModificationError, match=r"`fc1\.weight` .*modified in place"):
+        grad_fn(ctx, x, y)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import itertools
 import operator
+import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -378,13 +379,29 @@ class TorchBackend(Backend):
 
     def flat_base(self, values: list[Any]) -> Any | None:
         """The contiguous 1-d tensor whose views ``values`` are, tiling it exactly in order
-        (each contiguous, of its dtype), or ``None``. Cost: a few C-level passes."""
+        (each contiguous, of its dtype), or ``None``. Cost: a few C-level passes; one
+        (identity, data pointers) for the very views found (or made by :func:`_views`)
+        before, when no view was changed since (their buffer's version counter, which
+        every in-place change of a view bumps, and their data pointers, which a
+        ``.data`` assignment changes without a bump)."""
         if not values:
             return None
         base = values[0]._base
-        if base is None or base.dim() != 1 or not base.is_contiguous():
+        if base is None:
             return None
         n = len(values)
+        tiling = _TILINGS.get(id(base))
+        if (
+            tiling is not None
+            and tiling[0]() is base
+            and tiling[2] == base._version
+            and len(tiling[1]) == n
+            and all(map(operator.is_, map(operator.call, tiling[1]), values))
+            and tuple(map(self.torch.Tensor.data_ptr, values)) == tiling[3]
+        ):
+            return base  # the very views, none changed since: two C-level passes
+        if base.dim() != 1 or not base.is_contiguous():
+            return None
         if not all(map(operator.is_, map(_BASE, values), itertools.repeat(base, n))):
             return None
         if not all(map(operator.is_, map(_DTYPE, values), itertools.repeat(base.dtype, n))):
@@ -399,6 +416,13 @@ class TorchBackend(Backend):
             return None
         if not all(map(tensor.is_contiguous, values)):
             return None
+        # over the buffer's memory (a view given other memory by ``set_`` or ``.data``
+        # keeps its ``_base`` and its offset)
+        size = base.element_size()
+        at = base.data_ptr() - start * size
+        if list(map(tensor.data_ptr, values)) != [at + o * size for o in offsets[:-1]]:
+            return None
+        _remember(base, values)
         return base
 
     def flatten(self, values: list[Any]) -> list[Any]:
@@ -478,7 +502,7 @@ class TorchBackend(Backend):
                 if base is None:
                     continue
                 root = base.detach().requires_grad_(True)
-                for i, view in zip(ix, _views(root, group), strict=True):
+                for i, view in zip(ix, _views(root, group, remember=False), strict=True):
                     leaves[i] = view
                 roots.append(root)
                 layout.append(ix)
@@ -747,10 +771,55 @@ _DTYPE = operator.attrgetter("dtype")
 _VERSION = operator.attrgetter("_version")
 
 
-def _views(buffer: Any, likes: list[Any]) -> list[Any]:
-    """Views of the 1-d ``buffer`` shaped like each of ``likes``, in order."""
+def _views(buffer: Any, likes: list[Any], *, remember: bool = True) -> list[Any]:
+    """Views of the 1-d ``buffer`` shaped like each of ``likes``, in order; ``remember``:
+    the tiling is remembered for :meth:`TorchBackend.flat_base` (:data:`_TILINGS`)."""
     parts = buffer.split([x.numel() for x in likes])
-    return [p.view(x.shape) for p, x in zip(parts, likes, strict=True)]
+    views = [p.view(x.shape) for p, x in zip(parts, likes, strict=True)]
+    if remember and buffer._base is None and buffer.is_contiguous():
+        _remember(buffer, views)
+    return views
+
+
+def _remember(buffer: Any, views: list[Any]) -> None:
+    """Remember that ``views`` tile the 1-d contiguous ``buffer`` exactly (:data:`_TILINGS`)."""
+    key = id(buffer)
+
+    def forget(_: Any, key: int = key) -> None:
+        tiling = _TILINGS.get(key)
+        if tiling is not None and tiling[0]() is None:
+            del _TILINGS[key]
+
+    _TILINGS[key] = (
+        weakref.ref(buffer, forget),
+        tuple(map(weakref.ref, views)),
+        buffer._version,
+        tuple(view.data_ptr() for view in views),
+    )
+
+
+#: The tilings :meth:`TorchBackend.flat_base` found and :func:`_views` made, by ``id`` of
+#: the buffer: (a weak reference to the buffer, weak references to its views in order,
+#: the buffer's version then, the views' data pointers). The views share the buffer's
+#: version counter, and every in-place change of a view, of its data or its metadata
+#: (``t_``, ``as_strided_``, ``set_``, ``resize_``), bumps it; a ``.data`` assignment does
+#: not, but moves the data pointer: a tiling whose buffer has that version and whose
+#: views those pointers still holds. The step's own write of a buffer moves the version
+#: on with it (:func:`_bump_written`). An entry goes with its buffer.
+_TILINGS: dict[int, tuple[Any, tuple[Any, ...], int, tuple[int, ...]]] = {}
+
+
+def _bump_written(torch: Any, written: list[Any], flat: list[Any]) -> None:
+    """``torch._C._increment_version(written)``; the tilings of the buffers ``flat`` (among
+    ``written``) that held before the write hold after it."""
+    held = []
+    for buffer in flat:
+        tiling = _TILINGS.get(id(buffer))
+        if tiling is not None and tiling[0]() is buffer and tiling[2] == buffer._version:
+            held.append((buffer, tiling))
+    torch._C._increment_version(written)
+    for buffer, (ref, views, _, pointers) in held:
+        _TILINGS[id(buffer)] = (ref, views, buffer._version, pointers)
 
 
 class _Group:
@@ -836,6 +905,7 @@ class _Facts:
     ) -> Updated:
         torch = backend.torch
         written: list[Any] = []
+        flat: list[Any] = []  # the buffers written whole
         for group in self.groups:
             group_steps = group.pick(steps)
             if group.steps_base is not None:
@@ -867,8 +937,8 @@ class _Facts:
                             count,
                         ),
                     )
-                    written.append(group.flat)
-                    written.extend(group.slot_bases.values())
+                    flat.append(group.flat)
+                    flat.extend(group.slot_bases.values())
                     continue
             group_params = group.pick(params)
             group_slots = {k: group.pick(v) for k, v in slots.items()}
@@ -880,7 +950,7 @@ class _Facts:
                 written.extend(values)
         # The fused kernels write through data pointers without bumping version
         # counters; bump them so every other context that shares a buffer sees it.
-        torch._C._increment_version(written)
+        _bump_written(torch, written + flat, flat)
         return Updated(params, slots, steps, count)
 
     def copied(
