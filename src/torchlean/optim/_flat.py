@@ -3,7 +3,7 @@
 :func:`flatten` copies the floating-point torch variables of a context into one
 contiguous buffer per (device, dtype) and registers views of it in their place. Then
 everything downstream works on whole buffers: :func:`torchlean.autograd.value_and_grad`
-differentiates the buffer (one flat gradient, whose views are the gradients), an
+gathers the gradients into one flat gradient (one ``cat``; they are its views), an
 optimizer's ``init`` gives moments and step counters that are views of one buffer each,
 and the step runs one fused kernel per buffer instead of one list entry per tensor
 (:meth:`~torchlean.runtime.backends.Backend.planned_updater`).

@@ -475,55 +475,39 @@ class TorchBackend(Backend):
     ) -> tuple[list[Any], list[Any], Callable[[list[Any]], list[Any]]]:
         """``(leaves, roots, spread)`` for differentiating with respect to ``values``.
 
-        Each value gets a fresh requires-grad leaf sharing its storage, except values
-        that tile one flat buffer (:meth:`flat_base`): the buffer becomes one root and
-        their leaves are views of it, so autograd returns one flat gradient for them.
-        ``spread(gradients of roots)`` gives one gradient per value (views of a flat
-        gradient for a flat buffer's values).
+        Each value gets a fresh requires-grad leaf sharing its storage (the roots are the
+        leaves). ``spread(gradients of roots)`` gives one gradient per value: for values
+        that tile one flat buffer (:meth:`flat_base`), views of one flat gradient, their
+        gradients gathered by one ``cat`` (the copy a backward pass through views of the
+        buffer would make, without a view node per value in the graph).
         """
         torch = self.torch
+        tensor = torch.Tensor
         n = len(values)
+        leaves = list(map(tensor.requires_grad_, map(tensor.detach, values)))
         bases = list(map(_BASE, values))
         if all(map(operator.is_, bases, itertools.repeat(None, n))):
-            tensor = torch.Tensor
-            plain = list(map(tensor.requires_grad_, map(tensor.detach, values)))
-            return plain, plain, _same
+            return leaves, leaves, _same
         by_base: dict[int, list[int]] = {}
         for i, base in enumerate(bases):
             if base is not None:
                 by_base.setdefault(id(base), []).append(i)
-        leaves: list[Any] = [None] * n
-        roots: list[Any] = []
-        layout: list[list[int]] = []
-        with torch.enable_grad():
-            for ix in by_base.values():
-                group = [values[i] for i in ix]
-                base = self.flat_base(group)
-                if base is None:
-                    continue
-                root = base.detach().requires_grad_(True)
-                for i, view in zip(ix, _views(root, group, remember=False), strict=True):
-                    leaves[i] = view
-                roots.append(root)
-                layout.append(ix)
-        for i, leaf in enumerate(leaves):
-            if leaf is None:
-                leaves[i] = values[i].detach().requires_grad_(True)
-                roots.append(leaves[i])
-                layout.append([i])
+        flat = [
+            ix for ix in by_base.values() if self.flat_base([values[i] for i in ix]) is not None
+        ]
+        if not flat:
+            return leaves, leaves, _same
 
         def spread(raw: list[Any]) -> list[Any]:
-            out: list[Any] = [None] * n
-            for g, ix in zip(raw, layout, strict=True):
-                if len(ix) == 1 and g.shape == values[ix[0]].shape:
-                    out[ix[0]] = g
-                    continue
-                likes = [values[i] for i in ix]
-                for i, view in zip(ix, _views(g.contiguous(), likes), strict=True):
-                    out[i] = view
+            out = list(raw)
+            with torch.no_grad():
+                for ix in flat:
+                    buffer = torch.cat([raw[i].reshape(-1) for i in ix])
+                    for i, view in zip(ix, _views(buffer, [values[i] for i in ix]), strict=True):
+                        out[i] = view
             return out
 
-        return leaves, roots, spread
+        return leaves, leaves, spread
 
     def capture(self, fn: Callable[[], Any], *, like: Any) -> tuple[Any, Callable[[], None]] | None:
         """A CUDA graph of ``fn`` when ``like`` is a CUDA tensor (``torch.cuda.graph``),
