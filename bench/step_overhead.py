@@ -3,9 +3,15 @@ Python around them is left. Prints ratios to the reference measured in the same 
 
 - AdamW step on GPT-2's 148 tensors shrunk to tiny sizes (d_model 8, vocabulary 16,
   context 8): torchlean's default step, its flat-storage step and ``donate=False`` vs
-  ``torch.optim.AdamW(fused=True).step()``.
+  ``torch.optim.AdamW(fused=True).step()``; and the host time of each before its fused
+  kernel is launched (on a GPU that time adds to the kernel's, the rest overlaps it).
 - Training step (value_and_grad + step) of a tiny MLP 32-64-64-10 at batch 16: the
   default, the flat-storage and the captured step vs an ``nn.Module`` + fused AdamW loop.
+- Around one replay of a recorded step (the recording a no-op, as the CPU records
+  nothing): the host work of :class:`torchlean.train.CapturedStep` vs plain PyTorch's
+  CUDA-graph recipe (batch copies, replay, loss clone), and the part of it before the
+  replay is launched: on a GPU that part adds to the replayed kernels' time, the rest
+  runs while they do.
 - jax: the AdamW step on the same 148 arrays, the default call and inside a user's
   ``jax.jit``, vs ``optax.adamw``'s update under ``jax.jit`` (params and state donated);
   beside it the same optax update that also takes the gradients donated and returns
@@ -16,7 +22,7 @@ Every variant updates its own copy of the same tensors; the variants run interle
 medians of ``--repeat`` rounds of ``--inner`` calls each.
 
 Run: PYTHONPATH=src python bench/step_overhead.py [--repeat 50] [--inner 20] [--threads 1]
-     [--skip-optim] [--skip-train] [--skip-jax]
+     [--skip-optim] [--skip-train] [--skip-replay] [--skip-jax]
 """
 
 from __future__ import annotations
@@ -55,6 +61,33 @@ def measure(variants: Variants, repeat: int, inner: int) -> dict[str, float]:
                 f()
             times[name].append((time.perf_counter() - t0) / inner)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def before_kernel(variants: Variants, repeat: int) -> dict[str, float]:
+    """Median host seconds from the call to the launch of the fused AdamW kernel (the
+    variants' first ``torch._fused_adamw_`` call): on a GPU, where the launch returns at
+    once, that time adds to the kernel's and what follows runs while it does."""
+    real = torch._fused_adamw_
+    launched: list[float] = []
+
+    def fused(*args: Any, **kwargs: Any) -> Any:
+        launched.append(time.perf_counter())
+        return real(*args, **kwargs)
+
+    out: dict[str, float] = {}
+    torch._fused_adamw_ = fused
+    try:
+        for name, f in variants.items():
+            times = []
+            for _ in range(repeat):
+                launched.clear()
+                t0 = time.perf_counter()
+                f()
+                times.append(launched[0] - t0)
+            out[name] = statistics.median(times)
+    finally:
+        torch._fused_adamw_ = real
+    return out
 
 
 def report(title: str, med: dict[str, float], base: str) -> None:
@@ -103,7 +136,9 @@ def optimizer_variants() -> Variants:
     }
 
 
-def train_variants() -> Variants:
+def tiny_mlp() -> tuple[Any, Any, Any, dict[str, Any], Callable[..., Any]]:
+    """``(x, y, model, weights, loss)``: an MLP 32-64-64-10 at batch 16, its weights as a
+    state dict and its loss on a context."""
     import torch.nn.functional as F
 
     sizes = (32, 64, 64, 10)
@@ -118,6 +153,19 @@ def train_variants() -> Variants:
         torch.nn.Linear(sizes[2], sizes[3]),
     )
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def loss_fn(ctx: Any, x: Any, y: Any) -> Any:
+        h = torch.relu(F.linear(x, ctx["0.weight"], ctx["0.bias"]))
+        h = torch.relu(F.linear(h, ctx["2.weight"], ctx["2.bias"]))
+        return F.cross_entropy(F.linear(h, ctx["4.weight"], ctx["4.bias"]), y)
+
+    return x, y, model, weights, loss_fn
+
+
+def train_variants() -> Variants:
+    import torch.nn.functional as F
+
+    x, y, model, weights, loss_fn = tiny_mlp()
     fused = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
 
     def module_step() -> Any:
@@ -126,11 +174,6 @@ def train_variants() -> Variants:
         loss.backward()
         fused.step()
         return loss
-
-    def loss_fn(ctx: Any, x: Any, y: Any) -> Any:
-        h = torch.relu(F.linear(x, ctx["0.weight"], ctx["0.bias"]))
-        h = torch.relu(F.linear(h, ctx["2.weight"], ctx["2.bias"]))
-        return F.cross_entropy(F.linear(h, ctx["4.weight"], ctx["4.bias"]), y)
 
     def ours(*, flat: bool) -> Callable[[], Any]:
         opt = optim.adamw(lr=1e-3)
@@ -152,6 +195,68 @@ def train_variants() -> Variants:
         "torchlean value_and_grad + step (default)": ours(flat=False),
         "torchlean value_and_grad + step, flat storage": ours(flat=True),
     }
+
+
+def replay_variants() -> Variants:
+    """The host work around one replay of a recorded step, the recording replaced by a
+    no-op (the CPU records nothing: ``Backend.capture`` is patched to "record" by running
+    the step once and to replay by doing nothing). Plain PyTorch's CUDA-graph recipe
+    (``bench/train_step.py``): copy the batch into the static inputs, replay, clone the
+    loss. :class:`~torchlean.train.CapturedStep`: the same, plus checking that it was given
+    the contexts it returned, bumping the version counters of what the replay wrote and
+    building the new contexts. On a GPU the replay's kernels come on top of either."""
+    from torchlean.runtime.backends.torch import TorchBackend
+    from torchlean.train import CapturedStep
+
+    x, y, _, weights, loss_fn = tiny_mlp()
+
+    def plain() -> Callable[[], Any]:
+        static_x, static_y, static_loss = x.clone(), y.clone(), torch.zeros(())
+        starts = REPLAY_STARTS["plain CUDA-graph recipe, host work"] = []
+
+        def step() -> Any:
+            t0 = time.perf_counter()
+            static_x.copy_(x)
+            static_y.copy_(y)
+            starts.append(time.perf_counter() - t0)  # graph.replay()
+            return static_loss.detach().clone()
+
+        return step
+
+    def ours() -> Callable[[], Any]:
+        starts = REPLAY_STARTS["torchlean CapturedStep, host work"] = []
+        t0 = [0.0]
+
+        def capture(self: Any, fn: Callable[[], Any], *, like: Any) -> Any:
+            return fn(), lambda: starts.append(time.perf_counter() - t0[0])
+
+        original = TorchBackend.capture
+        TorchBackend.capture = capture  # type: ignore[method-assign]
+        try:
+            opt = optim.adamw(lr=1e-3)
+            ctx = RuntimeContext.from_state_dict(weights)
+            run = CapturedStep(loss_fn, opt)
+            box = [ctx, opt.init(ctx)]
+            for _ in range(4):  # two eager warm-up steps, the recording, a replay
+                _, box[0], box[1] = run(box[0], box[1], (x, y))
+        finally:
+            TorchBackend.capture = original  # type: ignore[method-assign]
+
+        def step() -> Any:
+            t0[0] = time.perf_counter()
+            loss, box[0], box[1] = run(box[0], box[1], (x, y))
+            return loss
+
+        return step
+
+    return {
+        "plain CUDA-graph recipe, host work": plain(),
+        "torchlean CapturedStep, host work": ours(),
+    }
+
+
+#: per replay variant, the host seconds from the call to the replay's launch
+REPLAY_STARTS: dict[str, list[float]] = {}
 
 
 def jax_variants() -> Variants:
@@ -238,6 +343,7 @@ def main() -> None:
     parser.add_argument("--skip-optim", action="store_true", help="no torch AdamW step")
     parser.add_argument("--skip-jax", action="store_true")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-replay", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -245,12 +351,30 @@ def main() -> None:
         f" medians of {args.repeat} interleaved rounds of {args.inner} calls"
     )
     if not args.skip_optim:
-        med = measure(optimizer_variants(), args.repeat, args.inner)
-        report("AdamW step, GPT-2's 148 tensors (tiny)", med, "torch AdamW(fused=True).step()")
+        variants = optimizer_variants()
+        med = measure(variants, args.repeat, args.inner)
+        base = "torch AdamW(fused=True).step()"
+        report("AdamW step, GPT-2's 148 tensors (tiny)", med, base)
+        print("  host time before the fused kernel is launched (on a GPU: added to the kernel's)")
+        for name, t in before_kernel(variants, args.repeat * args.inner).items():
+            print(f"  {name:52s} {t * 1e6:9.1f} us")
     if not args.skip_train:
         med = measure(train_variants(), args.repeat, args.inner)
         base = "nn.Module + AdamW(fused=True) loop"
         report("training step, MLP 32-64-64-10, batch 16", med, base)
+    if not args.skip_replay:
+        med = measure(replay_variants(), args.repeat, args.inner)
+        base = "plain CUDA-graph recipe, host work"
+        report("around one replay of a recorded step (the replay a no-op), same MLP", med, base)
+        ours = "torchlean CapturedStep, host work"
+        extra = med[ours] - med[base]
+        print(f"  {'torchlean CapturedStep: extra host work per replay':52s} {extra * 1e6:9.1f} us")
+        before = {k: statistics.median(v) for k, v in REPLAY_STARTS.items()}
+        print(
+            f"  {'  of which before the replay is launched':52s}"
+            f" {(before[ours] - before[base]) * 1e6:9.1f} us"
+            "   (the rest runs while a GPU replays)"
+        )
     if not args.skip_jax:
         med = measure(jax_variants(), args.repeat, args.inner)
         report("jax AdamW step, GPT-2's 148 arrays (tiny)", med, "optax.adamw update under jax.jit")
