@@ -254,3 +254,12 @@ def test_the_steps_own_write_keeps_the_tiling_and_a_users_write_is_still_refused
     ctx["fc2.bias"].mul_(2)  # a write by the user, through one view
     with pytest.raises(InPlaceModificationError, match=r"`fc1\.weight` .*modified in place"):
         grad_fn(ctx, x, y)
+
+
+def test_swap_tensors_refuses_a_flat_view() -> None:
+    # a remembered view carries a weak reference: torch refuses to swap its contents
+    # (a swap would take the view off its buffer without a version bump)
+    ctx = flat_context()
+    with pytest.raises(RuntimeError, match="weakref"):
+        torch.utils.swap_tensors(ctx["fc1.weight"], torch.zeros(8, 4))
+    assert torch.equal(ctx["fc1.weight"], weights()["fc1.weight"])
