@@ -18,7 +18,8 @@ CUDA-synchronized calls on a GPU; the effective bandwidth counts 7 x 4 bytes per
 - torchlean: the default step (donation), ``donate=False``, and flat storage
   (:func:`torchlean.optim.flatten`);
 - ``--jax``: jax AdamW on the same shapes, torchlean's default call and inside a user's
-  ``jax.jit`` vs ``optax.adamw`` under ``jax.jit``.
+  ``jax.jit`` (the context carrying its gradients in and out, and the gradients passed in
+  as to optax) vs ``optax.adamw`` under ``jax.jit``.
 
 Run: PYTHONPATH=src python bench/optim_step.py [--device cuda] [--size full] [--repeat 30]
      [--compile] [--jax] [--threads N]
@@ -223,10 +224,32 @@ def jax_variants(shapes: dict[str, tuple[int, ...]]) -> dict[str, Callable[[], A
 
         return step
 
+    def ours_gradients_in() -> Callable[[], Any]:
+        # as optax's update takes them: the gradients an argument, not carried by the
+        # context in and out (a jitted training step makes them inside and clears them)
+        opt = optim.adamw(lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
+        ctx = RuntimeContext.from_state_dict({k: jnp.array(v) for k, v in init.items()})
+        names = list(grads)
+        box = [ctx, opt.init(ctx)]
+
+        def update(c: Any, s: Any, g: list[Any]) -> Any:
+            c, s = opt.step(c.with_gradients(list(zip(names, g, strict=True))), s, donate=False)
+            return c.clear_gradients(), s
+
+        jitted = jax.jit(update, donate_argnums=(0, 1))
+        arrays = list(grads.values())
+
+        def step() -> Any:
+            box[0], box[1] = jitted(box[0], box[1], arrays)
+            return box[1]
+
+        return step
+
     return {
         "optax.adamw update under jax.jit": optax_jit(),
         "torchlean adamw step (default call)": ours(inside_jit=False),
         "torchlean adamw step inside a user's jax.jit": ours(inside_jit=True),
+        "  the same, gradients passed in as to optax": ours_gradients_in(),
     }
 
 

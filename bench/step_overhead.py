@@ -15,8 +15,10 @@ Python around them is left. Prints ratios to the reference measured in the same 
 - jax: the AdamW step on the same 148 arrays, the default call and inside a user's
   ``jax.jit``, vs ``optax.adamw``'s update under ``jax.jit`` (params and state donated);
   beside it the same optax update that also takes the gradients donated and returns
-  them, as a jitted function of a context with gradients does (148 more outputs); and
-  the operations of the compiled steps (each ``fusion`` is one CPU kernel).
+  them, as a jitted function of a context with gradients does (148 more outputs), a
+  jitted identity over optax's arguments (jax's dispatch alone), and torchlean's step
+  inside a jit given the gradients as optax is; and the operations of the compiled
+  steps (each ``fusion`` is one CPU kernel).
 
 Every variant updates its own copy of the same tensors; the variants run interleaved;
 medians of ``--repeat`` rounds of ``--inner`` calls each.
@@ -260,8 +262,9 @@ REPLAY_STARTS: dict[str, list[float]] = {}
 
 
 def jax_variants() -> Variants:
-    """``bench/optim_step.py``'s jax rows on GPT-2's tiny arrays, with one more baseline:
-    optax's update passing its gradients through, as a context returns them."""
+    """``bench/optim_step.py``'s jax rows on GPT-2's tiny arrays, with two more baselines:
+    optax's update passing its gradients through, as a context returns them, and a
+    jitted identity over optax's arguments (what jax's dispatch alone costs)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -292,8 +295,27 @@ def jax_variants() -> Variants:
 
         return step
 
+    def identity_jit() -> Callable[[], Any]:
+        # jax's dispatch alone: a jitted identity over optax's arguments, donated
+        tx = optax.adamw(1e-3, weight_decay=1e-2)
+        params = {k: jnp.array(v) for k, v in init.items()}
+        box = [params, jax.tree.map(jnp.array, tx.init(params))]
+        jitted = jax.jit(lambda p, s, g: (p, s), donate_argnums=(0, 1))
+
+        def step() -> None:
+            box[0], box[1] = jitted(box[0], box[1], grads)
+
+        return step
+
     first, *rest = variants.items()
-    return dict([first, ("optax, gradients donated and returned", optax_jit_through()), *rest])
+    return dict(
+        [
+            first,
+            ("optax, gradients donated and returned", optax_jit_through()),
+            ("jax.jit identity over optax's arguments (dispatch)", identity_jit()),
+            *rest,
+        ]
+    )
 
 
 def hlo_counts() -> dict[str, Counter[str]]:
