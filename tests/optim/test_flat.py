@@ -226,12 +226,9 @@ def test_a_tiling_is_forgotten_with_its_buffer_and_a_reused_id_is_not_trusted() 
     # a remembered entry whose buffer is gone (as if its id were reused) is not used
     new, new_views = _tiled()
     stale = torch.zeros(1)
-    torch_backend._TILINGS[id(new)] = (
-        weakref.ref(stale),
-        tuple(map(weakref.ref, new_views)),
-        new._version,
-        tuple(v.data_ptr() for v in new_views),
-    )
+    assert backend.flat_base(new_views) is new
+    entry = torch_backend._TILINGS[id(new)]
+    torch_backend._TILINGS[id(new)] = (weakref.ref(stale), *entry[1:])
     assert backend.flat_base(new_views) is new  # the full check, not the stale entry
     new_views[0].t_()
     assert backend.flat_base(new_views) is None
@@ -263,3 +260,93 @@ def test_swap_tensors_refuses_a_flat_view() -> None:
     with pytest.raises(RuntimeError, match="weakref"):
         torch.utils.swap_tensors(ctx["fc1.weight"], torch.zeros(8, 4))
     assert torch.equal(ctx["fc1.weight"], weights()["fc1.weight"])
+
+
+# A ``.data`` assignment changes a tensor's metadata without a version bump, and may keep
+# its data pointer: the remembered answer must still be the full check's.
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda b, v: setattr(v[1], "data", b.data[6:7]),  # shorter, same pointer
+        lambda b, v: setattr(v[0], "data", b.data.view(2, 6)[:, :3]),  # strided
+        lambda b, v: setattr(v[0], "data", v[0].data.t()),  # transposed, same pointer
+        lambda b, v: setattr(v[2], "data", b.data[8:12].view(torch.int32)),  # other dtype
+        lambda b, v: setattr(v[1], "data", torch.from_numpy(v[1].detach().numpy())),  # alias
+        lambda b, v: setattr(b, "data", torch.zeros(12)),  # the buffer: other memory
+        lambda b, v: setattr(b, "data", b.data[:6]),  # the buffer: shorter
+        lambda b, v: setattr(b, "data", b.data.view(3, 4)),  # the buffer: 2-d
+        lambda b, v: setattr(b, "data", torch.zeros(24)[::2]),  # the buffer: strided
+        lambda b, v: setattr(b, "data", b.data.view(torch.int32)),  # the buffer: other dtype
+    ],
+    ids=[
+        "view-shorter",
+        "view-strided",
+        "view-transposed",
+        "view-dtype",
+        "view-alias",
+        "base-memory",
+        "base-shorter",
+        "base-2d",
+        "base-strided",
+        "base-dtype",
+    ],
+)
+def test_a_remembered_tiling_is_not_trusted_after_a_data_assignment(change: Any) -> None:
+    from torchlean.runtime.backends import torch as torch_backend
+
+    backend = _backend()
+    base, views = _tiled()
+    assert backend.flat_base(views) is base
+    version = base._version
+    change(base, views)
+    assert base._version == version  # torch does not see it
+    answer = backend.flat_base(views)
+    torch_backend._TILINGS.pop(id(base), None)
+    assert backend.flat_base(views) is answer is None
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [[(2,), (0,), (3,)], [(0,), (3,)], [(3,), (0,)], [(2, 3), (3, 0)], [(), (2,)]],
+    ids=["middle", "first", "last", "2d", "0d"],
+)
+def test_a_tiling_with_empty_views_is_found_in_full_as_remembered(shapes: Any) -> None:
+    # an empty view has no memory (torch gives it data pointer 0): it tiles where it is
+    from torchlean.runtime.backends import torch as torch_backend
+
+    backend = _backend()
+    views = backend.flatten([torch.zeros(s) for s in shapes])
+    buffer = views[0]._base
+    assert backend.flat_base(views) is buffer  # remembered by flatten
+    torch_backend._TILINGS.pop(id(buffer), None)
+    assert backend.flat_base(views) is buffer  # the full check
+
+
+def test_a_weight_transposed_through_data_steps_as_on_a_context_that_is_not_flat() -> None:
+    # ``w.data = w.data.t()`` after flatten (same memory, not contiguous, no version
+    # bump): the step must not run the one-buffer kernel over a layout it no longer has
+    g = torch.Generator().manual_seed(0)
+    init = {"w": torch.randn(4, 4, generator=g), "b": torch.randn(4, generator=g)}
+    x = torch.randn(8, 4, generator=g)
+
+    def square_loss(p: Any, x: Any) -> Any:
+        return (F.linear(x, p["w"], p["b"]) ** 2).mean()
+
+    out = {}
+    for flat in (False, True):
+        for donate in (True, False):
+            ctx = RuntimeContext.from_state_dict({k: v.clone() for k, v in init.items()})
+            if flat:
+                ctx = optim.flatten(ctx)
+            ctx["w"].data = ctx["w"].data.t()
+            opt = optim.adamw(lr=0.01, weight_decay=0.1)
+            state = opt.init(ctx)
+            for _ in range(3):
+                _, ctx = value_and_grad(square_loss)(ctx, x)
+                ctx, state = opt.step(ctx, state, donate=donate)
+            out[flat, donate] = {k: ctx[k].clone() for k in init}
+    for (flat, donate), got in out.items():
+        for k, v in got.items():
+            assert torch.equal(v, out[False, donate][k]), (flat, donate, k)

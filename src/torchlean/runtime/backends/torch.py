@@ -379,17 +379,20 @@ class TorchBackend(Backend):
 
     def flat_base(self, values: list[Any]) -> Any | None:
         """The contiguous 1-d tensor whose views ``values`` are, tiling it exactly in order
-        (each contiguous, of its dtype), or ``None``. Cost: a few C-level passes; one
-        (identity, data pointers) for the very views found (or made by :func:`_views`)
-        before, when no view was changed since (their buffer's version counter, which
-        every in-place change of a view bumps, and their data pointers, which a
-        ``.data`` assignment changes without a bump)."""
+        (each contiguous, of its dtype, at its place in the buffer's memory; an empty view
+        has no memory), or ``None``. Cost: a few C-level passes, fewer for the very views
+        found (or made by :func:`_views`) before when their buffer's version counter did
+        not move (every in-place change of a view, of its data or its metadata, bumps
+        it): then what a ``.data`` assignment changes without a bump (the buffer's
+        layout, each view's data pointer, size, offset, contiguity and dtype) is compared
+        with what was remembered (:data:`_TILINGS`), so the answer is the full check's."""
         if not values:
             return None
         base = values[0]._base
         if base is None:
             return None
         n = len(values)
+        tensor = self.torch.Tensor
         tiling = _TILINGS.get(id(base))
         if (
             tiling is not None
@@ -397,16 +400,20 @@ class TorchBackend(Backend):
             and tiling[2] == base._version
             and len(tiling[1]) == n
             and all(map(operator.is_, map(operator.call, tiling[1]), values))
-            and tuple(map(self.torch.Tensor.data_ptr, values)) == tiling[3]
+            and _layout(base) == tiling[3]
+            and tuple(map(tensor.data_ptr, values)) == tiling[4]
+            and tuple(map(tensor.numel, values)) == tiling[5]
+            and tuple(map(tensor.storage_offset, values)) == tiling[6]
+            and all(map(tensor.is_contiguous, values))
+            and all(map(operator.is_, map(_DTYPE, values), itertools.repeat(base.dtype, n)))
         ):
-            return base  # the very views, none changed since: two C-level passes
+            return base  # the very views, none changed since
         if base.dim() != 1 or not base.is_contiguous():
             return None
         if not all(map(operator.is_, map(_BASE, values), itertools.repeat(base, n))):
             return None
         if not all(map(operator.is_, map(_DTYPE, values), itertools.repeat(base.dtype, n))):
             return None
-        tensor = self.torch.Tensor
         numels = list(map(tensor.numel, values))
         start = base.storage_offset()
         offsets = list(itertools.accumulate(numels, initial=start))
@@ -417,10 +424,16 @@ class TorchBackend(Backend):
         if not all(map(tensor.is_contiguous, values)):
             return None
         # over the buffer's memory (a view given other memory by ``set_`` or ``.data``
-        # keeps its ``_base`` and its offset)
+        # keeps its ``_base`` and its offset); an empty view has none (torch says 0)
         size = base.element_size()
         at = base.data_ptr() - start * size
-        if list(map(tensor.data_ptr, values)) != [at + o * size for o in offsets[:-1]]:
+        pointers = list(map(tensor.data_ptr, values))
+        places = [at + o * size for o in offsets[:-1]]
+        if pointers != places and (
+            0 not in numels
+            or [p for p, k in zip(pointers, numels, strict=True) if k]
+            != [p for p, k in zip(places, numels, strict=True) if k]
+        ):
             return None
         _remember(base, values)
         return base
@@ -760,7 +773,7 @@ def _views(buffer: Any, likes: list[Any], *, remember: bool = True) -> list[Any]
     the tiling is remembered for :meth:`TorchBackend.flat_base` (:data:`_TILINGS`)."""
     parts = buffer.split([x.numel() for x in likes])
     views = [p.view(x.shape) for p, x in zip(parts, likes, strict=True)]
-    if remember and buffer._base is None and buffer.is_contiguous():
+    if remember and buffer._base is None and buffer.dim() == 1 and buffer.is_contiguous():
         _remember(buffer, views)
     return views
 
@@ -774,23 +787,40 @@ def _remember(buffer: Any, views: list[Any]) -> None:
         if tiling is not None and tiling[0]() is None:
             del _TILINGS[key]
 
+    tensor = type(buffer)
     _TILINGS[key] = (
         weakref.ref(buffer, forget),
         tuple(map(weakref.ref, views)),
         buffer._version,
-        tuple(view.data_ptr() for view in views),
+        _layout(buffer),
+        tuple(map(tensor.data_ptr, views)),
+        tuple(map(tensor.numel, views)),
+        tuple(map(tensor.storage_offset, views)),
+    )
+
+
+def _layout(buffer: Any) -> tuple[Any, ...]:
+    """What :meth:`TorchBackend.flat_base` reads of a buffer (a ``.data`` assignment may
+    change any of it without a version bump): data pointer, offset, shape, strides, dtype."""
+    return (
+        buffer.data_ptr(),
+        buffer.storage_offset(),
+        buffer.shape,
+        buffer.stride(),
+        buffer.dtype,
     )
 
 
 #: The tilings :meth:`TorchBackend.flat_base` found and :func:`_views` made, by ``id`` of
 #: the buffer: (a weak reference to the buffer, weak references to its views in order,
-#: the buffer's version then, the views' data pointers). The views share the buffer's
-#: version counter, and every in-place change of a view, of its data or its metadata
-#: (``t_``, ``as_strided_``, ``set_``, ``resize_``), bumps it; a ``.data`` assignment does
-#: not, but moves the data pointer: a tiling whose buffer has that version and whose
-#: views those pointers still holds. The step's own write of a buffer moves the version
-#: on with it (:func:`_bump_written`). An entry goes with its buffer.
-_TILINGS: dict[int, tuple[Any, tuple[Any, ...], int, tuple[int, ...]]] = {}
+#: the buffer's version then, its :func:`_layout`, the views' data pointers, sizes and
+#: storage offsets). The views share the buffer's version counter, and every in-place
+#: change of a view, of its data or its metadata (``t_``, ``as_strided_``, ``set_``,
+#: ``resize_``), bumps it; a ``.data`` assignment (of the buffer or of a view) does not,
+#: and may keep the data pointer (``w.data = w.data.t()``): what it may change is compared
+#: too. The step's own write of a buffer moves the version on with it
+#: (:func:`_bump_written`). An entry goes with its buffer.
+_TILINGS: dict[int, tuple[Any, ...]] = {}
 
 
 def _bump_written(torch: Any, written: list[Any], flat: list[Any]) -> None:
@@ -802,8 +832,8 @@ def _bump_written(torch: Any, written: list[Any], flat: list[Any]) -> None:
         if tiling is not None and tiling[0]() is buffer and tiling[2] == buffer._version:
             held.append((buffer, tiling))
     torch._C._increment_version(written)
-    for buffer, (ref, views, _, pointers) in held:
-        _TILINGS[id(buffer)] = (ref, views, buffer._version, pointers)
+    for buffer, (ref, views, _, *layout) in held:
+        _TILINGS[id(buffer)] = (ref, views, buffer._version, *layout)
 
 
 class _Group:
