@@ -273,7 +273,7 @@ def test_swap_tensors_refuses_a_flat_view() -> None:
         lambda b, v: setattr(v[0], "data", b.data.view(2, 6)[:, :3]),  # strided
         lambda b, v: setattr(v[0], "data", v[0].data.t()),  # transposed, same pointer
         lambda b, v: setattr(v[2], "data", b.data[8:12].view(torch.int32)),  # other dtype
-        lambda b, v: setattr(v[1], "data", torch.from_numpy(v[1].detach().numpy())),  # alias
+        lambda b, v: setattr(v[1], "data", b.data[6:8].clone()),  # other memory
         lambda b, v: setattr(b, "data", torch.zeros(12)),  # the buffer: other memory
         lambda b, v: setattr(b, "data", b.data[:6]),  # the buffer: shorter
         lambda b, v: setattr(b, "data", b.data.view(3, 4)),  # the buffer: 2-d
@@ -285,7 +285,7 @@ def test_swap_tensors_refuses_a_flat_view() -> None:
         "view-strided",
         "view-transposed",
         "view-dtype",
-        "view-alias",
+        "view-memory",
         "base-memory",
         "base-shorter",
         "base-2d",
@@ -305,6 +305,32 @@ def test_a_remembered_tiling_is_not_trusted_after_a_data_assignment(change: Any)
     answer = backend.flat_base(views)
     torch_backend._TILINGS.pop(id(base), None)
     assert backend.flat_base(views) is answer is None
+
+
+def test_a_view_over_the_buffers_memory_through_another_storage_tiles_it() -> None:
+    from torchlean.runtime.backends import torch as torch_backend
+
+    backend = _backend()
+    base, views = _tiled()
+    assert backend.flat_base(views) is base
+    views[1].data = torch.from_numpy(views[1].detach().numpy())  # the same memory
+    assert views[1].storage_offset() == 0 and views[1].data_ptr() == base[6:].data_ptr()
+    assert backend.flat_base(views) is base
+    torch_backend._TILINGS.pop(id(base), None)
+    assert backend.flat_base(views) is base  # the full check: the place in memory counts
+    views[1].data = torch.from_numpy(views[1].detach().numpy().copy())
+    assert backend.flat_base(views) is None
+
+
+def test_a_meta_buffer_is_found_in_full_as_remembered() -> None:
+    from torchlean.runtime.backends import torch as torch_backend
+
+    backend = _backend()
+    views = backend.flatten([torch.zeros(2, device="meta"), torch.zeros(3, device="meta")])
+    base = views[0]._base
+    assert backend.flat_base(views) is base
+    torch_backend._TILINGS.pop(id(base), None)
+    assert backend.flat_base(views) is base
 
 
 @pytest.mark.parametrize(

@@ -379,13 +379,14 @@ class TorchBackend(Backend):
 
     def flat_base(self, values: list[Any]) -> Any | None:
         """The contiguous 1-d tensor whose views ``values`` are, tiling it exactly in order
-        (each contiguous, of its dtype, at its place in the buffer's memory; an empty view
-        has no memory), or ``None``. Cost: a few C-level passes, fewer for the very views
-        found (or made by :func:`_views`) before when their buffer's version counter did
-        not move (every in-place change of a view, of its data or its metadata, bumps
-        it): then what a ``.data`` assignment changes without a bump (the buffer's
-        layout, each view's data pointer, size, offset, contiguity and dtype) is compared
-        with what was remembered (:data:`_TILINGS`), so the answer is the full check's."""
+        (each contiguous, of its dtype, its data pointer at its place in the buffer's
+        memory; an empty view has no memory), or ``None``. Cost: a few C-level passes,
+        fewer for the very views found (or made by :func:`_views`) before when their
+        buffer's version counter did not move (every in-place change of a view, of its
+        data or its metadata, bumps it): then what a ``.data`` assignment changes without
+        a bump (the buffer's layout, each view's data pointer, size, contiguity and
+        dtype) is compared with what was remembered (:data:`_TILINGS`), so the answer is
+        the full check's."""
         if not values:
             return None
         base = values[0]._base
@@ -403,7 +404,6 @@ class TorchBackend(Backend):
             and _layout(base) == tiling[3]
             and tuple(map(tensor.data_ptr, values)) == tiling[4]
             and tuple(map(tensor.numel, values)) == tiling[5]
-            and tuple(map(tensor.storage_offset, values)) == tiling[6]
             and all(map(tensor.is_contiguous, values))
             and all(map(operator.is_, map(_DTYPE, values), itertools.repeat(base.dtype, n)))
         ):
@@ -415,20 +415,18 @@ class TorchBackend(Backend):
         if not all(map(operator.is_, map(_DTYPE, values), itertools.repeat(base.dtype, n))):
             return None
         numels = list(map(tensor.numel, values))
-        start = base.storage_offset()
-        offsets = list(itertools.accumulate(numels, initial=start))
-        if offsets[-1] - start != base.numel() or offsets[:-1] != list(
-            map(tensor.storage_offset, values)
-        ):
+        if sum(numels) != base.numel():
             return None
         if not all(map(tensor.is_contiguous, values)):
             return None
-        # over the buffer's memory (a view given other memory by ``set_`` or ``.data``
-        # keeps its ``_base`` and its offset); an empty view has none (torch says 0)
+        # each at its place in the buffer's memory (a view given other memory by ``set_``
+        # or ``.data`` keeps its ``_base`` and its offset; a view over the same memory
+        # through another storage, ``torch.from_numpy(v.numpy())``, is over the buffer's);
+        # an empty view has no memory (torch gives it data pointer 0)
         size = base.element_size()
-        at = base.data_ptr() - start * size
+        at = base.data_ptr()
         pointers = list(map(tensor.data_ptr, values))
-        places = [at + o * size for o in offsets[:-1]]
+        places = [at + o * size for o in itertools.accumulate(numels[:-1], initial=0)]
         if pointers != places and (
             0 not in numels
             or [p for p, k in zip(pointers, numels, strict=True) if k]
@@ -795,16 +793,14 @@ def _remember(buffer: Any, views: list[Any]) -> None:
         _layout(buffer),
         tuple(map(tensor.data_ptr, views)),
         tuple(map(tensor.numel, views)),
-        tuple(map(tensor.storage_offset, views)),
     )
 
 
 def _layout(buffer: Any) -> tuple[Any, ...]:
     """What :meth:`TorchBackend.flat_base` reads of a buffer (a ``.data`` assignment may
-    change any of it without a version bump): data pointer, offset, shape, strides, dtype."""
+    change any of it without a version bump): data pointer, shape, strides, dtype."""
     return (
         buffer.data_ptr(),
-        buffer.storage_offset(),
         buffer.shape,
         buffer.stride(),
         buffer.dtype,
@@ -813,8 +809,8 @@ def _layout(buffer: Any) -> tuple[Any, ...]:
 
 #: The tilings :meth:`TorchBackend.flat_base` found and :func:`_views` made, by ``id`` of
 #: the buffer: (a weak reference to the buffer, weak references to its views in order,
-#: the buffer's version then, its :func:`_layout`, the views' data pointers, sizes and
-#: storage offsets). The views share the buffer's version counter, and every in-place
+#: the buffer's version then, its :func:`_layout`, the views' data pointers and sizes).
+#: The views share the buffer's version counter, and every in-place
 #: change of a view, of its data or its metadata (``t_``, ``as_strided_``, ``set_``,
 #: ``resize_``), bumps it; a ``.data`` assignment (of the buffer or of a view) does not,
 #: and may keep the data pointer (``w.data = w.data.t()``): what it may change is compared
