@@ -376,3 +376,76 @@ def test_a_weight_transposed_through_data_steps_as_on_a_context_that_is_not_flat
     for (flat, donate), got in out.items():
         for k, v in got.items():
             assert torch.equal(v, out[False, donate][k]), (flat, donate, k)
+
+
+# A leaf per flat variable, the gradients gathered by one cat: the numbers of a context
+# that is not flat, whatever the loss does with the variables.
+
+
+def _partial(ctx: RuntimeContext[Any], x: Any, y: Any) -> Any:
+    h = torch.relu(F.linear(x, ctx["fc1.weight"], ctx["fc1.bias"]))
+    return F.cross_entropy(F.linear(h, ctx["fc2.weight"]), y)  # fc2.bias: no gradient
+
+
+def _expanded(ctx: RuntimeContext[Any], x: Any, y: Any) -> Any:
+    # gradients of stride 0 (sum, expand) and a variable read twice
+    extra = ctx["fc1.weight"].sum() + ctx["fc2.bias"].expand(4, 3).sum()
+    return loss(ctx, x, y) + extra * ctx["fc1.bias"].mean()
+
+
+def _with_aux(ctx: RuntimeContext[Any], x: Any, y: Any) -> Any:
+    value = loss(ctx, x, y)
+    return value, {"loss": value, "w": ctx["fc1.weight"]}
+
+
+@pytest.mark.parametrize(
+    ("fn", "options", "accumulate"),
+    [
+        (_partial, {}, False),
+        (_expanded, {}, False),
+        (_with_aux, {"has_aux": True}, False),
+        (loss, {"frozen": "fc1.*"}, False),
+        (loss, {}, True),
+    ],
+    ids=["partial", "expanded", "has_aux", "frozen", "accumulate"],
+)
+@pytest.mark.parametrize("donate", [True, False])
+def test_a_flat_context_trains_to_the_numbers_of_one_that_is_not(
+    fn: Any, options: dict[str, Any], accumulate: bool, donate: bool
+) -> None:
+    x, y = batch()
+    out = []
+    for flat in (False, True):
+        start = RuntimeContext.from_state_dict({k: v.clone() for k, v in weights().items()})
+        ctx = optim.flatten(start.register_variable("d", torch.ones(5, dtype=torch.float64)))
+        if not flat:
+            ctx = RuntimeContext.from_state_dict({k: ctx[k].clone() for k in ctx.variable_names()})
+        opt = optim.adamw(lr=0.01, weight_decay=0.1)
+        state = opt.init(ctx)
+        grad_fn = value_and_grad(fn, **options)
+        more = value_and_grad(fn, accumulate=True, **options)
+        for _ in range(3):
+            _, ctx = grad_fn(ctx, x[:8], y[:8])
+            if accumulate:
+                _, ctx = more(ctx, x[8:], y[8:])
+            ctx, state = opt.step(ctx, state, donate=donate)
+        assert (ctx["fc1.weight"]._base is not None) is flat
+        out.append(ctx)
+    plain, flat_ctx = out
+    for name in plain.variable_names():
+        assert torch.equal(flat_ctx[name], plain[name]), name
+    for name in plain.gradient_names():
+        assert torch.equal(flat_ctx.gradient(name), plain.gradient(name)), name
+
+
+def test_an_in_place_write_of_a_flat_leaf_is_refused_as_for_any_leaf() -> None:
+    def writes(ctx: RuntimeContext[Any]) -> Any:
+        return ctx["fc1.bias"].add_(1).sum()
+
+    messages = []
+    for ctx in (RuntimeContext.from_state_dict(weights()), flat_context()):
+        with pytest.raises(RuntimeError) as info:
+            value_and_grad(writes)(ctx)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert messages[1].startswith("a leaf Variable that requires grad is being used in an in-place")
