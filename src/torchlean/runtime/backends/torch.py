@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import itertools
 import operator
-import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -380,36 +379,16 @@ class TorchBackend(Backend):
     def flat_base(self, values: list[Any]) -> Any | None:
         """The contiguous 1-d tensor whose views ``values`` are, tiling it exactly in order
         (each contiguous, of its dtype, its data pointer at its place in the buffer's
-        memory; an empty view has no memory), or ``None``. Cost: a few C-level passes,
-        fewer for the very views found (or made by :func:`_views`) before when their
-        buffer's version counter did not move (every in-place change of a view, of its
-        data or its metadata, bumps it): then what a ``.data`` assignment changes without
-        a bump (the buffer's layout, each view's data pointer, size, contiguity and
-        dtype) is compared with what was remembered (:data:`_TILINGS`), so the answer is
-        the full check's."""
+        memory; an empty view has no memory), or ``None``. Checked in full at every call
+        (a ``.data`` assignment can change a view's layout without a version bump).
+        Cost: a few C-level passes."""
         if not values:
             return None
         base = values[0]._base
-        if base is None:
+        if base is None or base.dim() != 1 or not base.is_contiguous():
             return None
         n = len(values)
         tensor = self.torch.Tensor
-        tiling = _TILINGS.get(id(base))
-        if (
-            tiling is not None
-            and tiling[0]() is base
-            and tiling[2] == base._version
-            and len(tiling[1]) == n
-            and all(map(operator.is_, map(operator.call, tiling[1]), values))
-            and _layout(base) == tiling[3]
-            and tuple(map(tensor.data_ptr, values)) == tiling[4]
-            and tuple(map(tensor.numel, values)) == tiling[5]
-            and all(map(tensor.is_contiguous, values))
-            and all(map(operator.is_, map(_DTYPE, values), itertools.repeat(base.dtype, n)))
-        ):
-            return base  # the very views, none changed since
-        if base.dim() != 1 or not base.is_contiguous():
-            return None
         if not all(map(operator.is_, map(_BASE, values), itertools.repeat(base, n))):
             return None
         if not all(map(operator.is_, map(_DTYPE, values), itertools.repeat(base.dtype, n))):
@@ -433,7 +412,6 @@ class TorchBackend(Backend):
             != [p for p, k in zip(places, numels, strict=True) if k]
         ):
             return None
-        _remember(base, values)
         return base
 
     def flatten(self, values: list[Any]) -> list[Any]:
@@ -766,70 +744,10 @@ _DTYPE = operator.attrgetter("dtype")
 _VERSION = operator.attrgetter("_version")
 
 
-def _views(buffer: Any, likes: list[Any], *, remember: bool = True) -> list[Any]:
-    """Views of the 1-d ``buffer`` shaped like each of ``likes``, in order; ``remember``:
-    the tiling is remembered for :meth:`TorchBackend.flat_base` (:data:`_TILINGS`)."""
+def _views(buffer: Any, likes: list[Any]) -> list[Any]:
+    """Views of the 1-d ``buffer`` shaped like each of ``likes``, in order."""
     parts = buffer.split([x.numel() for x in likes])
-    views = [p.view(x.shape) for p, x in zip(parts, likes, strict=True)]
-    if remember and buffer._base is None and buffer.dim() == 1 and buffer.is_contiguous():
-        _remember(buffer, views)
-    return views
-
-
-def _remember(buffer: Any, views: list[Any]) -> None:
-    """Remember that ``views`` tile the 1-d contiguous ``buffer`` exactly (:data:`_TILINGS`)."""
-    key = id(buffer)
-
-    def forget(_: Any, key: int = key) -> None:
-        tiling = _TILINGS.get(key)
-        if tiling is not None and tiling[0]() is None:
-            del _TILINGS[key]
-
-    tensor = type(buffer)
-    _TILINGS[key] = (
-        weakref.ref(buffer, forget),
-        tuple(map(weakref.ref, views)),
-        buffer._version,
-        _layout(buffer),
-        tuple(map(tensor.data_ptr, views)),
-        tuple(map(tensor.numel, views)),
-    )
-
-
-def _layout(buffer: Any) -> tuple[Any, ...]:
-    """What :meth:`TorchBackend.flat_base` reads of a buffer (a ``.data`` assignment may
-    change any of it without a version bump): data pointer, shape, strides, dtype."""
-    return (
-        buffer.data_ptr(),
-        buffer.shape,
-        buffer.stride(),
-        buffer.dtype,
-    )
-
-
-#: The tilings :meth:`TorchBackend.flat_base` found and :func:`_views` made, by ``id`` of
-#: the buffer: (a weak reference to the buffer, weak references to its views in order,
-#: the buffer's version then, its :func:`_layout`, the views' data pointers and sizes).
-#: The views share the buffer's version counter, and every in-place
-#: change of a view, of its data or its metadata (``t_``, ``as_strided_``, ``set_``,
-#: ``resize_``), bumps it; a ``.data`` assignment (of the buffer or of a view) does not,
-#: and may keep the data pointer (``w.data = w.data.t()``): what it may change is compared
-#: too. The step's own write of a buffer moves the version on with it
-#: (:func:`_bump_written`). An entry goes with its buffer.
-_TILINGS: dict[int, tuple[Any, ...]] = {}
-
-
-def _bump_written(torch: Any, written: list[Any], flat: list[Any]) -> None:
-    """``torch._C._increment_version(written)``; the tilings of the buffers ``flat`` (among
-    ``written``) that held before the write hold after it."""
-    held = []
-    for buffer in flat:
-        tiling = _TILINGS.get(id(buffer))
-        if tiling is not None and tiling[0]() is buffer and tiling[2] == buffer._version:
-            held.append((buffer, tiling))
-    torch._C._increment_version(written)
-    for buffer, (ref, views, _, *layout) in held:
-        _TILINGS[id(buffer)] = (ref, views, buffer._version, *layout)
+    return [p.view(x.shape) for p, x in zip(parts, likes, strict=True)]
 
 
 class _Group:
@@ -915,7 +833,6 @@ class _Facts:
     ) -> Updated:
         torch = backend.torch
         written: list[Any] = []
-        flat: list[Any] = []  # the buffers written whole
         for group in self.groups:
             group_steps = group.pick(steps)
             if group.steps_base is not None:
@@ -947,8 +864,8 @@ class _Facts:
                             count,
                         ),
                     )
-                    flat.append(group.flat)
-                    flat.extend(group.slot_bases.values())
+                    written.append(group.flat)
+                    written.extend(group.slot_bases.values())
                     continue
             group_params = group.pick(params)
             group_slots = {k: group.pick(v) for k, v in slots.items()}
@@ -960,7 +877,7 @@ class _Facts:
                 written.extend(values)
         # The fused kernels write through data pointers without bumping version
         # counters; bump them so every other context that shares a buffer sees it.
-        _bump_written(torch, written + flat, flat)
+        torch._C._increment_version(written)
         return Updated(params, slots, steps, count)
 
     def copied(
