@@ -243,7 +243,10 @@ class TorchBackend(Backend):
                         group_steps,
                         count,
                     )
-                    rule.in_place(torch, lr, group)
+                    if _contiguous(group.params, list(group.slots.values())):
+                        rule.in_place(torch, lr, group)
+                    else:
+                        _fused_any_layout(torch, rule, lr, group)
             # The fused kernels write through data pointers without bumping version
             # counters; bump them so every other context that shares a buffer sees it.
             torch._C._increment_version(params)
@@ -753,10 +756,13 @@ def _views(buffer: Any, likes: list[Any]) -> list[Any]:
 class _Group:
     """The tensors of one (device, dtype) group, as list indices; its flat buffers."""
 
-    __slots__ = ("flat", "ix", "slot_bases", "step", "steps_base", "steps_version")
+    __slots__ = ("aligned", "flat", "ix", "slot_bases", "step", "steps_base", "steps_version")
 
     def __init__(self, ix: list[int] | None) -> None:
         self.ix = ix  # None: every tensor
+        #: every parameter and state tensor contiguous: the kernels need only contiguous
+        #: gradients (else :func:`_fused_any_layout`)
+        self.aligned = True
         self.flat: Any = None  # the parameters' buffer when the whole group is flat
         self.slot_bases: dict[str, Any] = {}
         self.step: Any = None  # the counter the flat kernel reads (all counters agree)
@@ -805,6 +811,7 @@ class _Facts:
             by_key.setdefault((p.device, p.dtype), []).append(i)
         groups = [_Group(None if len(ix) == len(params) else ix) for ix in by_key.values()]
         for group in groups:
+            group.aligned = _contiguous(group.pick(params), [group.pick(v) for v in slots.values()])
             base = backend.flat_base(group.pick(steps))
             group.steps_base = base
             group.steps_version = None if base is None else base._version
@@ -869,9 +876,11 @@ class _Facts:
                     continue
             group_params = group.pick(params)
             group_slots = {k: group.pick(v) for k, v in slots.items()}
-            rule.in_place(
-                torch, lr, Update(group_params, group.pick(grads), group_slots, group_steps, count)
-            )
+            update = Update(group_params, group.pick(grads), group_slots, group_steps, count)
+            if group.aligned:
+                rule.in_place(torch, lr, update)
+            else:
+                _fused_any_layout(torch, rule, lr, update)
             written.extend(group_params)
             for values in group_slots.values():
                 written.extend(values)
@@ -905,9 +914,52 @@ class _Facts:
                 copy.step = steps[next(iter(ix))]
             else:
                 copy.flat, copy.slot_bases = None, {}
+            copy.aligned = _contiguous(copy.pick(params), [copy.pick(v) for v in slots.values()])
             groups.append(copy)
         tensors = list(itertools.chain(params, *slots.values(), steps))
         return _Facts(tensors, groups), params, slots, steps
+
+
+def _contiguous(params: list[Any], slots: list[list[Any]]) -> bool:
+    """Whether every parameter and every state tensor is contiguous (C-level passes)."""
+    is_contiguous = operator.methodcaller("is_contiguous")
+    return all(map(is_contiguous, params)) and all(all(map(is_contiguous, v)) for v in slots)
+
+
+def _fused_any_layout(torch: Any, rule: UpdateRule, lr: float, u: Update) -> None:
+    """``rule.in_place`` for parameters and state of any layout.
+
+    The fused kernels read and write raw memory element by element: a parameter's
+    gradient and state must be laid out as the parameter, and the parameter dense (no
+    gaps, no overlap). A transposed weight is dense: its gradient and state tensors laid
+    out otherwise are run through copies with its strides. A parameter with gaps (a
+    strided slice) runs through a contiguous copy, as do its state tensors. The copies of
+    a parameter and of its state are copied back after the kernel. Cost: one allocation
+    and two copies per tensor not laid out as the kernel needs."""
+    params = list(u.params)
+    grads = list(u.grads)
+    slots = {k: list(v) for k, v in u.slots.items()}
+    back: list[tuple[Any, Any]] = []  # (the tensor to write, the copy the kernel wrote)
+    for i, p in enumerate(params):
+        if not p.is_contiguous():
+            like = torch.empty_like(p)  # p's strides when p is dense, else contiguous
+            if like.stride() != p.stride():
+                like.copy_(p)
+                back.append((p, like))
+                params[i] = p = like
+        stride = p.stride()
+        g = grads[i]
+        if g.stride() != stride:
+            grads[i] = torch.empty_like(p).copy_(g)
+        for values in slots.values():
+            x = values[i]
+            if x.stride() != stride:
+                copy = torch.empty_like(p).copy_(x)
+                back.append((x, copy))
+                values[i] = copy
+    rule.in_place(torch, lr, Update(params, grads, slots, u.steps, u.count))
+    for dst, src in back:
+        dst.copy_(src)
 
 
 def _copy_into(xs: list[Any], ix: Any, base: Any) -> Any:
