@@ -11,23 +11,38 @@ held there. A call checks the module still holds those tensors (one C-level pass
 puts the context's tensors in, runs the module, reads the buffers back (``state=True``)
 and puts the module's own tensors back, even when the forward pass raises.
 
+Three things a real model does are handled here: a module changed between calls (a
+submodule replaced, a parameter added or a ``None`` one filled: the module is walked
+again), two threads calling one module (the second is refused: its forward pass would
+run on the first one's tensors), and activation checkpointing inside the forward
+(``torch.utils.checkpoint(..., use_reentrant=False)`` recomputes the checkpointed part in
+the backward pass, after the module's own tensors are back: the recomputation gets the
+tensors the forward pass used, through a wrapper of torch's checkpoint generator that
+acts only inside ``call_module``).
+
 Reading map:
 - :func:`call_module` -- the call (public as :func:`torchlean.autograd.call_module`).
 - :class:`_Prepared` -- one (module, layout: the context's names and roles): the slots,
   the tensors the module held.
 - :func:`_prepare` -- the walk of the module that builds it, and the strict check.
+- :data:`_BUSY` -- one thread at a time per module.
+- :func:`_install_recompute` / :func:`_recompute_with` -- checkpointing's recomputation
+  run on the tensors of the calls active when the checkpointed part ran.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import operator
+import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from torchlean._text import short_repr
 from torchlean._validate import require_bool
-from torchlean.errors import UnknownNameError
+from torchlean.errors import BackendError, UnknownNameError
 from torchlean.runtime import _bulk
 from torchlean.runtime.context import RuntimeContext, require_context
 
@@ -40,8 +55,9 @@ _GETITEM = operator.getitem
 class _Prepared:
     """The slots of one module for one layout of a context's names."""
 
-    __slots__ = ("buffer_dicts", "buffer_keys", "buffers", "dicts", "keys", "names", "originals",
-                 "roles", "strict", "take")  # fmt: skip
+    __slots__ = ("buffer_dicts", "buffer_keys", "buffers", "dicts", "keys", "names",
+                 "originals", "roles", "sizes", "strict", "take", "total", "watch_dicts",
+                 "watch_keys", "watch_values")  # fmt: skip
 
     def __init__(self) -> None:
         #: the context's latest variable names and roles (buffers, aliases) this was made for
@@ -55,22 +71,44 @@ class _Prepared:
         self.take: list[int] = []
         #: per slot: the tensor the module held there
         self.originals: list[Any] = []
+        #: the module's structure besides the slots: each submodule under its parent
+        #: (``_modules``) and each ``None`` parameter or buffer, with what was there
+        self.watch_dicts: list[dict[str, Any]] = []
+        self.watch_keys: list[str] = []
+        self.watch_values: list[Any] = []
+        #: every ``_parameters``, ``_buffers`` and ``_modules`` dict, and their total
+        #: length: every key they held is checked above (a slot, a ``None`` entry or a
+        #: submodule), so with none deleted a name added anywhere changes the total
+        self.sizes: list[dict[str, Any]] = []
+        self.total = 0
         #: the context's buffers, with the slot each is read back from
         self.buffers: list[str] = []
         self.buffer_dicts: list[dict[str, Any]] = []
         self.buffer_keys: list[str] = []
 
     def intact(self) -> bool:
-        """Whether the module still holds the tensors it held when this was made."""
+        """Whether the module still holds the tensors (and submodules) it held when this
+        was made, and no parameter, buffer or submodule was added since."""
         held = map(_GETITEM, self.dicts, self.keys)
+        watched = map(_GETITEM, self.watch_dicts, self.watch_keys)
         try:
-            return all(map(operator.is_, held, self.originals))
-        except KeyError:  # a parameter or buffer was deleted since
+            return (
+                all(map(operator.is_, held, self.originals))
+                and all(map(operator.is_, watched, self.watch_values))
+                and sum(map(len, self.sizes)) == self.total
+            )
+        except KeyError:  # a parameter, buffer or submodule was deleted since
             return False
 
 
 # One prepared layout per module (a weak reference: a module dropped is forgotten).
 _CACHE: weakref.WeakKeyDictionary[Any, _Prepared] = weakref.WeakKeyDictionary()
+#: ``id(module)`` -> (thread ident, token) of the call that has its slots swapped
+_BUSY: dict[int, tuple[int, object]] = {}
+#: per thread: the swaps of the calls running now (outermost first)
+_ACTIVE = threading.local()
+#: whether torch's checkpoint generator is wrapped (:func:`_install_recompute`)
+_INSTALLED: list[bool] = [False]
 
 
 def call_module(
@@ -107,8 +145,14 @@ def call_module(
       themselves without a version bump (docs/arrays.md, routes not seen).
     - ``args``: a tuple of positional arguments, or one argument that is not a tuple.
 
-    The module's own tensors are back in place when the call returns or raises. Like
-    ``functional_call``, it is not thread-safe for one module. Lean counterpart: none.
+    The module's own tensors are back in place when the call returns or raises. One
+    module runs one thread's call at a time: a call on a module another thread is
+    running raises :class:`~torchlean.errors.BackendError` (``functional_call`` would
+    silently run it on the other thread's tensors). Activation checkpointing inside the
+    forward pass (``torch.utils.checkpoint(..., use_reentrant=False)``) recomputes with
+    the tensors the forward pass used (a buffer the checkpointed part updates in place
+    is updated again, as in the plain module); ``use_reentrant=True`` is refused by
+    torch itself under ``value_and_grad``. Lean counterpart: none.
     Cost: the forward pass plus O(s) C-level steps for s slots; the first call with a
     layout, or after the module's tensors were replaced, walks the module (O(n)).
     """
@@ -131,6 +175,35 @@ def call_module(
         read = _bulk.heads(ctx, names)  # pragma: no cover - state_dict raised
         assert read is not None  # pragma: no cover
     tensors = read.tensors
+    if not _INSTALLED[0]:
+        _install_recompute()
+    me = threading.get_ident()
+    token = (me, object())
+    owner = _BUSY.setdefault(id(module), token)
+    if owner is not token and owner[0] != me:
+        raise BackendError(
+            f"call_module({type(module).__name__}): another thread is running this module"
+            " with its own tensors (the module's parameter slots hold one call's tensors"
+            " at a time); give each thread its own copy of the module (copy.deepcopy)"
+        )
+    try:
+        return _call(module, ctx, names, tensors, args, kwargs, state, strict)
+    finally:
+        if owner is token:
+            del _BUSY[id(module)]
+
+
+def _call(
+    module: Any,
+    ctx: RuntimeContext[Any],
+    names: list[str],
+    tensors: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any] | None,
+    state: bool,
+    strict: bool,
+) -> Any:
+    """The swap, the forward pass and the restore, the module claimed by this thread."""
     prepared = _CACHE.get(module)
     if (
         prepared is None
@@ -144,6 +217,10 @@ def call_module(
     dicts, keys = prepared.dicts, prepared.keys
     values = list(map(tensors.__getitem__, prepared.take))
     collections.deque(map(_SETITEM, dicts, keys, values), 0)
+    stack = getattr(_ACTIVE, "stack", None)
+    if stack is None:
+        stack = _ACTIVE.stack = []
+    stack.append(prepared)
     try:
         out = module(*args, **(kwargs or {}))
         if state:
@@ -151,6 +228,7 @@ def call_module(
             return out, dict(zip(prepared.buffers, after, strict=True))
         return out
     finally:
+        stack.pop()
         collections.deque(map(_SETITEM, dicts, keys, prepared.originals), 0)
 
 
@@ -161,12 +239,16 @@ def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bo
     slots: dict[str, tuple[dict[str, Any], str]] = {}
     held: dict[str, Any] = {}
     optional: set[str] = set()
+    prepared = _Prepared()
+    watch = prepared.watch_dicts, prepared.watch_keys, prepared.watch_values
     for prefix, sub in module.named_modules(remove_duplicate=False):
         dot = f"{prefix}." if prefix else ""
         for key, value in sub._parameters.items():
             if value is not None:
                 slots[dot + key] = (sub._parameters, key)
                 held[dot + key] = value
+            else:
+                _watch(watch, sub._parameters, key, None)
         skip = getattr(sub, "_non_persistent_buffers_set", ())
         for key, value in sub._buffers.items():
             if value is not None:
@@ -174,6 +256,12 @@ def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bo
                 held[dot + key] = value
                 if key in skip:
                     optional.add(dot + key)
+            else:
+                _watch(watch, sub._buffers, key, None)
+        for key, child in sub._modules.items():
+            _watch(watch, sub._modules, key, child)
+        prepared.sizes.extend((sub._parameters, sub._buffers, sub._modules))
+    prepared.total = sum(map(len, prepared.sizes))
     tied: dict[int, list[str]] = {}
     for name, value in held.items():
         tied.setdefault(id(value), []).append(name)
@@ -181,7 +269,6 @@ def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bo
     for alias, canonical in ctx.aliases().items():
         aliases.setdefault(canonical, []).append(alias)
     index = {name: i for i, name in enumerate(names)}
-    prepared = _Prepared()
     prepared.names, prepared.strict, prepared.roles = names, strict, _bulk.roles(ctx)
     covered: set[str] = set()
     unexpected: list[str] = []
@@ -226,3 +313,57 @@ def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bo
         prepared.buffer_dicts.append(d)
         prepared.buffer_keys.append(key)
     return prepared
+
+
+def _watch(
+    watch: tuple[list[Any], list[Any], list[Any]], d: dict[str, Any], key: str, value: Any
+) -> None:
+    watch[0].append(d)
+    watch[1].append(key)
+    watch[2].append(value)
+
+
+def _recompute_with(stack: list[_Prepared], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run, when torch's checkpoint recomputes it in the backward pass, with the
+    tensors the slots of every call in ``stack`` hold now (when the checkpointed part
+    runs). A buffer the recomputation updates in place (BatchNorm in train mode) is
+    updated again, as in the plain module; under ``value_and_grad(has_state=True)``
+    that is the loss's copy, stored after the backward pass."""
+    swaps = [(p.dicts, p.keys, list(map(_GETITEM, p.dicts, p.keys))) for p in stack]
+
+    @functools.wraps(fn)
+    def recompute(*args: Any, **kwargs: Any) -> Any:
+        saved = []
+        try:
+            for dicts, keys, values in swaps:
+                saved.append((dicts, keys, list(map(_GETITEM, dicts, keys))))
+                collections.deque(map(_SETITEM, dicts, keys, values), 0)
+            return fn(*args, **kwargs)
+        finally:
+            for dicts, keys, values in reversed(saved):
+                collections.deque(map(_SETITEM, dicts, keys, values), 0)
+
+    return recompute
+
+
+def _install_recompute() -> None:
+    """Wrap torch's non-reentrant checkpoint generator (once per process): inside a
+    ``call_module`` call of this thread, the function it recomputes in the backward pass
+    runs with the tensors of the calls active when it was checkpointed
+    (:func:`_recompute_with`); outside one, it is torch's, untouched."""
+    _INSTALLED[0] = True
+    import torch.utils.checkpoint as checkpointing
+
+    original = getattr(checkpointing, "_checkpoint_without_reentrant_generator", None)
+    if original is None or getattr(original, "__torchlean_recompute__", False):
+        return
+
+    @functools.wraps(original)
+    def generator(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        stack = getattr(_ACTIVE, "stack", None)
+        if stack:
+            fn = _recompute_with(stack, fn)
+        return original(fn, *args, **kwargs)
+
+    generator.__torchlean_recompute__ = True  # type: ignore[attr-defined]
+    checkpointing._checkpoint_without_reentrant_generator = generator

@@ -1,0 +1,220 @@
+"""``call_module`` in the corners a real model reaches: the module changed between calls
+(a submodule replaced, a parameter added, a ``None`` bias filled), activation
+checkpointing inside the forward (``torch.utils.checkpoint`` recomputes in the backward
+pass, after the swap is undone), two threads on one module, and a forward that raises
+halfway through, each against ``functional_call`` or the plain PyTorch loop."""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
+
+from torchlean import RuntimeContext, optim
+from torchlean.autograd import call_module, value_and_grad
+from torchlean.errors import BackendError, UnknownNameError
+
+
+def _trained(ctx: RuntimeContext[Any]) -> RuntimeContext[Any]:
+    """``ctx`` with every parameter moved away from the module's own values."""
+    names = [n for n in ctx.variable_names() if ctx[n].is_floating_point()]
+    return ctx.with_variables([(n, ctx[n] + 0.5) for n in names])
+
+
+def test_a_replaced_submodule_gets_the_context_tensors() -> None:
+    """The old submodule's slots still hold its tensors: the prepared swap must notice
+    the new submodule, not write into the detached old one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    ctx = _trained(RuntimeContext.from_module(model))
+    x = torch.randn(3, 4)
+    call_module(model, ctx, x)
+    model[1] = nn.Linear(4, 2)
+    own = model[1].weight
+    want = functional_call(model, ctx.state_dict(), (x,))
+    assert torch.equal(call_module(model, ctx, x), want)
+    assert model[1].weight is own
+
+
+def test_a_parameter_added_after_the_first_call_is_missing() -> None:
+    model = nn.Linear(4, 2)
+    ctx = RuntimeContext.from_module(model)
+    call_module(model, ctx, torch.ones(1, 4))
+    model.extra = nn.Parameter(torch.ones(2))
+    with pytest.raises(UnknownNameError, match="the context has no variable for `extra`"):
+        call_module(model, ctx, torch.ones(1, 4))
+
+
+def test_a_none_bias_filled_after_the_first_call_is_missing() -> None:
+    model = nn.Linear(4, 2, bias=False)
+    ctx = RuntimeContext.from_module(model)
+    call_module(model, ctx, torch.ones(1, 4))
+    model.bias = nn.Parameter(torch.ones(2))
+    with pytest.raises(UnknownNameError, match="the context has no variable for `bias`"):
+        call_module(model, ctx, torch.ones(1, 4))
+
+
+class Checkpointed(nn.Module):
+    """A block run under non-reentrant activation checkpointing, with BatchNorm and an
+    EMA buffer inside it: in train mode the recomputation updates them again, in the
+    plain module as in the context."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(8, 16)
+        self.block = nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.Tanh())
+        self.head = nn.Linear(16, 5)
+        self.register_buffer("ema", torch.zeros(16))
+        self.checkpointing = True
+
+    def inner(self, h: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                self.ema.mul_(0.9).add_(h.mean(0), alpha=0.1)
+        return self.block(h - self.ema) * h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x))
+        if self.checkpointing:
+            return self.head(checkpoint(self.inner, h, use_reentrant=False))
+        return self.head(self.inner(h))
+
+
+def test_checkpointed_forward_trains_as_the_module() -> None:
+    """torch.utils.checkpoint recomputes the block in the backward pass, when the module
+    holds its own tensors again: the gradients must still be the context's."""
+    torch.manual_seed(0)
+    model = Checkpointed()
+    reference = copy.deepcopy(model)
+    batches = [(torch.randn(6, 8), torch.randint(0, 5, (6,))) for _ in range(5)]
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, fused=True)
+    want = []
+    for x, y in batches:
+        loss = F.cross_entropy(reference(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        want.append(loss.detach())
+
+    def step_loss(c: RuntimeContext[Any], x: torch.Tensor, y: torch.Tensor) -> Any:
+        out, state = call_module(model, c, x, state=True)
+        return F.cross_entropy(out, y), state
+
+    grad_fn = value_and_grad(step_loss, has_state=True)
+    ctx = RuntimeContext.from_module(model)
+    o = optim.adamw(lr=1e-2)
+    moments = o.init(ctx)
+    got = []
+    for x, y in batches:
+        loss, ctx = grad_fn(ctx, x, y)
+        ctx, moments = o.step(ctx, moments)
+        got.append(loss)
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=1e-5, atol=1e-6)
+    state = ctx.state_dict()  # every entry read: nothing wrote the stored context
+    for name, t in reference.state_dict().items():
+        torch.testing.assert_close(state[name], t, rtol=1e-5, atol=1e-6, msg=name)
+    # torch's recomputation updates the buffers a second time, and so does the context's
+    assert int(state["block.1.num_batches_tracked"]) == 2 * len(batches)
+    # the module's own tensors were never trained nor written
+    assert int(model.block[1].num_batches_tracked) == 0
+    assert model.ema.abs().sum() == 0
+
+
+def test_checkpoint_recomputed_after_the_call_uses_that_call_tensors() -> None:
+    """Two calls with two contexts in one loss, then one backward pass through both
+    graphs: each recomputation gets its own call's tensors (the reference is the same
+    module without checkpointing, which needs no recomputation)."""
+    torch.manual_seed(0)
+    model = Checkpointed().eval()
+    plain = copy.deepcopy(model)
+    plain.checkpointing = False
+    ctx = RuntimeContext.from_module(model)
+    other = _trained(ctx)
+    x = torch.randn(4, 8)
+
+    def loss_of(module: nn.Module) -> Any:
+        def loss(c: RuntimeContext[Any]) -> Any:
+            first = call_module(module, c, x)
+            # the second call's input depends on the variables: its block is recomputed
+            second = call_module(module, other, x * c["stem.bias"].sum())
+            return first.square().sum() + second.square().sum()
+
+        return loss
+
+    got, ours = value_and_grad(loss_of(model))(ctx)
+    want, theirs = value_and_grad(loss_of(plain))(ctx)
+    torch.testing.assert_close(got, want)
+    for name in ours.gradient_names():
+        torch.testing.assert_close(ours.gradient(name), theirs.gradient(name), msg=name)
+
+
+THREADS = (
+    "call_module(Slow): another thread is running this module with its own tensors (the"
+    " module's parameter slots hold one call's tensors at a time); give each thread its"
+    " own copy of the module (copy.deepcopy)"
+)
+
+
+def test_two_threads_on_one_module_are_refused() -> None:
+    """One thread's forward pass must never run on the other's tensors: the second
+    caller is refused while the first one's call runs."""
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            entered.set()
+            release.wait(10)
+            return self.lin(x)
+
+    model = Slow()
+    ctx = RuntimeContext.from_module(model)
+    results: list[Any] = []
+    worker = threading.Thread(target=lambda: results.append(call_module(model, ctx, torch.ones(2))))
+    worker.start()
+    assert entered.wait(10)
+    try:
+        with pytest.raises(BackendError, match=re.escape(THREADS)):
+            call_module(model, ctx, torch.ones(2))
+    finally:
+        release.set()
+        worker.join(10)
+    assert len(results) == 1
+    # once the first call is done, the module is free again
+    entered.clear()
+    assert call_module(model, ctx, torch.ones(2)).shape == (2,)
+
+
+def test_forward_raising_halfway_restores_reassigned_buffers() -> None:
+    """A forward that reassigns a buffer and then raises: the module's own buffer and
+    parameters are back, and the next call runs on the context again."""
+
+    class Halfway(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(2, 2)
+            self.register_buffer("count", torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.count = self.count + 1
+            self.lin.weight = nn.Parameter(torch.zeros(2, 2))
+            raise ValueError("halfway")
+
+    model = Halfway()
+    own = dict(model.named_parameters()), dict(model.named_buffers())
+    ctx = RuntimeContext.from_module(model)
+    with pytest.raises(ValueError, match="halfway"):
+        call_module(model, ctx, torch.ones(2))
+    assert all(t is own[0][n] for n, t in model.named_parameters())
+    assert all(t is own[1][n] for n, t in model.named_buffers())
