@@ -33,7 +33,13 @@ from typing import Any, NamedTuple, cast
 
 from torchlean._module_call import call_module as call_module
 from torchlean._validate import require_bool, require_callable
-from torchlean.errors import BackendError, ShapeMismatchError, TorchLeanError, UnknownNameError
+from torchlean.errors import (
+    BackendError,
+    InPlaceModificationError,
+    ShapeMismatchError,
+    TorchLeanError,
+    UnknownNameError,
+)
 from torchlean.runtime import _bulk
 from torchlean.runtime.backends import Backend, backend_named, backend_of
 from torchlean.runtime.context import RuntimeContext, require_context
@@ -121,6 +127,11 @@ def value_and_grad(
       get no gradient may be updated. The buffers of the context ``fn`` receives are
       fresh copies, so a loss may update them in place (``functional_call`` of a
       module in train mode does) and return them.
+    - A loss that writes in place a tensor of the context it receives (a parameter's
+      leaf shares memory with the stored tensor; without ``has_state``, so do the
+      buffers) raises :class:`~torchlean.errors.InPlaceModificationError` naming the
+      variables, when it returns (``nn.Embedding(max_norm=...)`` renormalizes its
+      weight in place: not supported on a context).
     - ``accumulate=False`` (default): each gradient replaces the most recent gradient of
       its name, or is registered when there is none. ``accumulate=True``: it is added
       into that gradient (:meth:`RuntimeContext.accumulate_gradient`).
@@ -227,6 +238,9 @@ def value_and_grad(
             )
         finally:
             _bulk.expect_read(layout.every, None)  # the inner context's tensors not kept
+        if _bulk.heads(ctx, layout.every, last=layout.read) is None:
+            # the leaves share memory and version counters with the stored tensors
+            raise _written_error(where, ctx, layout.every)
         if has_state:
             loss, (aux, new_state) = out
             out = (loss, aux) if has_aux else loss
@@ -542,6 +556,28 @@ def _unreached_error(
         f" {shown}{more}, so every gradient would be zero{cause}; compute the loss from"
         " the context the function receives (ctx.get_variable / functional_call on it),"
         " not from tensors captured outside it"
+    )
+
+
+def _written_error(where: str, ctx: RuntimeContext[Any], names: list[str]) -> TorchLeanError:
+    """The loss wrote in place a tensor the context holds (a parameter's leaf shares its
+    memory): every variable found written is named. Cost: O(n) (an error path)."""
+    written = []
+    for name in names:
+        try:
+            ctx[name]
+        except InPlaceModificationError:
+            written.append(name)
+    shown = ", ".join(f"`{n}`" for n in written[:8])
+    more = f" and {len(written) - 8} more" if len(written) > 8 else ""
+    return InPlaceModificationError(
+        f"{where}: the loss wrote in place the context's {shown}{more} (the tensors it"
+        " was given share memory with the context's); contexts never change, so that"
+        " context can no longer be trusted. A module whose forward pass updates a"
+        " parameter in place (nn.Embedding(max_norm=...) renormalizes the rows it looks"
+        " up) cannot run on a context: apply that update to the new context's values"
+        " outside the loss; a buffer the forward pass updates (BatchNorm's statistics,"
+        " an EMA) trains through has_state=True, which hands the loss copies"
     )
 
 

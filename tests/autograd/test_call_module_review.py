@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from torchlean import RuntimeContext, optim
 from torchlean.autograd import call_module, value_and_grad
-from torchlean.errors import BackendError, UnknownNameError
+from torchlean.errors import BackendError, InPlaceModificationError, UnknownNameError
 
 
 def _trained(ctx: RuntimeContext[Any]) -> RuntimeContext[Any]:
@@ -218,3 +218,40 @@ def test_forward_raising_halfway_restores_reassigned_buffers() -> None:
         call_module(model, ctx, torch.ones(2))
     assert all(t is own[0][n] for n, t in model.named_parameters())
     assert all(t is own[1][n] for n, t in model.named_buffers())
+
+
+WRITTEN = (
+    "value_and_grad(loss): the loss wrote in place the context's `embed.weight` (the"
+    " tensors it was given share memory with the context's); contexts never change, so"
+    " that context can no longer be trusted. A module whose forward pass updates a"
+    " parameter in place (nn.Embedding(max_norm=...) renormalizes the rows it looks up)"
+    " cannot run on a context: apply that update to the new context's values outside the"
+    " loss; a buffer the forward pass updates (BatchNorm's statistics, an EMA) trains"
+    " through has_state=True, which hands the loss copies"
+)
+
+
+def test_a_forward_that_writes_a_parameter_in_place_is_refused_at_once() -> None:
+    """nn.Embedding(max_norm=) renormalizes the rows it looks up in place, under
+    no_grad: the leaf it writes shares memory with the stored context, so the loss
+    changed a context that never changes. Refused by the call that did it, naming the
+    variable (before, the next read of either context raised, without the cause)."""
+    model = nn.Sequential()
+    model.embed = nn.Embedding(10, 4, max_norm=1.0)
+    ctx = RuntimeContext.from_module(model)
+
+    def loss(c: RuntimeContext[Any]) -> Any:
+        return call_module(model, c, torch.tensor([1, 2])).sum()
+
+    with pytest.raises(InPlaceModificationError, match=re.escape(WRITTEN)):
+        value_and_grad(loss)(ctx)
+    assert model.embed.weight.norm(dim=1).max() > 1.0  # the module's own not renormed
+
+
+def test_batchnorm_without_has_state_is_refused_at_once() -> None:
+    """Without has_state the loss gets the stored buffers, which BatchNorm updates in
+    place (num_batches_tracked shows it): refused by that call, naming it."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)).train()
+    ctx = RuntimeContext.from_module(model)
+    with pytest.raises(InPlaceModificationError, match=r"the context's `1\.num_batches_tracked`"):
+        value_and_grad(lambda c: call_module(model, c, torch.randn(4, 2)).sum())(ctx)
