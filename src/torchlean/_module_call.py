@@ -42,7 +42,7 @@ from typing import Any
 
 from torchlean._text import short_repr
 from torchlean._validate import require_bool
-from torchlean.errors import BackendError, UnknownNameError
+from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
 from torchlean.runtime import _bulk
 from torchlean.runtime.context import RuntimeContext, require_context
 
@@ -55,7 +55,7 @@ _GETITEM = operator.getitem
 class _Prepared:
     """The slots of one module for one layout of a context's names."""
 
-    __slots__ = ("buffer_dicts", "buffer_keys", "buffers", "dicts", "keys", "names",
+    __slots__ = ("buffer_dicts", "buffer_keys", "buffers", "dicts", "dims", "keys", "names",
                  "originals", "roles", "sizes", "strict", "take", "total", "watch_dicts",
                  "watch_keys", "watch_values")  # fmt: skip
 
@@ -64,6 +64,8 @@ class _Prepared:
         self.names: list[str] = []
         self.roles: Any = None
         self.strict = True
+        #: the context's dims (in the order of names) the shapes were checked against
+        self.dims: list[Any] = []
         #: per slot: the submodule's ``_parameters`` or ``_buffers`` dict and the key
         self.dicts: list[dict[str, Any]] = []
         self.keys: list[str] = []
@@ -131,8 +133,10 @@ def call_module(
       (:meth:`RuntimeContext.aliases`).
     - ``strict=True`` (default): every parameter and persistent buffer of the module
       must get a tensor from the context (else ``UnknownNameError`` naming the missing
-      ones); ``strict=False`` leaves those the context lacks as the module holds them
-      (``functional_call``'s default).
+      ones), of the shape the module's has (else
+      :class:`~torchlean.errors.ShapeMismatchError` naming them: a bias of shape (1,)
+      would broadcast silently); ``strict=False`` leaves those the context lacks as the
+      module holds them and checks no shape (``functional_call``'s default).
     - ``state=True`` returns ``(out, new_state)``: ``{buffer: value after the call}``
       for each buffer of the context (:meth:`RuntimeContext.buffers`), what
       ``value_and_grad(has_state=True)`` takes. A module that updates a buffer in place
@@ -187,7 +191,7 @@ def call_module(
             " at a time); give each thread its own copy of the module (copy.deepcopy)"
         )
     try:
-        return _call(module, ctx, names, tensors, args, kwargs, state, strict)
+        return _call(module, ctx, names, read.dims, tensors, args, kwargs, state, strict)
     finally:
         if owner is token:
             del _BUSY[id(module)]
@@ -197,6 +201,7 @@ def _call(
     module: Any,
     ctx: RuntimeContext[Any],
     names: list[str],
+    dims: list[Any],
     tensors: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any] | None,
@@ -210,9 +215,10 @@ def _call(
         or (prepared.names is not names and prepared.names != names)
         or prepared.roles is not _bulk.roles(ctx)
         or prepared.strict is not strict
+        or (strict and prepared.dims is not dims and prepared.dims != dims)
         or not prepared.intact()
     ):
-        prepared = _prepare(module, ctx, names, strict)
+        prepared = _prepare(module, ctx, names, dims, strict)
         _CACHE[module] = prepared
     dicts, keys = prepared.dicts, prepared.keys
     values = list(map(tensors.__getitem__, prepared.take))
@@ -232,9 +238,12 @@ def _call(
         collections.deque(map(_SETITEM, dicts, keys, prepared.originals), 0)
 
 
-def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bool) -> _Prepared:
+def _prepare(
+    module: Any, ctx: RuntimeContext[Any], names: list[str], dims: list[Any], strict: bool
+) -> _Prepared:
     """Walk ``module`` once: the slots of each of ``names`` (with the module's ties and
-    the context's aliases), checked against the module's parameters and buffers."""
+    the context's aliases), checked against the module's parameters and buffers (their
+    shapes too when ``strict``: ``dims``, the context's, in the order of ``names``)."""
     # every (submodule, kind, key) of the module, by dotted name, and the tie groups
     slots: dict[str, tuple[dict[str, Any], str]] = {}
     held: dict[str, Any] = {}
@@ -270,6 +279,8 @@ def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bo
         aliases.setdefault(canonical, []).append(alias)
     index = {name: i for i, name in enumerate(names)}
     prepared.names, prepared.strict, prepared.roles = names, strict, _bulk.roles(ctx)
+    prepared.dims = dims
+    mismatched: list[str] = []
     covered: set[str] = set()
     unexpected: list[str] = []
     for i, name in enumerate(names):
@@ -289,8 +300,14 @@ def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bo
             prepared.keys.append(key)
             prepared.take.append(i)
             prepared.originals.append(held[target])
+            shape = _shape(held[target])
+            if strict and shape is not None and shape != tuple(dims[i]):
+                mismatched.append(
+                    f"`{name}` has shape {tuple(dims[i])} but the module's `{target}` has"
+                    f" shape {shape}"
+                )
     missing = [n for n in slots if n not in covered and n not in optional] if strict else []
-    if unexpected or missing:
+    if unexpected or missing or mismatched:
         problems = []
         if unexpected:
             shown = ", ".join(f"`{n}`" for n in unexpected[:8])
@@ -303,6 +320,16 @@ def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bo
                 f"the context has no variable for {shown}{more} (pass strict=False to keep"
                 " the module's own)"
             )
+        if mismatched:
+            shown = "; ".join(mismatched[:8])
+            more = f" and {len(mismatched) - 8} more" if len(mismatched) > 8 else ""
+            problems.append(f"variable {shown}{more}")
+        if not unexpected and not missing:
+            raise ShapeMismatchError(
+                f"call_module({type(module).__name__}): " + "; ".join(problems) + " (a"
+                " context of another configuration of the model?); build the context"
+                " with RuntimeContext.from_module(module)"
+            )
         raise UnknownNameError(
             f"call_module({type(module).__name__}): " + "; ".join(problems) + "; build the"
             " context with RuntimeContext.from_module(module)"
@@ -313,6 +340,15 @@ def _prepare(module: Any, ctx: RuntimeContext[Any], names: list[str], strict: bo
         prepared.buffer_dicts.append(d)
         prepared.buffer_keys.append(key)
     return prepared
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """The shape of a module's tensor; ``None`` for one without a shape yet (a lazy
+    module's uninitialized parameter)."""
+    try:
+        return tuple(value.shape)
+    except (RuntimeError, ValueError, AttributeError):
+        return None
 
 
 def _watch(

@@ -20,7 +20,12 @@ from torch.utils.checkpoint import checkpoint
 
 from torchlean import RuntimeContext, optim
 from torchlean.autograd import call_module, value_and_grad
-from torchlean.errors import BackendError, InPlaceModificationError, UnknownNameError
+from torchlean.errors import (
+    BackendError,
+    InPlaceModificationError,
+    ShapeMismatchError,
+    UnknownNameError,
+)
 
 
 def _trained(ctx: RuntimeContext[Any]) -> RuntimeContext[Any]:
@@ -255,3 +260,35 @@ def test_batchnorm_without_has_state_is_refused_at_once() -> None:
     ctx = RuntimeContext.from_module(model)
     with pytest.raises(InPlaceModificationError, match=r"the context's `1\.num_batches_tracked`"):
         value_and_grad(lambda c: call_module(model, c, torch.randn(4, 2)).sum())(ctx)
+
+
+SHAPES = (
+    "call_module(Linear): variable `bias` has shape (1,) but the module's `bias` has shape"
+    " (3,) (a context of another configuration of the model?); build the context with"
+    " RuntimeContext.from_module(module)"
+)
+
+
+def test_a_variable_of_another_shape_is_refused() -> None:
+    """A bias of shape (1,) broadcasts in F.linear: without the check the module ran,
+    silently, on a context of another configuration. strict=False keeps
+    functional_call's behaviour (no check); a later context of the right shapes runs."""
+    model = nn.Linear(4, 3)
+    x = torch.ones(2, 4)
+    good = RuntimeContext.from_module(model)
+    call_module(model, good, x)  # prepared for these names
+    bad = good.with_variables([("bias", torch.zeros(1))])
+    with pytest.raises(ShapeMismatchError, match=re.escape(SHAPES)):
+        call_module(model, bad, x)
+    assert call_module(model, bad, x, strict=False).shape == (2, 3)
+    assert torch.equal(call_module(model, good, x), model(x))
+
+
+def test_a_context_missing_a_buffer_names_it() -> None:
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    ctx = RuntimeContext.from_module(model)
+    partial = RuntimeContext.from_state_dict(
+        {n: ctx[n] for n in ctx.variable_names() if "running_var" not in n}
+    )
+    with pytest.raises(UnknownNameError, match=r"the context has no variable for `1\.running_var`"):
+        call_module(model, partial, torch.ones(3, 2))
