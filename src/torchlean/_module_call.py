@@ -42,7 +42,12 @@ from typing import Any
 
 from torchlean._text import short_repr
 from torchlean._validate import require_bool
-from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
+from torchlean.errors import (
+    BackendError,
+    ShapeMismatchError,
+    TorchLeanError,
+    UnknownNameError,
+)
 from torchlean.runtime import _bulk
 from torchlean.runtime.context import RuntimeContext, require_context
 
@@ -55,9 +60,9 @@ _GETITEM = operator.getitem
 class _Prepared:
     """The slots of one module for one layout of a context's names."""
 
-    __slots__ = ("buffer_dicts", "buffer_keys", "buffers", "dicts", "dims", "keys", "names",
-                 "originals", "roles", "sizes", "strict", "take", "total", "watch_dicts",
-                 "watch_keys", "watch_values")  # fmt: skip
+    __slots__ = ("buffer_dicts", "buffer_keys", "buffers", "dicts", "dims", "frozen", "keys",
+                 "names", "originals", "roles", "sizes", "strict", "take", "total",
+                 "watch_dicts", "watch_keys", "watch_values")  # fmt: skip
 
     def __init__(self) -> None:
         #: the context's latest variable names and roles (buffers, aliases) this was made for
@@ -73,6 +78,8 @@ class _Prepared:
         self.take: list[int] = []
         #: per slot: the tensor the module held there
         self.originals: list[Any] = []
+        #: the slots of parameters the module freezes (``requires_grad=False``), by name
+        self.frozen: list[tuple[int, str]] = []
         #: the module's structure besides the slots: each submodule under its parent
         #: (``_modules``) and each ``None`` parameter or buffer, with what was there
         self.watch_dicts: list[dict[str, Any]] = []
@@ -137,6 +144,9 @@ def call_module(
       :class:`~torchlean.errors.ShapeMismatchError` naming them: a bias of shape (1,)
       would broadcast silently); ``strict=False`` leaves those the context lacks as the
       module holds them and checks no shape (``functional_call``'s default).
+    - A parameter the module freezes (``requires_grad=False``) must not get a gradient
+      (``value_and_grad(frozen=...)``): torch.optim would leave it as it is, so a call
+      whose tensor for it requires grad raises :class:`~torchlean.errors.TorchLeanError`.
     - ``state=True`` returns ``(out, new_state)``: ``{buffer: value after the call}``
       for each buffer of the context (:meth:`RuntimeContext.buffers`), what
       ``value_and_grad(has_state=True)`` takes. A module that updates a buffer in place
@@ -222,6 +232,10 @@ def _call(
         _CACHE[module] = prepared
     dicts, keys = prepared.dicts, prepared.keys
     values = list(map(tensors.__getitem__, prepared.take))
+    if prepared.frozen:
+        trained = [name for k, name in prepared.frozen if values[k].requires_grad]
+        if trained:
+            raise _frozen_error(module, trained)
     collections.deque(map(_SETITEM, dicts, keys, values), 0)
     stack = getattr(_ACTIVE, "stack", None)
     if stack is None:
@@ -247,6 +261,7 @@ def _prepare(
     # every (submodule, kind, key) of the module, by dotted name, and the tie groups
     slots: dict[str, tuple[dict[str, Any], str]] = {}
     held: dict[str, Any] = {}
+    parameters: set[str] = set()
     optional: set[str] = set()
     prepared = _Prepared()
     watch = prepared.watch_dicts, prepared.watch_keys, prepared.watch_values
@@ -256,6 +271,7 @@ def _prepare(
             if value is not None:
                 slots[dot + key] = (sub._parameters, key)
                 held[dot + key] = value
+                parameters.add(dot + key)
             else:
                 _watch(watch, sub._parameters, key, None)
         skip = getattr(sub, "_non_persistent_buffers_set", ())
@@ -300,6 +316,8 @@ def _prepare(
             prepared.keys.append(key)
             prepared.take.append(i)
             prepared.originals.append(held[target])
+            if target in parameters and not held[target].requires_grad:
+                prepared.frozen.append((len(prepared.take) - 1, name))
             shape = _shape(held[target])
             if strict and shape is not None and shape != tuple(dims[i]):
                 mismatched.append(
@@ -340,6 +358,18 @@ def _prepare(
         prepared.buffer_dicts.append(d)
         prepared.buffer_keys.append(key)
     return prepared
+
+
+def _frozen_error(module: Any, names: list[str]) -> TorchLeanError:
+    """A parameter the module freezes that the call would train."""
+    shown = ", ".join(f"`{n}`" for n in dict.fromkeys(names))
+    return TorchLeanError(
+        f"call_module({type(module).__name__}): the module freezes {shown}"
+        " (requires_grad=False) but the context's tensors for them require grad, so they"
+        " would be trained (torch.optim would leave them as they are); freeze them in the"
+        " transformation (value_and_grad(loss, frozen=[...]) or fit(..., frozen=[...]))"
+        " or unfreeze them in the module (requires_grad_(True))"
+    )
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:

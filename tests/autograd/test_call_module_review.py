@@ -24,6 +24,7 @@ from torchlean.errors import (
     BackendError,
     InPlaceModificationError,
     ShapeMismatchError,
+    TorchLeanError,
     UnknownNameError,
 )
 
@@ -292,3 +293,43 @@ def test_a_context_missing_a_buffer_names_it() -> None:
     )
     with pytest.raises(UnknownNameError, match=r"the context has no variable for `1\.running_var`"):
         call_module(model, partial, torch.ones(3, 2))
+
+
+FROZEN = (
+    "call_module(Sequential): the module freezes `0.weight`, `0.bias` (requires_grad=False)"
+    " but the context's tensors for them require grad, so they would be trained"
+    " (torch.optim would leave them as they are); freeze them in the transformation"
+    " (value_and_grad(loss, frozen=[...]) or fit(..., frozen=[...])) or unfreeze them in"
+    " the module (requires_grad_(True))"
+)
+
+
+def test_a_parameter_the_module_freezes_is_not_trained_silently() -> None:
+    """A backbone frozen with requires_grad_(False): torch.optim leaves it as it is (its
+    .grad stays None). A context gives it a gradient unless it is frozen there too:
+    refused, naming them; with frozen= the step trains the head as the plain loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5))
+    model[0].requires_grad_(False)
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(6, 8), torch.randint(0, 5, (6,))
+    ctx = RuntimeContext.from_module(model)
+
+    def loss(c: RuntimeContext[Any]) -> Any:
+        return F.cross_entropy(call_module(model, c, x), y)
+
+    assert call_module(model, ctx, x).shape == (6, 5)  # no gradient asked: runs
+    with pytest.raises(TorchLeanError, match=re.escape(FROZEN)):
+        value_and_grad(loss)(ctx)
+    adamw = optim.adamw(lr=1e-2)
+    grad_fn = value_and_grad(loss, frozen="0.*")
+    moments = adamw.init(ctx)
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+    for _ in range(3):
+        _, ctx = grad_fn(ctx)
+        ctx, moments = adamw.step(ctx, moments)
+        opt.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        opt.step()
+    for name, t in reference.state_dict().items():
+        torch.testing.assert_close(ctx[name], t, rtol=1e-5, atol=1e-6, msg=name)
