@@ -342,3 +342,45 @@ def test_trains_as_the_plain_loop(case: str) -> None:
     fresh = build(make, mode)
     for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
         assert torch.equal(p, q), name
+
+
+def test_a_parameter_unused_this_step_moves_unlike_torch_optim() -> None:
+    """Pins the one known difference from the plain loop (docs/training.md): a
+    parameter the loss does not reach gets a zero gradient, and AdamW still moves it
+    (momentum of the step it was used, weight decay); torch.optim skips it (``.grad`` is
+    ``None``). ``frozen=`` for that step, on a context without gradients, gives torch's
+    numbers."""
+
+    class Branch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 5), nn.Linear(8, 5)
+
+        def forward(self, x: torch.Tensor, use_b: bool) -> torch.Tensor:
+            return self.a(x) + self.b(x) if use_b else self.a(x)
+
+    x, y = vectors()[0]
+    uses = [True, False, False]
+    reference, model = build(Branch, "train"), build(Branch, "train")
+    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+    for use_b in uses:
+        opt.zero_grad()
+        F.cross_entropy(reference(x, use_b), y).backward()
+        opt.step()
+
+    def loss(c: RuntimeContext[Any], use_b: bool) -> Any:
+        return F.cross_entropy(call_module(model, c, (x, use_b)), y)
+
+    adamw = optim.adamw(lr=1e-2)
+    zero, frozen = RuntimeContext.from_module(model), RuntimeContext.from_module(model)
+    zero_state, frozen_state = adamw.init(zero), adamw.init(frozen)
+    for use_b in uses:
+        _, zero = value_and_grad(loss)(zero, use_b)
+        zero, zero_state = adamw.step(zero, zero_state)
+        # no gradient at all for b this step (the last step's cleared): the step skips it
+        skip = value_and_grad(loss, frozen=() if use_b else "b.*")
+        _, frozen = skip(frozen.clear_gradients(), use_b)
+        frozen, frozen_state = adamw.step(frozen, frozen_state)
+    for name, t in reference.state_dict().items():
+        torch.testing.assert_close(frozen[name], t, rtol=1e-5, atol=1e-6, msg=name)
+    assert (zero["b.weight"] - reference.b.weight).abs().max() > 1e-3
