@@ -44,6 +44,7 @@ from torchlean._text import short_repr
 from torchlean._validate import require_bool
 from torchlean.errors import (
     BackendError,
+    ExpectationError,
     ShapeMismatchError,
     TorchLeanError,
     UnknownNameError,
@@ -144,6 +145,9 @@ def call_module(
       :class:`~torchlean.errors.ShapeMismatchError` naming them: a bias of shape (1,)
       would broadcast silently); ``strict=False`` leaves those the context lacks as the
       module holds them and checks no shape (``functional_call``'s default).
+    - Names the module ties (one tensor) that the context holds as two variables are
+      refused with ``strict=True`` (:class:`~torchlean.errors.ExpectationError`: they
+      would train apart); ``strict=False`` runs them untied.
     - A parameter the module freezes (``requires_grad=False``) must not get a gradient
       (``value_and_grad(frozen=...)``): torch.optim would leave it as it is, so a call
       whose tensor for it requires grad raises :class:`~torchlean.errors.TorchLeanError`.
@@ -297,6 +301,7 @@ def _prepare(
     prepared.names, prepared.strict, prepared.roles = names, strict, _bulk.roles(ctx)
     prepared.dims = dims
     mismatched: list[str] = []
+    untied: list[str] = []
     covered: set[str] = set()
     unexpected: list[str] = []
     for i, name in enumerate(names):
@@ -309,7 +314,11 @@ def _prepare(
                 targets.extend(tied[id(held[alias])])
         for target in dict.fromkeys(targets):
             if target in index and target != name:
-                continue  # the context has a variable of its own under that name
+                # the context has a variable of its own under that name: with strict,
+                # a tie of the module the context breaks (trained apart, silently)
+                if strict and name < target:
+                    untied.append(f"`{name}` and `{target}`")
+                continue
             covered.add(target)
             d, key = slots[target]
             prepared.dicts.append(d)
@@ -325,7 +334,7 @@ def _prepare(
                     f" shape {shape}"
                 )
     missing = [n for n in slots if n not in covered and n not in optional] if strict else []
-    if unexpected or missing or mismatched:
+    if unexpected or missing or mismatched or untied:
         problems = []
         if unexpected:
             shown = ", ".join(f"`{n}`" for n in unexpected[:8])
@@ -342,6 +351,19 @@ def _prepare(
             shown = "; ".join(mismatched[:8])
             more = f" and {len(mismatched) - 8} more" if len(mismatched) > 8 else ""
             problems.append(f"variable {shown}{more}")
+        if untied:
+            shown = ", ".join(untied[:8])
+            more = f" and {len(untied) - 8} more" if len(untied) > 8 else ""
+            problems.append(
+                f"the module ties {shown}{more} (one tensor) but the context has a variable"
+                " for each, which would train apart (keep one and tie the other to it with"
+                " ctx.tie, or pass strict=False to run them untied)"
+            )
+        if not unexpected and not missing and not mismatched:
+            raise ExpectationError(
+                f"call_module({type(module).__name__}): " + "; ".join(problems) + "; build"
+                " the context with RuntimeContext.from_module(module)"
+            )
         if not unexpected and not missing:
             raise ShapeMismatchError(
                 f"call_module({type(module).__name__}): " + "; ".join(problems) + " (a"

@@ -22,6 +22,7 @@ from torchlean import RuntimeContext, optim
 from torchlean.autograd import call_module, value_and_grad
 from torchlean.errors import (
     BackendError,
+    ExpectationError,
     InPlaceModificationError,
     ShapeMismatchError,
     TorchLeanError,
@@ -333,3 +334,40 @@ def test_a_parameter_the_module_freezes_is_not_trained_silently() -> None:
         opt.step()
     for name, t in reference.state_dict().items():
         torch.testing.assert_close(ctx[name], t, rtol=1e-5, atol=1e-6, msg=name)
+
+
+UNTIED = (
+    "call_module(TiedPair): the module ties `embed.weight` and `head.weight` (one tensor)"
+    " but the context has a variable for each, which would train apart (keep one and tie"
+    " the other to it with ctx.tie, or pass strict=False to run them untied); build the"
+    " context with RuntimeContext.from_module(module)"
+)
+
+
+class TiedPair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.head = nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(idx))
+
+
+def test_a_context_that_unties_the_module_is_refused() -> None:
+    """A file with both tied keys (a state_dict saved as is) read as two variables:
+    each would get its own gradient and the tie would silently break after one step
+    (functional_call refuses it too). Refused naming the pair; tied with ctx.tie (or
+    built by from_module) it trains as one tensor."""
+    model = TiedPair()
+    both = RuntimeContext.from_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    idx = torch.tensor([1, 2, 3])
+    with pytest.raises(ExpectationError, match=re.escape(UNTIED)):
+        call_module(model, both, idx)
+    assert call_module(model, both, idx, strict=False).shape == (3, 10)
+    one = RuntimeContext.from_state_dict({"embed.weight": both["embed.weight"]}).tie(
+        "head.weight", to="embed.weight"
+    )
+    _, grads = value_and_grad(lambda c: call_module(model, c, idx).sum())(one)
+    assert grads.gradient_names() == ["embed.weight"]
