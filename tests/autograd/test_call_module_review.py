@@ -371,3 +371,67 @@ def test_a_context_that_unties_the_module_is_refused() -> None:
     )
     _, grads = value_and_grad(lambda c: call_module(model, c, idx).sum())(one)
     assert grads.gradient_names() == ["embed.weight"]
+
+
+def test_a_call_inside_the_forward_of_another_restores_the_outer_tensors() -> None:
+    """A forward pass that runs a submodule with another context: the inner call puts
+    back what the outer call swapped in (not the module's own), the outer one then puts
+    back the module's own."""
+
+    class Outer(nn.Module):
+        def __init__(self, side: RuntimeContext[Any]) -> None:
+            super().__init__()
+            self.inner, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+            self.side = side
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(call_module(self.inner, self.side, x) + self.inner(x))
+
+    torch.manual_seed(0)
+    side = _trained(RuntimeContext.from_module(nn.Linear(4, 4)))
+    model = Outer(side)
+    own = dict(model.named_parameters())
+    ctx = _trained(RuntimeContext.from_module(model))
+    x = torch.randn(3, 4)
+    p = ctx.state_dict()
+    inner = F.linear(x, p["inner.weight"], p["inner.bias"])
+    want = F.linear(
+        F.linear(x, side["weight"], side["bias"]) + inner, p["head.weight"], p["head.bias"]
+    )
+    for _ in range(2):
+        torch.testing.assert_close(call_module(model, ctx, x), want)
+    assert all(t is own[n] for n, t in model.named_parameters())
+
+
+def test_checkpointed_dropout_recomputes_the_same_mask() -> None:
+    """Dropout inside the checkpointed part: torch replays the RNG state, and the
+    recomputation runs on the call's tensors: the plain loop's numbers."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.head = nn.Linear(8, 16), nn.Linear(16, 5)
+            self.block = nn.Sequential(nn.Linear(16, 16), nn.Dropout(0.3), nn.Tanh())
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(checkpoint(self.block, self.stem(x), use_reentrant=False))
+
+    torch.manual_seed(0)
+    model = Net()
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(6, 8), torch.randint(0, 5, (6,))
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    ctx = RuntimeContext.from_module(model)
+    sgd = optim.sgd(lr=0.1)
+    state = sgd.init(ctx)
+    grad_fn = value_and_grad(lambda c: F.cross_entropy(call_module(model, c, x), y))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        opt.zero_grad()
+        F.cross_entropy(reference(x), y).backward()
+        opt.step()
+        torch.manual_seed(seed)
+        _, ctx = grad_fn(ctx)
+        ctx, state = sgd.step(ctx, state)
+    for name, t in reference.state_dict().items():
+        torch.testing.assert_close(ctx[name], t, rtol=1e-5, atol=1e-6, msg=name)
