@@ -20,6 +20,7 @@ convolution."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch.nn.utils import parametrizations
 
 from torchlean import RuntimeContext, optim
 from torchlean.autograd import call_module, value_and_grad
+from torchlean.errors import TorchLeanError
 
 STEPS = 5
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
@@ -384,3 +386,34 @@ def test_a_parameter_unused_this_step_moves_unlike_torch_optim() -> None:
     for name, t in reference.state_dict().items():
         torch.testing.assert_close(frozen[name], t, rtol=1e-5, atol=1e-6, msg=name)
     assert (zero["b.weight"] - reference.b.weight).abs().max() > 1e-3
+
+
+COMPLEX = (
+    "optimizer step: variable `w` is complex64, which the optimizers do not train"
+    " (torch.optim trains a complex parameter as pairs of reals); keep it as a real tensor"
+    " (torch.view_as_real) and view it as complex in the loss, or freeze it"
+    " (value_and_grad(frozen=...)); nothing was updated"
+)
+
+
+@pytest.mark.parametrize("make", [optim.adamw, optim.sgd])
+def test_a_complex_parameter_is_refused_naming_it(make: Callable[..., Any]) -> None:
+    """value_and_grad differentiates a complex parameter, init gives it no state: the
+    step said it had none and to build the state from a context that has it (it had)."""
+
+    class Spectral(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(8, 5, dtype=torch.cfloat))
+            self.b = nn.Parameter(torch.zeros(5))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x.to(torch.cfloat) @ self.w).abs() + self.b
+
+    model = Spectral()
+    ctx = RuntimeContext.from_module(model)
+    x, y = vectors()[0]
+    _, ctx = value_and_grad(lambda c: F.cross_entropy(call_module(model, c, x), y))(ctx)
+    opt = make(lr=0.1)
+    with pytest.raises(TorchLeanError, match=re.escape(COMPLEX)):
+        opt.step(ctx, opt.init(ctx))

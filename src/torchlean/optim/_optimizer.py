@@ -420,6 +420,14 @@ class Optimizer:
             step = state.variable_entry(SHARED_STEP)
             shared = step is not None
         entries = [state.variable_entry(key) for key in keys[1:]]
+        if (step is None or any(e is None for e in entries)) and p.dtype.startswith("complex"):
+            # init gives complex variables no state; value_and_grad gives them a gradient
+            return TorchLeanError, (
+                f"variable `{name}` is {p.dtype}, which the optimizers do not train"
+                " (torch.optim trains a complex parameter as pairs of reals); keep it as"
+                " a real tensor (torch.view_as_real) and view it as complex in the loss,"
+                " or freeze it (value_and_grad(frozen=...))"
+            )
         if step is None or any(e is None for e in entries):
             return UnknownNameError, (
                 f"variable `{name}` has no optimizer state; build the state with"
