@@ -262,6 +262,13 @@ CASES: dict[str, tuple[Callable[[], nn.Module], Callable[[], Batches], str]] = {
         vectors,
         "eval",
     ),
+    "stacked-parametrizations": (
+        lambda: mlp_with(
+            parametrizations.spectral_norm(parametrizations.weight_norm(nn.Linear(8, 16)))
+        ),
+        vectors,
+        "train",
+    ),
     "orthogonal": (
         lambda: nn.Sequential(parametrizations.orthogonal(nn.Linear(8, 8)), nn.Linear(8, 5)),
         vectors,
@@ -417,3 +424,20 @@ def test_a_complex_parameter_is_refused_naming_it(make: Callable[..., Any]) -> N
     opt = make(lr=0.1)
     with pytest.raises(TorchLeanError, match=re.escape(COMPLEX)):
         opt.step(ctx, opt.init(ctx))
+
+
+def test_what_from_module_sees_of_a_parametrized_weight() -> None:
+    """The parametrizations' originals are the variables (weight_norm's magnitude and
+    direction), the power-iteration vectors of spectral_norm (the second
+    parametrization, index 1) are buffers; the computed ``weight`` is no variable.
+    ("stacked-parametrizations" above trains it as the plain loop.)"""
+    stacked = parametrizations.spectral_norm(parametrizations.weight_norm(nn.Linear(8, 16)))
+    ctx = RuntimeContext.from_module(stacked)
+    assert sorted(ctx.variable_names()) == [
+        "bias",
+        "parametrizations.weight.1._u",
+        "parametrizations.weight.1._v",
+        "parametrizations.weight.original0",
+        "parametrizations.weight.original1",
+    ]
+    assert ctx.buffers() == ["parametrizations.weight.1._u", "parametrizations.weight.1._v"]
