@@ -435,3 +435,43 @@ def test_checkpointed_dropout_recomputes_the_same_mask() -> None:
         ctx, state = sgd.step(ctx, state)
     for name, t in reference.state_dict().items():
         torch.testing.assert_close(ctx[name], t, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("early_stop", [True, False])
+def test_nested_checkpoints_train_as_the_module(early_stop: bool) -> None:
+    """A checkpointed part that checkpoints a part of its own: the inner part is
+    recomputed inside the outer recomputation (or after it, without early stop)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.a = nn.Linear(8, 16), nn.Linear(16, 16)
+            self.b, self.head = nn.Linear(16, 16), nn.Linear(16, 5)
+
+        def inner(self, h: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.b(h)) * h
+
+        def outer(self, h: torch.Tensor) -> torch.Tensor:
+            return checkpoint(self.inner, torch.tanh(self.a(h)), use_reentrant=False) * h
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(checkpoint(self.outer, self.stem(x), use_reentrant=False))
+
+    torch.manual_seed(0)
+    model = Net()
+    reference = copy.deepcopy(model)
+    x, y = torch.randn(6, 8), torch.randint(0, 5, (6,))
+    opt = torch.optim.SGD(reference.parameters(), lr=0.5)
+    ctx = RuntimeContext.from_module(model)
+    sgd = optim.sgd(lr=0.5)
+    state = sgd.init(ctx)
+    grad_fn = value_and_grad(lambda c: F.cross_entropy(call_module(model, c, x), y))
+    with torch.utils.checkpoint.set_checkpoint_early_stop(early_stop):
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(reference(x), y).backward()
+            opt.step()
+            _, ctx = grad_fn(ctx)
+            ctx, state = sgd.step(ctx, state)
+    for name, t in reference.state_dict().items():
+        torch.testing.assert_close(ctx[name], t, rtol=1e-5, atol=1e-6, msg=name)
