@@ -167,11 +167,12 @@ def call_module(
     module runs one thread's call at a time: a call on a module another thread is
     running raises :class:`~torchlean.errors.BackendError` (``functional_call`` would
     silently run it on the other thread's tensors; the guard is per module passed: two
-    modules that share a submodule, called from two threads, are not caught). Activation checkpointing inside the
-    forward pass (``torch.utils.checkpoint(..., use_reentrant=False)``) recomputes with
-    the tensors the forward pass used (a buffer the checkpointed part updates in place
-    is updated again, as in the plain module); ``use_reentrant=True`` is refused by
-    torch itself under ``value_and_grad``. Lean counterpart: none.
+    modules that share a submodule, called from two threads, are not caught).
+    Activation checkpointing inside the forward pass
+    (``torch.utils.checkpoint(..., use_reentrant=False)``) recomputes with the tensors
+    the forward pass used (a buffer the checkpointed part updates in place is updated
+    again, as in the plain module); ``use_reentrant=True`` is refused by torch itself
+    under ``value_and_grad``. Lean counterpart: none.
     Cost: the forward pass plus O(s) C-level steps for s slots; the first call with a
     layout, or after the module's tensors were replaced, walks the module (O(n)).
     """
