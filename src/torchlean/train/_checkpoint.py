@@ -51,6 +51,8 @@ _CHECKPOINT = re.compile(r"^step-(\d+)\.safetensors$")
 _FOLDER = re.compile(r"^step-(\d+)$")
 _STEP = "train/step"
 _DATA_RNG = "train/data_rng"
+#: the micro-batches per step of the run that wrote the file (``fit``'s ``accumulate``)
+_ACCUMULATE = "train/accumulate"
 
 
 def _rng_key(library: Backend) -> str:
@@ -93,9 +95,12 @@ def write_checkpoint(
     step: int,
     *,
     data_rng: np.ndarray[Any, Any] | None,
+    accumulate: int | None = None,
 ) -> None:
     """:func:`save_checkpoint` (arguments already checked), plus ``train/data_rng``: the
-    random state the training loop's data iterator started from (see ``fit``)."""
+    random state the training loop's data iterator started from (see ``fit``), and
+    ``train/accumulate``: the micro-batches per step of the run (``fit`` refuses to resume
+    with another count, which would skip another number of batches)."""
     from torchlean import io
 
     items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx.latest_variables()]
@@ -110,6 +115,8 @@ def write_checkpoint(
             items.append((_device_rng_key(library), rows))
     if data_rng is not None:
         items.append((_DATA_RNG, data_rng))
+    if accumulate is not None:
+        items.append((_ACCUMULATE, np.asarray(accumulate, np.int32)))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     io.save(RuntimeContext.empty().register_variables(items), path)
 
@@ -141,7 +148,8 @@ def read_checkpoint(
     state: RuntimeContext[Any],
 ) -> tuple[RuntimeContext[Any], RuntimeContext[Any], int, dict[str, Any]]:
     """:func:`load_checkpoint` without restoring anything: also returns the random
-    states the file holds (``"cpu"``, ``"device"``, ``"data"``) for :func:`restore_rng`."""
+    states the file holds (``"cpu"``, ``"device"``, ``"data"``) for :func:`restore_rng`,
+    and ``"accumulate"`` (an int) when the file records it."""
     from torchlean import io
 
     library = context_library(ctx)
@@ -150,7 +158,7 @@ def read_checkpoint(
     # names, shapes and dtypes: the one comparison of torchlean.io.expect
     want = {f"model/{n}": at for n, at in ctx.latest_variables()}
     want |= {f"optim/{n}": at for n, at in state.latest_variables()}
-    extra = {_STEP, _DATA_RNG} | {f"train/{name}_rng" for name in libraries()}
+    extra = {_STEP, _DATA_RNG, _ACCUMULATE} | {f"train/{name}_rng" for name in libraries()}
     extra |= {f"train/{name}_device_rng" for name in libraries()}
     have = {n: t for n, t in tensors.items() if n not in extra}
     specs = {k: (at.dims, at.dtype) for k, at in want.items()}
@@ -185,6 +193,9 @@ def read_checkpoint(
         )
         if key in tensors
     }
+    if _ACCUMULATE in tensors:
+        value = tensors[_ACCUMULATE]
+        rngs["accumulate"] = int(backend_of(value).to_numpy(value))
     return new_ctx, new_state, step, rngs
 
 

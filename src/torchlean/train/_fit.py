@@ -23,7 +23,7 @@ from typing import Any
 
 from torchlean._validate import require_bool, require_callable, require_int, require_path
 from torchlean.autograd import value_and_grad
-from torchlean.errors import BackendError, FormatError
+from torchlean.errors import BackendError, ExpectationError, FormatError
 from torchlean.optim import Optimizer, clip_gradients
 from torchlean.runtime.backends import Backend
 from torchlean.runtime.context import RuntimeContext, claim, owned_by_caller, require_context
@@ -80,7 +80,8 @@ class StepInfo:
     #: What the loss returned besides the loss (``has_aux=True``; of the last
     #: micro-batch), else None.
     aux: Any
-    #: The learning rate this step used (the optimizer's own; a schedule's value).
+    #: The learning rate this step used (the optimizer's own; a schedule's value at the
+    #: state's count before the step, which continues a ``state`` passed to ``fit``).
     lr: float
 
 
@@ -132,6 +133,10 @@ def fit(
       statistics train as in ``module.train()``).
     - ``accumulate=k``: each step adds the gradients of ``k`` micro-batches of the loss
       divided by ``k`` (Lightning's ``accumulate_grad_batches``), then steps once.
+      Micro-batches run on across epochs (no partial step at an epoch's end; the
+      ``epochs * len(data) % k`` batches left at the end are unused). A checkpoint
+      records ``k``; resuming it with another is an
+      :class:`~torchlean.errors.ExpectationError`.
     - ``clip``: scale the gradients to a global 2-norm of at most ``clip`` before each
       step (:func:`torchlean.optim.clip_gradients`, as ``clip_grad_norm_``).
     - ``capture=True`` (opt-in, needs ``donate=True``, a number as learning rate, one
@@ -230,6 +235,7 @@ def fit(
     if not distributed and (periodic.checkpoint_every > 0 or resume is not False):
         _require_one_process(ctx)
     periodic.distributed = distributed
+    periodic.accumulate = accumulate
     if not isinstance(frozen, (str, Iterable)):
         raise TypeError(f"fit: frozen must be a str or an iterable of str, got {frozen!r}")
     frozen_names = (frozen,) if isinstance(frozen, str) else tuple(frozen)
@@ -249,6 +255,7 @@ def fit(
         ctx, state, start = read_folder_checkpoint(source, ctx, state)
     elif source is not None:
         ctx, state, start, rngs = read_checkpoint(source, ctx, state)
+        _same_accumulate(source, rngs.pop("accumulate", accumulate), accumulate, start)
         if "data" in rngs:
             library.set_rng_state(rngs["data"])  # the state the data iterator started from
         else:  # a checkpoint without it: the iterator starts from the step's state
@@ -295,7 +302,7 @@ def fit(
     try:
         for step in range(start, steps):
             micro = [_spread(next(batches)) for _ in range(accumulate)]
-            lr = float(optimizer.lr_at(step)) if on_step is not None else 0.0
+            lr = _lr_of(optimizer, state) if on_step is not None else 0.0
             out, ctx, state = step_fn(ctx, state, micro)
             value, aux = out if has_aux else (out, None)
             loss = float(value)
@@ -309,6 +316,29 @@ def fit(
         bar.close()
     result.ctx, result.state, result.step = ctx, state, max(start, steps)
     return result
+
+
+def _same_accumulate(source: Any, written: int, accumulate: int, start: int) -> None:
+    """Refuse to resume a checkpoint written with another ``accumulate``: its steps used
+    ``written`` batches each, and this run would skip ``accumulate`` per step."""
+    if written != accumulate:
+        raise ExpectationError(
+            f"fit: checkpoint {os.fspath(source)} was written with accumulate={written}"
+            f" (after step {start} it had used {start * written} batches), but this run has"
+            f" accumulate={accumulate} and would skip {start * accumulate} batches; resume"
+            f" with accumulate={written}"
+        )
+
+
+def _lr_of(optimizer: Optimizer, state: Context) -> float:
+    """The learning rate the next step of ``optimizer`` uses: a schedule's value at the
+    state's ``count`` (the steps the state has taken, which a state passed in or imported
+    starts above 0), as the step reads it."""
+    lr = optimizer.hyper.lr
+    if not callable(lr):
+        return float(lr)
+    count = state.variable_entry("count")
+    return float(optimizer.lr_at(0 if count is None else int(count.t)))
 
 
 def _require_one_process(ctx: Context) -> None:
@@ -555,6 +585,8 @@ class _Periodic:
     distributed: bool = False
     #: the folder save in flight (``distributed``), waited for by :meth:`finish`
     pending: Any = None
+    #: the micro-batches per step, recorded in checkpoint files
+    accumulate: int = 1
 
     @classmethod
     def checked(
@@ -603,7 +635,9 @@ class _Periodic:
                 self._prune()
             else:
                 path = Path(self.checkpoint_dir) / checkpoint_name(done)
-                write_checkpoint(path, ctx, state, done, data_rng=self.data_rng)
+                write_checkpoint(
+                    path, ctx, state, done, data_rng=self.data_rng, accumulate=self.accumulate
+                )
                 result.checkpoints.append(path)
                 if self.keep_last is not None:
                     prune_checkpoints(self.checkpoint_dir, self.keep_last)
