@@ -251,3 +251,57 @@ def test_keep_last_after_a_crash_mid_save(tmp_path: Path, monkeypatch: Any) -> N
     names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert names == ["step-000005.safetensors", "step-000006.safetensors"]
     assert leftover.is_dir()
+
+
+def _shuffled_run(folder: Path, epochs: int, accumulate: int, resume: bool) -> Any:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    x = torch.randn(10, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.randn(10, 3, generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(TensorDataset(x, y), batch_size=2, shuffle=True)
+
+    def loss(c: RuntimeContext[Any], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # dropout draws from torch's global generator between the epochs' shuffles
+        return ((torch.nn.functional.dropout(x @ c["w"].T, 0.3) - y) ** 2).mean()
+
+    torch.manual_seed(5)
+    return fit(
+        RuntimeContext.from_state_dict({"w": torch.ones(3, 2)}),
+        loss,
+        optim.adamw(lr=0.05),
+        loader,
+        epochs=epochs,
+        accumulate=accumulate,
+        checkpoint_dir=folder,
+        checkpoint_every=1,
+        resume=resume,
+        progress=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("accumulate", "at"), [(1, 3), (1, 5), (1, 6), (1, 12), (2, 2), (2, 3), (2, 6)]
+)
+def test_resume_mid_epoch_of_a_shuffling_loader(tmp_path: Path, accumulate: int, at: int) -> None:
+    """A shuffling DataLoader draws each epoch's order when that epoch's iterator is
+    made, from torch's generator as training left it. Resumed in the second or third
+    epoch, the run drew every pass's order from the first pass's state (different
+    losses, silently); the checkpoint now keeps the state of the pass under way."""
+    whole = _shuffled_run(tmp_path / "whole", 3, accumulate, False)
+    folder = tmp_path / "cut"
+    _shuffled_run(folder, 3, accumulate, False)
+    for path in folder.iterdir():
+        if int(path.name[5:11]) > at:
+            path.unlink()
+    resumed = _shuffled_run(folder, 3, accumulate, True)
+    assert resumed.losses == whole.losses[at:]
+    assert torch.equal(resumed.ctx["w"], whole.ctx["w"])
+
+
+def test_resume_with_more_epochs_continues_the_shorter_run(tmp_path: Path) -> None:
+    """Two epochs, then resumed with three: the third epoch of one run of three."""
+    whole = _shuffled_run(tmp_path / "whole", 3, 1, False)
+    first = _shuffled_run(tmp_path / "grown", 2, 1, False)
+    more = _shuffled_run(tmp_path / "grown", 3, 1, True)
+    assert first.losses + more.losses == whole.losses
+    assert torch.equal(more.ctx["w"], whole.ctx["w"])

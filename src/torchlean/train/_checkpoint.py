@@ -53,6 +53,8 @@ _STEP = "train/step"
 _DATA_RNG = "train/data_rng"
 #: the micro-batches per step of the run that wrote the file (``fit``'s ``accumulate``)
 _ACCUMULATE = "train/accumulate"
+#: the pass over the data (``fit``'s ``epochs=``) whose iterator ``train/data_rng`` started
+_DATA_PASS = "train/data_pass"
 
 
 def _rng_key(library: Backend) -> str:
@@ -96,11 +98,14 @@ def write_checkpoint(
     *,
     data_rng: np.ndarray[Any, Any] | None,
     accumulate: int | None = None,
+    data_pass: int = 0,
 ) -> None:
     """:func:`save_checkpoint` (arguments already checked), plus ``train/data_rng``: the
     random state the training loop's data iterator started from (see ``fit``), and
     ``train/accumulate``: the micro-batches per step of the run (``fit`` refuses to resume
-    with another count, which would skip another number of batches)."""
+    with another count, which would skip another number of batches), and with
+    ``epochs=`` ``train/data_pass``: the pass whose iterator started from ``data_rng``
+    (each pass's shuffled order is drawn when its iterator is made, mid-training)."""
     from torchlean import io
 
     items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx.latest_variables()]
@@ -115,6 +120,8 @@ def write_checkpoint(
             items.append((_device_rng_key(library), rows))
     if data_rng is not None:
         items.append((_DATA_RNG, data_rng))
+        if data_pass:
+            items.append((_DATA_PASS, np.asarray(data_pass, np.int32)))
     if accumulate is not None:
         items.append((_ACCUMULATE, np.asarray(accumulate, np.int32)))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +156,7 @@ def read_checkpoint(
 ) -> tuple[RuntimeContext[Any], RuntimeContext[Any], int, dict[str, Any]]:
     """:func:`load_checkpoint` without restoring anything: also returns the random
     states the file holds (``"cpu"``, ``"device"``, ``"data"``) for :func:`restore_rng`,
-    and ``"accumulate"`` (an int) when the file records it."""
+    and ``"accumulate"`` and ``"data_pass"`` (ints) when the file records them."""
     from torchlean import io
 
     library = context_library(ctx)
@@ -158,7 +165,9 @@ def read_checkpoint(
     # names, shapes and dtypes: the one comparison of torchlean.io.expect
     want = {f"model/{n}": at for n, at in ctx.latest_variables()}
     want |= {f"optim/{n}": at for n, at in state.latest_variables()}
-    extra = {_STEP, _DATA_RNG, _ACCUMULATE} | {f"train/{name}_rng" for name in libraries()}
+    extra = {_STEP, _DATA_RNG, _ACCUMULATE, _DATA_PASS} | {
+        f"train/{name}_rng" for name in libraries()
+    }
     extra |= {f"train/{name}_device_rng" for name in libraries()}
     have = {n: t for n, t in tensors.items() if n not in extra}
     specs = {k: (at.dims, at.dtype) for k, at in want.items()}
@@ -193,9 +202,9 @@ def read_checkpoint(
         )
         if key in tensors
     }
-    if _ACCUMULATE in tensors:
-        value = tensors[_ACCUMULATE]
-        rngs["accumulate"] = int(backend_of(value).to_numpy(value))
+    for kind, key in (("accumulate", _ACCUMULATE), ("data_pass", _DATA_PASS)):
+        if key in tensors:
+            rngs[kind] = int(backend_of(tensors[key]).to_numpy(tensors[key]))
     return new_ctx, new_state, step, rngs
 
 

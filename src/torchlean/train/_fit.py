@@ -251,11 +251,13 @@ def fit(
     source = _resume_source(resume, checkpoint_dir, distributed)
     library = context_library(ctx)
     rngs: dict[str, Any] = {}
+    first_pass = 0  # the pass over data (epochs=) whose iterator train/data_rng started
     if source is not None and distributed:
         ctx, state, start = read_folder_checkpoint(source, ctx, state)
     elif source is not None:
         ctx, state, start, rngs = read_checkpoint(source, ctx, state)
         _same_accumulate(source, rngs.pop("accumulate", accumulate), accumulate, start)
+        first_pass = rngs.pop("data_pass", 0)
         if "data" in rngs:
             library.set_rng_state(rngs["data"])  # the state the data iterator started from
         else:  # a checkpoint without it: the iterator starts from the step's state
@@ -263,7 +265,12 @@ def fit(
     # The data iterator (a shuffling DataLoader draws its order here) starts from this
     # state; checkpoints keep it, so that a resumed run draws the same order.
     periodic.data_rng = library.rng_state()
-    batches = _batches(data, start * accumulate, epochs)
+
+    def started(index: int) -> None:
+        # a new pass (epochs=): its iterator draws its order from this state
+        periodic.data_rng, periodic.data_pass = library.rng_state(), index
+
+    batches = _batches(data, start * accumulate, epochs, first_pass=first_pass, started=started)
     if "data" in rngs:
         restore_rng(library, rngs)  # after skipping the batches already used
     result = FitResult(ctx, state, start)
@@ -530,13 +537,26 @@ def _nothing() -> None:
     when it runs eagerly)."""
 
 
-def _batches(data: Data, start: int, epochs: int | None = None) -> Iterator[Any]:
+def _batches(
+    data: Data,
+    start: int,
+    epochs: int | None = None,
+    *,
+    first_pass: int = 0,
+    started: Callable[[int], None] | None = None,
+) -> Iterator[Any]:
     """The batches from micro-batch ``start`` on (``epochs`` passes over ``data`` when
-    given); an iterable's iterator is made, and the batches before ``start`` skipped,
-    now (not at the first batch)."""
+    given, from pass ``first_pass`` on, calling ``started(i)`` just before pass ``i``
+    makes its iterator); an iterable's iterator is made, and the batches before
+    ``start`` skipped, now (not at the first batch)."""
     if callable(data):
         return _calls(data, start)
-    iterator = iter(data) if epochs is None else _passes(data, epochs)
+    if epochs is None:
+        iterator = iter(data)
+    else:
+        assert isinstance(data, Sized)
+        start -= first_pass * len(data)
+        iterator = _passes(data, epochs, first_pass, started)
     for i in range(start):
         try:
             next(iterator)
@@ -547,8 +567,12 @@ def _batches(data: Data, start: int, epochs: int | None = None) -> Iterator[Any]
     return _rest(iterator)
 
 
-def _passes(data: Iterable[Any], epochs: int) -> Iterator[Any]:
-    for _ in range(epochs):
+def _passes(
+    data: Iterable[Any], epochs: int, first: int, started: Callable[[int], None] | None
+) -> Iterator[Any]:
+    for index in range(first, epochs):
+        if started is not None:
+            started(index)
         yield from data
 
 
@@ -579,8 +603,10 @@ class _Periodic:
     checkpoint_every: int
     #: keep only this many newest checkpoints of the folder (None: all)
     keep_last: int | None = None
-    #: the random state the data iterator started from (kept in every checkpoint)
+    #: the random state the data iterator started from (kept in every checkpoint); with
+    #: ``epochs=``, the iterator of pass ``data_pass``, the pass under way
     data_rng: Any = None
+    data_pass: int = 0
     #: checkpoints are folders written asynchronously by every process
     distributed: bool = False
     #: the folder save in flight (``distributed``), waited for by :meth:`finish`
@@ -636,7 +662,13 @@ class _Periodic:
             else:
                 path = Path(self.checkpoint_dir) / checkpoint_name(done)
                 write_checkpoint(
-                    path, ctx, state, done, data_rng=self.data_rng, accumulate=self.accumulate
+                    path,
+                    ctx,
+                    state,
+                    done,
+                    data_rng=self.data_rng,
+                    accumulate=self.accumulate,
+                    data_pass=self.data_pass,
                 )
                 result.checkpoints.append(path)
                 if self.keep_last is not None:
