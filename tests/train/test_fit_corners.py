@@ -305,3 +305,34 @@ def test_resume_with_more_epochs_continues_the_shorter_run(tmp_path: Path) -> No
     more = _shuffled_run(tmp_path / "grown", 3, 1, True)
     assert first.losses + more.losses == whole.losses
     assert torch.equal(more.ctx["w"], whole.ctx["w"])
+
+
+def test_checkpoints_never_mix_with_later_ones_of_another_run(tmp_path: Path) -> None:
+    """Rolling back (``resume=`` an earlier file) or starting afresh into a folder that
+    holds later checkpoints would write this run's files among another run's:
+    ``keep_last`` (by step) would remove this run's, and ``resume=True`` would continue
+    the other run. Refused before the first step; without checkpoints it runs."""
+
+    def run(steps: int, **options: Any) -> Any:
+        return fit(
+            _model(), _loss, optim.adamw(lr=0.05), _batch, steps=steps, progress=False, **options
+        )
+
+    run(6, checkpoint_dir=tmp_path, checkpoint_every=1)
+    for options, start in (
+        ({"resume": tmp_path / "step-000002.safetensors"}, 2),
+        ({}, 0),
+    ):
+        with pytest.raises(ExpectationError) as err:
+            run(8, checkpoint_dir=tmp_path, checkpoint_every=1, keep_last=2, **options)
+        later = [f"step-{i:06d}.safetensors" for i in range(start + 1, 7)]
+        shown = ", ".join(later[:3]) + (f" and {len(later) - 3} more" if len(later) > 3 else "")
+        assert str(err.value) == (
+            f"fit: {tmp_path} holds checkpoints of steps after {start} ({shown}); this run's"
+            " checkpoints would mix with them (keep_last removes by step, and resume=True"
+            " would continue from theirs). Resume from the latest (resume=True), or move"
+            " them out of checkpoint_dir, or write to another one"
+        )
+    rolled_back = run(4, resume=tmp_path / "step-000002.safetensors")
+    assert rolled_back.step == 4 and len(rolled_back.losses) == 2
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-000006.safetensors"

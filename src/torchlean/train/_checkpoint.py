@@ -230,15 +230,24 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     return None if best is None else best[1]
 
 
-def prune_checkpoints(folder: str | os.PathLike[str], keep: int) -> list[Path]:
-    """Remove all but the ``keep`` newest ``step-NNNNNN.safetensors`` files of ``folder``
-    (by step); other files are left alone. Returns the removed paths. Cost: O(files)."""
+def checkpoint_files(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(step, path)`` of each ``step-NNNNNN.safetensors`` file of ``folder``, by step
+    (none when there is no such folder). Cost: O(files)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
     found = []
-    for child in Path(folder).iterdir():
+    for child in root.iterdir():
         m = _CHECKPOINT.match(child.name)
         if m:
             found.append((int(m.group(1)), child))
-    found.sort()
+    return sorted(found)
+
+
+def prune_checkpoints(folder: str | os.PathLike[str], keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest ``step-NNNNNN.safetensors`` files of ``folder``
+    (by step); other files are left alone. Returns the removed paths. Cost: O(files)."""
+    found = checkpoint_files(folder)
     removed = [path for _, path in found[: max(0, len(found) - keep)]]
     for path in removed:
         path.unlink(missing_ok=True)

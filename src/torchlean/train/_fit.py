@@ -29,6 +29,7 @@ from torchlean.runtime.backends import Backend
 from torchlean.runtime.context import RuntimeContext, claim, owned_by_caller, require_context
 from torchlean.train._captured import CapturedStep
 from torchlean.train._checkpoint import (
+    checkpoint_files,
     checkpoint_name,
     context_library,
     folder_checkpoint_name,
@@ -150,7 +151,9 @@ def fit(
     - ``eval_fn(ctx)`` runs every ``eval_every`` steps and after the last one.
     - ``checkpoint_every`` > 0 writes ``checkpoint_dir/step-NNNNNN.safetensors`` every
       that many steps and after the last one; ``keep_last=k`` removes all but the ``k``
-      newest of them. ``resume=True`` continues from the latest checkpoint in
+      newest of them; a folder holding checkpoints of steps after the one this run
+      starts from is refused (:class:`~torchlean.errors.ExpectationError`), as this
+      run's files would mix with them. ``resume=True`` continues from the latest checkpoint in
       ``checkpoint_dir`` (from the start when there is none); a path resumes from that
       file. The checkpoint's tensors must have the names, shapes and dtypes of ``ctx``
       and of the optimizer state (:class:`~torchlean.errors.ExpectationError` otherwise).
@@ -262,6 +265,8 @@ def fit(
             library.set_rng_state(rngs["data"])  # the state the data iterator started from
         else:  # a checkpoint without it: the iterator starts from the step's state
             restore_rng(library, rngs)
+    if periodic.checkpoint_every > 0 and not distributed:
+        _no_later_checkpoints(periodic.checkpoint_dir, start)
     # The data iterator (a shuffling DataLoader draws its order here) starts from this
     # state; checkpoints keep it, so that a resumed run draws the same order.
     periodic.data_rng = library.rng_state()
@@ -691,6 +696,24 @@ class _Periodic:
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
             prune_folder_checkpoints(self.checkpoint_dir, self.keep_last)
+
+
+def _no_later_checkpoints(folder: str | os.PathLike[str] | None, start: int) -> None:
+    """Refuse to write checkpoints into ``folder`` when it holds checkpoints of steps
+    after ``start`` (another run's, or those after the one resumed): ``keep_last``
+    removes by step, so it would remove this run's files, and ``resume=True`` would
+    continue the other run."""
+    if folder is None:
+        return
+    later = [path.name for step, path in checkpoint_files(folder) if step > start]
+    if later:
+        shown = ", ".join(later[:3]) + (f" and {len(later) - 3} more" if len(later) > 3 else "")
+        raise ExpectationError(
+            f"fit: {os.fspath(folder)} holds checkpoints of steps after {start} ({shown});"
+            " this run's checkpoints would mix with them (keep_last removes by step, and"
+            " resume=True would continue from theirs). Resume from the latest"
+            " (resume=True), or move them out of checkpoint_dir, or write to another one"
+        )
 
 
 def _resume_source(
