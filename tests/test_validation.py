@@ -1310,6 +1310,13 @@ ROWS: list[Row] = [
     ),
     (
         "torchlean.train.fit",
+        lambda d: _fit(steps=None, epochs=1, data=[1, 2, 3], accumulate=4),
+        ValueError,
+        "fit: epochs=1 over data of 3 batches make no step of accumulate=4 micro-batches"
+        " (nothing would be trained); pass more epochs, a smaller accumulate, or steps=",
+    ),
+    (
+        "torchlean.train.fit",
         lambda d: _fit(keep_last=2),
         ValueError,
         "keep_last needs a checkpoint_dir",

@@ -380,7 +380,14 @@ def _total_steps(steps: int | None, epochs: int | None, data: Data, accumulate: 
             "fit: epochs= needs data with a length that can be iterated again (a"
             f" DataLoader, a list), got {type(data).__name__}; pass steps= for a stream"
         )
-    return int(epochs) * len(data) // accumulate
+    total = int(epochs) * len(data) // accumulate
+    if epochs and not total:
+        raise ValueError(
+            f"fit: epochs={epochs} over data of {len(data)} batches make no step of"
+            f" accumulate={accumulate} micro-batches (nothing would be trained); pass more"
+            " epochs, a smaller accumulate, or steps="
+        )
+    return total
 
 
 def _is_iterator(data: object) -> bool:
