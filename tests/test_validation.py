@@ -1370,6 +1370,28 @@ ROWS: list[Row] = [
         "clip_gradients: max_norm must be a number > 0, got -1",
     ),
     (
+        "torchlean.optim.adam",
+        lambda d: opt.adam(groups=[{"params": "w", "betas": (0.9, 1.0)}]),
+        ValueError,
+        "groups[0]: invalid beta parameter at index 1: 1.0",
+    ),
+    (
+        "torchlean.optim.adam",
+        lambda d: opt.adam(groups=[{"params": "w", "betas": ("0.9", 0.99)}]),
+        TypeError,
+        "groups[0]: betas must be a pair of numbers (beta1, beta2), got ('0.9', 0.99)",
+    ),
+    (
+        "torchlean.optim.sgd",
+        lambda d: opt.sgd(
+            momentum=0.9,
+            groups=[{"params": "w"}, {"params": "b", "nesterov": True, "dampening": 0.1}],
+        ),
+        ValueError,
+        "groups[1]: nesterov momentum requires a momentum and zero dampening (the group has"
+        " momentum=0.9, dampening=0.1)",
+    ),
+    (
         "torchlean.optim.sgd",
         lambda d: opt.sgd(groups=5),
         TypeError,
