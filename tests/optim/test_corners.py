@@ -433,3 +433,53 @@ def test_schedules_step_by_step() -> None:
         np.testing.assert_allclose(
             [float(traced(jnp.asarray(i))) for i in range(n)], values, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("library", ["torch", "jax-jit"])
+def test_per_group_schedules_with_mask_and_clip(library: str) -> None:
+    """A schedule per group (torch: LambdaLR with one lambda per group), betas per group,
+    the mask and clipping together, on torch and inside jax.jit."""
+    init = {"a": np.ones((3, 2), np.float32), "b": np.full(3, 2.0, np.float32)}
+    grads = [
+        {
+            k: np.random.default_rng(i).standard_normal(v.shape).astype(np.float32)
+            for k, v in init.items()
+        }
+        for i in range(6)
+    ]
+    opt = optim.adamw(
+        lr=optim.cosine_decay(0.1, 5),
+        weight_decay=0.1,
+        groups=[{"params": "b", "lr": optim.linear_warmup(0.2, 3), "betas": (0.8, 0.9)}],
+        no_decay="b",
+        clip=0.7,
+    )
+    conv: Callable[[np.ndarray[Any, Any]], Any] = (
+        torch.tensor if library == "torch" else jnp.asarray
+    )
+    ctx = RuntimeContext.from_state_dict({k: conv(v) for k, v in init.items()})
+    state = opt.init(ctx)
+    step = jax.jit(lambda c, s: opt.step(c, s, donate=False)) if library != "torch" else opt.step
+    for g in grads:
+        ctx, state = step(ctx.with_gradients([(k, conv(v)) for k, v in g.items()]), state)
+    params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
+    theirs = torch.optim.AdamW(
+        [
+            {"params": [params["a"]], "lr": 0.1},
+            {"params": [params["b"]], "lr": 0.2, "betas": (0.8, 0.9), "weight_decay": 0.0},
+        ],
+        weight_decay=0.1,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        theirs, [optim.cosine_decay(1.0, 5), optim.linear_warmup(1.0, 3)]
+    )
+    for g in grads:
+        for k in init:
+            params[k].grad = torch.tensor(g[k])
+        torch.nn.utils.clip_grad_norm_(list(params.values()), 0.7)
+        theirs.step()
+        sched.step()
+    for k in init:
+        np.testing.assert_allclose(
+            _as_float64(ctx[k]), _as_float64(params[k]), rtol=1e-5, atol=5e-6
+        )
