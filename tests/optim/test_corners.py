@@ -483,3 +483,70 @@ def test_per_group_schedules_with_mask_and_clip(library: str) -> None:
         np.testing.assert_allclose(
             _as_float64(ctx[k]), _as_float64(params[k]), rtol=1e-5, atol=5e-6
         )
+
+
+def test_optax_masked_adamw_with_schedule_continues_after_import() -> None:
+    """optax.adamw with a warm-up/cosine schedule and a weight-decay mask, 4 steps, its
+    state imported into adamw with the same schedule and ``no_decay``: 6 more steps on
+    both sides agree (the schedule read at the imported count)."""
+    key = jax.random.PRNGKey(0)
+    params = {"dense": {"kernel": jax.random.normal(key, (3, 4)), "bias": jnp.zeros(4)}}
+
+    def mask(p: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(lambda path, x: path[-1].key != "bias", p)
+
+    tx = optax.adamw(
+        optax.warmup_cosine_decay_schedule(0.0, 0.05, 3, 20), weight_decay=0.1, mask=mask
+    )
+    opt_state = tx.init(params)
+    grads = [
+        jax.tree.map(lambda x, i=i: jax.random.normal(jax.random.PRNGKey(i + 1), x.shape), params)
+        for i in range(10)
+    ]
+    for g in grads[:4]:
+        updates, opt_state = tx.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    ctx = RuntimeContext.from_pytree(params)
+    opt, state = optim.import_optax_state(
+        opt_state,
+        ctx,
+        optimizer=optim.adamw(
+            lr=optim.warmup_cosine(0.05, 3, 20), weight_decay=0.1, no_decay="*.bias"
+        ),
+    )
+    assert int(state["count"]) == 4
+    for g in grads[4:]:
+        updates, opt_state = tx.update(g, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        ctx, state = opt.step(
+            ctx.with_gradients(
+                [("dense.kernel", g["dense"]["kernel"]), ("dense.bias", g["dense"]["bias"])]
+            ),
+            state,
+        )
+    for name, want in (("kernel", params["dense"]["kernel"]), ("bias", params["dense"]["bias"])):
+        np.testing.assert_allclose(np.asarray(ctx[f"dense.{name}"]), np.asarray(want), atol=1e-6)
+
+
+def test_bfloat16_torch_state_import_continues_as_torch_fused() -> None:
+    """A bfloat16 AdamW run in torch, imported after 3 steps: 3 more steps give the bits
+    of torch's fused AdamW continuing from the same state (torch's default path differs
+    from fused=True by its roundings, see docs/training.md)."""
+    import copy
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(40, generator=g).bfloat16())
+    grads = [torch.randn(40, generator=g).bfloat16() for _ in range(6)]
+    theirs = torch.optim.AdamW([p], lr=0.01, fused=True)
+    for gr in grads[:3]:
+        p.grad = gr.clone()
+        theirs.step()
+    saved = copy.deepcopy(theirs.state_dict())
+    ctx = RuntimeContext.from_state_dict({"w": p.detach().clone()})
+    opt, state = optim.import_torch_state(saved, ctx, names=["w"], optimizer=optim.adamw(lr=0.01))
+    for gr in grads[3:]:
+        p.grad = gr.clone()
+        theirs.step()
+        ctx, state = opt.step(ctx.with_gradients([("w", gr.clone())]), state)
+    assert ctx["w"].dtype == torch.bfloat16
+    assert torch.equal(ctx["w"], p.detach())
