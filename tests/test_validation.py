@@ -1310,6 +1310,13 @@ ROWS: list[Row] = [
     ),
     (
         "torchlean.train.fit",
+        lambda d: _fit(steps=None, epochs=1, data=[1, 2, 3], accumulate=4),
+        ValueError,
+        "fit: epochs=1 over data of 3 batches make no step of accumulate=4 micro-batches"
+        " (nothing would be trained); pass more epochs, a smaller accumulate, or steps=",
+    ),
+    (
+        "torchlean.train.fit",
         lambda d: _fit(keep_last=2),
         ValueError,
         "keep_last needs a checkpoint_dir",
@@ -1361,6 +1368,28 @@ ROWS: list[Row] = [
         lambda d: opt.clip_gradients(CTX, -1),
         ValueError,
         "clip_gradients: max_norm must be a number > 0, got -1",
+    ),
+    (
+        "torchlean.optim.adam",
+        lambda d: opt.adam(groups=[{"params": "w", "betas": (0.9, 1.0)}]),
+        ValueError,
+        "groups[0]: invalid beta parameter at index 1: 1.0",
+    ),
+    (
+        "torchlean.optim.adam",
+        lambda d: opt.adam(groups=[{"params": "w", "betas": ("0.9", 0.99)}]),
+        TypeError,
+        "groups[0]: betas must be a pair of numbers (beta1, beta2), got ('0.9', 0.99)",
+    ),
+    (
+        "torchlean.optim.sgd",
+        lambda d: opt.sgd(
+            momentum=0.9,
+            groups=[{"params": "w"}, {"params": "b", "nesterov": True, "dampening": 0.1}],
+        ),
+        ValueError,
+        "groups[1]: nesterov momentum requires a momentum and zero dampening (the group has"
+        " momentum=0.9, dampening=0.1)",
     ),
     (
         "torchlean.optim.sgd",

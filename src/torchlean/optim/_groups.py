@@ -56,8 +56,17 @@ def _override(base: Hyper, spec: Mapping[str, Any], where: str) -> Hyper:
         if key == "params":
             continue
         if key == "betas":
-            if not isinstance(value, (tuple, list)) or len(value) != 2:
-                raise TypeError(f"{where}: betas must be a pair (beta1, beta2), got {value!r}")
+            if (
+                not isinstance(value, (tuple, list))
+                or len(value) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in value)
+            ):
+                raise TypeError(
+                    f"{where}: betas must be a pair of numbers (beta1, beta2), got {value!r}"
+                )
+            for i, beta in enumerate(value):
+                if not 0.0 <= beta < 1.0:
+                    raise ValueError(f"{where}: invalid beta parameter at index {i}: {beta}")
             changes["beta1"], changes["beta2"] = float(value[0]), float(value[1])
             continue
         if key == "nesterov":
@@ -73,6 +82,11 @@ def _override(base: Hyper, spec: Mapping[str, Any], where: str) -> Hyper:
             raise ValueError(f"{where}: {key} must be >= 0, got {value!r}")
         changes[key] = value
     new = dataclasses.replace(base, **changes)
+    if new.nesterov and (new.momentum <= 0 or new.dampening != 0):
+        raise ValueError(
+            f"{where}: nesterov momentum requires a momentum and zero dampening (the group"
+            f" has momentum={new.momentum}, dampening={new.dampening})"
+        )
     if new.slots != base.slots:
         raise ValueError(
             f"{where}: a group cannot change which moments the state holds"

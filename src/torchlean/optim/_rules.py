@@ -97,7 +97,35 @@ def adam_scalars(xp: Any, h: Hyper, lr: Any, t: Any, dtype: Any) -> tuple[Any, .
 
 
 def sgd_in_place(torch: Any, h: Hyper, lr: float, u: Update) -> None:
-    """``torch._fused_sgd_`` on one group (first steps apart, as torch.optim.SGD)."""
+    """``torch._fused_sgd_`` on one group (first steps apart, as torch.optim.SGD).
+
+    On the CPU, bfloat16 and float16 groups run the kernel on float32 copies, written
+    back rounded (the kernel's own arithmetic, which computes in float32): torch's CPU
+    kernel for those dtypes (torch 2.13) leaves every element of a parameter's leading
+    multiple of 16 unchanged, so a parameter of 16 elements or more would not train
+    (``torch.optim.SGD(fused=True)`` shows it; its default path does not run that kernel)."""
+    if (
+        u.params
+        and u.params[0].device.type == "cpu"
+        and u.params[0].dtype
+        in (
+            torch.float16,
+            torch.bfloat16,
+        )
+    ):
+        wide = Update(
+            [p.float() for p in u.params],
+            [g.float() for g in u.grads],
+            {k: [x.float() for x in v] for k, v in u.slots.items()},
+            u.steps,
+            u.count,
+        )
+        sgd_in_place(torch, h, lr, wide)
+        torch._foreach_copy_(u.params, wide.params)
+        for k, values in u.slots.items():
+            if values:
+                torch._foreach_copy_(values, wide.slots[k])
+        return
 
     def run(ix: list[int], first: bool) -> None:
         bufs = [] if h.momentum == 0 else [u.slots["momentum_buffer"][i] for i in ix]
@@ -184,18 +212,30 @@ class Rule:
         else:
             steps = [s + 1 for s in u.steps]
             counters = xp.stack(u.steps) + 1 if steps else None
+        # Each parameter's maths runs in float32 at least (bfloat16 and float16
+        # parameters, gradients and moments are widened, and the results rounded once),
+        # as torch's fused kernels compute: in bfloat16, 0.999 rounds to 1.0 (Adam's
+        # 1 - beta2**t would be 0 and the parameter would never move) and AdamW's
+        # p * (1 - lr * weight_decay) rounds back to p.
+        wide = {p.dtype: xp.promote_types(p.dtype, xp.float32) for p in u.params}
         per_dtype: dict[Any, tuple[Any, ...]] = {}
         if steps:
-            for p in u.params:
-                if p.dtype not in per_dtype:
-                    lr = xp.asarray(lr_value, dtype=p.dtype)
-                    per_dtype[p.dtype] = scalars(xp, h, lr, counters, p.dtype)
+            for dtype, w in wide.items():
+                per_dtype[dtype] = scalars(xp, h, xp.asarray(lr_value, dtype=w), counters, w)
         params: list[Any] = []
         slots: dict[str, list[Any]] = {k: [] for k in u.slots}
         for i, (p, g) in enumerate(zip(u.params, u.grads, strict=True)):
             t = per_dtype[p.dtype] if shared else tuple(x[i] for x in per_dtype[p.dtype])
-            lr = xp.asarray(lr_value, dtype=p.dtype)
-            new_p, new_slots = maths(xp, h, lr, t, p, g, {k: v[i] for k, v in u.slots.items()})
+            w = wide[p.dtype]
+            lr = xp.asarray(lr_value, dtype=w)
+            old = {k: v[i] for k, v in u.slots.items()}
+            if w == p.dtype:
+                new_p, new_slots = maths(xp, h, lr, t, p, g, old)
+            else:
+                widened = {k: v.astype(w) for k, v in old.items()}
+                new_p, new_slots = maths(xp, h, lr, t, p.astype(w), g.astype(w), widened)
+                new_p = new_p.astype(p.dtype)
+                new_slots = {k: v.astype(old[k].dtype) for k, v in new_slots.items()}
             params.append(new_p)
             for k, value in new_slots.items():
                 slots[k].append(value)

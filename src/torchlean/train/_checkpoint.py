@@ -51,6 +51,10 @@ _CHECKPOINT = re.compile(r"^step-(\d+)\.safetensors$")
 _FOLDER = re.compile(r"^step-(\d+)$")
 _STEP = "train/step"
 _DATA_RNG = "train/data_rng"
+#: the micro-batches per step of the run that wrote the file (``fit``'s ``accumulate``)
+_ACCUMULATE = "train/accumulate"
+#: the pass over the data (``fit``'s ``epochs=``) whose iterator ``train/data_rng`` started
+_DATA_PASS = "train/data_pass"
 
 
 def _rng_key(library: Backend) -> str:
@@ -93,9 +97,15 @@ def write_checkpoint(
     step: int,
     *,
     data_rng: np.ndarray[Any, Any] | None,
+    accumulate: int | None = None,
+    data_pass: int = 0,
 ) -> None:
     """:func:`save_checkpoint` (arguments already checked), plus ``train/data_rng``: the
-    random state the training loop's data iterator started from (see ``fit``)."""
+    random state the training loop's data iterator started from (see ``fit``), and
+    ``train/accumulate``: the micro-batches per step of the run (``fit`` refuses to resume
+    with another count, which would skip another number of batches), and with
+    ``epochs=`` ``train/data_pass``: the pass whose iterator started from ``data_rng``
+    (each pass's shuffled order is drawn when its iterator is made, mid-training)."""
     from torchlean import io
 
     items: list[tuple[str, Any]] = [(f"model/{n}", at.t) for n, at in ctx.latest_variables()]
@@ -110,6 +120,10 @@ def write_checkpoint(
             items.append((_device_rng_key(library), rows))
     if data_rng is not None:
         items.append((_DATA_RNG, data_rng))
+        if data_pass:
+            items.append((_DATA_PASS, np.asarray(data_pass, np.int32)))
+    if accumulate is not None:
+        items.append((_ACCUMULATE, np.asarray(accumulate, np.int32)))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     io.save(RuntimeContext.empty().register_variables(items), path)
 
@@ -141,7 +155,8 @@ def read_checkpoint(
     state: RuntimeContext[Any],
 ) -> tuple[RuntimeContext[Any], RuntimeContext[Any], int, dict[str, Any]]:
     """:func:`load_checkpoint` without restoring anything: also returns the random
-    states the file holds (``"cpu"``, ``"device"``, ``"data"``) for :func:`restore_rng`."""
+    states the file holds (``"cpu"``, ``"device"``, ``"data"``) for :func:`restore_rng`,
+    and ``"accumulate"`` and ``"data_pass"`` (ints) when the file records them."""
     from torchlean import io
 
     library = context_library(ctx)
@@ -150,7 +165,9 @@ def read_checkpoint(
     # names, shapes and dtypes: the one comparison of torchlean.io.expect
     want = {f"model/{n}": at for n, at in ctx.latest_variables()}
     want |= {f"optim/{n}": at for n, at in state.latest_variables()}
-    extra = {_STEP, _DATA_RNG} | {f"train/{name}_rng" for name in libraries()}
+    extra = {_STEP, _DATA_RNG, _ACCUMULATE, _DATA_PASS} | {
+        f"train/{name}_rng" for name in libraries()
+    }
     extra |= {f"train/{name}_device_rng" for name in libraries()}
     have = {n: t for n, t in tensors.items() if n not in extra}
     specs = {k: (at.dims, at.dtype) for k, at in want.items()}
@@ -185,6 +202,9 @@ def read_checkpoint(
         )
         if key in tensors
     }
+    for kind, key in (("accumulate", _ACCUMULATE), ("data_pass", _DATA_PASS)):
+        if key in tensors:
+            rngs[kind] = int(backend_of(tensors[key]).to_numpy(tensors[key]))
     return new_ctx, new_state, step, rngs
 
 
@@ -210,15 +230,24 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     return None if best is None else best[1]
 
 
-def prune_checkpoints(folder: str | os.PathLike[str], keep: int) -> list[Path]:
-    """Remove all but the ``keep`` newest ``step-NNNNNN.safetensors`` files of ``folder``
-    (by step); other files are left alone. Returns the removed paths. Cost: O(files)."""
+def checkpoint_files(folder: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(step, path)`` of each ``step-NNNNNN.safetensors`` file of ``folder``, by step
+    (none when there is no such folder). Cost: O(files)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return []
     found = []
-    for child in Path(folder).iterdir():
+    for child in root.iterdir():
         m = _CHECKPOINT.match(child.name)
         if m:
             found.append((int(m.group(1)), child))
-    found.sort()
+    return sorted(found)
+
+
+def prune_checkpoints(folder: str | os.PathLike[str], keep: int) -> list[Path]:
+    """Remove all but the ``keep`` newest ``step-NNNNNN.safetensors`` files of ``folder``
+    (by step); other files are left alone. Returns the removed paths. Cost: O(files)."""
+    found = checkpoint_files(folder)
     removed = [path for _, path in found[: max(0, len(found) - keep)]]
     for path in removed:
         path.unlink(missing_ok=True)

@@ -23,12 +23,13 @@ from typing import Any
 
 from torchlean._validate import require_bool, require_callable, require_int, require_path
 from torchlean.autograd import value_and_grad
-from torchlean.errors import BackendError, FormatError
+from torchlean.errors import BackendError, ExpectationError, FormatError
 from torchlean.optim import Optimizer, clip_gradients
 from torchlean.runtime.backends import Backend
 from torchlean.runtime.context import RuntimeContext, claim, owned_by_caller, require_context
 from torchlean.train._captured import CapturedStep
 from torchlean.train._checkpoint import (
+    checkpoint_files,
     checkpoint_name,
     context_library,
     folder_checkpoint_name,
@@ -80,7 +81,8 @@ class StepInfo:
     #: What the loss returned besides the loss (``has_aux=True``; of the last
     #: micro-batch), else None.
     aux: Any
-    #: The learning rate this step used (the optimizer's own; a schedule's value).
+    #: The learning rate this step used (the optimizer's own; a schedule's value at the
+    #: state's count before the step, which continues a ``state`` passed to ``fit``).
     lr: float
 
 
@@ -132,6 +134,10 @@ def fit(
       statistics train as in ``module.train()``).
     - ``accumulate=k``: each step adds the gradients of ``k`` micro-batches of the loss
       divided by ``k`` (Lightning's ``accumulate_grad_batches``), then steps once.
+      Micro-batches run on across epochs (no partial step at an epoch's end; the
+      ``epochs * len(data) % k`` batches left at the end are unused). A checkpoint
+      records ``k``; resuming it with another is an
+      :class:`~torchlean.errors.ExpectationError`.
     - ``clip``: scale the gradients to a global 2-norm of at most ``clip`` before each
       step (:func:`torchlean.optim.clip_gradients`, as ``clip_grad_norm_``).
     - ``capture=True`` (opt-in, needs ``donate=True``, a number as learning rate, one
@@ -145,7 +151,9 @@ def fit(
     - ``eval_fn(ctx)`` runs every ``eval_every`` steps and after the last one.
     - ``checkpoint_every`` > 0 writes ``checkpoint_dir/step-NNNNNN.safetensors`` every
       that many steps and after the last one; ``keep_last=k`` removes all but the ``k``
-      newest of them. ``resume=True`` continues from the latest checkpoint in
+      newest of them; a folder holding checkpoints of steps after the one this run
+      starts from is refused (:class:`~torchlean.errors.ExpectationError`), as this
+      run's files would mix with them. ``resume=True`` continues from the latest checkpoint in
       ``checkpoint_dir`` (from the start when there is none); a path resumes from that
       file. The checkpoint's tensors must have the names, shapes and dtypes of ``ctx``
       and of the optimizer state (:class:`~torchlean.errors.ExpectationError` otherwise).
@@ -230,6 +238,7 @@ def fit(
     if not distributed and (periodic.checkpoint_every > 0 or resume is not False):
         _require_one_process(ctx)
     periodic.distributed = distributed
+    periodic.accumulate = accumulate
     if not isinstance(frozen, (str, Iterable)):
         raise TypeError(f"fit: frozen must be a str or an iterable of str, got {frozen!r}")
     frozen_names = (frozen,) if isinstance(frozen, str) else tuple(frozen)
@@ -245,18 +254,28 @@ def fit(
     source = _resume_source(resume, checkpoint_dir, distributed)
     library = context_library(ctx)
     rngs: dict[str, Any] = {}
+    first_pass = 0  # the pass over data (epochs=) whose iterator train/data_rng started
     if source is not None and distributed:
         ctx, state, start = read_folder_checkpoint(source, ctx, state)
     elif source is not None:
         ctx, state, start, rngs = read_checkpoint(source, ctx, state)
+        _same_accumulate(source, rngs.pop("accumulate", accumulate), accumulate, start)
+        first_pass = rngs.pop("data_pass", 0)
         if "data" in rngs:
             library.set_rng_state(rngs["data"])  # the state the data iterator started from
         else:  # a checkpoint without it: the iterator starts from the step's state
             restore_rng(library, rngs)
+    if periodic.checkpoint_every > 0 and not distributed:
+        _no_later_checkpoints(periodic.checkpoint_dir, start)
     # The data iterator (a shuffling DataLoader draws its order here) starts from this
     # state; checkpoints keep it, so that a resumed run draws the same order.
     periodic.data_rng = library.rng_state()
-    batches = _batches(data, start * accumulate, epochs)
+
+    def started(index: int) -> None:
+        # a new pass (epochs=): its iterator draws its order from this state
+        periodic.data_rng, periodic.data_pass = library.rng_state(), index
+
+    batches = _batches(data, start * accumulate, epochs, first_pass=first_pass, started=started)
     if "data" in rngs:
         restore_rng(library, rngs)  # after skipping the batches already used
     result = FitResult(ctx, state, start)
@@ -295,7 +314,7 @@ def fit(
     try:
         for step in range(start, steps):
             micro = [_spread(next(batches)) for _ in range(accumulate)]
-            lr = float(optimizer.lr_at(step)) if on_step is not None else 0.0
+            lr = _lr_of(optimizer, state) if on_step is not None else 0.0
             out, ctx, state = step_fn(ctx, state, micro)
             value, aux = out if has_aux else (out, None)
             loss = float(value)
@@ -309,6 +328,29 @@ def fit(
         bar.close()
     result.ctx, result.state, result.step = ctx, state, max(start, steps)
     return result
+
+
+def _same_accumulate(source: Any, written: int, accumulate: int, start: int) -> None:
+    """Refuse to resume a checkpoint written with another ``accumulate``: its steps used
+    ``written`` batches each, and this run would skip ``accumulate`` per step."""
+    if written != accumulate:
+        raise ExpectationError(
+            f"fit: checkpoint {os.fspath(source)} was written with accumulate={written}"
+            f" (after step {start} it had used {start * written} batches), but this run has"
+            f" accumulate={accumulate} and would skip {start * accumulate} batches; resume"
+            f" with accumulate={written}"
+        )
+
+
+def _lr_of(optimizer: Optimizer, state: Context) -> float:
+    """The learning rate the next step of ``optimizer`` uses: a schedule's value at the
+    state's ``count`` (the steps the state has taken, which a state passed in or imported
+    starts above 0), as the step reads it."""
+    lr = optimizer.hyper.lr
+    if not callable(lr):
+        return float(lr)
+    count = state.variable_entry("count")
+    return float(optimizer.lr_at(0 if count is None else int(count.t)))
 
 
 def _require_one_process(ctx: Context) -> None:
@@ -338,7 +380,14 @@ def _total_steps(steps: int | None, epochs: int | None, data: Data, accumulate: 
             "fit: epochs= needs data with a length that can be iterated again (a"
             f" DataLoader, a list), got {type(data).__name__}; pass steps= for a stream"
         )
-    return int(epochs) * len(data) // accumulate
+    total = int(epochs) * len(data) // accumulate
+    if epochs and not total:
+        raise ValueError(
+            f"fit: epochs={epochs} over data of {len(data)} batches make no step of"
+            f" accumulate={accumulate} micro-batches (nothing would be trained); pass more"
+            " epochs, a smaller accumulate, or steps="
+        )
+    return total
 
 
 def _is_iterator(data: object) -> bool:
@@ -500,13 +549,26 @@ def _nothing() -> None:
     when it runs eagerly)."""
 
 
-def _batches(data: Data, start: int, epochs: int | None = None) -> Iterator[Any]:
+def _batches(
+    data: Data,
+    start: int,
+    epochs: int | None = None,
+    *,
+    first_pass: int = 0,
+    started: Callable[[int], None] | None = None,
+) -> Iterator[Any]:
     """The batches from micro-batch ``start`` on (``epochs`` passes over ``data`` when
-    given); an iterable's iterator is made, and the batches before ``start`` skipped,
-    now (not at the first batch)."""
+    given, from pass ``first_pass`` on, calling ``started(i)`` just before pass ``i``
+    makes its iterator); an iterable's iterator is made, and the batches before
+    ``start`` skipped, now (not at the first batch)."""
     if callable(data):
         return _calls(data, start)
-    iterator = iter(data) if epochs is None else _passes(data, epochs)
+    if epochs is None:
+        iterator = iter(data)
+    else:
+        assert isinstance(data, Sized)
+        start -= first_pass * len(data)
+        iterator = _passes(data, epochs, first_pass, started)
     for i in range(start):
         try:
             next(iterator)
@@ -517,8 +579,12 @@ def _batches(data: Data, start: int, epochs: int | None = None) -> Iterator[Any]
     return _rest(iterator)
 
 
-def _passes(data: Iterable[Any], epochs: int) -> Iterator[Any]:
-    for _ in range(epochs):
+def _passes(
+    data: Iterable[Any], epochs: int, first: int, started: Callable[[int], None] | None
+) -> Iterator[Any]:
+    for index in range(first, epochs):
+        if started is not None:
+            started(index)
         yield from data
 
 
@@ -549,12 +615,16 @@ class _Periodic:
     checkpoint_every: int
     #: keep only this many newest checkpoints of the folder (None: all)
     keep_last: int | None = None
-    #: the random state the data iterator started from (kept in every checkpoint)
+    #: the random state the data iterator started from (kept in every checkpoint); with
+    #: ``epochs=``, the iterator of pass ``data_pass``, the pass under way
     data_rng: Any = None
+    data_pass: int = 0
     #: checkpoints are folders written asynchronously by every process
     distributed: bool = False
     #: the folder save in flight (``distributed``), waited for by :meth:`finish`
     pending: Any = None
+    #: the micro-batches per step, recorded in checkpoint files
+    accumulate: int = 1
 
     @classmethod
     def checked(
@@ -603,7 +673,15 @@ class _Periodic:
                 self._prune()
             else:
                 path = Path(self.checkpoint_dir) / checkpoint_name(done)
-                write_checkpoint(path, ctx, state, done, data_rng=self.data_rng)
+                write_checkpoint(
+                    path,
+                    ctx,
+                    state,
+                    done,
+                    data_rng=self.data_rng,
+                    accumulate=self.accumulate,
+                    data_pass=self.data_pass,
+                )
                 result.checkpoints.append(path)
                 if self.keep_last is not None:
                     prune_checkpoints(self.checkpoint_dir, self.keep_last)
@@ -625,6 +703,24 @@ class _Periodic:
 
         if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
             prune_folder_checkpoints(self.checkpoint_dir, self.keep_last)
+
+
+def _no_later_checkpoints(folder: str | os.PathLike[str] | None, start: int) -> None:
+    """Refuse to write checkpoints into ``folder`` when it holds checkpoints of steps
+    after ``start`` (another run's, or those after the one resumed): ``keep_last``
+    removes by step, so it would remove this run's files, and ``resume=True`` would
+    continue the other run."""
+    if folder is None:
+        return
+    later = [path.name for step, path in checkpoint_files(folder) if step > start]
+    if later:
+        shown = ", ".join(later[:3]) + (f" and {len(later) - 3} more" if len(later) > 3 else "")
+        raise ExpectationError(
+            f"fit: {os.fspath(folder)} holds checkpoints of steps after {start} ({shown});"
+            " this run's checkpoints would mix with them (keep_last removes by step, and"
+            " resume=True would continue from theirs). Resume from the latest"
+            " (resume=True), or move them out of checkpoint_dir, or write to another one"
+        )
 
 
 def _resume_source(
