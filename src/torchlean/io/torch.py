@@ -37,7 +37,7 @@ import numpy as np
 
 from torchlean._text import printable
 from torchlean._validate import require_bool, require_save_arguments
-from torchlean.errors import BackendError, FormatError
+from torchlean.errors import BackendError, ExpectationError, FormatError
 from torchlean.io._atomic import atomic_path
 from torchlean.io._common import (
     SAVABLE_DTYPES,
@@ -683,7 +683,9 @@ def load_into(
     :class:`~torchlean.errors.BackendError` (data) lists every problem and the module
     is left unchanged. Returns ``module``. Tied weights: an alias of the context
     (:meth:`RuntimeContext.aliases`) or a name tied in the module to a name the context
-    has is not missing (a GPT-2 file that omits ``lm_head.weight`` loads).
+    has is not missing (a GPT-2 file that omits ``lm_head.weight`` loads); a context
+    that holds two names the module ties as two variables with different values is
+    refused (an ``ExpectationError`` naming them: loading both would keep one silently).
 
     ``strict=False`` loads what matches and returns an
     :class:`~torchlean.io.ExpectReport` of the ``missing`` and ``unexpected`` names
@@ -743,9 +745,43 @@ def load_into(
         raise BackendError(
             "load_into: nothing was copied, the module is unchanged: " + "; ".join(problems)
         )
+    _refuse_split_ties(ctx, module, tensors)
     with torch.no_grad():
         module.load_state_dict(tensors, strict=strict)
     return module if strict else report
+
+
+def _refuse_split_ties(ctx: RuntimeContext[Any], module: Any, tensors: dict[str, Any]) -> None:
+    """Raise :class:`ExpectationError` when the context holds two names the module ties
+    (one tensor) as two variables whose values differ: loading both would keep whichever
+    came last, silently. Equal values (a file that stores both keys) load. Compared as
+    the module's dtype, NaN equal to NaN. Cost: O(bytes of the tied variables)."""
+    import torch
+
+    own = {name for name, _ in ctx.latest_variables()}
+    groups: dict[str, list[str]] = {}
+    for alias, canonical in tied_names(module).items():
+        groups.setdefault(canonical, [canonical]).append(alias)
+    differ: list[str] = []
+    for names in groups.values():
+        held = [n for n in names if n in own and n in tensors]
+        for other in held[1:]:
+            a, b = tensors[held[0]], tensors[other]
+            same = a.shape == b.shape and (
+                torch.equal(a, b)
+                or (a.is_floating_point() and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+            )
+            if not same:
+                differ.append(f"`{printable(held[0])}` and `{printable(other)}`")
+    if differ:
+        raise ExpectationError(
+            "load_into: the module ties "
+            + ", ".join(differ)
+            + " (one tensor) but the context holds them as variables with different values;"
+            " loading both would keep one of them silently. Keep the one you mean (build the"
+            " context without the other, or ctx.tie(alias, to=name)); nothing was copied,"
+            " the module is unchanged"
+        )
 
 
 #: The PyTorch format: a state_dict of the variables (the latest entry of each name).

@@ -234,10 +234,12 @@ class RuntimeContext(Generic[ArrayT]):
         The context keeps one variable; ``ctx[alias]`` reads ``ctx[to]``, saving stores
         the tensor once and remembers the alias, and ``load_into`` gives the module's
         tied parameter the same tensor. ``from_module`` records a module's ties already.
+        ``to`` may be an alias itself (the new alias names the variable it names).
         Lean counterpart: none. Cost: O(a) for a aliases.
         """
         _check_name(alias, "alias")
         _check_name(to, "variable")
+        to = self.aliases().get(to, to)  # tied to an alias: to the variable it names
         if to not in self._v.map:
             raise UnknownNameError(f"tie: {_unknown_message(self._v, 'variable', to)}")
         if alias in self._v.map:
