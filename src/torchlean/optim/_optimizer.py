@@ -61,6 +61,7 @@ from torchlean.runtime.check import placement_mismatch
 from torchlean.runtime.context import (
     RuntimeContext,
     claim,
+    overlaps_caller_memory,
     owned_by_caller,
     require_context,
     stored_values,
@@ -291,6 +292,8 @@ class Optimizer:
             fresh = _unshared(library, pairs, written, ctx, grown, self._keys)
             # the caller's own arrays are never written: the first step updates copies
             fresh.update(id(at.unchecked) for at in written if owned_by_caller(at.unchecked))
+            # ... nor a view of them (a torch tree_map's x.detach() of the caller's tensor)
+            fresh |= overlaps_caller_memory(library, [at.unchecked for at in written])
             ctx, state = claim(ctx, state, to=f"{self.hyper.kind}.step")
             state = state if not split else grown
 

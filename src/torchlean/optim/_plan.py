@@ -39,7 +39,12 @@ from typing import TYPE_CHECKING, Any
 from torchlean.runtime import _bulk
 from torchlean.runtime.backends import Backend
 from torchlean.runtime.backends._update import Update, Updated, UpdateRule
-from torchlean.runtime.context import RuntimeContext, claim, owned_by_caller
+from torchlean.runtime.context import (
+    RuntimeContext,
+    claim,
+    overlaps_caller_memory,
+    owned_by_caller,
+)
 
 if TYPE_CHECKING:
     from torchlean.optim._optimizer import Optimizer, _Pair
@@ -302,6 +307,8 @@ def _needs_copies(
     written = [*(p.param for p in pairs), *slots, *steps, count]
     if any(owned_by_caller(at.unchecked) for at in written):
         return True  # the caller's own arrays: the first step updates copies
+    if overlaps_caller_memory(library, [at.unchecked for at in written]):
+        return True  # views of them (a torch tree_map's x.detach()): copies too
     return bool(_unshared(library, pairs, written, ctx, state, opt._keys))
 
 

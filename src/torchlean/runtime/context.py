@@ -40,6 +40,8 @@ counter is recorded, so a write in place is detected and every later read of it 
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Mapping
@@ -353,6 +355,8 @@ class RuntimeContext(Generic[ArrayT]):
             # the caller's memory (torch and jax store without a copy): an in-place
             # (donated) step updates a copy of it instead (see owned_by_caller)
             _CALLER_OWNED[id(stored)] = stored
+            if stored is not value:  # torch's detach(): the caller's own tensor too
+                _remember_caller_memory(value)
         pin = self._pin
         if pin is not None:
             got = backend.dtype_name(stored)
@@ -929,6 +933,17 @@ def stored_values(
 _CALLER_OWNED: Final[weakref.WeakValueDictionary[int, Any]] = weakref.WeakValueDictionary()
 
 
+#: The caller's own objects behind :data:`_CALLER_OWNED` values that are not them (the
+#: tensor a torch ``detach()`` was stored for), by id (weakly held): their memory
+#: stays the caller's even when no context holds the stored value any more.
+_CALLER_MEMORY: Final[weakref.WeakValueDictionary[int, Any]] = weakref.WeakValueDictionary()
+
+
+def _remember_caller_memory(value: Any) -> None:
+    with contextlib.suppress(TypeError):  # not weakly referenceable: the stored value is
+        _CALLER_MEMORY[id(value)] = value
+
+
 def owned_by_caller(value: Any) -> bool:
     """True when ``value`` (a stored tensor, ``AnyTensor.unchecked``) is memory the
     caller registered without giving it up (``adopt=False``, the default of
@@ -937,6 +952,52 @@ def owned_by_caller(value: Any) -> bool:
     the first step, and donates only what torchlean allocated. Register with
     ``adopt=True`` to opt in to in-place updates of your own arrays. Cost: O(1)."""
     return _CALLER_OWNED.get(id(value)) is value
+
+
+def overlaps_caller_memory(library: Backend, values: list[Any]) -> set[int]:
+    """The ``id`` of each of ``values`` (stored tensors of ``library``) that is not
+    itself :func:`owned_by_caller` but whose memory overlaps a live value that is: a
+    ``detach()`` or a view of the caller's tensor that a torch ``tree_map`` put in a
+    context. An in-place step updates such a value as a copy too. The caller's own
+    object itself (in a context only by ``adopt=True``) is theirs to give. Compared by byte
+    range (:meth:`Backend.buffer_range`). Cost: O((c + n) log c) for c live values the
+    caller owns (of ``library``) and n values."""
+    spans: dict[Any, list[tuple[int, int]]] = {}
+    for held in [*_CALLER_OWNED.values(), *_CALLER_MEMORY.values()]:
+        if BY_TYPE.get(type(held)) is library:
+            span = library.buffer_range(held)
+            if span is not None:
+                spans.setdefault(span[0], []).append((span[1], span[2]))
+    if not spans:
+        return set()
+    merged: dict[Any, tuple[list[int], list[int]]] = {}
+    for space, ranges in spans.items():
+        ranges.sort()
+        starts: list[int] = []
+        stops: list[int] = []
+        for start, stop in ranges:
+            if stops and start < stops[-1]:
+                stops[-1] = max(stops[-1], stop)
+            else:
+                starts.append(start)
+                stops.append(stop)
+        merged[space] = (starts, stops)
+    out: set[int] = set()
+    for value in values:
+        # the caller's own object in a context was handed over (adopt=True)
+        if owned_by_caller(value) or _CALLER_MEMORY.get(id(value)) is value:
+            continue
+        span = library.buffer_range(value)
+        if span is None:
+            continue
+        found = merged.get(span[0])
+        if found is None:
+            continue
+        starts, stops = found
+        i = bisect.bisect_left(starts, span[2]) - 1  # the last range starting before its end
+        if i >= 0 and stops[i] > span[1]:
+            out.add(id(value))
+    return out
 
 
 def is_donated(ctx: RuntimeContext[Any]) -> bool:

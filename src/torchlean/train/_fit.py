@@ -26,7 +26,13 @@ from torchlean.autograd import value_and_grad
 from torchlean.errors import BackendError, ExpectationError, FormatError
 from torchlean.optim import Optimizer, clip_gradients
 from torchlean.runtime.backends import Backend
-from torchlean.runtime.context import RuntimeContext, claim, owned_by_caller, require_context
+from torchlean.runtime.context import (
+    RuntimeContext,
+    claim,
+    overlaps_caller_memory,
+    owned_by_caller,
+    require_context,
+)
 from torchlean.train._captured import CapturedStep
 from torchlean.train._checkpoint import (
     checkpoint_files,
@@ -524,6 +530,9 @@ def _distinct_buffers(library: Backend, ctx: Context) -> Context:
             if owned_by_caller(at.unchecked):
                 shared.add(i)  # the caller's own array: donate a copy, never it
     spans.sort()
+    # ... and in every entry that views the caller's memory (a torch tree_map's detach())
+    viewing = overlaps_caller_memory(library, [at.unchecked for _, at in ctx.var_registry])
+    shared.update(i for i, (_, at) in enumerate(ctx.var_registry) if id(at.unchecked) in viewing)
     reach: tuple[str, int] = ("", 0)
     for space, start, stop, i in spans:
         if space == reach[0] and start < reach[1]:
