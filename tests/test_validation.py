@@ -1325,7 +1325,8 @@ ROWS: list[Row] = [
         "RuntimeContext.from_pytree",
         lambda d: RuntimeContext.from_pytree({"a": {"b": F32}, "a.b": F32}),
         TorchLeanError,
-        "from_pytree: two leaves have the dotted name `a.b`",
+        "from_pytree: the leaves at ['a']['b'] and ['a.b'] both have the dotted name `a.b`;"
+        " rename one of the keys (a key with a dot in it reads as a nested path)",
     ),
     (
         "RuntimeContext.mark_buffers",

@@ -90,5 +90,5 @@ def test_without_a_structure_names_split_at_dots() -> None:
 
 
 def test_leaf_names_that_collide_are_refused() -> None:
-    with pytest.raises(TorchLeanError, match=r"two leaves have the dotted name `a\.b`"):
+    with pytest.raises(TorchLeanError, match=r"both have the dotted name `a\.b`"):
         RuntimeContext.from_pytree({"a": {"b": jnp.ones(1)}, "a.b": jnp.ones(1)})

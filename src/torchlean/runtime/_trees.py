@@ -48,6 +48,20 @@ def _is_array(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, type)
 
 
+def _flatten(tree: Any, where: str) -> tuple[list[tuple[Any, Any]], Any]:
+    """``jax.tree_util.tree_flatten_with_path(tree)``, its refusal made a clear error."""
+    import jax.tree_util as jtu
+
+    try:
+        return jtu.tree_flatten_with_path(tree)
+    except (TypeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TorchLeanError(
+            f"{where}: jax cannot flatten this tree ({first}); a dict's keys must be"
+            " sortable (all strings, or all ints), as jax.tree_util requires"
+        ) from e
+
+
 def from_pytree(tree: Any, *, dtype: object = None) -> RuntimeContext[Any]:
     """A context with one variable per array leaf of ``tree`` (a jax pytree), named by
     its key path with dots (``encoder.layers.0.kernel``), in the tree's leaf order.
@@ -57,20 +71,24 @@ def from_pytree(tree: Any, *, dtype: object = None) -> RuntimeContext[Any]:
     """
     import jax.tree_util as jtu
 
-    pairs, treedef = jtu.tree_flatten_with_path(tree)
+    pairs, treedef = _flatten(tree, "from_pytree")
     items: list[tuple[str, Any]] = []
     leaves: list[tuple[bool, Any]] = []
+    first: dict[str, Any] = {}
     for path, leaf in pairs:
         if _is_array(leaf):
             name = jtu.keystr(path, simple=True, separator=".")
+            if name in first:
+                raise TorchLeanError(
+                    f"from_pytree: the leaves at {jtu.keystr(first[name])} and"
+                    f" {jtu.keystr(path)} both have the dotted name `{name}`; rename one"
+                    " of the keys (a key with a dot in it reads as a nested path)"
+                )
+            first[name] = path
             items.append((name, leaf))
             leaves.append((True, name))
         else:
             leaves.append((False, leaf))
-    names = [n for n, _ in items]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise TorchLeanError(f"from_pytree: two leaves have the dotted name `{dup}`")
     ctx = RuntimeContext.empty(dtype=dtype).register_variables(items)
     return with_roles(ctx, tree=TreeShape(treedef, tuple(leaves)))
 
@@ -85,11 +103,17 @@ def to_pytree(ctx: RuntimeContext[Any], like: Any = None) -> Any:
     values = ctx.state_dict()
     shape = ctx.tree_shape() if like is None else None
     if like is not None:
-        pairs, treedef = jtu.tree_flatten_with_path(like)
+        pairs, treedef = _flatten(like, "to_pytree")
         out = []
         for path, leaf in pairs:
             if _is_array(leaf):
-                out.append(values[jtu.keystr(path, simple=True, separator=".")])
+                name = jtu.keystr(path, simple=True, separator=".")
+                if name not in values:
+                    raise TorchLeanError(
+                        f"to_pytree: the tree `like` has leaf {jtu.keystr(path)} (variable"
+                        f" `{name}`), which the context lacks"
+                    )
+                out.append(values[name])
             else:
                 out.append(leaf)
         return jtu.tree_unflatten(treedef, out)
@@ -105,7 +129,20 @@ def to_pytree(ctx: RuntimeContext[Any], like: Any = None) -> Any:
     for name, value in values.items():
         node = nested
         *parents, last = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
+        for depth, part in enumerate(parents):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise _split_clash(".".join(parents[: depth + 1]), name)
+            node = child
+        if last in node:
+            raise _split_clash(name, next(n for n in values if n.startswith(name + ".")))
         node[last] = value
     return nested
+
+
+def _split_clash(leaf: str, deeper: str) -> TorchLeanError:
+    return TorchLeanError(
+        f"to_pytree: the context has variables `{leaf}` and `{deeper}`, so `{leaf}` would be"
+        " both an array and a dict of nested dicts split at the dots; pass like= a tree"
+        " with this structure, or rename one"
+    )
