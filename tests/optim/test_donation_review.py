@@ -18,7 +18,7 @@ import torch.utils._pytree as torch_pytree
 from torchlean import RuntimeContext, optim
 from torchlean.autograd import value_and_grad
 from torchlean.errors import InPlaceModificationError, TorchLeanError
-from torchlean.train import fit
+from torchlean.train import CapturedStep, fit
 
 
 def torch_loss(ctx: RuntimeContext[Any]) -> Any:
@@ -55,18 +55,36 @@ TORCH_ROUTES: dict[str, Callable[[torch.Tensor], RuntimeContext[Any]]] = {
     "tree_map_view": lambda w: torch_pytree.tree_map(
         lambda t: t.view(2, 3), RuntimeContext.from_state_dict({"w": w})
     ),
+    "tree_map_from_dlpack": lambda w: torch_pytree.tree_map(
+        torch.from_dlpack, RuntimeContext.from_state_dict({"w": w})
+    ),
+    "tree_map_from_numpy": lambda w: torch_pytree.tree_map(
+        lambda t: torch.from_numpy(t.numpy()), RuntimeContext.from_state_dict({"w": w})
+    ),
+    "tree_map_strided": lambda w: torch_pytree.tree_map(
+        lambda t: t.view(2, 3).t(), RuntimeContext.from_state_dict({"w": w})
+    ),
     "state_dict_adopted": lambda w: RuntimeContext.empty().with_variables(
         RuntimeContext.from_state_dict({"w": w}).state_dict(), adopt=True
     ),
 }
 
 
-@pytest.mark.parametrize("how", ["step", "fit"])
+def captured(ctx: RuntimeContext[Any]) -> RuntimeContext[Any]:
+    opt = optim.adamw(lr=0.1)
+    step, state = CapturedStep(torch_loss, opt, warmup=1), opt.init(ctx)
+    for _ in range(4):
+        _, ctx, state = step(ctx, state, ())
+    return ctx
+
+
+@pytest.mark.parametrize("how", ["step", "fit", "captured"])
 @pytest.mark.parametrize("route", sorted(TORCH_ROUTES))
 def test_a_torch_tensor_registered_by_any_route_keeps_its_values(route: str, how: str) -> None:
     w = torch.arange(1.0, 7.0)
     before = w.clone()
-    new = train(TORCH_ROUTES[route](w), torch_loss, how)
+    ctx = TORCH_ROUTES[route](w)
+    new = captured(ctx) if how == "captured" else train(ctx, torch_loss, how)
     assert torch.equal(w, before)
     assert w._version == 0
     assert all(float(v.abs().sum()) < float(before.abs().sum()) for v in new.state_dict().values())
