@@ -162,3 +162,19 @@ def test_a_flax_nnx_module_keeps_its_arrays(how: str) -> None:
     train(ctx, jax_loss, how)
     assert not kernel.is_deleted()
     np.testing.assert_array_equal(np.asarray(model.kernel.get_value()), before)
+
+
+def test_an_imported_torch_optimizer_state_keeps_its_moments() -> None:
+    module = torch.nn.Linear(3, 2)
+    torch_opt = torch.optim.AdamW(module.parameters(), lr=0.1)
+    module(torch.ones(1, 3)).sum().backward()
+    torch_opt.step()
+    before = {(id(p), k): v.clone() for p, s in torch_opt.state.items() for k, v in s.items()}
+    ctx = RuntimeContext.from_module(module)
+    opt, state = optim.import_torch_state(torch_opt, ctx, model=module)
+    for _ in range(2):
+        _, ctx = value_and_grad(torch_loss)(ctx)
+        ctx, state = opt.step(ctx, state)
+    for p, s in torch_opt.state.items():
+        for k, v in s.items():
+            assert torch.equal(v, before[id(p), k]), k
