@@ -6,6 +6,7 @@ Reading map:
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -126,9 +127,22 @@ class JaxBackend(Backend):
             return rule.arrays(jnp, Update(params, grads, slots, steps, count))
 
         jitted = self.jax.jit(pure, donate_argnums=(0, 2, 3, 4) if donate else ())
+        if not donate:
+            return lambda arrays: jitted(*arrays)
+        kept = self.jax.jit(pure)
+        tracer = self._tracer
 
         def update(arrays: Update) -> Updated:
-            return jitted(*arrays)  # type: ignore[no-any-return]
+            # Under a transformation outside jax.jit (jax.grad or jax.vmap of a function
+            # that steps) the arrays mix tracers and concrete arrays; donating the concrete
+            # ones deletes what the backward pass reads again ("Array has been deleted").
+            # Inside jax.jit donation is a no-op anyway: never donate next to a tracer.
+            params, grads, slots, steps, count = arrays
+            traced = isinstance(count, tracer) or any(
+                isinstance(a, tracer)
+                for a in itertools.chain(params, grads, steps, *slots.values())
+            )
+            return (kept if traced else jitted)(*arrays)  # type: ignore[no-any-return]
 
         return update
 
