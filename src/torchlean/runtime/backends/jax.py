@@ -155,9 +155,22 @@ class JaxBackend(Backend):
         unreached: Callable[[bool], Exception] | None = None,
     ) -> tuple[Any, list[Any]]:
         """``jax.value_and_grad`` over the list ``values`` (traceable by ``jax.jit``);
-        ``unreached`` is ignored (a traced loss does not tell what it depends on)."""
+        ``unreached`` is ignored (a traced loss does not tell what it depends on).
+
+        Outside ``jax.jit``, a gradient of a variable sharded over several devices is
+        laid out as its variable (``jax.device_put(grad, var.sharding)``): jax's eager
+        differentiation may return another layout (replicated), which the optimizer
+        step refuses."""
         out, grads = self.jax.value_and_grad(fn, has_aux=has_aux)(values)
-        return out, list(grads)
+        grads = list(grads)
+        tracer = self._tracer
+        for i, (g, v) in enumerate(zip(grads, values, strict=True)):
+            if isinstance(g, tracer) or isinstance(v, tracer):
+                continue
+            layout = v.sharding
+            if layout.num_devices > 1 and g.sharding != layout:
+                grads[i] = self.jax.device_put(g, layout)
+        return out, grads
 
     def jit(self, fn: Callable[..., Any], *, donate_argnums: tuple[int, ...]) -> Any:
         """``jax.jit(fn, donate_argnums=donate_argnums)``."""
