@@ -292,3 +292,26 @@ def test_a_schedule_in_a_parameter_group_is_refused() -> None:
             steps=1,
             capture=True,
         )
+
+
+def test_a_step_that_is_not_in_place_is_replayed_once_only(recorder: list[str]) -> None:
+    # The first step on a fresh state writes new tensors (the counters gathered into one
+    # buffer, the caller's tensors copied): a recording of it reads the old ones at every
+    # replay. Before, warmup=0 (or 1 on such a layout) replayed it from then on: every
+    # step the same update of the starting values, silently.
+    opt = optim.adamw(lr=0.05)
+    ctx = model("cpu")
+    state = opt.init(ctx)
+    step = CapturedStep(loss, opt, warmup=0)
+    for i in range(4):
+        _, ctx, state = step(ctx, state, data("cpu")(i))
+    # step 1 recorded and run once, not kept; step 2 recorded (in place) and kept
+    assert recorder == ["record", "replay", "record", "replay", "replay", "replay"]
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(
+            TypeError,
+            match=re.escape(
+                f"CapturedStep: warmup must be a number of steps (an int >= 0), got {bad!r}"
+            ),
+        ):
+            CapturedStep(loss, opt, warmup=bad)  # type: ignore[arg-type]

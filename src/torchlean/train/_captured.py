@@ -183,6 +183,14 @@ def _same_constant(x: Any, constant: tuple[Any, Any]) -> bool:
     return equal is True
 
 
+def _tensors(ctx: Context, state: Context) -> dict[str, int]:
+    """The identity of each variable of ``ctx`` and ``state`` (by name), to tell an
+    in-place step (the same tensors out as in) from one that wrote new ones."""
+    out = {f"ctx/{name}": id(entry.unchecked) for name, entry in ctx.latest_variables()}
+    out.update((f"state/{n}", id(e.unchecked)) for n, e in state.latest_variables())
+    return out
+
+
 def _recorded(constant: tuple[Any, Any]) -> Any:
     """The value a non-array batch argument had when the step was recorded."""
     return constant[0] if constant[1] is None else constant[1]
@@ -218,6 +226,10 @@ class CapturedStep:
                     " the step count on the host at every step; a recorded step cannot."
                     " Use a number, or the eager step"
                 )
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise TypeError(
+                f"CapturedStep: warmup must be a number of steps (an int >= 0), got {warmup!r}"
+            )
         self.grad_fn = value_and_grad(loss_fn, frozen=frozen)
         self.optimizer = optimizer
         self.warmup = warmup
@@ -271,6 +283,9 @@ class CapturedStep:
         static_args = tuple(
             b if b is not None else c[0] for b, c in zip(batch, constants, strict=True)
         )
+        # what the step reads: a recorded step must write these same tensors (in place),
+        # or every replay would read them again as they were when it was recorded
+        reads = _tensors(ctx, state)
         box: list[Any] = [ctx, state]
 
         def one_step() -> Any:
@@ -284,7 +299,14 @@ class CapturedStep:
         loss, replay = captured
         # The recording ran the Python of one step and launched nothing: run it now.
         recording = _Recording(library, batch, constants, loss, replay, box[0], box[1])
+        in_place = _tensors(box[0], box[1]) == reads
         self._recording = recording
         out = recording.step(box[0], box[1], args)
         assert out is not None, "a step just recorded must replay"
+        if not in_place:
+            # This step wrote new tensors (the first step of a layout: counters gathered
+            # into one buffer, the caller's tensors copied): right once, stale if
+            # replayed again. Record the next step instead.
+            self._recording = None
+            self._eager_steps = self.warmup
         return out
