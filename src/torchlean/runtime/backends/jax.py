@@ -139,8 +139,11 @@ class JaxBackend(Backend):
             # Inside jax.jit donation is a no-op anyway: never donate next to a tracer.
             params, grads, slots, steps, count = arrays
             traced = isinstance(count, tracer) or any(
-                isinstance(a, tracer)
-                for a in itertools.chain(params, grads, steps, *slots.values())
+                map(
+                    isinstance,
+                    itertools.chain(params, grads, steps, *slots.values()),
+                    itertools.repeat(tracer),
+                )
             )
             return (kept if traced else jitted)(*arrays)  # type: ignore[no-any-return]
 
