@@ -35,6 +35,7 @@ from torchlean._module_call import call_module as call_module
 from torchlean._validate import require_bool, require_callable
 from torchlean.errors import (
     BackendError,
+    DTypeMismatchError,
     InPlaceModificationError,
     ShapeMismatchError,
     TorchLeanError,
@@ -474,16 +475,41 @@ def _land_state(
         return _bulk.replace_heads_trusted(ctx, keys, fresh)
     differentiated = set(names)
     problems: list[str] = []
-    for name in new_state:
-        if not isinstance(name, str) or ctx.variable_entry(name) is None:
+    changed: list[str] = []
+    reshaped = False
+    for name, value in new_state.items():
+        entry = ctx.variable_entry(name) if isinstance(name, str) else None
+        if entry is None:
             problems.append(f"`{name}` is not a variable of the context")
         elif name in differentiated:
             problems.append(
                 f"`{name}` gets a gradient (mark it as a buffer with ctx.mark_buffers, or"
                 " freeze it)"
             )
+        else:
+            library = entry.library
+            try:
+                same = backend_of(value) is library
+            except TypeError:
+                same = False  # not an array: with_variables says so
+            if same:
+                dims, dtype = library.dims(value), library.dtype_name(value)
+                if dims != entry.dims or dtype != entry.dtype:
+                    reshaped = reshaped or dims != entry.dims
+                    changed.append(
+                        f"`{name}` is {dtype} {dims}, the context holds {entry.dtype} {entry.dims}"
+                    )
     if problems:
         raise UnknownNameError(f"{where}: the new state cannot be stored: " + "; ".join(problems))
+    if changed:
+        # before: stored as returned, silently (an int counter became float32, a running
+        # statistic lost its shape), and a jitted loop retraced at every step
+        error = ShapeMismatchError if reshaped else DTypeMismatchError
+        raise error(
+            f"{where}: the new state would change a variable's shape or dtype: "
+            + "; ".join(changed)
+            + "; return each in the dtype and shape it has (x.astype(...) / x.to(...))"
+        )
     return ctx.with_variables(list(new_state.items()), adopt=True)
 
 

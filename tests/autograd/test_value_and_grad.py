@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -12,7 +13,12 @@ import torch
 
 from torchlean import RuntimeContext
 from torchlean.autograd import differentiable_names, value_and_grad
-from torchlean.errors import BackendError, ShapeMismatchError, UnknownNameError
+from torchlean.errors import (
+    BackendError,
+    DTypeMismatchError,
+    ShapeMismatchError,
+    UnknownNameError,
+)
 
 W = np.array([[1.0, -2.0], [0.5, 3.0]], np.float32)
 B = np.array([0.25, -1.0], np.float32)
@@ -269,3 +275,35 @@ def test_engine_fast_path_agrees_with_autograd_grad(
     assert torch.equal(new.gradient("b"), want[1])
     assert torch.equal(new.gradient("u"), torch.zeros(2))  # unused: zeros
     assert not new.gradient("w").requires_grad and not value.requires_grad
+
+
+@pytest.mark.parametrize("library", ["torch", "jax", "jax-jit"])
+def test_a_new_state_of_another_dtype_or_shape_is_refused(library: str) -> None:
+    # before: stored as returned, silently: an int counter became float32, a running
+    # statistic of shape (2,) became (1,) (and a jitted loop retraced at every step)
+    make = torch.tensor if library == "torch" else jnp.asarray
+    counter = "int64" if library == "torch" else "int32"
+    ctx = RuntimeContext.from_state_dict(
+        {"w": make([1.0, 2.0]), "n": make(0), "m": make([0.0, 0.0])}
+    ).mark_buffers(["n", "m"])
+
+    def run(new: Any) -> Any:
+        fn = value_and_grad(lambda c: (c["w"].sum(), new(c)), has_state=True)
+        return (jax.jit(fn) if library == "jax-jit" else fn)(ctx)
+
+    with pytest.raises(
+        DTypeMismatchError,
+        match=re.escape(
+            "value_and_grad(<lambda>): the new state would change a variable's shape or"
+            f" dtype: `n` is float32 (), the context holds {counter} (); return each in the"
+            " dtype and shape it has (x.astype(...) / x.to(...))"
+        ),
+    ):
+        run(lambda c: {"n": c["n"] + 0.5})
+    with pytest.raises(
+        ShapeMismatchError,
+        match=re.escape("`m` is float32 (1,), the context holds float32 (2,)"),
+    ):
+        run(lambda c: {"m": c["w"][:1] * 0})
+    _, out = run(lambda c: {"m": c["m"] + 1, "n": c["n"] + 1})
+    assert int(out["n"]) == 1 and out["m"].shape == (2,)

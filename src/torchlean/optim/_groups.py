@@ -124,6 +124,11 @@ class Groups:
         self._index: dict[str, int] = {}
 
     @property
+    def group_hypers(self) -> tuple[Hyper, ...]:
+        """The hyperparameters of each entry of ``groups=``, in order."""
+        return tuple(self._group_hypers)
+
+    @property
     def trivial(self) -> bool:
         """True when every name resolves to the optimizer's own hyperparameters."""
         return not self.patterns and not self.no_decay

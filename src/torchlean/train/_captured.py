@@ -22,6 +22,7 @@ Reading map:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -67,7 +68,9 @@ class _Recording:
     ) -> None:
         self.library = library
         self.batch = batch  # the recorded input arrays (None where an argument is constant)
-        self.constants = constants  # the non-array arguments, baked into the recording
+        #: the non-array arguments, baked into the recording: (the value given, a copy of
+        #: it when == compares it by value, else None: then only that object is accepted)
+        self.constants = constants
         self.loss = loss
         self.replay = replay
         self.ctx = ctx
@@ -126,10 +129,11 @@ class _Recording:
             zip(self.batch, args, self.constants, strict=True)
         ):
             if dst is None:
-                if src is not constant and src != constant:
+                if not _same_constant(src, constant):
                     raise TorchLeanError(
                         f"captured step: batch argument {i} is not an array, so its value"
-                        f" {constant!r} was recorded, got {src!r}; pass it as an array"
+                        f" {_recorded(constant)!r} was recorded, got {src!r}; pass it as an"
+                        " array"
                     )
                 continue
             if library.dims(src) != library.dims(dst):
@@ -144,6 +148,52 @@ class _Recording:
                     f" step was recorded for {library.dtype_name(dst)}"
                 )
             library.copy_into(dst, src)
+
+
+def _constant(x: Any, i: int, library: Backend) -> tuple[Any, Any]:
+    """``(x, a copy of x)`` for a non-array batch argument whose ``==`` compares values
+    (a number, a string, a list of them: a later call's value, or the same list mutated
+    in place, is compared with the copy); ``(x, None)`` for one compared by identity (a
+    module, a function). A value whose ``==`` is not a bool (a numpy array: the recording
+    would bake its elements) is refused."""
+    try:
+        snapshot = copy.deepcopy(x)
+        equal = snapshot == x
+    except Exception:  # not copyable, or == raises (a dataclass holding tensors)
+        return x, None
+    if not isinstance(equal, bool):
+        raise TorchLeanError(
+            f"captured step: batch argument {i} is a {type(x).__name__}, not a"
+            f" {library.name} array, and == does not compare it to a bool, so a replay"
+            " could not tell a new value from the recorded one; pass it as a"
+            f" {library.name} array"
+        )
+    return x, (snapshot if equal and snapshot is not x else None)
+
+
+def _same_constant(x: Any, constant: tuple[Any, Any]) -> bool:
+    """Whether ``x`` may replay the recording made with ``constant`` (see :func:`_constant`)."""
+    given, snapshot = constant
+    if snapshot is None:
+        return x is given
+    try:
+        equal = x == snapshot
+    except Exception:
+        return False
+    return equal is True
+
+
+def _tensors(ctx: Context, state: Context) -> dict[str, int]:
+    """The identity of each variable of ``ctx`` and ``state`` (by name), to tell an
+    in-place step (the same tensors out as in) from one that wrote new ones."""
+    out = {f"ctx/{name}": id(entry.unchecked) for name, entry in ctx.latest_variables()}
+    out.update((f"state/{n}", id(e.unchecked)) for n, e in state.latest_variables())
+    return out
+
+
+def _recorded(constant: tuple[Any, Any]) -> Any:
+    """The value a non-array batch argument had when the step was recorded."""
+    return constant[0] if constant[1] is None else constant[1]
 
 
 class CapturedStep:
@@ -168,11 +218,17 @@ class CapturedStep:
                 "CapturedStep: optimizer must be a torchlean Optimizer,"
                 f" got {type(optimizer).__name__}"
             )
-        if callable(optimizer.hyper.lr):
-            raise TorchLeanError(
-                "captured step: the learning rate is a schedule, which reads the step count"
-                " on the host at every step; a recorded step cannot. Use a number, or the"
-                " eager step"
+        for index, hyper in enumerate((optimizer.hyper, *optimizer.groups.group_hypers)):
+            if callable(hyper.lr):
+                where = "" if index == 0 else f" of groups[{index - 1}]"
+                raise TorchLeanError(
+                    f"captured step: the learning rate{where} is a schedule, which reads"
+                    " the step count on the host at every step; a recorded step cannot."
+                    " Use a number, or the eager step"
+                )
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise TypeError(
+                f"CapturedStep: warmup must be a number of steps (an int >= 0), got {warmup!r}"
             )
         self.grad_fn = value_and_grad(loss_fn, frozen=frozen)
         self.optimizer = optimizer
@@ -217,16 +273,19 @@ class CapturedStep:
             return self.eager(ctx, state, args)
         batch: list[Any] = []
         constants: list[Any] = []
-        for x in args:
+        for i, x in enumerate(args):
             try:
                 is_array = backend_of(x) is library
             except TypeError:
                 is_array = False
             batch.append(library.copy(x) if is_array else None)
-            constants.append(None if is_array else x)
+            constants.append(None if is_array else _constant(x, i, library))
         static_args = tuple(
-            b if b is not None else c for b, c in zip(batch, constants, strict=True)
+            b if b is not None else c[0] for b, c in zip(batch, constants, strict=True)
         )
+        # what the step reads: a recorded step must write these same tensors (in place),
+        # or every replay would read them again as they were when it was recorded
+        reads = _tensors(ctx, state)
         box: list[Any] = [ctx, state]
 
         def one_step() -> Any:
@@ -240,7 +299,14 @@ class CapturedStep:
         loss, replay = captured
         # The recording ran the Python of one step and launched nothing: run it now.
         recording = _Recording(library, batch, constants, loss, replay, box[0], box[1])
+        in_place = _tensors(box[0], box[1]) == reads
         self._recording = recording
         out = recording.step(box[0], box[1], args)
         assert out is not None, "a step just recorded must replay"
+        if not in_place:
+            # This step wrote new tensors (the first step of a layout: counters gathered
+            # into one buffer, the caller's tensors copied): right once, stale if
+            # replayed again. Record the next step instead.
+            self._recording = None
+            self._eager_steps = self.warmup
         return out

@@ -6,6 +6,7 @@ Reading map:
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -126,9 +127,25 @@ class JaxBackend(Backend):
             return rule.arrays(jnp, Update(params, grads, slots, steps, count))
 
         jitted = self.jax.jit(pure, donate_argnums=(0, 2, 3, 4) if donate else ())
+        if not donate:
+            return lambda arrays: jitted(*arrays)
+        kept = self.jax.jit(pure)
+        tracer = self._tracer
 
         def update(arrays: Update) -> Updated:
-            return jitted(*arrays)  # type: ignore[no-any-return]
+            # Under a transformation outside jax.jit (jax.grad or jax.vmap of a function
+            # that steps) the arrays mix tracers and concrete arrays; donating the concrete
+            # ones deletes what the backward pass reads again ("Array has been deleted").
+            # Inside jax.jit donation is a no-op anyway: never donate next to a tracer.
+            params, grads, slots, steps, count = arrays
+            traced = isinstance(count, tracer) or any(
+                map(
+                    isinstance,
+                    itertools.chain(params, grads, steps, *slots.values()),
+                    itertools.repeat(tracer),
+                )
+            )
+            return (kept if traced else jitted)(*arrays)  # type: ignore[no-any-return]
 
         return update
 
@@ -141,9 +158,22 @@ class JaxBackend(Backend):
         unreached: Callable[[bool], Exception] | None = None,
     ) -> tuple[Any, list[Any]]:
         """``jax.value_and_grad`` over the list ``values`` (traceable by ``jax.jit``);
-        ``unreached`` is ignored (a traced loss does not tell what it depends on)."""
+        ``unreached`` is ignored (a traced loss does not tell what it depends on).
+
+        Outside ``jax.jit``, a gradient of a variable sharded over several devices is
+        laid out as its variable (``jax.device_put(grad, var.sharding)``): jax's eager
+        differentiation may return another layout (replicated), which the optimizer
+        step refuses."""
         out, grads = self.jax.value_and_grad(fn, has_aux=has_aux)(values)
-        return out, list(grads)
+        grads = list(grads)
+        tracer = self._tracer
+        for i, (g, v) in enumerate(zip(grads, values, strict=True)):
+            if isinstance(g, tracer) or isinstance(v, tracer):
+                continue
+            layout = v.sharding
+            if layout.num_devices > 1 and g.sharding != layout:
+                grads[i] = self.jax.device_put(g, layout)
+        return out, grads
 
     def jit(self, fn: Callable[..., Any], *, donate_argnums: tuple[int, ...]) -> Any:
         """``jax.jit(fn, donate_argnums=donate_argnums)``."""
