@@ -238,6 +238,20 @@ def test_a_replay_refuses_a_constant_that_changed(recorder: list[str]) -> None:
     _, ctx, state = step(ctx, state, (*data("cpu")(5), head))
     with pytest.raises(TorchLeanError, match="batch argument 2 is not an array"):
         step(ctx, state, (*data("cpu")(6), torch.nn.Linear(2, 2)))
+    # and is not copied when recorded (a model given as an argument is not deep-copied)
+
+    copies: list[object] = []
+
+    class Watched:
+        def __deepcopy__(self, memo: Any) -> Any:
+            copies.append(self)
+            return Watched()
+
+    recorder.clear()
+    watched = Watched()
+    step, ctx, state = recorded(recorder, watched)
+    _, ctx, state = step(ctx, state, (*data("cpu")(5), watched))
+    assert copies == []
 
 
 def test_an_array_of_another_library_is_refused_when_recording(recorder: list[str]) -> None:

@@ -155,7 +155,11 @@ def _constant(x: Any, i: int, library: Backend) -> tuple[Any, Any]:
     (a number, a string, a list of them: a later call's value, or the same list mutated
     in place, is compared with the copy); ``(x, None)`` for one compared by identity (a
     module, a function). A value whose ``==`` is not a bool (a numpy array: the recording
-    would bake its elements) is refused."""
+    would bake its elements) is refused. An object whose type keeps ``object``'s ``==``
+    is compared by identity without being copied (a module is not deep-copied)."""
+    equality: object = type(x).__eq__
+    if equality is object.__eq__:
+        return x, None
     try:
         snapshot = copy.deepcopy(x)
         equal = snapshot == x
