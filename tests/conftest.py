@@ -64,3 +64,44 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"lean_json: {len(CHECKED)} JSON files written by the suite read the same in"
             " the model of Lean's importer"
         )
+
+
+@pytest.fixture
+def train_side_by_side() -> Any:
+    """``train(reference, model, batches, lr=1e-2) -> (want, got, ctx)``: the plain loop
+    (forward, cross-entropy, backward, ``torch.optim.AdamW(fused=True)``) on
+    ``reference`` and the context loop (``from_module(model)``, ``call_module(...,
+    state=True)``, ``value_and_grad(has_state=True)``, ``optim.adamw``) over the same
+    ``(x, y)`` batches: the losses of each and the trained context."""
+    import torch
+    import torch.nn.functional as F
+
+    from torchlean import RuntimeContext, optim
+    from torchlean.autograd import call_module, value_and_grad
+
+    def train(reference: Any, model: Any, batches: Any, lr: float = 1e-2) -> Any:
+        opt = torch.optim.AdamW(reference.parameters(), lr=lr, fused=True)
+        want = []
+        for x, y in batches:
+            loss = F.cross_entropy(reference(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            want.append(loss.detach())
+
+        def step_loss(c: Any, x: Any, y: Any) -> Any:
+            out, state = call_module(model, c, x, state=True)
+            return F.cross_entropy(out, y), state
+
+        grad_fn = value_and_grad(step_loss, has_state=True)
+        ctx = RuntimeContext.from_module(model)
+        adamw = optim.adamw(lr=lr)
+        moments = adamw.init(ctx)
+        got = []
+        for x, y in batches:
+            loss, ctx = grad_fn(ctx, x, y)
+            ctx, moments = adamw.step(ctx, moments)
+            got.append(loss)
+        return want, got, ctx
+
+    return train

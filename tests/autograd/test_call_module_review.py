@@ -95,35 +95,14 @@ class Checkpointed(nn.Module):
         return self.head(self.inner(h))
 
 
-def test_checkpointed_forward_trains_as_the_module() -> None:
+def test_checkpointed_forward_trains_as_the_module(train_side_by_side: Any) -> None:
     """torch.utils.checkpoint recomputes the block in the backward pass, when the module
     holds its own tensors again: the gradients must still be the context's."""
     torch.manual_seed(0)
     model = Checkpointed()
     reference = copy.deepcopy(model)
     batches = [(torch.randn(6, 8), torch.randint(0, 5, (6,))) for _ in range(5)]
-    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, fused=True)
-    want = []
-    for x, y in batches:
-        loss = F.cross_entropy(reference(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        want.append(loss.detach())
-
-    def step_loss(c: RuntimeContext[Any], x: torch.Tensor, y: torch.Tensor) -> Any:
-        out, state = call_module(model, c, x, state=True)
-        return F.cross_entropy(out, y), state
-
-    grad_fn = value_and_grad(step_loss, has_state=True)
-    ctx = RuntimeContext.from_module(model)
-    o = optim.adamw(lr=1e-2)
-    moments = o.init(ctx)
-    got = []
-    for x, y in batches:
-        loss, ctx = grad_fn(ctx, x, y)
-        ctx, moments = o.step(ctx, moments)
-        got.append(loss)
+    want, got, ctx = train_side_by_side(reference, model, batches)
     torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=1e-5, atol=1e-6)
     state = ctx.state_dict()  # every entry read: nothing wrote the stored context
     for name, t in reference.state_dict().items():

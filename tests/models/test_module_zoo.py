@@ -308,32 +308,11 @@ def build(make: Callable[[], nn.Module], mode: str) -> nn.Module:
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # the hook-based weight_norm
 @pytest.mark.parametrize("case", list(CASES))
-def test_trains_as_the_plain_loop(case: str) -> None:
+def test_trains_as_the_plain_loop(case: str, train_side_by_side: Any) -> None:
     make, data, mode = CASES[case]
     batches = data()
     reference, model = build(make, mode), build(make, mode)
-    opt = torch.optim.AdamW(reference.parameters(), lr=1e-2, fused=True)
-    want = []
-    for x, y in batches:
-        loss = F.cross_entropy(reference(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        want.append(loss.detach())
-
-    def step_loss(c: RuntimeContext[Any], x: torch.Tensor, y: torch.Tensor) -> Any:
-        out, state = call_module(model, c, x, state=True)
-        return F.cross_entropy(out, y), state
-
-    grad_fn = value_and_grad(step_loss, has_state=True)
-    ctx = RuntimeContext.from_module(model)
-    adamw = optim.adamw(lr=1e-2)
-    moments = adamw.init(ctx)
-    got = []
-    for x, y in batches:
-        loss, ctx = grad_fn(ctx, x, y)
-        ctx, moments = adamw.step(ctx, moments)
-        got.append(loss)
+    want, got, ctx = train_side_by_side(reference, model, batches)
     torch.testing.assert_close(torch.stack(got), torch.stack(want), rtol=1e-5, atol=1e-6)
     state, aliases = ctx.state_dict(), ctx.aliases()
     for name, t in reference.state_dict().items():

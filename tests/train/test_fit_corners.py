@@ -70,6 +70,11 @@ def _torch_loop(micro_batches: list[list[int]], k: int) -> tuple[dict[str, Any],
     return {n: p.detach() for n, p in params.items()}, losses
 
 
+def adamw_fit(**options: Any) -> Any:
+    """``fit`` of the small model with AdamW(lr=0.05) on ``_batch``, no progress bar."""
+    return fit(_model(), _loss, optim.adamw(lr=0.05), _batch, progress=False, **options)
+
+
 @pytest.mark.parametrize("epochs", [1, 2])
 def test_accumulate_with_epochs_not_divisible(epochs: int) -> None:
     """5 batches an epoch, ``accumulate=2``: ``epochs * 5 // 2`` steps, micro-batches
@@ -146,49 +151,17 @@ def test_resume_with_another_accumulate_is_refused(tmp_path: Path) -> None:
     """A checkpoint's step count means ``step * accumulate`` batches used; resuming with
     another ``accumulate`` would skip another number of them (silently, before). The
     same ``accumulate`` resumes as before."""
-    fit(
-        _model(),
-        _loss,
-        optim.adamw(lr=0.05),
-        _batch,
-        steps=2,
-        accumulate=2,
-        checkpoint_dir=tmp_path,
-        checkpoint_every=1,
-        progress=False,
-    )
+    adamw_fit(steps=2, accumulate=2, checkpoint_dir=tmp_path, checkpoint_every=1)
     path = tmp_path / "step-000002.safetensors"
     with pytest.raises(ExpectationError) as err:
-        fit(
-            _model(),
-            _loss,
-            optim.adamw(lr=0.05),
-            _batch,
-            steps=4,
-            accumulate=3,
-            checkpoint_dir=tmp_path,
-            resume=True,
-            progress=False,
-        )
+        adamw_fit(steps=4, accumulate=3, checkpoint_dir=tmp_path, resume=True)
     assert str(err.value) == (
         f"fit: checkpoint {path} was written with accumulate=2 (after step 2 it had used 4"
         " batches), but this run has accumulate=3 and would skip 6 batches; resume with"
         " accumulate=2"
     )
-    resumed = fit(
-        _model(),
-        _loss,
-        optim.adamw(lr=0.05),
-        _batch,
-        steps=4,
-        accumulate=2,
-        checkpoint_dir=tmp_path,
-        resume=True,
-        progress=False,
-    )
-    whole = fit(
-        _model(), _loss, optim.adamw(lr=0.05), _batch, steps=4, accumulate=2, progress=False
-    )
+    resumed = adamw_fit(steps=4, accumulate=2, checkpoint_dir=tmp_path, resume=True)
+    whole = adamw_fit(steps=4, accumulate=2)
     assert resumed.losses == whole.losses[2:]
     for n in ("w", "b"):
         assert torch.equal(resumed.ctx[n], whole.ctx[n])
@@ -218,35 +191,16 @@ def test_keep_last_after_a_crash_mid_save(tmp_path: Path, monkeypatch: Any) -> N
 
     monkeypatch.setattr(os, "replace", crash_on_third)
     with pytest.raises(OSError, match="No space left"):
-        fit(
-            _model(),
-            _loss,
-            optim.adamw(lr=0.05),
-            _batch,
-            steps=6,
-            checkpoint_dir=tmp_path,
-            checkpoint_every=1,
-            keep_last=2,
-            progress=False,
-        )
+        adamw_fit(steps=6, checkpoint_dir=tmp_path, checkpoint_every=1, keep_last=2)
     assert calls["n"] == 1
     names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert names == ["step-000001.safetensors", "step-000002.safetensors"]
     assert latest_checkpoint(tmp_path) == tmp_path / "step-000002.safetensors"
     monkeypatch.setattr(os, "replace", real_replace)
-    resumed = fit(
-        _model(),
-        _loss,
-        optim.adamw(lr=0.05),
-        _batch,
-        steps=6,
-        checkpoint_dir=tmp_path,
-        checkpoint_every=1,
-        keep_last=2,
-        resume=True,
-        progress=False,
+    resumed = adamw_fit(
+        steps=6, checkpoint_dir=tmp_path, checkpoint_every=1, keep_last=2, resume=True
     )
-    whole = fit(_model(), _loss, optim.adamw(lr=0.05), _batch, steps=6, progress=False)
+    whole = adamw_fit(steps=6)
     assert resumed.losses == whole.losses[2:]
     names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
     assert names == ["step-000005.safetensors", "step-000006.safetensors"]
