@@ -178,3 +178,17 @@ def test_an_imported_torch_optimizer_state_keeps_its_moments() -> None:
     for p, s in torch_opt.state.items():
         for k, v in s.items():
             assert torch.equal(v, before[id(p), k]), k
+
+
+def test_a_registered_parameter_is_weakly_referenced_so_torch_will_not_swap_it() -> None:
+    # the price of remembering the caller's memory (docs/arrays.md): pinned, so that a
+    # change of it is a decision
+    model = torch.nn.Linear(2, 2)
+    ctx = RuntimeContext.from_state_dict(dict(model.named_parameters()))
+    with pytest.raises(RuntimeError, match="weakref"):
+        torch.utils.swap_tensors(model.weight, torch.nn.Parameter(torch.zeros(2, 2)))
+    copied = torch.nn.Linear(2, 2)
+    RuntimeContext.from_module(copied)  # copies: the module's own tensors stay swappable
+    torch.utils.swap_tensors(copied.weight, torch.nn.Parameter(torch.zeros(2, 2)))
+    assert float(copied.weight.abs().sum()) == 0.0
+    assert ctx["weight"].shape == (2, 2)
