@@ -224,21 +224,10 @@ def _compare_roundtrip(
     ):
         a = dict(a_reg)
         b = dict(b_reg)
-        report = _compare_shapes(b, a)
-        if report.missing:
-            problems.append(
-                f"{kind}s lost: " + ", ".join(f"`{printable(n)}`" for n in report.missing)
-            )
-        reshaped = {m.name: m for m in report.mismatched}
+        reshaped = _shape_problems(kind, _compare_shapes(b, a), problems)
         for name, at in a.items():
             bt = b.get(name)
-            if bt is None:
-                continue
-            m = reshaped.get(name)
-            if m is not None:
-                problems.append(
-                    f"{kind} `{printable(name)}` came back with shape {m.got}, not {m.expected}"
-                )
+            if bt is None or _reshaped(kind, name, reshaped, problems):
                 continue
             x = render_array(at.library.to_numpy(at.t))
             y = render_array(bt.library.to_numpy(bt.t))
@@ -256,6 +245,22 @@ def _compare_roundtrip(
             + "; ".join(problems)
         )
     return notes
+
+
+def _shape_problems(kind: str, report: Any, problems: list[str]) -> dict[str, Any]:
+    """Add the names ``report`` found lost to ``problems``; the shape mismatches by name."""
+    if report.missing:
+        problems.append(f"{kind}s lost: " + ", ".join(f"`{printable(n)}`" for n in report.missing))
+    return {m.name: m for m in report.mismatched}
+
+
+def _reshaped(kind: str, name: str, reshaped: dict[str, Any], problems: list[str]) -> bool:
+    """Whether ``name`` came back with another shape (then said in ``problems``)."""
+    m = reshaped.get(name)
+    if m is None:
+        return False
+    problems.append(f"{kind} `{printable(name)}` came back with shape {m.got}, not {m.expected}")
+    return True
 
 
 def _compare_written(
@@ -281,20 +286,10 @@ def _compare_written(
         report = compare(
             {n: e.shape for n, e in b.items()}, {n: at.dims for n, at in a.items()}, suggest=False
         )
-        if report.missing:
-            problems.append(
-                f"{kind}s lost: " + ", ".join(f"`{printable(n)}`" for n in report.missing)
-            )
-        reshaped = {m.name: m for m in report.mismatched}
+        reshaped = _shape_problems(kind, report, problems)
         for name, at in a.items():
             info = b.get(name)
-            if info is None:
-                continue
-            m = reshaped.get(name)
-            if m is not None:
-                problems.append(
-                    f"{kind} `{printable(name)}` came back with shape {m.got}, not {m.expected}"
-                )
+            if info is None or _reshaped(kind, name, reshaped, problems):
                 continue
             x = at.library.to_numpy(at.t)
             if info.dtype == at.dtype:
